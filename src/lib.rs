@@ -1,0 +1,10 @@
+//! Meridian: a self-hosted push-notification campaign engine.
+//!
+//! See ARCHITECTURE.md for the bird's-eye view and the map of these modules.
+
+pub mod campaign;
+pub mod clock;
+pub mod payload;
+pub mod planner;
+pub mod state;
+pub mod zone;
