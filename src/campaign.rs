@@ -717,7 +717,10 @@ pub fn parse_toml(path: &str, text: &str) -> Result<CampaignDefinition, Definiti
 fn one_line(s: &str) -> String {
     let mut out = String::new();
     for line in s.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if line.starts_with('|') || line.chars().all(|c| c == '|' || c == '^' || c == ' ') {
+        let excerpt = line
+            .split_once('|')
+            .is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit()));
+        if excerpt || line.chars().all(|c| c == '|' || c == '^' || c == ' ') {
             continue;
         }
         if !out.is_empty() {

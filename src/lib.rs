@@ -4,7 +4,10 @@
 
 pub mod campaign;
 pub mod clock;
+pub mod config;
+pub mod definitions;
 pub mod payload;
 pub mod planner;
 pub mod state;
+pub mod store;
 pub mod zone;

@@ -1,1 +1,388 @@
-fn main(){}
+//! The `meridian` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meridian::clock::{Clock, SystemClock};
+use meridian::config::{redact_url, Config, LogFormat};
+use meridian::definitions::{self, ApplyError};
+use meridian::state::{CampaignState, StateMachine};
+use meridian::store::{AnyStore, SaveOutcome, Store};
+use meridian::with_store;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Self-hosted push-notification campaign engine")]
+struct Cli {
+    /// Configuration file [default: config/meridian.toml if present]
+    #[arg(long, global = true, env = "MERIDIAN_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: migrate, load campaign files, schedule and send.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Load and validate the configuration, print what will be used.
+    CheckConfig,
+    /// Manage campaign definitions.
+    #[command(subcommand)]
+    Campaign(CampaignCommand),
+}
+
+#[derive(Subcommand)]
+enum CampaignCommand {
+    /// Validate definition files and create or update them (by app and key).
+    /// Nothing is written unless every file is valid.
+    Apply {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List campaigns with state and slots.
+    List {
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Show one campaign with its slot plan.
+    Show {
+        key: String,
+        #[arg(long)]
+        app: Option<String>,
+    },
+}
+
+/// Input errors exit with 2, everything else with 1.
+enum Failure {
+    Input(String),
+    Runtime(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self::Runtime(e.into())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let config = Config::load(cli.config.as_deref()).map_err(|e| Failure::Input(e.to_string()))?;
+    match cli.command {
+        Command::CheckConfig => {
+            check_config(&config);
+            Ok(())
+        }
+        Command::Serve => {
+            init_logging(&config);
+            let store = connect(&config).await?;
+            with_store!(&store, s => serve(s, &config).await)
+        }
+        Command::Migrate => {
+            let store = connect(&config).await?;
+            with_store!(&store, s => {
+                s.migrate().await.context("migrating")?;
+                s.close().await;
+            });
+            println!("migrations applied to {}", redact_url(&config.database.url));
+            Ok(())
+        }
+        Command::Campaign(cmd) => {
+            let store = connect(&config).await?;
+            let result = with_store!(&store, s => {
+                let r = campaign_command(s, &config, cmd).await;
+                s.close().await;
+                r
+            });
+            result
+        }
+    }
+}
+
+async fn connect(config: &Config) -> Result<AnyStore, Failure> {
+    AnyStore::connect(&config.database)
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(&config.database.url)))
+        .map_err(Failure::Runtime)
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match config.log.format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn check_config(config: &Config) {
+    println!("database: {}", redact_url(&config.database.url));
+    println!("  max_connections: {}", config.database.max_connections);
+    println!("  migrate_on_start: {}", config.database.migrate_on_start);
+    println!("server.listen: {}", config.server.listen);
+    println!("campaigns.dir: {}", config.campaigns.dir.display());
+    println!("log: level {} format {:?}", config.log.level, config.log.format);
+    if config.apps.is_empty() {
+        println!("apps: none configured");
+    }
+    for (id, app) in &config.apps {
+        let topics: Vec<String> = app
+            .topics
+            .iter()
+            .map(|(t, c)| format!("{t}{}", if c.default_subscribed { " (default on)" } else { "" }))
+            .collect();
+        println!("app {id}: default zone {}, topics [{}]", app.default_timezone, topics.join(", "));
+        match &app.apns {
+            Some(a) => println!(
+                "  apns: {} via {} ({})",
+                a.bundle_id,
+                a.base_url,
+                if a.key_file.is_some() { "token auth" } else { "certificate auth" }
+            ),
+            None => println!("  apns: not configured"),
+        }
+        match &app.fcm {
+            Some(f) => println!("  fcm: {} via {}", f.service_account_file.display(), f.base_url),
+            None => println!("  fcm: not configured"),
+        }
+    }
+    println!("configuration OK");
+}
+
+async fn serve<S: Store>(store: &S, config: &Config) -> Result<(), Failure> {
+    let clock = SystemClock;
+    if config.database.migrate_on_start {
+        store.migrate().await.context("migrating")?;
+    }
+    definitions::sync_apps(store, config, clock.now()).await?;
+    let files = definitions::files_in(&config.campaigns.dir)
+        .with_context(|| format!("reading {}", config.campaigns.dir.display()))?;
+    for file in files {
+        let result = async {
+            let def = definitions::read_file(&file)?;
+            let prepared = definitions::prepare(store, config, &def, clock.now()).await?;
+            definitions::save(store, prepared, clock.now()).await
+        }
+        .await;
+        match result {
+            Ok(applied) => tracing::info!(
+                message = "Campaign file applied.",
+                file = %file.display(),
+                key = %applied.record.key,
+                state = %applied.record.state,
+                outcome = ?applied.outcome,
+            ),
+            Err(error) => tracing::error!(message = "Campaign file not applied.", file = %file.display(), %error),
+        }
+    }
+    tracing::info!(message = "Meridian is running.", database = %redact_url(&config.database.url));
+    shutdown_signal().await;
+    tracing::info!(message = "Shutting down.");
+    store.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn campaign_command<S: Store>(store: &S, config: &Config, cmd: CampaignCommand) -> Result<(), Failure> {
+    let clock = SystemClock;
+    store.migrate().await.context("migrating")?;
+    definitions::sync_apps(store, config, clock.now()).await?;
+    match cmd {
+        CampaignCommand::Apply { files } => {
+            // Check every file first: a broken one means nothing is written.
+            let mut prepared = Vec::new();
+            for file in &files {
+                let result = async {
+                    let def = definitions::read_file(file)?;
+                    definitions::prepare(store, config, &def, clock.now()).await
+                }
+                .await;
+                match result {
+                    Ok(p) => prepared.push((file, p)),
+                    Err(e) => return Err(apply_failure(file, e)),
+                }
+            }
+            for (file, p) in prepared {
+                let applied = definitions::save(store, p, clock.now())
+                    .await
+                    .map_err(|e| apply_failure(file, e))?;
+                let outcome = match applied.outcome {
+                    SaveOutcome::Created => "created",
+                    SaveOutcome::Updated => "updated",
+                    SaveOutcome::Unchanged => "unchanged",
+                };
+                let planned = applied.plan.as_ref().filter(|_| applied.outcome != SaveOutcome::Unchanged);
+                let slots = planned.map_or(String::new(), |p| {
+                    let firing = p.firing().count();
+                    let span = p.span().map_or(String::new(), |(a, b)| {
+                        format!(", first {} last {} UTC", a.format("%Y-%m-%d %H:%M"), b.format("%Y-%m-%d %H:%M"))
+                    });
+                    format!(" with {firing} slots over {} instants{span}", p.by_instant().len())
+                });
+                println!(
+                    "{}: {} {}/{} ({}){}",
+                    file.display(),
+                    outcome,
+                    applied.record.app_id,
+                    applied.record.key,
+                    applied.record.state,
+                    slots
+                );
+            }
+            Ok(())
+        }
+        CampaignCommand::List { app } => {
+            let campaigns = store.campaigns(app.as_deref()).await?;
+            if campaigns.is_empty() {
+                println!("no campaigns");
+                return Ok(());
+            }
+            println!("{:<12} {:<28} {:<10} {:>7} {:>8}  NEXT SEND (UTC)", "APP", "KEY", "STATE", "SLOTS", "PENDING");
+            for c in campaigns {
+                let slots = store.slots(c.id).await?;
+                let pending: Vec<_> = slots
+                    .iter()
+                    .filter(|s| s.state == meridian::state::SlotState::Pending)
+                    .collect();
+                let next = pending
+                    .iter()
+                    .map(|s| s.fire_at)
+                    .min()
+                    .map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string());
+                println!(
+                    "{:<12} {:<28} {:<10} {:>7} {:>8}  {}",
+                    c.app_id,
+                    c.key,
+                    c.state.as_str(),
+                    slots.len(),
+                    pending.len(),
+                    next
+                );
+            }
+            Ok(())
+        }
+        CampaignCommand::Show { key, app } => {
+            let found = match &app {
+                Some(app) => store.campaign(app, &key).await?.into_iter().collect(),
+                None => store.campaigns_by_key(&key).await?,
+            };
+            let c = match found.as_slice() {
+                [] => return Err(Failure::Input(format!("no campaign with key {key:?}"))),
+                [c] => c,
+                many => {
+                    let apps: Vec<&str> = many.iter().map(|c| c.app_id.as_str()).collect();
+                    return Err(Failure::Input(format!(
+                        "key {key:?} exists in several apps ({}): add --app",
+                        apps.join(", ")
+                    )));
+                }
+            };
+            print_campaign(store, c).await
+        }
+    }
+}
+
+fn apply_failure(file: &std::path::Path, e: ApplyError) -> Failure {
+    if e.is_input() {
+        match e {
+            // Parse errors already name the file.
+            ApplyError::Definition(d) => Failure::Input(d.to_string()),
+            other => Failure::Input(format!("{}: {other}", file.display())),
+        }
+    } else {
+        Failure::Runtime(anyhow::Error::new(e).context(format!("applying {}", file.display())))
+    }
+}
+
+async fn print_campaign<S: Store>(store: &S, c: &meridian::store::CampaignRecord) -> Result<(), Failure> {
+    println!("campaign {}/{} (#{})", c.app_id, c.key, c.id);
+    println!("  name: {}", c.name);
+    println!("  state: {}  revision: {}", c.state, c.revision);
+    if let Some(v) = &c.tzdata_version {
+        println!("  planned with tzdata {v}");
+    }
+    if let Some(t) = c.scheduled_at {
+        println!("  scheduled at {}", t.to_rfc3339());
+    }
+    let def = &c.definition.0;
+    println!("  message: {} — {}", def["message"]["title"].as_str().unwrap_or(""), def["message"]["body"].as_str().unwrap_or(""));
+    println!("  schedule: {}", def["schedule"]);
+    let slots = store.slots(c.id).await?;
+    if slots.is_empty() {
+        if c.state == CampaignState::Draft {
+            println!("  slots: none (draft)");
+        } else {
+            println!("  slots: none (no recipients when planned)");
+        }
+        return Ok(());
+    }
+    let total: i64 = slots.iter().map(|s| s.planned_count).sum();
+    println!("  slots: {} for {} recipients", slots.len(), total);
+    println!("    {:<17} {:<9} {:<14} {:>10}  ZONE", "FIRE AT (UTC)", "STATE", "DISPOSITION", "RECIPIENTS");
+    for s in &slots {
+        println!(
+            "    {:<17} {:<9} {:<14} {:>10}  {}",
+            s.fire_at.format("%Y-%m-%d %H:%M"),
+            s.state.as_str(),
+            s.disposition,
+            s.planned_count,
+            if s.zone.is_empty() { "(default zone)" } else { &s.zone }
+        );
+    }
+    Ok(())
+}

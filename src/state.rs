@@ -80,6 +80,13 @@ macro_rules! states {
             }
         }
 
+        impl TryFrom<String> for $name {
+            type Error = StateError;
+            fn try_from(s: String) -> Result<Self, StateError> {
+                <Self as StateMachine>::parse(&s)
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())

@@ -1,0 +1,470 @@
+//! Typed settings: `config/meridian.toml` (or `--config PATH`), every key
+//! overridable as `MERIDIAN_SECTION__KEY` in the environment.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::zone::parse_zone;
+
+pub const DEFAULT_CONFIG_PATH: &str = "config/meridian.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {path}: no such file")]
+    Missing { path: String },
+    #[error("{0}")]
+    Load(String),
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub campaigns: CampaignsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Tenants, by id.
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` (created on first start) or `postgres://…`.
+    #[serde(default = "default_db_url")]
+    pub url: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+    /// Apply migrations when `serve` starts.
+    #[serde(default = "yes")]
+    pub migrate_on_start: bool,
+    /// How long SQLite waits for a lock before giving up.
+    #[serde(default = "default_busy_timeout", with = "humantime_serde")]
+    pub busy_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: default_db_url(),
+            max_connections: default_max_connections(),
+            migrate_on_start: true,
+            busy_timeout: default_busy_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignsConfig {
+    /// Campaign definitions applied when `serve` starts.
+    #[serde(default = "default_campaigns_dir")]
+    pub dir: PathBuf,
+}
+
+impl Default for CampaignsConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_campaigns_dir(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter such as `info` or `meridian=debug,sqlx=warn`; `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise (e.g. under systemd).
+    #[default]
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Zone for recipients with no (or an unknown) zone.
+    #[serde(default = "default_zone")]
+    pub default_timezone: String,
+    /// Traffic types users subscribe to, e.g. `marketing`, `transactional`.
+    #[serde(default)]
+    pub topics: BTreeMap<String, TopicConfig>,
+    #[serde(default)]
+    pub apns: Option<ApnsConfig>,
+    #[serde(default)]
+    pub fcm: Option<FcmConfig>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Whether a user with no explicit choice counts as subscribed
+    /// (true for transactional traffic, false for marketing, which needs an opt-in).
+    #[serde(default)]
+    pub default_subscribed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The app's bundle id, sent as `apns-topic`.
+    pub bundle_id: String,
+    /// Token auth: the `.p8` key, its key id and the team id.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// Certificate auth: PEM certificate and key.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_key_file: Option<PathBuf>,
+    #[serde(default = "default_apns_url")]
+    pub base_url: String,
+    /// Extra CA certificate (PEM) to trust, e.g. a proxy's or the simulator's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    /// Google service-account JSON (project id, client email, private key, token_uri).
+    pub service_account_file: PathBuf,
+    #[serde(default = "default_fcm_url")]
+    pub base_url: String,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_db_url() -> String {
+    "sqlite://data/meridian.db".to_owned()
+}
+fn default_max_connections() -> u32 {
+    8
+}
+fn yes() -> bool {
+    true
+}
+fn default_busy_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_campaigns_dir() -> PathBuf {
+    PathBuf::from("campaigns")
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+fn default_zone() -> String {
+    "UTC".to_owned()
+}
+fn default_apns_url() -> String {
+    "https://api.push.apple.com".to_owned()
+}
+fn default_fcm_url() -> String {
+    "https://fcm.googleapis.com".to_owned()
+}
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseConfig {
+    pub fn kind(&self) -> Result<DatabaseKind, ConfigError> {
+        if self.url.starts_with("sqlite:") {
+            let path = self.url.trim_start_matches("sqlite:").trim_start_matches("//");
+            if path.is_empty() {
+                return Err(invalid("database.url", "sqlite URL has no path (e.g. sqlite://data/meridian.db)"));
+            }
+            Ok(DatabaseKind::Sqlite)
+        } else if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
+            match url::Url::parse(&self.url) {
+                Ok(u) if u.host().is_some() => Ok(DatabaseKind::Postgres),
+                _ => Err(invalid("database.url", "is not a valid postgres:// URL")),
+            }
+        } else {
+            Err(invalid(
+                "database.url",
+                format!("unsupported scheme in {:?}: use sqlite://PATH or postgres://…", redact_url(&self.url)),
+            ))
+        }
+    }
+}
+
+/// The URL without its password, for messages and logs.
+pub fn redact_url(s: &str) -> String {
+    match url::Url::parse(s) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => s.to_owned(),
+    }
+}
+
+impl AppConfig {
+    pub fn timezone(&self) -> Tz {
+        parse_zone(&self.default_timezone).unwrap_or(chrono_tz::UTC)
+    }
+
+    pub fn topic_names(&self) -> BTreeSet<&str> {
+        self.topics.keys().map(String::as_str).collect()
+    }
+}
+
+fn valid_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn check_file(key: &str, path: &Path) -> Result<(), ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => Err(invalid(key, format!("{} is not a file", path.display()))),
+        Err(e) => Err(invalid(key, format!("{}: {e}", path.display()))),
+    }
+}
+
+fn check_base_url(key: &str, s: &str) -> Result<(), ConfigError> {
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(invalid(key, format!("{s:?} is not an http(s) URL"))),
+    }
+}
+
+impl Config {
+    /// Loads the file (the default path only if it exists) and the environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        match path {
+            Some(p) if !p.exists() => {
+                return Err(ConfigError::Missing {
+                    path: p.display().to_string(),
+                })
+            }
+            Some(p) => figment = figment.merge(Toml::file_exact(p)),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_PATH))
+            }
+            None => {}
+        }
+        // Only `SECTION__KEY` names are settings; MERIDIAN_TEST_PG_URL and the like are not.
+        let env = Env::prefixed("MERIDIAN_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__");
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Load(figment_message(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: URLs, zones, names, and that credential files exist.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.database.kind()?;
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
+        }
+        for (id, app) in &self.apps {
+            let key = |k: &str| format!("apps.{id}.{k}");
+            if !valid_ident(id) {
+                return Err(invalid(format!("apps.{id}"), "app ids are 1-64 lowercase letters, digits, '-' or '_'"));
+            }
+            if parse_zone(&app.default_timezone).is_none() {
+                return Err(invalid(key("default_timezone"), format!("unknown IANA time zone {:?}", app.default_timezone)));
+            }
+            for topic in app.topics.keys() {
+                if !valid_ident(topic) {
+                    return Err(invalid(key(&format!("topics.{topic}")), "topic names are 1-64 lowercase letters, digits, '-' or '_'"));
+                }
+            }
+            if let Some(apns) = &app.apns {
+                check_base_url(&key("apns.base_url"), &apns.base_url)?;
+                if apns.bundle_id.trim().is_empty() {
+                    return Err(invalid(key("apns.bundle_id"), "must not be empty"));
+                }
+                match (&apns.key_file, &apns.cert_file) {
+                    (Some(k), None) => {
+                        check_file(&key("apns.key_file"), k)?;
+                        if apns.key_id.as_deref().is_none_or(str::is_empty) {
+                            return Err(invalid(key("apns.key_id"), "is required with key_file"));
+                        }
+                        if apns.team_id.as_deref().is_none_or(str::is_empty) {
+                            return Err(invalid(key("apns.team_id"), "is required with key_file"));
+                        }
+                    }
+                    (None, Some(c)) => {
+                        check_file(&key("apns.cert_file"), c)?;
+                        match &apns.cert_key_file {
+                            Some(k) => check_file(&key("apns.cert_key_file"), k)?,
+                            None => return Err(invalid(key("apns.cert_key_file"), "is required with cert_file")),
+                        }
+                    }
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(key("apns"), "set key_file (token auth) or cert_file (certificate auth), not both"))
+                    }
+                    (None, None) => {
+                        return Err(invalid(key("apns"), "needs key_file (token auth) or cert_file (certificate auth)"))
+                    }
+                }
+                if let Some(ca) = &apns.ca_file {
+                    check_file(&key("apns.ca_file"), ca)?;
+                }
+            }
+            if let Some(fcm) = &app.fcm {
+                check_base_url(&key("fcm.base_url"), &fcm.base_url)?;
+                check_file(&key("fcm.service_account_file"), &fcm.service_account_file)?;
+                if let Some(ca) = &fcm.ca_file {
+                    check_file(&key("fcm.ca_file"), ca)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn app(&self, id: &str) -> Option<&AppConfig> {
+        self.apps.get(id)
+    }
+}
+
+/// One line naming the key, from figment's error (which may hold several).
+fn figment_message(e: &figment::Error) -> String {
+    let mut e = e.clone();
+    let key = e.path.join(".");
+    e.path.clear();
+    let mut msg = e.kind.to_string();
+    if let Some(meta) = e.metadata.as_ref() {
+        if let Some(src) = &meta.source {
+            msg = format!("{msg} (in {src})");
+        }
+    }
+    if key.is_empty() {
+        format!("config: {msg}")
+    } else {
+        format!("{key}: {msg}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = Figment::from(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(figment_message(&e)))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_are_embedded_sqlite() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.database.kind().unwrap(), DatabaseKind::Sqlite);
+        assert_eq!(c.database.url, "sqlite://data/meridian.db");
+    }
+
+    #[test]
+    fn bad_url_names_the_key() {
+        let err = from_toml("[database]\nurl = \"mysql://x\"").unwrap_err().to_string();
+        assert!(err.starts_with("database.url: "), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let err = from_toml("[database]\nurl = \"sqlite://x.db\"\npool = 3").unwrap_err().to_string();
+        assert!(err.contains("database") && err.contains("pool"), "{err}");
+    }
+
+    #[test]
+    fn missing_credential_file_names_the_key() {
+        let err = from_toml(
+            "[apps.shop.fcm]\nservice_account_file = \"/nonexistent/sa.json\"",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("apps.shop.fcm.service_account_file: /nonexistent/sa.json"), "{err}");
+    }
+
+    #[test]
+    fn bad_default_zone_names_the_key() {
+        let err = from_toml("[apps.shop]\ndefault_timezone = \"Europe/Nowhere\"").unwrap_err().to_string();
+        assert!(err.starts_with("apps.shop.default_timezone: "), "{err}");
+    }
+
+    #[test]
+    fn password_is_redacted() {
+        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+}

@@ -1,0 +1,216 @@
+//! Applying campaign definitions: validate, plan against the audience's zones,
+//! and save definition and slots together. Used by `campaign apply`, by `serve`
+//! for the files in `campaigns/`, and later by the API.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+
+use crate::campaign::{
+    parse_toml, AppContext, CampaignDefinition, DefinitionError, DesiredStatus, ValidCampaign,
+    ValidationErrors,
+};
+use crate::config::{AppConfig, Config};
+use crate::planner::{self, Plan, PlanError, PlanRequest};
+use crate::state::CampaignState;
+use crate::store::{
+    AppRecord, CampaignRecord, CampaignSave, NewSlot, SaveOutcome, Segment, Store, StoreError,
+    TopicRule,
+};
+use crate::zone::TZDATA_VERSION;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The definition itself is wrong (exit code 2 on the CLI).
+    #[error("{0}")]
+    Invalid(#[from] ValidationErrors),
+    #[error(transparent)]
+    Definition(#[from] DefinitionError),
+    #[error("app: unknown app {0:?} (not in the config's [apps])")]
+    UnknownApp(String),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApplyError {
+    /// Whether the caller's input is at fault (as opposed to the database).
+    pub fn is_input(&self) -> bool {
+        match self {
+            Self::Invalid(_) | Self::Definition(_) | Self::UnknownApp(_) | Self::Plan(_) => true,
+            Self::Store(e) => matches!(e, StoreError::NotEditable { .. } | StoreError::State(_)),
+        }
+    }
+}
+
+/// A definition checked and planned, not yet written.
+#[derive(Debug)]
+pub struct Prepared {
+    pub campaign: ValidCampaign,
+    pub plan: Option<Plan>,
+}
+
+#[derive(Debug)]
+pub struct Applied {
+    pub record: CampaignRecord,
+    pub outcome: SaveOutcome,
+    pub plan: Option<Plan>,
+}
+
+/// Creates or updates the configured apps.
+pub async fn sync_apps<S: Store>(store: &S, config: &Config, now: DateTime<Utc>) -> Result<(), StoreError> {
+    for (id, app) in &config.apps {
+        store
+            .sync_app(
+                &AppRecord {
+                    id: id.clone(),
+                    name: app.name.clone().unwrap_or_else(|| id.clone()),
+                    default_timezone: app.default_timezone.clone(),
+                },
+                now,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// The topics an audience requires, with each topic's default from the config.
+pub fn topic_rules<'a>(app: &'a AppConfig, topics: &'a [String]) -> Vec<TopicRule<'a>> {
+    topics
+        .iter()
+        .map(|t| TopicRule {
+            name: t,
+            default_subscribed: app.topics.get(t).is_some_and(|c| c.default_subscribed),
+        })
+        .collect()
+}
+
+fn app_of<'c>(config: &'c Config, def: &CampaignDefinition) -> Result<&'c AppConfig, ApplyError> {
+    config
+        .app(&def.app)
+        .ok_or_else(|| ApplyError::UnknownApp(def.app.clone()))
+}
+
+/// Validates a definition and, when it is to be scheduled, plans its slots. Reads only.
+pub async fn prepare<S: Store>(
+    store: &S,
+    config: &Config,
+    def: &CampaignDefinition,
+    now: DateTime<Utc>,
+) -> Result<Prepared, ApplyError> {
+    let app = app_of(config, def)?;
+    let campaign = def.validate(&AppContext {
+        app_id: &def.app,
+        topics: app.topic_names(),
+    })?;
+    if let Some(existing) = store.campaign(&def.app, &def.key).await? {
+        let unchanged = serde_json::to_value(def).ok().as_ref() == Some(&existing.definition.0);
+        if !existing.state.is_editable() && !unchanged {
+            return Err(StoreError::NotEditable {
+                key: def.key.clone(),
+                state: existing.state,
+            }
+            .into());
+        }
+    }
+    let plan = match def.status {
+        DesiredStatus::Draft => None,
+        DesiredStatus::Scheduled => Some(plan_campaign(store, app, &campaign, now).await?),
+    };
+    Ok(Prepared { campaign, plan })
+}
+
+/// Plans a valid campaign against the zones its audience has now.
+pub async fn plan_campaign<S: Store>(
+    store: &S,
+    app: &AppConfig,
+    campaign: &ValidCampaign,
+    now: DateTime<Utc>,
+) -> Result<Plan, ApplyError> {
+    let def = &campaign.definition;
+    let zones = store
+        .audience_zones(&Segment {
+            app_id: &def.app,
+            audience: &def.audience,
+            topics: topic_rules(app, &def.audience.topics),
+        })
+        .await?;
+    Ok(planner::plan(&PlanRequest {
+        schedule: &campaign.schedule,
+        quiet_hours: campaign.quiet_hours,
+        zones: &zones,
+        default_zone: app.timezone(),
+        now,
+    })?)
+}
+
+/// Writes a prepared definition and its plan.
+pub async fn save<S: Store>(store: &S, prepared: Prepared, now: DateTime<Utc>) -> Result<Applied, ApplyError> {
+    let def = &prepared.campaign.definition;
+    let json = serde_json::to_value(def)
+        .map_err(|e| StoreError::Invalid(format!("campaign {:?} does not serialize: {e}", def.key)))?;
+    let slots: Vec<NewSlot> = prepared
+        .plan
+        .iter()
+        .flat_map(|p| &p.slots)
+        .map(|s| NewSlot {
+            occurrence: s.occurrence.clone(),
+            zone: s.zone.clone(),
+            fire_at: s.fire_at,
+            disposition: s.disposition,
+            planned_count: s.recipients,
+        })
+        .collect();
+    let state = match def.status {
+        DesiredStatus::Draft => CampaignState::Draft,
+        DesiredStatus::Scheduled => CampaignState::Scheduled,
+    };
+    let (record, outcome) = store
+        .save_campaign(
+            &CampaignSave {
+                app_id: &def.app,
+                key: &def.key,
+                name: def.display_name(),
+                definition: &json,
+                state,
+                slots: &slots,
+                tzdata_version: prepared.plan.as_ref().map(|_| TZDATA_VERSION),
+            },
+            now,
+        )
+        .await?;
+    Ok(Applied {
+        record,
+        outcome,
+        plan: prepared.plan,
+    })
+}
+
+/// Reads a definition file.
+pub fn read_file(path: &Path) -> Result<CampaignDefinition, DefinitionError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| DefinitionError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse_toml(&shown, &text)
+}
+
+/// The `*.toml` files of a directory, sorted; none if it does not exist.
+pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,261 @@
+//! Storage: one [`Store`] API, implemented for Postgres and for SQLite.
+//!
+//! **Invariant:** only this module names sqlx. SQL is shared text wherever the
+//! dialects agree (`$N` placeholders work on both); each backend adds only what
+//! differs (JSON row sources, locking, list parameters).
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use crate::campaign::Platform;
+use crate::config::{DatabaseConfig, DatabaseKind};
+use crate::planner::{Disposition, ZoneCount};
+use crate::state::{CampaignState, DeviceState, SlotState, StateError};
+
+mod postgres;
+pub mod segment;
+mod shared;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use segment::{Segment, TopicRule};
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("campaign {key:?} is {state}: it can no longer be edited")]
+    NotEditable { key: String, state: CampaignState },
+    #[error("campaign {key:?} changed concurrently; try again")]
+    Conflict { key: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A tenant, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    pub id: String,
+    pub name: String,
+    pub default_timezone: String,
+}
+
+/// A user to create or update; `None` fields keep what is stored.
+#[derive(Debug, Clone, Default)]
+pub struct UserUpsert<'a> {
+    pub app_id: &'a str,
+    pub external_id: &'a str,
+    pub phone: Option<&'a str>,
+    pub timezone: Option<&'a str>,
+    pub locale: Option<&'a str>,
+    pub attributes: Option<&'a Value>,
+}
+
+/// A device to register or refresh. Registering a known token reactivates it.
+#[derive(Debug, Clone)]
+pub struct DeviceUpsert<'a> {
+    pub app_id: &'a str,
+    /// The owning user's external id (created if unknown), or none for an anonymous install.
+    pub user_external_id: Option<&'a str>,
+    pub install_id: Option<&'a str>,
+    pub platform: Platform,
+    pub token: &'a str,
+    pub timezone: Option<&'a str>,
+    pub locale: Option<&'a str>,
+    /// Makes this the user's primary device (clearing the flag on the others).
+    pub primary: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct DeviceRecord {
+    pub id: i64,
+    pub app_id: String,
+    pub user_id: Option<i64>,
+    pub install_id: Option<String>,
+    pub platform: String,
+    pub token: String,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+    pub is_primary: bool,
+    #[sqlx(try_from = "String")]
+    pub state: DeviceState,
+    pub invalid_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A slot as planned, to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSlot {
+    pub occurrence: String,
+    pub zone: String,
+    pub fire_at: DateTime<Utc>,
+    pub disposition: Disposition,
+    pub planned_count: u64,
+}
+
+impl NewSlot {
+    fn state(&self) -> SlotState {
+        if self.disposition == Disposition::Skipped {
+            SlotState::Skipped
+        } else {
+            SlotState::Pending
+        }
+    }
+}
+
+/// A campaign definition to create or replace, with its plan when scheduled.
+#[derive(Debug, Clone)]
+pub struct CampaignSave<'a> {
+    pub app_id: &'a str,
+    pub key: &'a str,
+    pub name: &'a str,
+    pub definition: &'a Value,
+    /// `Draft` or `Scheduled`.
+    pub state: CampaignState,
+    pub slots: &'a [NewSlot],
+    pub tzdata_version: Option<&'a str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaveOutcome {
+    Created,
+    Updated,
+    Unchanged,
+}
+
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct CampaignRecord {
+    pub id: i64,
+    pub app_id: String,
+    pub key: String,
+    pub name: String,
+    pub definition: Json<Value>,
+    #[sqlx(try_from = "String")]
+    pub state: CampaignState,
+    pub revision: i32,
+    pub tzdata_version: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SlotRecord {
+    pub id: i64,
+    pub campaign_id: i64,
+    pub occurrence: String,
+    pub zone: String,
+    pub fire_at: DateTime<Utc>,
+    pub disposition: String,
+    #[sqlx(try_from = "String")]
+    pub state: SlotState,
+    pub planned_count: i64,
+    pub released_at: Option<DateTime<Utc>>,
+}
+
+/// Everything the rest of Meridian asks of the database.
+///
+/// Methods return `Send` futures so callers may spawn them; each implementation
+/// writes them as plain `async fn`.
+pub trait Store: Send + Sync + 'static {
+    fn kind(&self) -> DatabaseKind;
+
+    /// Applies pending migrations.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// Creates or updates a configured app.
+    fn sync_app(&self, app: &AppRecord, now: DateTime<Utc>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn upsert_user(&self, user: &UserUpsert<'_>, now: DateTime<Utc>) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    fn upsert_device(&self, device: &DeviceUpsert<'_>, now: DateTime<Utc>) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+
+    fn device_by_token(&self, app_id: &str, token: &str) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
+
+    /// Marks a token dead so no later campaign uses it. False if it was already invalid.
+    fn invalidate_device(&self, device_id: i64, reason: &str, now: DateTime<Utc>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Records a user's choice for topics; the user must exist.
+    fn set_subscriptions(
+        &self,
+        app_id: &str,
+        external_id: &str,
+        choices: &[(&str, bool)],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Recipients of the segment per zone.
+    fn audience_zones(&self, segment: &Segment<'_>) -> impl Future<Output = Result<Vec<ZoneCount>, StoreError>> + Send;
+
+    /// Creates or replaces a campaign and its planned slots in one transaction.
+    /// Refuses a campaign that is no longer editable; a definition and state equal
+    /// to what is stored changes nothing.
+    fn save_campaign(
+        &self,
+        campaign: &CampaignSave<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(CampaignRecord, SaveOutcome), StoreError>> + Send;
+
+    fn campaign(&self, app_id: &str, key: &str) -> impl Future<Output = Result<Option<CampaignRecord>, StoreError>> + Send;
+
+    /// Campaigns with this key in any app (a key is unique per app).
+    fn campaigns_by_key(&self, key: &str) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
+
+    fn campaigns(&self, app_id: Option<&str>) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
+
+    fn slots(&self, campaign_id: i64) -> impl Future<Output = Result<Vec<SlotRecord>, StoreError>> + Send;
+
+    /// Moves a campaign from `from` to `to`, fenced by `from`.
+    fn set_campaign_state(
+        &self,
+        campaign_id: i64,
+        from: CampaignState,
+        to: CampaignState,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The campaign state machine as the database enforces it.
+    fn campaign_transitions(&self) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+}
+
+/// A store of either kind, chosen by the configured URL.
+pub enum AnyStore {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+impl AnyStore {
+    pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
+        let kind = cfg.kind().map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(match kind {
+            DatabaseKind::Postgres => Self::Postgres(PgStore::connect(cfg).await?),
+            DatabaseKind::Sqlite => Self::Sqlite(SqliteStore::connect(cfg).await?),
+        })
+    }
+}
+
+/// Calls `$body` with `$s` bound to the concrete store, so callers stay generic.
+#[macro_export]
+macro_rules! with_store {
+    ($any:expr, $s:ident => $body:expr) => {
+        match $any {
+            $crate::store::AnyStore::Postgres($s) => $body,
+            $crate::store::AnyStore::Sqlite($s) => $body,
+        }
+    };
+}

@@ -1,0 +1,380 @@
+//! Store methods whose SQL and Rust are the same on both backends.
+//!
+//! `shared_store_methods!()` expands inside each backend's `impl Store`; the
+//! backend provides `self.write` / `self.read` pools, `Self::FOR_UPDATE`,
+//! `Self::bind_segment` and `Self::insert_slots`.
+
+pub(super) const USER_UPSERT: &str = "\
+    INSERT INTO users (app_id, external_id, phone, timezone, locale, attributes, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, COALESCE($6, '{}'), $7, $7) \
+    ON CONFLICT (app_id, external_id) DO UPDATE SET \
+        phone = COALESCE(excluded.phone, users.phone), \
+        timezone = COALESCE(excluded.timezone, users.timezone), \
+        locale = COALESCE(excluded.locale, users.locale), \
+        attributes = CASE WHEN $6 IS NULL THEN users.attributes ELSE excluded.attributes END, \
+        updated_at = excluded.updated_at \
+    RETURNING id";
+
+/// Makes sure a user exists without changing it.
+pub(super) const USER_ENSURE: &str = "\
+    INSERT INTO users (app_id, external_id, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+    ON CONFLICT (app_id, external_id) DO UPDATE SET external_id = excluded.external_id \
+    RETURNING id";
+
+pub(super) const DEVICE_COLUMNS: &str = "id, app_id, user_id, install_id, platform, token, timezone, locale, \
+    is_primary, state, invalid_reason, created_at, updated_at";
+
+pub(super) const DEVICE_CLEAR_PRIMARY: &str = "\
+    UPDATE devices SET is_primary = FALSE, updated_at = $4 \
+    WHERE user_id = $1 AND is_primary AND NOT (app_id = $2 AND token = $3)";
+
+pub(super) const DEVICE_UPSERT: &str = "\
+    INSERT INTO devices (app_id, user_id, install_id, platform, token, timezone, locale, is_primary, state, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $9) \
+    ON CONFLICT (app_id, token) DO UPDATE SET \
+        user_id = excluded.user_id, \
+        install_id = COALESCE(excluded.install_id, devices.install_id), \
+        platform = excluded.platform, \
+        timezone = COALESCE(excluded.timezone, devices.timezone), \
+        locale = COALESCE(excluded.locale, devices.locale), \
+        is_primary = CASE WHEN excluded.is_primary THEN TRUE \
+                          WHEN devices.user_id IS DISTINCT FROM excluded.user_id THEN FALSE \
+                          ELSE devices.is_primary END, \
+        state = 'active', invalid_reason = NULL, invalidated_at = NULL, \
+        updated_at = excluded.updated_at \
+    RETURNING id, app_id, user_id, install_id, platform, token, timezone, locale, \
+        is_primary, state, invalid_reason, created_at, updated_at";
+
+pub(super) const CAMPAIGN_COLUMNS: &str = "id, app_id, key, name, definition, state, revision, tzdata_version, \
+    created_at, updated_at, scheduled_at";
+
+pub(super) const SLOT_COLUMNS: &str = "id, campaign_id, occurrence, zone, fire_at, disposition, state, \
+    planned_count, released_at";
+
+macro_rules! shared_store_methods {
+    () => {
+        async fn ping(&self) -> Result<(), $crate::store::StoreError> {
+            sqlx::query("SELECT 1").execute(&self.read).await?;
+            Ok(())
+        }
+
+        async fn close(&self) {
+            self.write.close().await;
+            self.read.close().await;
+        }
+
+        async fn sync_app(
+            &self,
+            app: &$crate::store::AppRecord,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), $crate::store::StoreError> {
+            sqlx::query(
+                "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, default_timezone = excluded.default_timezone, \
+                 updated_at = excluded.updated_at \
+                 WHERE apps.name <> excluded.name OR apps.default_timezone <> excluded.default_timezone",
+            )
+            .bind(&app.id)
+            .bind(&app.name)
+            .bind(&app.default_timezone)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+            Ok(())
+        }
+
+        async fn upsert_user(
+            &self,
+            u: &$crate::store::UserUpsert<'_>,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<i64, $crate::store::StoreError> {
+            Ok(sqlx::query_scalar($crate::store::shared::USER_UPSERT)
+                .bind(u.app_id)
+                .bind(u.external_id)
+                .bind(u.phone)
+                .bind(u.timezone)
+                .bind(u.locale)
+                .bind(u.attributes.map(sqlx::types::Json))
+                .bind(now)
+                .fetch_one(&self.write)
+                .await?)
+        }
+
+        async fn upsert_device(
+            &self,
+            d: &$crate::store::DeviceUpsert<'_>,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<$crate::store::DeviceRecord, $crate::store::StoreError> {
+            let mut tx = self.write.begin().await?;
+            let user_id: Option<i64> = match d.user_external_id {
+                Some(ext) => Some(
+                    sqlx::query_scalar($crate::store::shared::USER_ENSURE)
+                        .bind(d.app_id)
+                        .bind(ext)
+                        .bind(now)
+                        .fetch_one(&mut *tx)
+                        .await?,
+                ),
+                None => None,
+            };
+            if let (true, Some(uid)) = (d.primary, user_id) {
+                sqlx::query($crate::store::shared::DEVICE_CLEAR_PRIMARY)
+                    .bind(uid)
+                    .bind(d.app_id)
+                    .bind(d.token)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let record: $crate::store::DeviceRecord = sqlx::query_as($crate::store::shared::DEVICE_UPSERT)
+                .bind(d.app_id)
+                .bind(user_id)
+                .bind(d.install_id)
+                .bind(d.platform.as_str())
+                .bind(d.token)
+                .bind(d.timezone)
+                .bind(d.locale)
+                .bind(d.primary && user_id.is_some())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(record)
+        }
+
+        async fn device_by_token(
+            &self,
+            app_id: &str,
+            token: &str,
+        ) -> Result<Option<$crate::store::DeviceRecord>, $crate::store::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM devices WHERE app_id = $1 AND token = $2",
+                $crate::store::shared::DEVICE_COLUMNS
+            );
+            Ok(sqlx::query_as(&sql).bind(app_id).bind(token).fetch_optional(&self.read).await?)
+        }
+
+        async fn invalidate_device(
+            &self,
+            device_id: i64,
+            reason: &str,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, $crate::store::StoreError> {
+            let done = sqlx::query(
+                "UPDATE devices SET state = 'invalid', invalid_reason = $2, invalidated_at = $3, updated_at = $3 \
+                 WHERE id = $1 AND state = 'active'",
+            )
+            .bind(device_id)
+            .bind(reason)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn set_subscriptions(
+            &self,
+            app_id: &str,
+            external_id: &str,
+            choices: &[(&str, bool)],
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), $crate::store::StoreError> {
+            let mut tx = self.write.begin().await?;
+            let user_id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE app_id = $1 AND external_id = $2")
+                .bind(app_id)
+                .bind(external_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(user_id) = user_id else {
+                return Err($crate::store::StoreError::NotFound {
+                    what: format!("user {external_id:?}"),
+                });
+            };
+            for (topic, opted_in) in choices {
+                sqlx::query(
+                    "INSERT INTO subscriptions (user_id, topic, opted_in, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (user_id, topic) DO UPDATE SET opted_in = excluded.opted_in, updated_at = excluded.updated_at",
+                )
+                .bind(user_id)
+                .bind(*topic)
+                .bind(*opted_in)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn audience_zones(
+            &self,
+            segment: &$crate::store::Segment<'_>,
+        ) -> Result<Vec<$crate::planner::ZoneCount>, $crate::store::StoreError> {
+            let (sql, binds) = $crate::store::segment::zone_counts_sql(self.kind(), segment);
+            let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
+            for b in binds {
+                q = Self::bind_segment(q, b);
+            }
+            let rows = q.fetch_all(&self.read).await?;
+            Ok(rows
+                .into_iter()
+                .map(|(zone, n)| $crate::planner::ZoneCount {
+                    zone,
+                    recipients: u64::try_from(n).unwrap_or(0),
+                })
+                .collect())
+        }
+
+        async fn save_campaign(
+            &self,
+            c: &$crate::store::CampaignSave<'_>,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<($crate::store::CampaignRecord, $crate::store::SaveOutcome), $crate::store::StoreError> {
+            use $crate::state::{CampaignState, StateMachine};
+            use $crate::store::{CampaignRecord, SaveOutcome, StoreError};
+            let scheduled_at = (c.state == CampaignState::Scheduled).then_some(now);
+            let mut tx = self.write.begin().await?;
+            let select = format!(
+                "SELECT {} FROM campaigns WHERE app_id = $1 AND key = $2{}",
+                $crate::store::shared::CAMPAIGN_COLUMNS,
+                Self::FOR_UPDATE
+            );
+            let existing: Option<CampaignRecord> = sqlx::query_as(&select)
+                .bind(c.app_id)
+                .bind(c.key)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let (id, outcome) = match existing {
+                Some(e) if e.definition.0 == *c.definition && e.state == c.state && e.name == c.name => {
+                    tx.rollback().await?;
+                    return Ok((e, SaveOutcome::Unchanged));
+                }
+                Some(e) if !e.state.is_editable() => {
+                    return Err(StoreError::NotEditable {
+                        key: c.key.to_owned(),
+                        state: e.state,
+                    })
+                }
+                Some(e) => {
+                    e.state.check_transition(c.state).or_else(|err| {
+                        if e.state == c.state { Ok(()) } else { Err(err) }
+                    })?;
+                    let done = sqlx::query(
+                        "UPDATE campaigns SET name = $2, definition = $3, state = $4, revision = revision + 1, \
+                         tzdata_version = $5, updated_at = $6, scheduled_at = $7 WHERE id = $1 AND state = $8",
+                    )
+                    .bind(e.id)
+                    .bind(c.name)
+                    .bind(sqlx::types::Json(c.definition))
+                    .bind(c.state.as_str())
+                    .bind(c.tzdata_version)
+                    .bind(now)
+                    .bind(scheduled_at)
+                    .bind(e.state.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() != 1 {
+                        return Err(StoreError::Conflict { key: c.key.to_owned() });
+                    }
+                    sqlx::query("DELETE FROM slots WHERE campaign_id = $1").bind(e.id).execute(&mut *tx).await?;
+                    (e.id, SaveOutcome::Updated)
+                }
+                None => {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO campaigns (app_id, key, name, definition, state, tzdata_version, created_at, updated_at, scheduled_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING id",
+                    )
+                    .bind(c.app_id)
+                    .bind(c.key)
+                    .bind(c.name)
+                    .bind(sqlx::types::Json(c.definition))
+                    .bind(c.state.as_str())
+                    .bind(c.tzdata_version)
+                    .bind(now)
+                    .bind(scheduled_at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    (id, SaveOutcome::Created)
+                }
+            };
+            Self::insert_slots(&mut tx, id, c.slots, now).await?;
+            let select = format!("SELECT {} FROM campaigns WHERE id = $1", $crate::store::shared::CAMPAIGN_COLUMNS);
+            let record: CampaignRecord = sqlx::query_as(&select).bind(id).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok((record, outcome))
+        }
+
+        async fn campaign(
+            &self,
+            app_id: &str,
+            key: &str,
+        ) -> Result<Option<$crate::store::CampaignRecord>, $crate::store::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM campaigns WHERE app_id = $1 AND key = $2",
+                $crate::store::shared::CAMPAIGN_COLUMNS
+            );
+            Ok(sqlx::query_as(&sql).bind(app_id).bind(key).fetch_optional(&self.read).await?)
+        }
+
+        async fn campaigns_by_key(&self, key: &str) -> Result<Vec<$crate::store::CampaignRecord>, $crate::store::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM campaigns WHERE key = $1 ORDER BY app_id",
+                $crate::store::shared::CAMPAIGN_COLUMNS
+            );
+            Ok(sqlx::query_as(&sql).bind(key).fetch_all(&self.read).await?)
+        }
+
+        async fn campaigns(&self, app_id: Option<&str>) -> Result<Vec<$crate::store::CampaignRecord>, $crate::store::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM campaigns WHERE $1 IS NULL OR app_id = $1 ORDER BY app_id, key",
+                $crate::store::shared::CAMPAIGN_COLUMNS
+            );
+            Ok(sqlx::query_as(&sql).bind(app_id).fetch_all(&self.read).await?)
+        }
+
+        async fn slots(&self, campaign_id: i64) -> Result<Vec<$crate::store::SlotRecord>, $crate::store::StoreError> {
+            let sql = format!(
+                "SELECT {} FROM slots WHERE campaign_id = $1 ORDER BY fire_at, zone",
+                $crate::store::shared::SLOT_COLUMNS
+            );
+            Ok(sqlx::query_as(&sql).bind(campaign_id).fetch_all(&self.read).await?)
+        }
+
+        async fn set_campaign_state(
+            &self,
+            campaign_id: i64,
+            from: $crate::state::CampaignState,
+            to: $crate::state::CampaignState,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), $crate::store::StoreError> {
+            use $crate::state::StateMachine;
+            from.check_transition(to)?;
+            let done = sqlx::query(
+                "UPDATE campaigns SET state = $3, updated_at = $4, \
+                 completed_at = CASE WHEN $3 = 'completed' THEN $4 ELSE completed_at END \
+                 WHERE id = $1 AND state = $2",
+            )
+            .bind(campaign_id)
+            .bind(from.as_str())
+            .bind(to.as_str())
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+            if done.rows_affected() == 1 {
+                Ok(())
+            } else {
+                Err($crate::store::StoreError::Conflict {
+                    key: format!("#{campaign_id}"),
+                })
+            }
+        }
+
+        async fn campaign_transitions(&self) -> Result<Vec<(String, String)>, $crate::store::StoreError> {
+            Ok(sqlx::query_as("SELECT from_state, to_state FROM campaign_transitions ORDER BY from_state, to_state")
+                .fetch_all(&self.read)
+                .await?)
+        }
+    };
+}
+
+pub(super) use shared_store_methods;
