@@ -426,14 +426,23 @@ impl Message {
         let mut ids = BTreeSet::new();
         for (i, b) in self.buttons.iter().enumerate() {
             if !valid_key(&b.id) {
-                errs.push(format!("message.buttons[{i}].id"), "must be 1-100 characters of letters, digits, '-', '_' or '.'");
+                errs.push(
+                    format!("message.buttons[{i}].id"),
+                    "must be 1-100 characters of letters, digits, '-', '_' or '.'",
+                );
             } else if !ids.insert(b.id.as_str()) {
-                errs.push(format!("message.buttons[{i}].id"), format!("duplicate button id {:?}", b.id));
+                errs.push(
+                    format!("message.buttons[{i}].id"),
+                    format!("duplicate button id {:?}", b.id),
+                );
             }
             if b.label.trim().is_empty() {
                 errs.push(format!("message.buttons[{i}].label"), "must not be empty");
             }
-            if b.url.as_deref().is_some_and(|u| url::Url::parse(u).is_err()) {
+            if b.url
+                .as_deref()
+                .is_some_and(|u| url::Url::parse(u).is_err())
+            {
                 errs.push(format!("message.buttons[{i}].url"), "is not a URL");
             }
         }
@@ -457,13 +466,22 @@ impl Message {
         }
         for (locale, text) in &self.locales {
             if !valid_locale(locale) {
-                errs.push(format!("message.locales.{locale}"), "is not a locale such as \"de\" or \"pt-BR\"");
+                errs.push(
+                    format!("message.locales.{locale}"),
+                    "is not a locale such as \"de\" or \"pt-BR\"",
+                );
             }
             if text.title.trim().is_empty() {
-                errs.push(format!("message.locales.{locale}.title"), "must not be empty");
+                errs.push(
+                    format!("message.locales.{locale}.title"),
+                    "must not be empty",
+                );
             }
             if text.body.trim().is_empty() {
-                errs.push(format!("message.locales.{locale}.body"), "must not be empty");
+                errs.push(
+                    format!("message.locales.{locale}.body"),
+                    "must not be empty",
+                );
             }
         }
         for locale in std::iter::once(None).chain(self.locales.keys().map(Some)) {
@@ -489,28 +507,42 @@ impl Audience {
                 let known: Vec<&str> = app.topics.iter().copied().collect();
                 errs.push(
                     format!("audience.topics[{i}]"),
-                    format!("unknown topic {t:?} (app {:?} declares: {})", app.app_id, known.join(", ")),
+                    format!(
+                        "unknown topic {t:?} (app {:?} declares: {})",
+                        app.app_id,
+                        known.join(", ")
+                    ),
                 );
             }
         }
         for (i, l) in self.locales.iter().enumerate() {
             if !valid_locale(l) {
-                errs.push(format!("audience.locales[{i}]"), "is not a locale such as \"de\" or \"pt-BR\"");
+                errs.push(
+                    format!("audience.locales[{i}]"),
+                    "is not a locale such as \"de\" or \"pt-BR\"",
+                );
             }
         }
         for (i, f) in self.attributes.iter().enumerate() {
             let field = format!("audience.attributes[{i}]");
             if !valid_key(&f.attribute) {
-                errs.push(format!("{field}.attribute"), "must be 1-100 characters of letters, digits, '-', '_' or '.'");
+                errs.push(
+                    format!("{field}.attribute"),
+                    "must be 1-100 characters of letters, digits, '-', '_' or '.'",
+                );
             }
             match (f.op, &f.value) {
-                (FilterOp::Exists | FilterOp::NotExists, Some(_)) => {
-                    errs.push(format!("{field}.value"), "takes no value with exists / not_exists")
+                (FilterOp::Exists | FilterOp::NotExists, Some(_)) => errs.push(
+                    format!("{field}.value"),
+                    "takes no value with exists / not_exists",
+                ),
+                (FilterOp::Eq | FilterOp::Ne, None) => {
+                    errs.push(format!("{field}.value"), "is required")
                 }
-                (FilterOp::Eq | FilterOp::Ne, None) => errs.push(format!("{field}.value"), "is required"),
-                (FilterOp::Eq | FilterOp::Ne, Some(v)) if !is_scalar(v) => {
-                    errs.push(format!("{field}.value"), "must be a string, number or boolean")
-                }
+                (FilterOp::Eq | FilterOp::Ne, Some(v)) if !is_scalar(v) => errs.push(
+                    format!("{field}.value"),
+                    "must be a string, number or boolean",
+                ),
                 (FilterOp::In, Some(serde_json::Value::Array(items)))
                     if !items.is_empty() && items.iter().all(is_scalar) => {}
                 (FilterOp::In, _) => errs.push(
@@ -548,10 +580,16 @@ impl QuietHours {
         let start = parse_hhmm(&self.start);
         let end = parse_hhmm(&self.end);
         if start.is_none() {
-            errs.push("quiet_hours.start", format!("{:?} is not a time of day HH:MM", self.start));
+            errs.push(
+                "quiet_hours.start",
+                format!("{:?} is not a time of day HH:MM", self.start),
+            );
         }
         if end.is_none() {
-            errs.push("quiet_hours.end", format!("{:?} is not a time of day HH:MM", self.end));
+            errs.push(
+                "quiet_hours.end",
+                format!("{:?} is not a time of day HH:MM", self.end),
+            );
         }
         let (start, end) = (start?, end?);
         if start == end {
@@ -587,7 +625,10 @@ impl Schedule {
                 unexpected(errs, "until", self.until.is_some());
                 match self.at.as_deref() {
                     None => {
-                        errs.push("schedule.at", "is required for type = \"at\" (an RFC 3339 instant)");
+                        errs.push(
+                            "schedule.at",
+                            "is required for type = \"at\" (an RFC 3339 instant)",
+                        );
                         None
                     }
                     Some(at) => match parse_instant(at) {
@@ -635,7 +676,10 @@ impl Schedule {
                     {
                         Ok(c) => Some(c),
                         Err(e) => {
-                            errs.push("schedule.cron", format!("{expr:?} is not a cron expression: {e}"));
+                            errs.push(
+                                "schedule.cron",
+                                format!("{expr:?} is not a cron expression: {e}"),
+                            );
                             None
                         }
                     },
@@ -652,13 +696,15 @@ impl Schedule {
                 };
                 let until = match self.until.as_deref() {
                     None => Some(None),
-                    Some(u) => match parse_instant(u) {
-                        Some(t) => Some(Some(t)),
-                        None => {
-                            errs.push("schedule.until", format!("{u:?} is not an RFC 3339 instant such as 2027-01-01T00:00:00Z"));
-                            None
+                    Some(u) => {
+                        match parse_instant(u) {
+                            Some(t) => Some(Some(t)),
+                            None => {
+                                errs.push("schedule.until", format!("{u:?} is not an RFC 3339 instant such as 2027-01-01T00:00:00Z"));
+                                None
+                            }
                         }
-                    },
+                    }
                 };
                 match (cron, zone, until) {
                     (Some(cron), Some(zone), Some(until)) => Some(PlanSchedule::Cron {
@@ -670,11 +716,22 @@ impl Schedule {
                 }
             }
         };
-        if self.grace.is_some() && !(self.kind == ScheduleKind::Local && self.missed == Missed::Skip) {
-            errs.push("schedule.grace", "applies only to type = \"local\" with missed = \"skip\"");
+        if self.grace.is_some()
+            && !(self.kind == ScheduleKind::Local && self.missed == Missed::Skip)
+        {
+            errs.push(
+                "schedule.grace",
+                "applies only to type = \"local\" with missed = \"skip\"",
+            );
         }
-        if self.missed != Missed::Skip && self.kind != ScheduleKind::Local && self.kind != ScheduleKind::Cron {
-            errs.push("schedule.missed", "applies only to local and cron schedules");
+        if self.missed != Missed::Skip
+            && self.kind != ScheduleKind::Local
+            && self.kind != ScheduleKind::Cron
+        {
+            errs.push(
+                "schedule.missed",
+                "applies only to local and cron schedules",
+            );
         }
         if errs.0.len() == before {
             schedule
@@ -790,13 +847,23 @@ mod tests {
         d.message.title = " ".into();
         d.message.image = Some("ftp://x/y.png".into());
         d.message.buttons = (0..4)
-            .map(|i| Button { id: format!("b{i}"), label: "x".into(), url: None })
+            .map(|i| Button {
+                id: format!("b{i}"),
+                label: "x".into(),
+                url: None,
+            })
             .collect();
         d.audience.topics.push("news".into());
         d.schedule.at = Some("2026-13-01T09:00".into());
         assert_eq!(
             fields(&d),
-            ["message.title", "message.image", "message.buttons", "audience.topics[1]", "schedule.at"]
+            [
+                "message.title",
+                "message.image",
+                "message.buttons",
+                "audience.topics[1]",
+                "schedule.at"
+            ]
         );
     }
 
@@ -832,7 +899,10 @@ mod tests {
         let mut d = base();
         d.message.locales.insert(
             "de".into(),
-            LocalizedText { title: "Hallo".into(), body: "ü".repeat(3000) },
+            LocalizedText {
+                title: "Hallo".into(),
+                body: "ü".repeat(3000),
+            },
         );
         assert_eq!(fields(&d), ["message.locales.de"]);
     }

@@ -237,9 +237,15 @@ pub enum DatabaseKind {
 impl DatabaseConfig {
     pub fn kind(&self) -> Result<DatabaseKind, ConfigError> {
         if self.url.starts_with("sqlite:") {
-            let path = self.url.trim_start_matches("sqlite:").trim_start_matches("//");
+            let path = self
+                .url
+                .trim_start_matches("sqlite:")
+                .trim_start_matches("//");
             if path.is_empty() {
-                return Err(invalid("database.url", "sqlite URL has no path (e.g. sqlite://data/meridian.db)"));
+                return Err(invalid(
+                    "database.url",
+                    "sqlite URL has no path (e.g. sqlite://data/meridian.db)",
+                ));
             }
             Ok(DatabaseKind::Sqlite)
         } else if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
@@ -250,7 +256,10 @@ impl DatabaseConfig {
         } else {
             Err(invalid(
                 "database.url",
-                format!("unsupported scheme in {:?}: use sqlite://PATH or postgres://…", redact_url(&self.url)),
+                format!(
+                    "unsupported scheme in {:?}: use sqlite://PATH or postgres://…",
+                    redact_url(&self.url)
+                ),
             ))
         }
     }
@@ -280,8 +289,11 @@ impl AppConfig {
 fn valid_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 fn check_file(key: &str, path: &Path) -> Result<(), ConfigError> {
@@ -339,14 +351,23 @@ impl Config {
         for (id, app) in &self.apps {
             let key = |k: &str| format!("apps.{id}.{k}");
             if !valid_ident(id) {
-                return Err(invalid(format!("apps.{id}"), "app ids are 1-64 lowercase letters, digits, '-' or '_'"));
+                return Err(invalid(
+                    format!("apps.{id}"),
+                    "app ids are 1-64 lowercase letters, digits, '-' or '_'",
+                ));
             }
             if parse_zone(&app.default_timezone).is_none() {
-                return Err(invalid(key("default_timezone"), format!("unknown IANA time zone {:?}", app.default_timezone)));
+                return Err(invalid(
+                    key("default_timezone"),
+                    format!("unknown IANA time zone {:?}", app.default_timezone),
+                ));
             }
             for topic in app.topics.keys() {
                 if !valid_ident(topic) {
-                    return Err(invalid(key(&format!("topics.{topic}")), "topic names are 1-64 lowercase letters, digits, '-' or '_'"));
+                    return Err(invalid(
+                        key(&format!("topics.{topic}")),
+                        "topic names are 1-64 lowercase letters, digits, '-' or '_'",
+                    ));
                 }
             }
             if let Some(apns) = &app.apns {
@@ -368,14 +389,25 @@ impl Config {
                         check_file(&key("apns.cert_file"), c)?;
                         match &apns.cert_key_file {
                             Some(k) => check_file(&key("apns.cert_key_file"), k)?,
-                            None => return Err(invalid(key("apns.cert_key_file"), "is required with cert_file")),
+                            None => {
+                                return Err(invalid(
+                                    key("apns.cert_key_file"),
+                                    "is required with cert_file",
+                                ))
+                            }
                         }
                     }
                     (Some(_), Some(_)) => {
-                        return Err(invalid(key("apns"), "set key_file (token auth) or cert_file (certificate auth), not both"))
+                        return Err(invalid(
+                            key("apns"),
+                            "set key_file (token auth) or cert_file (certificate auth), not both",
+                        ))
                     }
                     (None, None) => {
-                        return Err(invalid(key("apns"), "needs key_file (token auth) or cert_file (certificate auth)"))
+                        return Err(invalid(
+                            key("apns"),
+                            "needs key_file (token auth) or cert_file (certificate auth)",
+                        ))
                     }
                 }
                 if let Some(ca) = &apns.ca_file {
@@ -437,34 +469,44 @@ mod tests {
 
     #[test]
     fn bad_url_names_the_key() {
-        let err = from_toml("[database]\nurl = \"mysql://x\"").unwrap_err().to_string();
+        let err = from_toml("[database]\nurl = \"mysql://x\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("database.url: "), "{err}");
     }
 
     #[test]
     fn unknown_key_names_the_key() {
-        let err = from_toml("[database]\nurl = \"sqlite://x.db\"\npool = 3").unwrap_err().to_string();
+        let err = from_toml("[database]\nurl = \"sqlite://x.db\"\npool = 3")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("database") && err.contains("pool"), "{err}");
     }
 
     #[test]
     fn missing_credential_file_names_the_key() {
-        let err = from_toml(
-            "[apps.shop.fcm]\nservice_account_file = \"/nonexistent/sa.json\"",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.starts_with("apps.shop.fcm.service_account_file: /nonexistent/sa.json"), "{err}");
+        let err = from_toml("[apps.shop.fcm]\nservice_account_file = \"/nonexistent/sa.json\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("apps.shop.fcm.service_account_file: /nonexistent/sa.json"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_default_zone_names_the_key() {
-        let err = from_toml("[apps.shop]\ndefault_timezone = \"Europe/Nowhere\"").unwrap_err().to_string();
+        let err = from_toml("[apps.shop]\ndefault_timezone = \"Europe/Nowhere\"")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("apps.shop.default_timezone: "), "{err}");
     }
 
     #[test]
     fn password_is_redacted() {
-        assert_eq!(redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
     }
 }

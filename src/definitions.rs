@@ -59,7 +59,11 @@ pub struct Applied {
 }
 
 /// Creates or updates the configured apps.
-pub async fn sync_apps<S: Store>(store: &S, config: &Config, now: DateTime<Utc>) -> Result<(), StoreError> {
+pub async fn sync_apps<S: Store>(
+    store: &S,
+    config: &Config,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
     for (id, app) in &config.apps {
         store
             .sync_app(
@@ -146,10 +150,15 @@ pub async fn plan_campaign<S: Store>(
 }
 
 /// Writes a prepared definition and its plan.
-pub async fn save<S: Store>(store: &S, prepared: Prepared, now: DateTime<Utc>) -> Result<Applied, ApplyError> {
+pub async fn save<S: Store>(
+    store: &S,
+    prepared: Prepared,
+    now: DateTime<Utc>,
+) -> Result<Applied, ApplyError> {
     let def = &prepared.campaign.definition;
-    let json = serde_json::to_value(def)
-        .map_err(|e| StoreError::Invalid(format!("campaign {:?} does not serialize: {e}", def.key)))?;
+    let json = serde_json::to_value(def).map_err(|e| {
+        StoreError::Invalid(format!("campaign {:?} does not serialize: {e}", def.key))
+    })?;
     let slots: Vec<NewSlot> = prepared
         .plan
         .iter()

@@ -15,7 +15,11 @@ use meridian::with_store;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "Self-hosted push-notification campaign engine")]
+#[command(
+    name = "meridian",
+    version,
+    about = "Self-hosted push-notification campaign engine"
+)]
 struct Cli {
     /// Configuration file [default: config/meridian.toml if present]
     #[arg(long, global = true, env = "MERIDIAN_CONFIG")]
@@ -72,7 +76,10 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -141,7 +148,9 @@ fn init_logging(config: &Config) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -155,7 +164,10 @@ fn check_config(config: &Config) {
     println!("  migrate_on_start: {}", config.database.migrate_on_start);
     println!("server.listen: {}", config.server.listen);
     println!("campaigns.dir: {}", config.campaigns.dir.display());
-    println!("log: level {} format {:?}", config.log.level, config.log.format);
+    println!(
+        "log: level {} format {:?}",
+        config.log.level, config.log.format
+    );
     if config.apps.is_empty() {
         println!("apps: none configured");
     }
@@ -163,20 +175,41 @@ fn check_config(config: &Config) {
         let topics: Vec<String> = app
             .topics
             .iter()
-            .map(|(t, c)| format!("{t}{}", if c.default_subscribed { " (default on)" } else { "" }))
+            .map(|(t, c)| {
+                format!(
+                    "{t}{}",
+                    if c.default_subscribed {
+                        " (default on)"
+                    } else {
+                        ""
+                    }
+                )
+            })
             .collect();
-        println!("app {id}: default zone {}, topics [{}]", app.default_timezone, topics.join(", "));
+        println!(
+            "app {id}: default zone {}, topics [{}]",
+            app.default_timezone,
+            topics.join(", ")
+        );
         match &app.apns {
             Some(a) => println!(
                 "  apns: {} via {} ({})",
                 a.bundle_id,
                 a.base_url,
-                if a.key_file.is_some() { "token auth" } else { "certificate auth" }
+                if a.key_file.is_some() {
+                    "token auth"
+                } else {
+                    "certificate auth"
+                }
             ),
             None => println!("  apns: not configured"),
         }
         match &app.fcm {
-            Some(f) => println!("  fcm: {} via {}", f.service_account_file.display(), f.base_url),
+            Some(f) => println!(
+                "  fcm: {} via {}",
+                f.service_account_file.display(),
+                f.base_url
+            ),
             None => println!("  fcm: not configured"),
         }
     }
@@ -206,7 +239,9 @@ async fn serve<S: Store>(store: &S, config: &Config) -> Result<(), Failure> {
                 state = %applied.record.state,
                 outcome = ?applied.outcome,
             ),
-            Err(error) => tracing::error!(message = "Campaign file not applied.", file = %file.display(), %error),
+            Err(error) => {
+                tracing::error!(message = "Campaign file not applied.", file = %file.display(), %error)
+            }
         }
     }
     tracing::info!(message = "Meridian is running.", database = %redact_url(&config.database.url));
@@ -238,7 +273,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn campaign_command<S: Store>(store: &S, config: &Config, cmd: CampaignCommand) -> Result<(), Failure> {
+async fn campaign_command<S: Store>(
+    store: &S,
+    config: &Config,
+    cmd: CampaignCommand,
+) -> Result<(), Failure> {
     let clock = SystemClock;
     store.migrate().await.context("migrating")?;
     definitions::sync_apps(store, config, clock.now()).await?;
@@ -266,13 +305,23 @@ async fn campaign_command<S: Store>(store: &S, config: &Config, cmd: CampaignCom
                     SaveOutcome::Updated => "updated",
                     SaveOutcome::Unchanged => "unchanged",
                 };
-                let planned = applied.plan.as_ref().filter(|_| applied.outcome != SaveOutcome::Unchanged);
+                let planned = applied
+                    .plan
+                    .as_ref()
+                    .filter(|_| applied.outcome != SaveOutcome::Unchanged);
                 let slots = planned.map_or(String::new(), |p| {
                     let firing = p.firing().count();
                     let span = p.span().map_or(String::new(), |(a, b)| {
-                        format!(", first {} last {} UTC", a.format("%Y-%m-%d %H:%M"), b.format("%Y-%m-%d %H:%M"))
+                        format!(
+                            ", first {} last {} UTC",
+                            a.format("%Y-%m-%d %H:%M"),
+                            b.format("%Y-%m-%d %H:%M")
+                        )
                     });
-                    format!(" with {firing} slots over {} instants{span}", p.by_instant().len())
+                    format!(
+                        " with {firing} slots over {} instants{span}",
+                        p.by_instant().len()
+                    )
                 });
                 println!(
                     "{}: {} {}/{} ({}){}",
@@ -292,7 +341,10 @@ async fn campaign_command<S: Store>(store: &S, config: &Config, cmd: CampaignCom
                 println!("no campaigns");
                 return Ok(());
             }
-            println!("{:<12} {:<28} {:<10} {:>7} {:>8}  NEXT SEND (UTC)", "APP", "KEY", "STATE", "SLOTS", "PENDING");
+            println!(
+                "{:<12} {:<28} {:<10} {:>7} {:>8}  NEXT SEND (UTC)",
+                "APP", "KEY", "STATE", "SLOTS", "PENDING"
+            );
             for c in campaigns {
                 let slots = store.slots(c.id).await?;
                 let pending: Vec<_> = slots
@@ -349,7 +401,10 @@ fn apply_failure(file: &std::path::Path, e: ApplyError) -> Failure {
     }
 }
 
-async fn print_campaign<S: Store>(store: &S, c: &meridian::store::CampaignRecord) -> Result<(), Failure> {
+async fn print_campaign<S: Store>(
+    store: &S,
+    c: &meridian::store::CampaignRecord,
+) -> Result<(), Failure> {
     println!("campaign {}/{} (#{})", c.app_id, c.key, c.id);
     println!("  name: {}", c.name);
     println!("  state: {}  revision: {}", c.state, c.revision);
@@ -360,7 +415,11 @@ async fn print_campaign<S: Store>(store: &S, c: &meridian::store::CampaignRecord
         println!("  scheduled at {}", t.to_rfc3339());
     }
     let def = &c.definition.0;
-    println!("  message: {} — {}", def["message"]["title"].as_str().unwrap_or(""), def["message"]["body"].as_str().unwrap_or(""));
+    println!(
+        "  message: {} — {}",
+        def["message"]["title"].as_str().unwrap_or(""),
+        def["message"]["body"].as_str().unwrap_or("")
+    );
     println!("  schedule: {}", def["schedule"]);
     let slots = store.slots(c.id).await?;
     if slots.is_empty() {
@@ -373,7 +432,10 @@ async fn print_campaign<S: Store>(store: &S, c: &meridian::store::CampaignRecord
     }
     let total: i64 = slots.iter().map(|s| s.planned_count).sum();
     println!("  slots: {} for {} recipients", slots.len(), total);
-    println!("    {:<17} {:<9} {:<14} {:>10}  ZONE", "FIRE AT (UTC)", "STATE", "DISPOSITION", "RECIPIENTS");
+    println!(
+        "    {:<17} {:<9} {:<14} {:>10}  ZONE",
+        "FIRE AT (UTC)", "STATE", "DISPOSITION", "RECIPIENTS"
+    );
     for s in &slots {
         println!(
             "    {:<17} {:<9} {:<14} {:>10}  {}",
@@ -381,7 +443,11 @@ async fn print_campaign<S: Store>(store: &S, c: &meridian::store::CampaignRecord
             s.state.as_str(),
             s.disposition,
             s.planned_count,
-            if s.zone.is_empty() { "(default zone)" } else { &s.zone }
+            if s.zone.is_empty() {
+                "(default zone)"
+            } else {
+                &s.zone
+            }
         );
     }
     Ok(())

@@ -107,7 +107,9 @@ pub struct Plan {
 pub enum PlanError {
     #[error("schedule.at: {at} is more than an hour in the past")]
     AtInThePast { at: DateTime<Utc> },
-    #[error("schedule.at: {at} has already passed in every zone of the audience (missed = \"skip\")")]
+    #[error(
+        "schedule.at: {at} has already passed in every zone of the audience (missed = \"skip\")"
+    )]
     PassedEverywhere { at: NaiveDateTime },
 }
 
@@ -250,7 +252,9 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
                 }
                 PlanSchedule::Cron { cron, until, .. } => next_cron_local(cron, *tz, req.now)
                     .filter(|(_, fire, _)| until.is_none_or(|u| *fire < u))
-                    .map(|(local, fire, fit)| (occurrence_of_local(local), fire, disposition_of(fit))),
+                    .map(|(local, fire, fit)| {
+                        (occurrence_of_local(local), fire, disposition_of(fit))
+                    }),
                 PlanSchedule::Now | PlanSchedule::At(_) => None,
             };
             let Some((occurrence, fire_at, disposition)) = slot else {
@@ -409,7 +413,10 @@ mod tests {
     }
 
     fn slot<'p>(p: &'p Plan, zone: &str) -> &'p PlannedSlot {
-        p.slots.iter().find(|s| s.zone == zone).expect("slot for zone")
+        p.slots
+            .iter()
+            .find(|s| s.zone == zone)
+            .expect("slot for zone")
     }
 
     #[test]
@@ -427,10 +434,19 @@ mod tests {
         assert_eq!(slot(&p, "Asia/Kolkata").fire_at, utc(2026, 12, 1, 3, 30));
         assert_eq!(slot(&p, "Asia/Kathmandu").fire_at, utc(2026, 12, 1, 3, 15));
         // Lord Howe is on +11:00 in summer.
-        assert_eq!(slot(&p, "Australia/Lord_Howe").fire_at, utc(2026, 11, 30, 22, 0));
+        assert_eq!(
+            slot(&p, "Australia/Lord_Howe").fire_at,
+            utc(2026, 11, 30, 22, 0)
+        );
         // Chatham is on +13:45 in summer.
-        assert_eq!(slot(&p, "Pacific/Chatham").fire_at, utc(2026, 11, 30, 19, 15));
-        assert_eq!(slot(&p, "America/St_Johns").fire_at, utc(2026, 12, 1, 12, 30));
+        assert_eq!(
+            slot(&p, "Pacific/Chatham").fire_at,
+            utc(2026, 11, 30, 19, 15)
+        );
+        assert_eq!(
+            slot(&p, "America/St_Johns").fire_at,
+            utc(2026, 12, 1, 12, 30)
+        );
         assert_eq!(slot(&p, "Europe/Berlin").fire_at, utc(2026, 12, 1, 8, 0));
         assert!(p.slots.iter().all(|s| s.occurrence == "2026-12-01T09:00"));
         assert!(p.slots.windows(2).all(|w| w[0].fire_at <= w[1].fire_at));
@@ -441,8 +457,14 @@ mod tests {
         let s = local_schedule("2026-12-01T09:00", Missed::Skip);
         let zs = zones(&["Pacific/Kiritimati", "Pacific/Pago_Pago", "Europe/London"]);
         let p = run(&s, &zs, utc(2026, 11, 1, 0, 0));
-        assert_eq!(slot(&p, "Pacific/Kiritimati").fire_at, utc(2026, 11, 30, 19, 0));
-        assert_eq!(slot(&p, "Pacific/Pago_Pago").fire_at, utc(2026, 12, 1, 20, 0));
+        assert_eq!(
+            slot(&p, "Pacific/Kiritimati").fire_at,
+            utc(2026, 11, 30, 19, 0)
+        );
+        assert_eq!(
+            slot(&p, "Pacific/Pago_Pago").fire_at,
+            utc(2026, 12, 1, 20, 0)
+        );
         let (first, last) = p.span().unwrap();
         assert_eq!(last - first, TimeDelta::hours(25));
     }
@@ -450,10 +472,18 @@ mod tests {
     #[test]
     fn spring_gap_and_autumn_overlap() {
         let zs = zones(&["America/New_York"]);
-        let gap = run(&local_schedule("2026-03-08T02:30", Missed::Skip), &zs, utc(2026, 3, 1, 0, 0));
+        let gap = run(
+            &local_schedule("2026-03-08T02:30", Missed::Skip),
+            &zs,
+            utc(2026, 3, 1, 0, 0),
+        );
         assert_eq!(gap.slots[0].fire_at, utc(2026, 3, 8, 7, 0));
         assert_eq!(gap.slots[0].disposition, Disposition::GapShifted);
-        let overlap = run(&local_schedule("2026-11-01T01:30", Missed::Skip), &zs, utc(2026, 10, 1, 0, 0));
+        let overlap = run(
+            &local_schedule("2026-11-01T01:30", Missed::Skip),
+            &zs,
+            utc(2026, 10, 1, 0, 0),
+        );
         assert_eq!(overlap.slots.len(), 1);
         assert_eq!(overlap.slots[0].fire_at, utc(2026, 11, 1, 5, 30));
         assert_eq!(overlap.slots[0].disposition, Disposition::OnTime);
@@ -466,17 +496,31 @@ mod tests {
         let zs = zones(&["Europe/Berlin", "Asia/Tokyo", "America/New_York"]);
         let now = utc(2026, 12, 1, 8, 30);
         let p = run(&local_schedule("2026-12-01T09:00", Missed::Skip), &zs, now);
-        assert_eq!(slot(&p, "Europe/Berlin").disposition, Disposition::LateSendNow);
+        assert_eq!(
+            slot(&p, "Europe/Berlin").disposition,
+            Disposition::LateSendNow
+        );
         assert_eq!(slot(&p, "Europe/Berlin").fire_at, now);
         assert_eq!(slot(&p, "Asia/Tokyo").disposition, Disposition::Skipped);
-        assert_eq!(slot(&p, "America/New_York").disposition, Disposition::OnTime);
+        assert_eq!(
+            slot(&p, "America/New_York").disposition,
+            Disposition::OnTime
+        );
         assert_eq!(p.recipients_by_disposition()[&Disposition::Skipped], 10);
 
-        let p = run(&local_schedule("2026-12-01T09:00", Missed::NextDay), &zs, now);
+        let p = run(
+            &local_schedule("2026-12-01T09:00", Missed::NextDay),
+            &zs,
+            now,
+        );
         assert_eq!(slot(&p, "Asia/Tokyo").fire_at, utc(2026, 12, 2, 0, 0));
         assert_eq!(slot(&p, "Asia/Tokyo").disposition, Disposition::NextDay);
 
-        let p = run(&local_schedule("2026-12-01T09:00", Missed::SendNow), &zs, now);
+        let p = run(
+            &local_schedule("2026-12-01T09:00", Missed::SendNow),
+            &zs,
+            now,
+        );
         assert_eq!(slot(&p, "Asia/Tokyo").fire_at, now);
     }
 
@@ -562,23 +606,40 @@ mod tests {
 
     #[test]
     fn cron_per_zone_next_occurrence_and_dst() {
-        let cron = croner::parser::CronParser::builder().build().parse("30 2 * * *").unwrap();
-        let s = PlanSchedule::Cron { cron: Box::new(cron), zone: None, until: None };
+        let cron = croner::parser::CronParser::builder()
+            .build()
+            .parse("30 2 * * *")
+            .unwrap();
+        let s = PlanSchedule::Cron {
+            cron: Box::new(cron),
+            zone: None,
+            until: None,
+        };
         let zs = zones(&["America/New_York"]);
         // Just before the spring-forward day's 02:30, which does not exist.
         let p = run(&s, &zs, utc(2026, 3, 8, 6, 0));
         assert_eq!(p.slots[0].occurrence, "2026-03-08T02:30");
         assert_eq!(p.slots[0].fire_at, utc(2026, 3, 8, 7, 0));
         // Autumn: 01:30 happens twice; after the first pass, the next is the following day.
-        let cron = croner::parser::CronParser::builder().build().parse("30 1 * * *").unwrap();
-        let s = PlanSchedule::Cron { cron: Box::new(cron), zone: None, until: None };
+        let cron = croner::parser::CronParser::builder()
+            .build()
+            .parse("30 1 * * *")
+            .unwrap();
+        let s = PlanSchedule::Cron {
+            cron: Box::new(cron),
+            zone: None,
+            until: None,
+        };
         let p = run(&s, &zs, utc(2026, 11, 1, 5, 45));
         assert_eq!(p.slots[0].occurrence, "2026-11-02T01:30");
     }
 
     #[test]
     fn cron_in_named_zone_and_until() {
-        let cron = croner::parser::CronParser::builder().build().parse("0 9 * * MON").unwrap();
+        let cron = croner::parser::CronParser::builder()
+            .build()
+            .parse("0 9 * * MON")
+            .unwrap();
         let s = PlanSchedule::Cron {
             cron: Box::new(cron.clone()),
             zone: Some(chrono_tz::Asia::Kathmandu),
@@ -600,9 +661,16 @@ mod tests {
     fn many_zones_share_few_instants() {
         let zs: Vec<ZoneCount> = crate::zone::canonical_zones()
             .iter()
-            .map(|tz| ZoneCount { zone: tz.name().to_owned(), recipients: 1 })
+            .map(|tz| ZoneCount {
+                zone: tz.name().to_owned(),
+                recipients: 1,
+            })
             .collect();
-        let p = run(&local_schedule("2026-12-01T09:00", Missed::Skip), &zs, utc(2026, 11, 1, 0, 0));
+        let p = run(
+            &local_schedule("2026-12-01T09:00", Missed::Skip),
+            &zs,
+            utc(2026, 11, 1, 0, 0),
+        );
         assert_eq!(p.slots.len(), zs.len());
         let groups = p.by_instant().len();
         assert!((30..=45).contains(&groups), "{groups} distinct instants");
@@ -614,7 +682,10 @@ mod tests {
 
     fn any_local() -> impl Strategy<Value = NaiveDateTime> {
         (2015i32..2038, 1u32..=12, 1u32..=28, 0u32..24, 0u32..60).prop_map(|(y, m, d, h, mi)| {
-            NaiveDate::from_ymd_opt(y, m, d).unwrap().and_hms_opt(h, mi, 0).unwrap()
+            NaiveDate::from_ymd_opt(y, m, d)
+                .unwrap()
+                .and_hms_opt(h, mi, 0)
+                .unwrap()
         })
     }
 

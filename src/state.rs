@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StateError {
     #[error("unknown {machine} state {value:?}")]
-    Unknown { machine: &'static str, value: String },
+    Unknown {
+        machine: &'static str,
+        value: String,
+    },
     #[error("a {machine} cannot go from {from} to {to}")]
     NotAllowed {
         machine: &'static str,

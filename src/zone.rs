@@ -41,9 +41,8 @@ pub fn resolve_local(tz: Tz, local: NaiveDateTime) -> (DateTime<Utc>, LocalFit) 
 /// read as UTC; wall time is monotonic there unless two transitions fall within a day,
 /// which no zone has. A binary search to the second is exact for every tzdata rule.
 fn first_instant_at_or_after(tz: Tz, local: NaiveDateTime) -> DateTime<Utc> {
-    let wall_at = |secs: i64| {
-        DateTime::from_timestamp(secs, 0).map(|t| t.with_timezone(&tz).naive_local())
-    };
+    let wall_at =
+        |secs: i64| DateTime::from_timestamp(secs, 0).map(|t| t.with_timezone(&tz).naive_local());
     let target = local.and_utc().timestamp();
     let mut lo = target - 15 * 3600; // wall time here is before `local`
     let mut hi = target + 13 * 3600; // wall time here is at or after `local`
@@ -116,7 +115,8 @@ mod tests {
         let (t, fit) = resolve_local(chrono_tz::Australia::Lord_Howe, at(2026, 10, 4, 2, 15));
         assert_eq!(fit, LocalFit::Gap);
         assert_eq!(
-            t.with_timezone(&chrono_tz::Australia::Lord_Howe).naive_local(),
+            t.with_timezone(&chrono_tz::Australia::Lord_Howe)
+                .naive_local(),
             at(2026, 10, 4, 2, 30)
         );
     }

@@ -4,12 +4,12 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use common::TestDb;
-use meridian::campaign::{Audience, AttributeFilter, DevicePolicy, FilterOp, Platform};
+use meridian::campaign::{AttributeFilter, Audience, DevicePolicy, FilterOp, Platform};
 use meridian::planner::{Disposition, ZoneCount};
 use meridian::state::{CampaignState, DeviceState, SlotState, StateMachine};
 use meridian::store::{
-    AppRecord, CampaignSave, DeviceUpsert, NewSlot, SaveOutcome, Segment, Store, StoreError, TopicRule,
-    UserUpsert,
+    AppRecord, CampaignSave, DeviceUpsert, NewSlot, SaveOutcome, Segment, Store, StoreError,
+    TopicRule, UserUpsert,
 };
 use serde_json::json;
 
@@ -61,7 +61,10 @@ async fn campaign_transitions_match_code<S: Store>(db: &TestDb<S>) {
 
 async fn schema_refuses_bad_rows<S: Store>(db: &TestDb<S>) {
     app(&db.store, "shop").await;
-    db.store.upsert_device(&device("shop", Some("u1"), "tok-1"), now()).await.unwrap();
+    db.store
+        .upsert_device(&device("shop", Some("u1"), "tok-1"), now())
+        .await
+        .unwrap();
     let t = "'2026-11-23T10:00:00+00:00'";
     // Unique token per app.
     let dup = format!(
@@ -74,13 +77,19 @@ async fn schema_refuses_bad_rows<S: Store>(db: &TestDb<S>) {
         "INSERT INTO devices (app_id, install_id, platform, token, created_at, updated_at) \
          VALUES ('shop', 'i1', 'windows', 'tok-2', {t}, {t})"
     );
-    assert!(db.raw(&bad_platform).await.is_err(), "unknown platform accepted");
+    assert!(
+        db.raw(&bad_platform).await.is_err(),
+        "unknown platform accepted"
+    );
     // Foreign keys.
     let orphan = format!(
         "INSERT INTO devices (app_id, install_id, platform, token, created_at, updated_at) \
          VALUES ('nope', 'i1', 'ios', 'tok-3', {t}, {t})"
     );
-    assert!(db.raw(&orphan).await.is_err(), "device of unknown app accepted");
+    assert!(
+        db.raw(&orphan).await.is_err(),
+        "device of unknown app accepted"
+    );
     // A device belongs to a user or an install.
     let nobody = format!(
         "INSERT INTO devices (app_id, platform, token, created_at, updated_at) VALUES ('shop', 'ios', 'tok-4', {t}, {t})"
@@ -96,14 +105,35 @@ async fn schema_refuses_bad_rows<S: Store>(db: &TestDb<S>) {
         "INSERT INTO deliveries (app_id, campaign_id, occurrence, device_id, status, created_at, updated_at) \
          SELECT 'shop', c.id, 'o', d.id, 'teleported', {t}, {t} FROM campaigns c, devices d"
     );
-    assert!(db.raw(&bad_status).await.is_err(), "unknown delivery status accepted");
+    assert!(
+        db.raw(&bad_status).await.is_err(),
+        "unknown delivery status accepted"
+    );
     let good_status = bad_status.replace("'teleported'", "'queued'");
     assert_eq!(db.raw(&good_status).await.expect("valid delivery row"), 1);
     // The campaign state machine holds in SQL too.
-    assert!(db.raw("UPDATE campaigns SET state = 'completed'").await.is_err(), "draft -> completed accepted");
-    assert_eq!(db.raw("UPDATE campaigns SET state = 'scheduled'").await.unwrap(), 1);
-    assert!(db.raw("UPDATE campaigns SET state = 'draft', name = 'x' WHERE state = 'nope'").await.is_ok());
-    assert!(db.raw("UPDATE campaigns SET state = 'bogus'").await.is_err(), "unknown state accepted");
+    assert!(
+        db.raw("UPDATE campaigns SET state = 'completed'")
+            .await
+            .is_err(),
+        "draft -> completed accepted"
+    );
+    assert_eq!(
+        db.raw("UPDATE campaigns SET state = 'scheduled'")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(db
+        .raw("UPDATE campaigns SET state = 'draft', name = 'x' WHERE state = 'nope'")
+        .await
+        .is_ok());
+    assert!(
+        db.raw("UPDATE campaigns SET state = 'bogus'")
+            .await
+            .is_err(),
+        "unknown state accepted"
+    );
 }
 
 async fn user_upsert_keeps_what_is_not_given<S: Store>(db: &TestDb<S>) {
@@ -125,52 +155,107 @@ async fn user_upsert_keeps_what_is_not_given<S: Store>(db: &TestDb<S>) {
         .await
         .unwrap();
     let again = s
-        .upsert_user(&UserUpsert { app_id: "shop", external_id: "u1", locale: Some("de-AT"), ..Default::default() }, now())
+        .upsert_user(
+            &UserUpsert {
+                app_id: "shop",
+                external_id: "u1",
+                locale: Some("de-AT"),
+                ..Default::default()
+            },
+            now(),
+        )
         .await
         .unwrap();
     assert_eq!(id, again);
     let bad_phone = s
-        .upsert_user(&UserUpsert { app_id: "shop", external_id: "u2", phone: Some("12345"), ..Default::default() }, now())
+        .upsert_user(
+            &UserUpsert {
+                app_id: "shop",
+                external_id: "u2",
+                phone: Some("12345"),
+                ..Default::default()
+            },
+            now(),
+        )
         .await;
     assert!(bad_phone.is_err(), "phone not in E.164 accepted");
     // Attributes survived the second upsert: the attribute filter still finds the user.
-    s.upsert_device(&device("shop", Some("u1"), "tok-a"), now()).await.unwrap();
+    s.upsert_device(&device("shop", Some("u1"), "tok-a"), now())
+        .await
+        .unwrap();
     let audience = Audience {
-        attributes: vec![AttributeFilter { attribute: "tier".into(), op: FilterOp::Eq, value: Some(json!("gold")) }],
+        attributes: vec![AttributeFilter {
+            attribute: "tier".into(),
+            op: FilterOp::Eq,
+            value: Some(json!("gold")),
+        }],
         ..Audience::default()
     };
     let zones = s
-        .audience_zones(&Segment { app_id: "shop", audience: &audience, topics: vec![] })
+        .audience_zones(&Segment {
+            app_id: "shop",
+            audience: &audience,
+            topics: vec![],
+        })
         .await
         .unwrap();
-    assert_eq!(zones, vec![ZoneCount { zone: "Europe/Berlin".into(), recipients: 1 }]);
+    assert_eq!(
+        zones,
+        vec![ZoneCount {
+            zone: "Europe/Berlin".into(),
+            recipients: 1
+        }]
+    );
 }
 
 async fn devices_reactivate_and_move_primary<S: Store>(db: &TestDb<S>) {
     let s = &db.store;
     app(s, "shop").await;
     let first = s
-        .upsert_device(&DeviceUpsert { primary: true, ..device("shop", Some("u1"), "tok-1") }, now())
+        .upsert_device(
+            &DeviceUpsert {
+                primary: true,
+                ..device("shop", Some("u1"), "tok-1")
+            },
+            now(),
+        )
         .await
         .unwrap();
     assert!(first.is_primary);
     assert_eq!(first.state, DeviceState::Active);
     let second = s
-        .upsert_device(&DeviceUpsert { primary: true, ..device("shop", Some("u1"), "tok-2") }, now())
+        .upsert_device(
+            &DeviceUpsert {
+                primary: true,
+                ..device("shop", Some("u1"), "tok-2")
+            },
+            now(),
+        )
         .await
         .unwrap();
     assert!(second.is_primary);
     let first = s.device_by_token("shop", "tok-1").await.unwrap().unwrap();
     assert!(!first.is_primary, "the old primary keeps its flag");
 
-    assert!(s.invalidate_device(first.id, "Unregistered", now()).await.unwrap());
-    assert!(!s.invalidate_device(first.id, "Unregistered", now()).await.unwrap(), "invalidated twice");
+    assert!(s
+        .invalidate_device(first.id, "Unregistered", now())
+        .await
+        .unwrap());
+    assert!(
+        !s.invalidate_device(first.id, "Unregistered", now())
+            .await
+            .unwrap(),
+        "invalidated twice"
+    );
     let dead = s.device_by_token("shop", "tok-1").await.unwrap().unwrap();
     assert_eq!(dead.state, DeviceState::Invalid);
     assert_eq!(dead.invalid_reason.as_deref(), Some("Unregistered"));
 
     let later = now() + TimeDelta::hours(1);
-    let back = s.upsert_device(&device("shop", Some("u1"), "tok-1"), later).await.unwrap();
+    let back = s
+        .upsert_device(&device("shop", Some("u1"), "tok-1"), later)
+        .await
+        .unwrap();
     assert_eq!(back.id, first.id);
     assert_eq!(back.state, DeviceState::Active);
     assert_eq!(back.invalid_reason, None);
@@ -178,13 +263,19 @@ async fn devices_reactivate_and_move_primary<S: Store>(db: &TestDb<S>) {
     assert_eq!(back.created_at, now());
     // The same token in another app is another device.
     app(s, "other").await;
-    let elsewhere = s.upsert_device(&device("other", Some("u1"), "tok-1"), now()).await.unwrap();
+    let elsewhere = s
+        .upsert_device(&device("other", Some("u1"), "tok-1"), now())
+        .await
+        .unwrap();
     assert_ne!(elsewhere.id, first.id);
 }
 
 async fn subscriptions_need_a_known_user<S: Store>(db: &TestDb<S>) {
     app(&db.store, "shop").await;
-    let err = db.store.set_subscriptions("shop", "ghost", &[("marketing", true)], now()).await;
+    let err = db
+        .store
+        .set_subscriptions("shop", "ghost", &[("marketing", true)], now())
+        .await;
     assert!(matches!(err, Err(StoreError::NotFound { .. })), "{err:?}");
 }
 
@@ -195,23 +286,49 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
     app(s, "other").await;
     let user = |ext: &'static str, tz: Option<&'static str>, attrs: serde_json::Value| async move {
         s.upsert_user(
-            &UserUpsert { app_id: "shop", external_id: ext, timezone: tz, attributes: Some(&attrs), ..Default::default() },
+            &UserUpsert {
+                app_id: "shop",
+                external_id: ext,
+                timezone: tz,
+                attributes: Some(&attrs),
+                ..Default::default()
+            },
             now(),
         )
         .await
         .unwrap();
     };
-    user("alice", Some("Europe/Berlin"), json!({"tier": "gold", "age": 31, "beta": true})).await;
-    user("bob", Some("Asia/Kathmandu"), json!({"tier": "silver", "age": 25})).await;
+    user(
+        "alice",
+        Some("Europe/Berlin"),
+        json!({"tier": "gold", "age": 31, "beta": true}),
+    )
+    .await;
+    user(
+        "bob",
+        Some("Asia/Kathmandu"),
+        json!({"tier": "silver", "age": 25}),
+    )
+    .await;
     user("carol", None, json!({"beta": false})).await;
     user("dave", Some("America/St_Johns"), json!({})).await;
 
-    let reg = |ext: Option<&'static str>, token: &'static str, platform: Platform, tz: Option<&'static str>, locale: Option<&'static str>, primary: bool, at: i64| async move {
+    let reg = |ext: Option<&'static str>,
+               token: &'static str,
+               platform: Platform,
+               tz: Option<&'static str>,
+               locale: Option<&'static str>,
+               primary: bool,
+               at: i64| async move {
         s.upsert_device(
             &DeviceUpsert {
                 app_id: "shop",
                 user_external_id: ext,
-                install_id: if ext.is_none() { Some("install-1") } else { None },
+                install_id: if ext.is_none() {
+                    Some("install-1")
+                } else {
+                    None
+                },
                 platform,
                 token,
                 timezone: tz,
@@ -224,95 +341,247 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
         .unwrap()
     };
     // alice: an iPhone (her zone from the user) and a primary Android in Tokyo.
-    reg(Some("alice"), "a-ios", Platform::Ios, None, Some("de_DE"), false, 0).await;
-    reg(Some("alice"), "a-android", Platform::Android, Some("Asia/Tokyo"), Some("de"), true, 1).await;
+    reg(
+        Some("alice"),
+        "a-ios",
+        Platform::Ios,
+        None,
+        Some("de_DE"),
+        false,
+        0,
+    )
+    .await;
+    reg(
+        Some("alice"),
+        "a-android",
+        Platform::Android,
+        Some("Asia/Tokyo"),
+        Some("de"),
+        true,
+        1,
+    )
+    .await;
     // bob: two iPhones, none primary: the newer one is "primary".
-    reg(Some("bob"), "b-old", Platform::Ios, None, Some("en-US"), false, 2).await;
-    reg(Some("bob"), "b-new", Platform::Ios, None, Some("en-US"), false, 3).await;
+    reg(
+        Some("bob"),
+        "b-old",
+        Platform::Ios,
+        None,
+        Some("en-US"),
+        false,
+        2,
+    )
+    .await;
+    reg(
+        Some("bob"),
+        "b-new",
+        Platform::Ios,
+        None,
+        Some("en-US"),
+        false,
+        3,
+    )
+    .await;
     // carol: no zone anywhere.
-    reg(Some("carol"), "c-1", Platform::Android, None, Some("fr"), false, 4).await;
+    reg(
+        Some("carol"),
+        "c-1",
+        Platform::Android,
+        None,
+        Some("fr"),
+        false,
+        4,
+    )
+    .await;
     // dave: his only device is dead.
     let dead = reg(Some("dave"), "d-1", Platform::Ios, None, None, false, 5).await;
-    s.invalidate_device(dead.id, "BadDeviceToken", now()).await.unwrap();
+    s.invalidate_device(dead.id, "BadDeviceToken", now())
+        .await
+        .unwrap();
     // an anonymous install.
-    reg(None, "anon-1", Platform::Android, Some("Europe/Berlin"), None, false, 6).await;
+    reg(
+        None,
+        "anon-1",
+        Platform::Android,
+        Some("Europe/Berlin"),
+        None,
+        false,
+        6,
+    )
+    .await;
     // another app's device never counts.
-    s.upsert_device(&device("other", Some("alice"), "x-1"), now()).await.unwrap();
+    s.upsert_device(&device("other", Some("alice"), "x-1"), now())
+        .await
+        .unwrap();
 
-    s.set_subscriptions("shop", "alice", &[("marketing", true)], now()).await.unwrap();
-    s.set_subscriptions("shop", "bob", &[("marketing", true), ("transactional", false)], now()).await.unwrap();
-    s.set_subscriptions("shop", "carol", &[("marketing", false)], now()).await.unwrap();
+    s.set_subscriptions("shop", "alice", &[("marketing", true)], now())
+        .await
+        .unwrap();
+    s.set_subscriptions(
+        "shop",
+        "bob",
+        &[("marketing", true), ("transactional", false)],
+        now(),
+    )
+    .await
+    .unwrap();
+    s.set_subscriptions("shop", "carol", &[("marketing", false)], now())
+        .await
+        .unwrap();
 
     let count = |audience: Audience, topics: Vec<TopicRule<'static>>| async move {
-        let zones = s.audience_zones(&Segment { app_id: "shop", audience: &audience, topics }).await.unwrap();
-        zones.into_iter().map(|z| (z.zone, z.recipients)).collect::<Vec<_>>()
+        let zones = s
+            .audience_zones(&Segment {
+                app_id: "shop",
+                audience: &audience,
+                topics,
+            })
+            .await
+            .unwrap();
+        zones
+            .into_iter()
+            .map(|z| (z.zone, z.recipients))
+            .collect::<Vec<_>>()
     };
-    let z = |pairs: &[(&str, u64)]| pairs.iter().map(|(a, b)| ((*a).to_owned(), *b)).collect::<Vec<_>>();
+    let z = |pairs: &[(&str, u64)]| {
+        pairs
+            .iter()
+            .map(|(a, b)| ((*a).to_owned(), *b))
+            .collect::<Vec<_>>()
+    };
 
     // Everyone active: device zone, else user zone, else "".
     assert_eq!(
         count(Audience::default(), vec![]).await,
-        z(&[("", 1), ("Asia/Kathmandu", 2), ("Asia/Tokyo", 1), ("Europe/Berlin", 2)])
+        z(&[
+            ("", 1),
+            ("Asia/Kathmandu", 2),
+            ("Asia/Tokyo", 1),
+            ("Europe/Berlin", 2)
+        ])
     );
     // Marketing needs an opt-in.
-    let marketing = vec![TopicRule { name: "marketing", default_subscribed: false }];
+    let marketing = vec![TopicRule {
+        name: "marketing",
+        default_subscribed: false,
+    }];
     assert_eq!(
         count(Audience::default(), marketing.clone()).await,
-        z(&[("Asia/Kathmandu", 2), ("Asia/Tokyo", 1), ("Europe/Berlin", 1)])
+        z(&[
+            ("Asia/Kathmandu", 2),
+            ("Asia/Tokyo", 1),
+            ("Europe/Berlin", 1)
+        ])
     );
     // Transactional reaches everyone who did not opt out (bob did), anonymous installs included.
-    let transactional = vec![TopicRule { name: "transactional", default_subscribed: true }];
+    let transactional = vec![TopicRule {
+        name: "transactional",
+        default_subscribed: true,
+    }];
     assert_eq!(
         count(Audience::default(), transactional).await,
         z(&[("", 1), ("Asia/Tokyo", 1), ("Europe/Berlin", 2)])
     );
     // Primary device only: alice's Android, bob's newest iPhone.
-    let primary = Audience { devices: DevicePolicy::Primary, ..Audience::default() };
+    let primary = Audience {
+        devices: DevicePolicy::Primary,
+        ..Audience::default()
+    };
     assert_eq!(
         count(primary.clone(), marketing.clone()).await,
         z(&[("Asia/Kathmandu", 1), ("Asia/Tokyo", 1)])
     );
     // Primary and iOS only: alice's primary is Android, so she is not targeted.
-    let primary_ios = Audience { platforms: vec![Platform::Ios], ..primary };
-    assert_eq!(count(primary_ios, marketing.clone()).await, z(&[("Asia/Kathmandu", 1)]));
+    let primary_ios = Audience {
+        platforms: vec![Platform::Ios],
+        ..primary
+    };
+    assert_eq!(
+        count(primary_ios, marketing.clone()).await,
+        z(&[("Asia/Kathmandu", 1)])
+    );
     // Locales: "de" matches de and de_DE.
-    let german = Audience { locales: vec!["de".into()], ..Audience::default() };
-    assert_eq!(count(german, vec![]).await, z(&[("Asia/Tokyo", 1), ("Europe/Berlin", 1)]));
+    let german = Audience {
+        locales: vec!["de".into()],
+        ..Audience::default()
+    };
+    assert_eq!(
+        count(german, vec![]).await,
+        z(&[("Asia/Tokyo", 1), ("Europe/Berlin", 1)])
+    );
     // Attributes as text: number, boolean, in, exists, ne.
     let attr = |attribute: &str, op: FilterOp, value: Option<serde_json::Value>| Audience {
-        attributes: vec![AttributeFilter { attribute: attribute.into(), op, value }],
+        attributes: vec![AttributeFilter {
+            attribute: attribute.into(),
+            op,
+            value,
+        }],
         devices: DevicePolicy::Primary,
         ..Audience::default()
     };
-    assert_eq!(count(attr("age", FilterOp::Eq, Some(json!(25))), vec![]).await, z(&[("Asia/Kathmandu", 1)]));
-    assert_eq!(count(attr("beta", FilterOp::Eq, Some(json!(true))), vec![]).await, z(&[("Asia/Tokyo", 1)]));
-    assert_eq!(count(attr("beta", FilterOp::Eq, Some(json!(false))), vec![]).await, z(&[("", 1)]));
     assert_eq!(
-        count(attr("tier", FilterOp::In, Some(json!(["gold", "silver"]))), vec![]).await,
+        count(attr("age", FilterOp::Eq, Some(json!(25))), vec![]).await,
+        z(&[("Asia/Kathmandu", 1)])
+    );
+    assert_eq!(
+        count(attr("beta", FilterOp::Eq, Some(json!(true))), vec![]).await,
+        z(&[("Asia/Tokyo", 1)])
+    );
+    assert_eq!(
+        count(attr("beta", FilterOp::Eq, Some(json!(false))), vec![]).await,
+        z(&[("", 1)])
+    );
+    assert_eq!(
+        count(
+            attr("tier", FilterOp::In, Some(json!(["gold", "silver"]))),
+            vec![]
+        )
+        .await,
         z(&[("Asia/Kathmandu", 1), ("Asia/Tokyo", 1)])
     );
-    assert_eq!(count(attr("beta", FilterOp::Exists, None), vec![]).await, z(&[("", 1), ("Asia/Tokyo", 1)]));
+    assert_eq!(
+        count(attr("beta", FilterOp::Exists, None), vec![]).await,
+        z(&[("", 1), ("Asia/Tokyo", 1)])
+    );
     assert_eq!(
         count(attr("tier", FilterOp::Ne, Some(json!("gold"))), vec![]).await,
         z(&[("", 1), ("Asia/Kathmandu", 1)])
     );
     // An explicit list of users.
-    let listed = Audience { users: vec!["bob".into(), "carol".into(), "nobody".into()], ..Audience::default() };
-    assert_eq!(count(listed, vec![]).await, z(&[("", 1), ("Asia/Kathmandu", 2)]));
+    let listed = Audience {
+        users: vec!["bob".into(), "carol".into(), "nobody".into()],
+        ..Audience::default()
+    };
+    assert_eq!(
+        count(listed, vec![]).await,
+        z(&[("", 1), ("Asia/Kathmandu", 2)])
+    );
 }
 
 fn slot(zone: &str, fire_at: DateTime<Utc>, disposition: Disposition, n: u64) -> NewSlot {
-    NewSlot { occurrence: "2026-12-01T09:00".into(), zone: zone.into(), fire_at, disposition, planned_count: n }
+    NewSlot {
+        occurrence: "2026-12-01T09:00".into(),
+        zone: zone.into(),
+        fire_at,
+        disposition,
+        planned_count: n,
+    }
 }
 
 async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb<S>) {
     let s = &db.store;
     app(s, "shop").await;
     let def = json!({"key": "k", "message": {"title": "t"}});
-    let fire = Utc.with_ymd_and_hms(2026, 12, 1, 3, 15, 0).unwrap() + TimeDelta::microseconds(123_456);
+    let fire =
+        Utc.with_ymd_and_hms(2026, 12, 1, 3, 15, 0).unwrap() + TimeDelta::microseconds(123_456);
     let slots = vec![
         slot("Asia/Kathmandu", fire, Disposition::OnTime, 3),
-        slot("Asia/Tokyo", fire - TimeDelta::hours(3), Disposition::Skipped, 2),
+        slot(
+            "Asia/Tokyo",
+            fire - TimeDelta::hours(3),
+            Disposition::Skipped,
+            2,
+        ),
     ];
     let save = CampaignSave {
         app_id: "shop",
@@ -337,7 +606,10 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
     assert_eq!(stored[1].planned_count, 3);
 
     // The same definition again changes nothing.
-    let (same, outcome) = s.save_campaign(&save, now() + TimeDelta::minutes(1)).await.unwrap();
+    let (same, outcome) = s
+        .save_campaign(&save, now() + TimeDelta::minutes(1))
+        .await
+        .unwrap();
     assert_eq!(outcome, SaveOutcome::Unchanged);
     assert_eq!(same, c);
 
@@ -345,7 +617,14 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
     let def2 = json!({"key": "k", "message": {"title": "t2"}});
     let slots2 = vec![slot("Europe/Berlin", fire, Disposition::OnTime, 7)];
     let (edited, outcome) = s
-        .save_campaign(&CampaignSave { definition: &def2, slots: &slots2, ..save.clone() }, now())
+        .save_campaign(
+            &CampaignSave {
+                definition: &def2,
+                slots: &slots2,
+                ..save.clone()
+            },
+            now(),
+        )
         .await
         .unwrap();
     assert_eq!(outcome, SaveOutcome::Updated);
@@ -353,11 +632,21 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
     assert_eq!(edited.revision, 2);
     assert_eq!(edited.definition.0, def2);
     let stored = s.slots(c.id).await.unwrap();
-    assert_eq!(stored.iter().map(|s| s.zone.as_str()).collect::<Vec<_>>(), ["Europe/Berlin"]);
+    assert_eq!(
+        stored.iter().map(|s| s.zone.as_str()).collect::<Vec<_>>(),
+        ["Europe/Berlin"]
+    );
 
     // Back to draft drops the plan.
     let (draft, _) = s
-        .save_campaign(&CampaignSave { state: CampaignState::Draft, slots: &[], ..save.clone() }, now())
+        .save_campaign(
+            &CampaignSave {
+                state: CampaignState::Draft,
+                slots: &[],
+                ..save.clone()
+            },
+            now(),
+        )
         .await
         .unwrap();
     assert_eq!(draft.state, CampaignState::Draft);
@@ -365,17 +654,48 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
 
     // Once running, edits are refused and nothing changes.
     s.save_campaign(&save, now()).await.unwrap();
-    s.set_campaign_state(c.id, CampaignState::Scheduled, CampaignState::Running, now()).await.unwrap();
-    let err = s.save_campaign(&CampaignSave { definition: &def2, ..save.clone() }, now()).await;
-    assert!(matches!(err, Err(StoreError::NotEditable { state: CampaignState::Running, .. })), "{err:?}");
+    s.set_campaign_state(
+        c.id,
+        CampaignState::Scheduled,
+        CampaignState::Running,
+        now(),
+    )
+    .await
+    .unwrap();
+    let err = s
+        .save_campaign(
+            &CampaignSave {
+                definition: &def2,
+                ..save.clone()
+            },
+            now(),
+        )
+        .await;
+    assert!(
+        matches!(
+            err,
+            Err(StoreError::NotEditable {
+                state: CampaignState::Running,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     let after = s.campaign("shop", "k").await.unwrap().unwrap();
     assert_eq!(after.definition.0, def);
     assert_eq!(after.state, CampaignState::Running);
 
     // Transitions are fenced by the expected state and checked against the table.
-    let stale = s.set_campaign_state(c.id, CampaignState::Scheduled, CampaignState::Paused, now()).await;
-    assert!(matches!(stale, Err(StoreError::Conflict { .. })), "{stale:?}");
-    let illegal = s.set_campaign_state(c.id, CampaignState::Running, CampaignState::Draft, now()).await;
+    let stale = s
+        .set_campaign_state(c.id, CampaignState::Scheduled, CampaignState::Paused, now())
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let illegal = s
+        .set_campaign_state(c.id, CampaignState::Running, CampaignState::Draft, now())
+        .await;
     assert!(matches!(illegal, Err(StoreError::State(_))), "{illegal:?}");
 
     assert_eq!(s.campaigns(Some("shop")).await.unwrap().len(), 1);

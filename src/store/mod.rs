@@ -179,16 +179,37 @@ pub trait Store: Send + Sync + 'static {
     fn close(&self) -> impl Future<Output = ()> + Send;
 
     /// Creates or updates a configured app.
-    fn sync_app(&self, app: &AppRecord, now: DateTime<Utc>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn sync_app(
+        &self,
+        app: &AppRecord,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    fn upsert_user(&self, user: &UserUpsert<'_>, now: DateTime<Utc>) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    fn upsert_user(
+        &self,
+        user: &UserUpsert<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
-    fn upsert_device(&self, device: &DeviceUpsert<'_>, now: DateTime<Utc>) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
+    fn upsert_device(
+        &self,
+        device: &DeviceUpsert<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
 
-    fn device_by_token(&self, app_id: &str, token: &str) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
+    fn device_by_token(
+        &self,
+        app_id: &str,
+        token: &str,
+    ) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
 
     /// Marks a token dead so no later campaign uses it. False if it was already invalid.
-    fn invalidate_device(&self, device_id: i64, reason: &str, now: DateTime<Utc>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn invalidate_device(
+        &self,
+        device_id: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Records a user's choice for topics; the user must exist.
     fn set_subscriptions(
@@ -200,7 +221,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Recipients of the segment per zone.
-    fn audience_zones(&self, segment: &Segment<'_>) -> impl Future<Output = Result<Vec<ZoneCount>, StoreError>> + Send;
+    fn audience_zones(
+        &self,
+        segment: &Segment<'_>,
+    ) -> impl Future<Output = Result<Vec<ZoneCount>, StoreError>> + Send;
 
     /// Creates or replaces a campaign and its planned slots in one transaction.
     /// Refuses a campaign that is no longer editable; a definition and state equal
@@ -211,14 +235,27 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(CampaignRecord, SaveOutcome), StoreError>> + Send;
 
-    fn campaign(&self, app_id: &str, key: &str) -> impl Future<Output = Result<Option<CampaignRecord>, StoreError>> + Send;
+    fn campaign(
+        &self,
+        app_id: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<CampaignRecord>, StoreError>> + Send;
 
     /// Campaigns with this key in any app (a key is unique per app).
-    fn campaigns_by_key(&self, key: &str) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
+    fn campaigns_by_key(
+        &self,
+        key: &str,
+    ) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
 
-    fn campaigns(&self, app_id: Option<&str>) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
+    fn campaigns(
+        &self,
+        app_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
 
-    fn slots(&self, campaign_id: i64) -> impl Future<Output = Result<Vec<SlotRecord>, StoreError>> + Send;
+    fn slots(
+        &self,
+        campaign_id: i64,
+    ) -> impl Future<Output = Result<Vec<SlotRecord>, StoreError>> + Send;
 
     /// Moves a campaign from `from` to `to`, fenced by `from`.
     fn set_campaign_state(
@@ -230,7 +267,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The campaign state machine as the database enforces it.
-    fn campaign_transitions(&self) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+    fn campaign_transitions(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 }
 
 /// A store of either kind, chosen by the configured URL.

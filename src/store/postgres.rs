@@ -92,7 +92,9 @@ impl Store for PgStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/postgres").run(&self.write).await?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&self.write)
+            .await?;
         Ok(())
     }
 

@@ -72,7 +72,11 @@ impl Builder {
 /// SQL selecting the segment's recipients as `(device_id, user_id, zone)`, where
 /// `zone` is the device's zone, else the user's, else `''`.
 /// With `zone = Some(z)` only the recipients in that zone.
-pub fn recipients_sql(kind: DatabaseKind, segment: &Segment<'_>, zone: Option<&str>) -> (String, Vec<Bind>) {
+pub fn recipients_sql(
+    kind: DatabaseKind,
+    segment: &Segment<'_>,
+    zone: Option<&str>,
+) -> (String, Vec<Bind>) {
     let mut b = Builder {
         kind,
         binds: Vec::new(),
@@ -118,7 +122,11 @@ pub fn recipients_sql(kind: DatabaseKind, segment: &Segment<'_>, zone: Option<&s
 
     let mut device_conds = Vec::new();
     if !audience.platforms.is_empty() {
-        let list = audience.platforms.iter().map(|p| p.as_str().to_owned()).collect();
+        let list = audience
+            .platforms
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
         device_conds.push(b.in_list("c.platform", list));
     }
     if !audience.locales.is_empty() {
@@ -127,7 +135,9 @@ pub fn recipients_sql(kind: DatabaseKind, segment: &Segment<'_>, zone: Option<&s
             let tag = l.replace('_', "-").to_ascii_lowercase();
             let exact = b.text(tag.clone());
             let prefix = b.text(format!("{tag}-%"));
-            alts.push(format!("c.locale_tag = {exact} OR c.locale_tag LIKE {prefix}"));
+            alts.push(format!(
+                "c.locale_tag = {exact} OR c.locale_tag LIKE {prefix}"
+            ));
         }
         device_conds.push(format!("({})", alts.join(" OR ")));
     }

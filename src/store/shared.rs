@@ -21,7 +21,8 @@ pub(super) const USER_ENSURE: &str = "\
     ON CONFLICT (app_id, external_id) DO UPDATE SET external_id = excluded.external_id \
     RETURNING id";
 
-pub(super) const DEVICE_COLUMNS: &str = "id, app_id, user_id, install_id, platform, token, timezone, locale, \
+pub(super) const DEVICE_COLUMNS: &str =
+    "id, app_id, user_id, install_id, platform, token, timezone, locale, \
     is_primary, state, invalid_reason, created_at, updated_at";
 
 pub(super) const DEVICE_CLEAR_PRIMARY: &str = "\
@@ -45,10 +46,12 @@ pub(super) const DEVICE_UPSERT: &str = "\
     RETURNING id, app_id, user_id, install_id, platform, token, timezone, locale, \
         is_primary, state, invalid_reason, created_at, updated_at";
 
-pub(super) const CAMPAIGN_COLUMNS: &str = "id, app_id, key, name, definition, state, revision, tzdata_version, \
+pub(super) const CAMPAIGN_COLUMNS: &str =
+    "id, app_id, key, name, definition, state, revision, tzdata_version, \
     created_at, updated_at, scheduled_at";
 
-pub(super) const SLOT_COLUMNS: &str = "id, campaign_id, occurrence, zone, fire_at, disposition, state, \
+pub(super) const SLOT_COLUMNS: &str =
+    "id, campaign_id, occurrence, zone, fire_at, disposition, state, \
     planned_count, released_at";
 
 macro_rules! shared_store_methods {
@@ -245,7 +248,12 @@ macro_rules! shared_store_methods {
                 .fetch_optional(&mut *tx)
                 .await?;
             let (id, outcome) = match existing {
-                Some(e) if e.definition.0 == *c.definition && e.state == c.state && e.name == c.name => {
+                // Past the editable states the file's status is history, not a request.
+                Some(e)
+                    if e.definition.0 == *c.definition
+                        && e.name == c.name
+                        && (e.state == c.state || !e.state.is_editable()) =>
+                {
                     tx.rollback().await?;
                     return Ok((e, SaveOutcome::Unchanged));
                 }

@@ -45,7 +45,10 @@ impl SqliteStore {
         if file != Path::new(":memory:") {
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Invalid(format!("database.url: cannot create {}: {e}", dir.display()))
+                    StoreError::Invalid(format!(
+                        "database.url: cannot create {}: {e}",
+                        dir.display()
+                    ))
                 })?;
             }
         }

@@ -81,7 +81,9 @@ pub async fn postgres() -> Option<TestDb<PgStore>> {
         max_connections: 4,
         ..DatabaseConfig::default()
     };
-    let store = PgStore::connect(&cfg).await.expect("connect to test database");
+    let store = PgStore::connect(&cfg)
+        .await
+        .expect("connect to test database");
     store.migrate().await.expect("migrate postgres");
     Some(TestDb {
         store,
@@ -150,7 +152,9 @@ macro_rules! storage_tests {
 pub async fn run_and_finish<S, F>(db: TestDb<S>, body: F)
 where
     S: Store,
-    F: for<'a> FnOnce(&'a TestDb<S>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+    F: for<'a> FnOnce(
+        &'a TestDb<S>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
 {
     use futures::FutureExt;
     let outcome = std::panic::AssertUnwindSafe(body(&db)).catch_unwind().await;

@@ -1,0 +1,236 @@
+//! The `meridian` binary as a user runs it: exit codes, one-line errors, and
+//! `campaign apply` writing all or nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    /// A working directory with the shipped config, pointing at a fresh SQLite file.
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shipped =
+            std::fs::read_to_string(repo().join("config/meridian.toml")).expect("shipped config");
+        std::fs::write(dir.path().join("meridian.toml"), shipped).expect("write config");
+        Self { dir }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .current_dir(self.dir.path())
+            .arg("--config")
+            .arg(self.dir.path().join("meridian.toml"))
+            .args(args)
+            .env(
+                "MERIDIAN_DATABASE__URL",
+                format!("sqlite://{}", self.dir.path().join("m.db").display()),
+            )
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run meridian")
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn shipped_campaigns() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("campaigns"))
+        .expect("campaigns/")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_campaign_applies_and_applying_again_changes_nothing() {
+    let sb = Sandbox::new();
+    let files = shipped_campaigns();
+    assert!(files.len() >= 2, "ship 2-3 examples");
+    for file in &files {
+        let out = sb.run(&["campaign", "apply", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}: {}", file.display(), stderr(&out));
+        assert!(stdout(&out).contains("created"), "{}", stdout(&out));
+    }
+    for file in &files {
+        let out = sb.run(&["campaign", "apply", file.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("unchanged"), "{}", stdout(&out));
+    }
+    let list = sb.run(&["campaign", "list"]);
+    assert!(list.status.success());
+    let text = stdout(&list);
+    assert_eq!(text.lines().count(), files.len() + 1, "{text}");
+    assert!(
+        text.contains("morning-digest-2026-12-01") && text.contains("scheduled"),
+        "{text}"
+    );
+    let show = sb.run(&["campaign", "show", "vip-flash-sale"]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    assert!(stdout(&show).contains("state: draft"), "{}", stdout(&show));
+}
+
+#[test]
+fn a_broken_file_names_the_field_exits_2_and_writes_nothing() {
+    let sb = Sandbox::new();
+    let broken = sb.write(
+        "broken.toml",
+        r#"
+key = "broken"
+app = "shop"
+status = "scheduled"
+[message]
+title = ""
+body = "b"
+[audience]
+[schedule]
+type = "local"
+at = "2026-12-01T09:00"
+"#,
+    );
+    let good = shipped_campaigns().remove(0);
+    // The good file comes first: it must not be written either.
+    let out = sb.run(&[
+        "campaign",
+        "apply",
+        good.to_str().unwrap(),
+        broken.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("broken.toml") && err.contains("message.title: must not be empty"),
+        "{err}"
+    );
+    let list = sb.run(&["campaign", "list"]);
+    assert_eq!(stdout(&list).trim(), "no campaigns");
+}
+
+#[test]
+fn unknown_zone_and_bad_toml_are_one_line_each() {
+    let sb = Sandbox::new();
+    let zone = sb.write(
+        "zone.toml",
+        r#"
+key = "z"
+app = "shop"
+[message]
+title = "t"
+body = "b"
+[audience]
+[schedule]
+type = "cron"
+cron = "0 9 * * *"
+zone = "Europe/Atlantis"
+"#,
+    );
+    let out = sb.run(&["campaign", "apply", zone.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("schedule.zone: unknown IANA time zone \"Europe/Atlantis\""),
+        "{}",
+        stderr(&out)
+    );
+
+    let syntax = sb.write("syntax.toml", "key = \"k\"\napp = \"shop\"\n[message\n");
+    let out = sb.run(&["campaign", "apply", syntax.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+
+    let missing = sb.run(&["campaign", "apply", "does-not-exist.toml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("does-not-exist.toml"),
+        "{}",
+        stderr(&missing)
+    );
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let sb = Sandbox::new();
+    let ok = sb.run(&["check-config"]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stdout(&ok).contains("configuration OK"));
+
+    let bad_url = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args([
+            "--config",
+            sb.dir.path().join("meridian.toml").to_str().unwrap(),
+            "check-config",
+        ])
+        .env("MERIDIAN_DATABASE__URL", "mysql://localhost/x")
+        .output()
+        .unwrap();
+    assert_eq!(bad_url.status.code(), Some(2));
+    assert!(
+        stderr(&bad_url).starts_with("error: database.url: "),
+        "{}",
+        stderr(&bad_url)
+    );
+
+    let cfg = sb.write(
+        "creds.toml",
+        "[apps.shop.fcm]\nservice_account_file = \"/nonexistent/service-account.json\"\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["--config", cfg.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with(
+            "error: apps.shop.fcm.service_account_file: /nonexistent/service-account.json"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    let typo = sb.write("typo.toml", "[database]\nurll = \"sqlite://x.db\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["--config", typo.to_str().unwrap(), "check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("urll"), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out).trim_end().lines().count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn migrate_creates_the_sqlite_file() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(sb.dir.path().join("m.db").exists());
+}
