@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::{redact_url, Config, LogFormat};
 use meridian::definitions::{self, ApplyError};
-use meridian::state::{CampaignState, StateMachine};
+use meridian::state::{CampaignState, SlotState, StateMachine};
 use meridian::store::{AnyStore, SaveOutcome, Store};
 use meridian::with_store;
 use tracing_subscriber::EnvFilter;
@@ -349,7 +349,7 @@ async fn campaign_command<S: Store>(
                 let slots = store.slots(c.id).await?;
                 let pending: Vec<_> = slots
                     .iter()
-                    .filter(|s| s.state == meridian::state::SlotState::Pending)
+                    .filter(|s| s.state == SlotState::Pending)
                     .collect();
                 let next = pending
                     .iter()
@@ -432,6 +432,21 @@ async fn print_campaign<S: Store>(
     }
     let total: i64 = slots.iter().map(|s| s.planned_count).sum();
     println!("  slots: {} for {} recipients", slots.len(), total);
+    let firing: Vec<_> = slots
+        .iter()
+        .filter(|s| s.state != SlotState::Skipped)
+        .map(|s| s.fire_at)
+        .collect();
+    if let (Some(first), Some(last)) = (firing.iter().min(), firing.iter().max()) {
+        let instants: std::collections::BTreeSet<_> = firing.iter().collect();
+        println!(
+            "  sends from {} to {} UTC ({} h, {} distinct instants)",
+            first.format("%Y-%m-%d %H:%M"),
+            last.format("%Y-%m-%d %H:%M"),
+            (*last - *first).num_minutes() as f64 / 60.0,
+            instants.len()
+        );
+    }
     println!(
         "    {:<17} {:<9} {:<14} {:>10}  ZONE",
         "FIRE AT (UTC)", "STATE", "DISPOSITION", "RECIPIENTS"

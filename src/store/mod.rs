@@ -105,6 +105,21 @@ pub struct NewSlot {
 }
 
 impl NewSlot {
+    /// The slots as a JSON array for one set-based INSERT; `time` writes `fire_at`
+    /// the way the backend compares it.
+    fn json_rows(slots: &[NewSlot], time: impl Fn(&NewSlot) -> Value) -> Value {
+        slots
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "occurrence": s.occurrence, "zone": s.zone, "fire_at": time(s),
+                    "disposition": s.disposition.as_str(), "state": s.state().to_string(),
+                    "planned_count": s.planned_count,
+                })
+            })
+            .collect()
+    }
+
     fn state(&self) -> SlotState {
         if self.disposition == Disposition::Skipped {
             SlotState::Skipped

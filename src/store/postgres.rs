@@ -61,16 +61,7 @@ impl PgStore {
         if slots.is_empty() {
             return Ok(());
         }
-        let rows: Vec<serde_json::Value> = slots
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "occurrence": s.occurrence, "zone": s.zone, "fire_at": s.fire_at,
-                    "disposition": s.disposition.as_str(), "state": s.state().to_string(),
-                    "planned_count": s.planned_count,
-                })
-            })
-            .collect();
+        let rows = NewSlot::json_rows(slots, |s| serde_json::json!(s.fire_at));
         sqlx::query(
             "INSERT INTO slots (campaign_id, occurrence, zone, fire_at, disposition, state, planned_count, created_at) \
              SELECT $1, x.occurrence, x.zone, x.fire_at, x.disposition, x.state, x.planned_count, $2 \

@@ -82,16 +82,7 @@ impl SqliteStore {
         if slots.is_empty() {
             return Ok(());
         }
-        let rows: Vec<serde_json::Value> = slots
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "occurrence": s.occurrence, "zone": s.zone, "fire_at": sqlite_time(s.fire_at),
-                    "disposition": s.disposition.as_str(), "state": s.state().to_string(),
-                    "planned_count": s.planned_count,
-                })
-            })
-            .collect();
+        let rows = NewSlot::json_rows(slots, |s| serde_json::json!(sqlite_time(s.fire_at)));
         sqlx::query(
             "INSERT INTO slots (campaign_id, occurrence, zone, fire_at, disposition, state, planned_count, created_at) \
              SELECT $1, value ->> 'occurrence', value ->> 'zone', value ->> 'fire_at', value ->> 'disposition', \
@@ -100,7 +91,7 @@ impl SqliteStore {
         )
         .bind(campaign_id)
         .bind(now)
-        .bind(serde_json::Value::from(rows).to_string())
+        .bind(rows.to_string())
         .execute(&mut **tx)
         .await?;
         Ok(())
