@@ -8,6 +8,7 @@ pub mod config;
 pub mod definitions;
 pub mod payload;
 pub mod planner;
+pub mod provider;
 pub mod state;
 pub mod store;
 pub mod zone;

@@ -1,0 +1,265 @@
+//! Talking to Apple and Google: our own thin clients over one HTTP/2 stack
+//! (reqwest → hyper 1, rustls with ring), and what their answers mean.
+//!
+//! Provider answers are values ([`Outcome`]), not errors: a dead token or a 429
+//! is a normal result the engine records and reacts to.
+
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub mod apns;
+pub mod fcm;
+pub mod jwt;
+
+/// What happened to one send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider took the message; its id when it returns one.
+    Accepted { provider_id: Option<String> },
+    /// The token is dead (or not ours): mark the device invalid, never retry.
+    TokenInvalid { reason: String },
+    /// Try again later, not before `after` when the provider said so.
+    Retry { reason: String, after: Option<Duration> },
+    /// Refused for good; the reason is kept verbatim.
+    Rejected { reason: String },
+    /// Our credentials were refused (after one refresh): nothing to retry per message; alert.
+    AuthFailed { reason: String },
+}
+
+impl Outcome {
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Self::Accepted { .. })
+    }
+
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Self::Accepted { .. } => None,
+            Self::TokenInvalid { reason }
+            | Self::Retry { reason, .. }
+            | Self::Rejected { reason }
+            | Self::AuthFailed { reason } => Some(reason),
+        }
+    }
+}
+
+/// Setting a client up can fail; sending cannot (it yields an [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
+    #[error("http client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtError),
+}
+
+pub(crate) fn config_error(key: impl Into<String>, message: impl Into<String>) -> ProviderError {
+    ProviderError::Config {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Connection settings shared by both providers.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub timeout: Duration,
+    /// HTTP/2 connections to open; requests are spread over them as streams.
+    pub connections: usize,
+}
+
+/// A small set of long-lived HTTP/2 clients, used round-robin.
+#[derive(Debug)]
+pub(crate) struct H2Pool {
+    clients: Vec<reqwest::Client>,
+    next: AtomicUsize,
+}
+
+impl H2Pool {
+    /// `identity` is a PEM certificate and key for TLS client authentication.
+    pub(crate) fn new(s: &HttpSettings, key: &str, identity: Option<&[u8]>) -> Result<Self, ProviderError> {
+        let ca = match &s.ca_file {
+            Some(path) => Some(read_ca(path, &format!("{key}.ca_file"))?),
+            None => None,
+        };
+        let identity = match identity {
+            Some(pem) => Some(
+                reqwest::Identity::from_pem(pem)
+                    .map_err(|e| config_error(format!("{key}.cert_file"), e.to_string()))?,
+            ),
+            None => None,
+        };
+        let mut clients = Vec::with_capacity(s.connections.max(1));
+        for _ in 0..s.connections.max(1) {
+            let mut b = reqwest::Client::builder()
+                .use_rustls_tls()
+                .http2_prior_knowledge()
+                .timeout(s.timeout)
+                .connect_timeout(s.timeout.min(Duration::from_secs(10)))
+                .pool_idle_timeout(None)
+                .http2_keep_alive_interval(Duration::from_secs(60))
+                .http2_keep_alive_while_idle(true);
+            if let Some(ca) = &ca {
+                b = b.add_root_certificate(ca.clone());
+            }
+            if let Some(id) = &identity {
+                b = b.identity(id.clone());
+            }
+            clients.push(b.build()?);
+        }
+        Ok(Self {
+            clients,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    pub(crate) fn client(&self) -> &reqwest::Client {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
+        &self.clients[i]
+    }
+}
+
+fn read_ca(path: &Path, key: &str) -> Result<reqwest::Certificate, ProviderError> {
+    let pem = std::fs::read(path).map_err(|e| config_error(key, format!("{}: {e}", path.display())))?;
+    reqwest::Certificate::from_pem(&pem).map_err(|e| config_error(key, format!("{}: {e}", path.display())))
+}
+
+/// `Retry-After` in seconds (the form both providers use).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// A transport failure: always worth another try.
+pub(crate) fn transport_outcome(e: &reqwest::Error) -> Outcome {
+    let kind = if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "transport"
+    };
+    let mut reason = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    Outcome::Retry { reason, after: None }
+}
+
+/// When to try again: exponential backoff with full jitter, never sooner than
+/// the provider's `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+    pub max_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(15 * 60),
+            max_attempts: 8,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempt + 1` (attempts count from 1), or `None`
+    /// when attempts are used up. `jitter` in [0, 1) picks the point in the window.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Option<Duration> {
+        if attempt >= self.max_attempts {
+            return None;
+        }
+        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let window = exp.min(self.max);
+        // Half fixed, half jittered: spreads retries without collapsing to zero.
+        let backoff = window / 2 + window.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
+        Some(retry_after.map_or(backoff, |ra| ra.max(backoff)))
+    }
+}
+
+/// Paces sends to a rate, per app and provider. Burst and rate are chosen so that
+/// no one-second window sees more than `per_second` sends.
+#[derive(Debug)]
+pub struct Pacer {
+    limiter: governor::DefaultDirectRateLimiter,
+}
+
+impl Pacer {
+    pub fn new(per_second: NonZeroU32) -> Self {
+        let n = per_second.get();
+        let burst = (n / 100).max(1);
+        let rate = (n - burst).max(1);
+        let period = Duration::from_nanos(1_000_000_000 / u64::from(rate));
+        let quota = governor::Quota::with_period(period)
+            .unwrap_or_else(|| governor::Quota::per_second(per_second))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Self {
+            limiter: governor::RateLimiter::direct(quota),
+        }
+    }
+
+    /// Waits for a send slot.
+    pub async fn ready(&self) {
+        self.limiter.until_ready().await;
+    }
+
+    /// Takes a slot if one is free now.
+    pub fn try_take(&self) -> bool {
+        self.limiter.check().is_ok()
+    }
+}
+
+/// APNs wants a UUID in `apns-id`; ours is derived from the delivery id, so
+/// Apple's answer and our record share one id.
+pub fn apns_id_for(delivery_id: i64) -> String {
+    let v = delivery_id as u64;
+    format!(
+        "00000000-0000-4000-8000-{:04x}{:08x}",
+        (v >> 32) & 0xffff,
+        v & 0xffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(1, None, 0.0), Some(Duration::from_millis(500)));
+        assert_eq!(p.delay(3, None, 0.0), Some(Duration::from_secs(2)));
+        assert!(p.delay(3, None, 0.999).unwrap() < Duration::from_secs(4));
+        assert_eq!(p.delay(1, Some(Duration::from_secs(30)), 0.5), Some(Duration::from_secs(30)));
+        assert_eq!(p.delay(8, None, 0.0), None);
+        assert!(p.delay(7, None, 1.0).unwrap() <= p.max);
+    }
+
+    #[test]
+    fn pacer_allows_a_small_burst_only() {
+        let pacer = Pacer::new(NonZeroU32::new(1000).unwrap());
+        let taken = (0..100).filter(|_| pacer.try_take()).count();
+        assert!((10..=11).contains(&taken), "{taken}");
+    }
+
+    #[test]
+    fn apns_id_is_a_uuid_that_encodes_the_delivery() {
+        let id = apns_id_for(0x1234_5678_9abc);
+        assert_eq!(id, "00000000-0000-4000-8000-123456789abc");
+        assert_eq!(id.len(), 36);
+    }
+}
