@@ -9,6 +9,7 @@ pub mod definitions;
 pub mod payload;
 pub mod planner;
 pub mod provider;
+pub mod simulator;
 pub mod state;
 pub mod store;
 pub mod zone;

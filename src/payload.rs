@@ -145,7 +145,10 @@ pub fn fcm_message(message: &Message, target: FcmTarget<'_>, env: Envelope<'_>) 
         android_notification.insert("sound".into(), json!(sound));
     }
     let mut android = Map::new();
-    android.insert("priority".into(), json!(if high { "HIGH" } else { "NORMAL" }));
+    android.insert(
+        "priority".into(),
+        json!(if high { "HIGH" } else { "NORMAL" }),
+    );
     if let Some(ttl) = message.ttl {
         android.insert("ttl".into(), json!(format!("{}s", ttl.as_secs())));
     }
@@ -235,21 +238,43 @@ mod tests {
         let mut m = message();
         m.data.insert("count".into(), json!(3));
         m.ttl = Some(std::time::Duration::from_secs(3600));
-        let target = FcmTarget { token: "t1", locale: Some("de"), ios: true, collapse_key: Some("c-7") };
+        let target = FcmTarget {
+            token: "t1",
+            locale: Some("de"),
+            ios: true,
+            collapse_key: Some("c-7"),
+        };
         let v = fcm_message(&m, target, Envelope { message_id: "m1" });
         let msg = &v["message"];
         assert_eq!(msg["token"], "t1");
         assert_eq!(msg["notification"]["title"], "Angebot");
-        assert_eq!(msg["notification"]["image"], "https://cdn.example.com/a.png");
-        assert!(msg["data"].as_object().unwrap().values().all(Value::is_string));
+        assert_eq!(
+            msg["notification"]["image"],
+            "https://cdn.example.com/a.png"
+        );
+        assert!(msg["data"]
+            .as_object()
+            .unwrap()
+            .values()
+            .all(Value::is_string));
         assert_eq!(msg["data"]["count"], "3");
         assert_eq!(msg["data"]["deeplink"], "shop://sale");
         assert_eq!(msg["android"]["ttl"], "3600s");
         assert_eq!(msg["android"]["collapse_key"], "c-7");
-        assert_eq!(msg["android"]["notification"]["click_action"], "shop://sale");
+        assert_eq!(
+            msg["android"]["notification"]["click_action"],
+            "shop://sale"
+        );
         assert_eq!(msg["apns"]["headers"]["apns-collapse-id"], "c-7");
         assert_eq!(msg["apns"]["payload"]["aps"]["mutable-content"], 1);
-        let android_only = fcm_message(&m, FcmTarget { ios: false, ..target }, Envelope { message_id: "m1" });
+        let android_only = fcm_message(
+            &m,
+            FcmTarget {
+                ios: false,
+                ..target
+            },
+            Envelope { message_id: "m1" },
+        );
         assert!(android_only["message"].get("apns").is_none());
     }
 

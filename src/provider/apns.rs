@@ -9,7 +9,9 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::jwt::Es256Key;
-use super::{config_error, retry_after, transport_outcome, H2Pool, HttpSettings, Outcome, ProviderError};
+use super::{
+    config_error, retry_after, transport_outcome, H2Pool, HttpSettings, Outcome, ProviderError,
+};
 use crate::clock::Clock;
 use crate::payload::APNS_MAX_PAYLOAD;
 
@@ -24,7 +26,11 @@ pub const TOKEN_MIN_AGE: TimeDelta = TimeDelta::minutes(20);
 #[derive(Debug, Clone)]
 pub enum ApnsCredentials {
     /// A `.p8` key (PEM text) with its key id and the team id.
-    Token { key_pem: String, key_id: String, team_id: String },
+    Token {
+        key_pem: String,
+        key_id: String,
+        team_id: String,
+    },
     /// A PEM certificate followed by its PEM private key.
     Certificate { pem: Vec<u8> },
 }
@@ -77,13 +83,27 @@ pub struct ProviderToken {
 }
 
 impl TokenAuth {
-    fn sign(key: &Es256Key, key_id: &str, team_id: &str, now: DateTime<Utc>) -> Result<ProviderToken, ProviderError> {
-        let jwt = key.sign(&json!({"alg": "ES256", "kid": key_id}), &json!({"iss": team_id, "iat": now.timestamp()}))?;
-        Ok(ProviderToken { jwt, issued_at: now })
+    fn sign(
+        key: &Es256Key,
+        key_id: &str,
+        team_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<ProviderToken, ProviderError> {
+        let jwt = key.sign(
+            &json!({"alg": "ES256", "kid": key_id}),
+            &json!({"iss": team_id, "iat": now.timestamp()}),
+        )?;
+        Ok(ProviderToken {
+            jwt,
+            issued_at: now,
+        })
     }
 
     fn read(&self) -> Arc<ProviderToken> {
-        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The shared token, re-signed once it is [`TOKEN_REFRESH`] old (by one caller only).
@@ -97,11 +117,20 @@ impl TokenAuth {
 
     /// After Apple refused `rejected`: a new token, unless one was already made or
     /// `rejected` is younger than Apple's minimum (then re-signing cannot help).
-    fn after_rejection(&self, rejected: &ProviderToken, now: DateTime<Utc>) -> Option<Arc<ProviderToken>> {
+    fn after_rejection(
+        &self,
+        rejected: &ProviderToken,
+        now: DateTime<Utc>,
+    ) -> Option<Arc<ProviderToken>> {
         self.replace_if(rejected, now, TOKEN_MIN_AGE)
     }
 
-    fn replace_if(&self, seen: &ProviderToken, now: DateTime<Utc>, min_age: TimeDelta) -> Option<Arc<ProviderToken>> {
+    fn replace_if(
+        &self,
+        seen: &ProviderToken,
+        now: DateTime<Utc>,
+        min_age: TimeDelta,
+    ) -> Option<Arc<ProviderToken>> {
         let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
         if guard.issued_at != seen.issued_at {
             return Some(guard.clone());
@@ -142,8 +171,13 @@ impl ApnsClient {
         let base = settings.base_url.trim_end_matches('/').to_owned();
         url::Url::parse(&base).map_err(|e| config_error("apns.base_url", e.to_string()))?;
         let (auth, identity) = match &settings.credentials {
-            ApnsCredentials::Token { key_pem, key_id, team_id } => {
-                let key = Es256Key::from_pem(key_pem).map_err(|e| config_error("apns.key_file", e.to_string()))?;
+            ApnsCredentials::Token {
+                key_pem,
+                key_id,
+                team_id,
+            } => {
+                let key = Es256Key::from_pem(key_pem)
+                    .map_err(|e| config_error("apns.key_file", e.to_string()))?;
                 let first = TokenAuth::sign(&key, key_id, team_id, clock.now())?;
                 let auth = TokenAuth {
                     key,
@@ -167,7 +201,9 @@ impl ApnsClient {
 
     /// The provider token now in use (token auth only).
     pub fn provider_token(&self) -> Option<ProviderToken> {
-        self.auth.as_ref().map(|a| (*a.token(self.clock.now())).clone())
+        self.auth
+            .as_ref()
+            .map(|a| (*a.token(self.clock.now())).clone())
     }
 
     /// Sends one notification. Never fails: every answer is an [`Outcome`].
@@ -182,7 +218,8 @@ impl ApnsClient {
         }
         if !is_hex_token(n.device_token) {
             return Outcome::TokenInvalid {
-                reason: "BadDeviceToken: not a hex device token (refused before sending)".to_owned(),
+                reason: "BadDeviceToken: not a hex device token (refused before sending)"
+                    .to_owned(),
             };
         }
         if n.collapse_id.is_some_and(|c| c.len() > 64) {
@@ -191,7 +228,10 @@ impl ApnsClient {
             };
         }
         let Ok(_permit) = self.in_flight.acquire().await else {
-            return Outcome::Retry { reason: "client closed".to_owned(), after: None };
+            return Outcome::Retry {
+                reason: "client closed".to_owned(),
+                after: None,
+            };
         };
         let mut token = self.auth.as_ref().map(|a| a.token(self.clock.now()));
         let mut refreshed = false;
@@ -228,7 +268,10 @@ impl ApnsClient {
                     ApnsPriority::Normal => "5",
                 },
             )
-            .header("apns-expiration", n.expiration.map_or(0, |t| t.timestamp().max(0)).to_string())
+            .header(
+                "apns-expiration",
+                n.expiration.map_or(0, |t| t.timestamp().max(0)).to_string(),
+            )
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(n.payload.to_vec());
         if let Some(c) = n.collapse_id {
@@ -249,7 +292,9 @@ impl ApnsClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if status == 200 {
-            return Outcome::Accepted { provider_id: apns_id };
+            return Outcome::Accepted {
+                provider_id: apns_id,
+            };
         }
         let body = match resp.bytes().await {
             Ok(b) => b,
@@ -265,12 +310,21 @@ impl ApnsClient {
 /// What an APNs error answer means. Unknown reasons are kept verbatim.
 pub fn classify(status: u16, reason: Option<&str>, after: Option<Duration>) -> Outcome {
     let r = reason.unwrap_or("").to_owned();
-    let described = if r.is_empty() { format!("HTTP {status}") } else { r.clone() };
+    let described = if r.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        r.clone()
+    };
     match (status, r.as_str()) {
         (200, _) => Outcome::Accepted { provider_id: None },
-        (410, _) | (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => Outcome::TokenInvalid { reason: described },
+        (410, _) | (400, "BadDeviceToken" | "DeviceTokenNotForTopic") => {
+            Outcome::TokenInvalid { reason: described }
+        }
         (403, _) => Outcome::AuthFailed { reason: described },
-        (429, _) | (500..=599, _) => Outcome::Retry { reason: described, after },
+        (429, _) | (500..=599, _) => Outcome::Retry {
+            reason: described,
+            after,
+        },
         _ => Outcome::Rejected { reason: described },
     }
 }
@@ -281,27 +335,67 @@ mod tests {
 
     #[test]
     fn classification_follows_apples_table() {
-        assert!(matches!(classify(410, Some("Unregistered"), None), Outcome::TokenInvalid { .. }));
-        assert!(matches!(classify(400, Some("BadDeviceToken"), None), Outcome::TokenInvalid { .. }));
-        assert!(matches!(classify(400, Some("DeviceTokenNotForTopic"), None), Outcome::TokenInvalid { .. }));
+        assert!(matches!(
+            classify(410, Some("Unregistered"), None),
+            Outcome::TokenInvalid { .. }
+        ));
+        assert!(matches!(
+            classify(400, Some("BadDeviceToken"), None),
+            Outcome::TokenInvalid { .. }
+        ));
+        assert!(matches!(
+            classify(400, Some("DeviceTokenNotForTopic"), None),
+            Outcome::TokenInvalid { .. }
+        ));
         assert_eq!(
             classify(429, Some("TooManyRequests"), Some(Duration::from_secs(3))),
-            Outcome::Retry { reason: "TooManyRequests".into(), after: Some(Duration::from_secs(3)) }
+            Outcome::Retry {
+                reason: "TooManyRequests".into(),
+                after: Some(Duration::from_secs(3))
+            }
         );
-        assert!(matches!(classify(503, Some("ServiceUnavailable"), None), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(503, Some("ServiceUnavailable"), None),
+            Outcome::Retry { .. }
+        ));
         assert!(matches!(classify(500, None, None), Outcome::Retry { .. }));
-        assert!(matches!(classify(403, Some("ExpiredProviderToken"), None), Outcome::AuthFailed { .. }));
-        assert_eq!(classify(413, Some("PayloadTooLarge"), None), Outcome::Rejected { reason: "PayloadTooLarge".into() });
-        assert_eq!(classify(400, Some("SomethingNew"), None), Outcome::Rejected { reason: "SomethingNew".into() });
-        assert_eq!(classify(404, None, None), Outcome::Rejected { reason: "HTTP 404".into() });
+        assert!(matches!(
+            classify(403, Some("ExpiredProviderToken"), None),
+            Outcome::AuthFailed { .. }
+        ));
+        assert_eq!(
+            classify(413, Some("PayloadTooLarge"), None),
+            Outcome::Rejected {
+                reason: "PayloadTooLarge".into()
+            }
+        );
+        assert_eq!(
+            classify(400, Some("SomethingNew"), None),
+            Outcome::Rejected {
+                reason: "SomethingNew".into()
+            }
+        );
+        assert_eq!(
+            classify(404, None, None),
+            Outcome::Rejected {
+                reason: "HTTP 404".into()
+            }
+        );
     }
 
     #[test]
     fn token_is_shared_then_resigned_once_old() {
-        let clock = crate::clock::ManualClock::new(chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 23, 10, 0, 0).unwrap());
+        let clock = crate::clock::ManualClock::new(
+            chrono::TimeZone::with_ymd_and_hms(&Utc, 2026, 11, 23, 10, 0, 0).unwrap(),
+        );
         let key = Es256Key::from_pem(&super::super::jwt::generate_p8().unwrap()).unwrap();
         let first = TokenAuth::sign(&key, "K", "T", clock.now()).unwrap();
-        let auth = TokenAuth { key, key_id: "K".into(), team_id: "T".into(), current: RwLock::new(Arc::new(first.clone())) };
+        let auth = TokenAuth {
+            key,
+            key_id: "K".into(),
+            team_id: "T".into(),
+            current: RwLock::new(Arc::new(first.clone())),
+        };
         clock.advance(TimeDelta::minutes(10));
         assert_eq!(*auth.token(clock.now()), first);
         // Rejected while younger than 20 minutes: re-signing would be refused by Apple.
@@ -310,6 +404,9 @@ mod tests {
         let second = auth.token(clock.now());
         assert_ne!(*second, first);
         // A caller still holding the old token gets the new one, not a third.
-        assert_eq!(auth.after_rejection(&first, clock.now()), Some(second.clone()));
+        assert_eq!(
+            auth.after_rejection(&first, clock.now()),
+            Some(second.clone())
+        );
     }
 }

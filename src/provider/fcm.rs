@@ -10,7 +10,9 @@ use serde_json::{json, Value};
 use tokio::sync::{Mutex, Semaphore};
 
 use super::jwt::Rs256Key;
-use super::{config_error, retry_after, transport_outcome, H2Pool, HttpSettings, Outcome, ProviderError};
+use super::{
+    config_error, retry_after, transport_outcome, H2Pool, HttpSettings, Outcome, ProviderError,
+};
 use crate::clock::Clock;
 
 pub const DEFAULT_URL: &str = "https://fcm.googleapis.com";
@@ -39,7 +41,8 @@ impl std::fmt::Debug for ServiceAccount {
 
 impl ServiceAccount {
     pub fn from_json(text: &str) -> Result<Self, ProviderError> {
-        serde_json::from_str(text).map_err(|e| config_error("fcm.service_account_file", e.to_string()))
+        serde_json::from_str(text)
+            .map_err(|e| config_error("fcm.service_account_file", e.to_string()))
     }
 }
 
@@ -76,10 +79,17 @@ struct TokenResponse {
 impl TokenSource {
     fn fresh(&self, now: DateTime<Utc>) -> Option<Arc<AccessToken>> {
         let cached = self.cached.read().unwrap_or_else(PoisonError::into_inner);
-        cached.as_ref().filter(|t| t.expires_at - now > REFRESH_AHEAD).cloned()
+        cached
+            .as_ref()
+            .filter(|t| t.expires_at - now > REFRESH_AHEAD)
+            .cloned()
     }
 
-    async fn get(&self, http: &reqwest::Client, clock: &dyn Clock) -> Result<Arc<AccessToken>, String> {
+    async fn get(
+        &self,
+        http: &reqwest::Client,
+        clock: &dyn Clock,
+    ) -> Result<Arc<AccessToken>, String> {
         if let Some(t) = self.fresh(clock.now()) {
             return Ok(t);
         }
@@ -101,7 +111,11 @@ impl TokenSource {
         }
     }
 
-    async fn fetch(&self, http: &reqwest::Client, now: DateTime<Utc>) -> Result<AccessToken, String> {
+    async fn fetch(
+        &self,
+        http: &reqwest::Client,
+        now: DateTime<Utc>,
+    ) -> Result<AccessToken, String> {
         let iat = now.timestamp();
         let assertion = self
             .key
@@ -118,17 +132,26 @@ impl TokenSource {
             .map_err(|e| format!("signing the OAuth assertion: {e}"))?;
         let resp = http
             .post(&self.account.token_uri)
-            .form(&[("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())])
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", assertion.as_str()),
+            ])
             .send()
             .await
             .map_err(|e| format!("OAuth token endpoint: {e}"))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| format!("OAuth token endpoint: {e}"))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("OAuth token endpoint: {e}"))?;
         if !status.is_success() {
-            return Err(format!("OAuth token endpoint answered {status}: {}", String::from_utf8_lossy(&body)));
+            return Err(format!(
+                "OAuth token endpoint answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
         }
-        let t: TokenResponse =
-            serde_json::from_slice(&body).map_err(|e| format!("OAuth token endpoint answer: {e}"))?;
+        let t: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| format!("OAuth token endpoint answer: {e}"))?;
         Ok(AccessToken {
             value: t.access_token,
             expires_at: now + TimeDelta::seconds(t.expires_in.max(0)),
@@ -153,12 +176,22 @@ impl FcmClient {
         url::Url::parse(base).map_err(|e| config_error("fcm.base_url", e.to_string()))?;
         let key = Rs256Key::from_pem(&settings.account.private_key)
             .map_err(|e| config_error("fcm.service_account_file", format!("private_key: {e}")))?;
-        let oauth = H2Pool::new(&HttpSettings { connections: 1, ..settings.http.clone() }, "fcm", None)?;
+        let oauth = H2Pool::new(
+            &HttpSettings {
+                connections: 1,
+                ..settings.http.clone()
+            },
+            "fcm",
+            None,
+        )?;
         let oauth_http = oauth.client().clone();
         Ok(Self {
             pool: H2Pool::new(&settings.http, "fcm", None)?,
             oauth_http,
-            send_url: format!("{base}/v1/projects/{}/messages:send", settings.account.project_id),
+            send_url: format!(
+                "{base}/v1/projects/{}/messages:send",
+                settings.account.project_id
+            ),
             tokens: TokenSource {
                 key,
                 account: settings.account,
@@ -173,15 +206,31 @@ impl FcmClient {
     /// Sends one message (`{"message": {...}}` as built by `payload::fcm_message`).
     pub async fn send(&self, message: &Value) -> Outcome {
         let Ok(_permit) = self.in_flight.acquire().await else {
-            return Outcome::Retry { reason: "client closed".to_owned(), after: None };
+            return Outcome::Retry {
+                reason: "client closed".to_owned(),
+                after: None,
+            };
         };
         let mut retried_auth = false;
         loop {
             let token = match self.tokens.get(&self.oauth_http, self.clock.as_ref()).await {
                 Ok(t) => t,
-                Err(reason) => return Outcome::Retry { reason, after: None },
+                Err(reason) => {
+                    return Outcome::Retry {
+                        reason,
+                        after: None,
+                    }
+                }
             };
-            let resp = match self.pool.client().post(&self.send_url).bearer_auth(&token.value).json(message).send().await {
+            let resp = match self
+                .pool
+                .client()
+                .post(&self.send_url)
+                .bearer_auth(&token.value)
+                .json(message)
+                .send()
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => return transport_outcome(&e),
             };
@@ -208,7 +257,10 @@ pub fn error_code(body: &Value) -> Option<&str> {
     error
         .get("details")
         .and_then(Value::as_array)
-        .and_then(|ds| ds.iter().find_map(|d| d.get("errorCode").and_then(Value::as_str)))
+        .and_then(|ds| {
+            ds.iter()
+                .find_map(|d| d.get("errorCode").and_then(Value::as_str))
+        })
         .or_else(|| error.get("status").and_then(Value::as_str))
 }
 
@@ -234,7 +286,9 @@ pub fn classify(status: u16, body: &Value, after: Option<Duration>) -> Outcome {
         "UNREGISTERED" | "SENDER_ID_MISMATCH" => Outcome::TokenInvalid { reason },
         "INVALID_ARGUMENT" if about_token => Outcome::TokenInvalid { reason },
         "QUOTA_EXCEEDED" | "UNAVAILABLE" | "INTERNAL" => Outcome::Retry { reason, after },
-        "THIRD_PARTY_AUTH_ERROR" | "UNAUTHENTICATED" | "PERMISSION_DENIED" => Outcome::AuthFailed { reason },
+        "THIRD_PARTY_AUTH_ERROR" | "UNAUTHENTICATED" | "PERMISSION_DENIED" => {
+            Outcome::AuthFailed { reason }
+        }
         _ if status == 429 || status >= 500 => Outcome::Retry { reason, after },
         _ if status == 401 || status == 403 => Outcome::AuthFailed { reason },
         _ => Outcome::Rejected { reason },
@@ -256,25 +310,82 @@ mod tests {
     fn classification_follows_googles_table() {
         assert_eq!(
             classify(200, &json!({"name": "projects/p/messages/1"}), None),
-            Outcome::Accepted { provider_id: Some("projects/p/messages/1".into()) }
+            Outcome::Accepted {
+                provider_id: Some("projects/p/messages/1".into())
+            }
         );
-        assert!(matches!(classify(404, &error("NOT_FOUND", Some("UNREGISTERED"), "gone"), None), Outcome::TokenInvalid { .. }));
         assert!(matches!(
-            classify(400, &error("INVALID_ARGUMENT", Some("INVALID_ARGUMENT"), "The registration token is not a valid FCM registration token"), None),
+            classify(404, &error("NOT_FOUND", Some("UNREGISTERED"), "gone"), None),
             Outcome::TokenInvalid { .. }
         ));
         assert!(matches!(
-            classify(400, &error("INVALID_ARGUMENT", Some("INVALID_ARGUMENT"), "Invalid value at 'message.data[0].value'"), None),
+            classify(
+                400,
+                &error(
+                    "INVALID_ARGUMENT",
+                    Some("INVALID_ARGUMENT"),
+                    "The registration token is not a valid FCM registration token"
+                ),
+                None
+            ),
+            Outcome::TokenInvalid { .. }
+        ));
+        assert!(matches!(
+            classify(
+                400,
+                &error(
+                    "INVALID_ARGUMENT",
+                    Some("INVALID_ARGUMENT"),
+                    "Invalid value at 'message.data[0].value'"
+                ),
+                None
+            ),
             Outcome::Rejected { .. }
         ));
         assert_eq!(
-            classify(429, &error("RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED"), ""), Some(Duration::from_secs(60))),
-            Outcome::Retry { reason: "QUOTA_EXCEEDED".into(), after: Some(Duration::from_secs(60)) }
+            classify(
+                429,
+                &error("RESOURCE_EXHAUSTED", Some("QUOTA_EXCEEDED"), ""),
+                Some(Duration::from_secs(60))
+            ),
+            Outcome::Retry {
+                reason: "QUOTA_EXCEEDED".into(),
+                after: Some(Duration::from_secs(60))
+            }
         );
-        assert!(matches!(classify(503, &error("UNAVAILABLE", Some("UNAVAILABLE"), ""), None), Outcome::Retry { .. }));
-        assert!(matches!(classify(500, &Value::Null, None), Outcome::Retry { .. }));
-        assert!(matches!(classify(403, &error("PERMISSION_DENIED", Some("SENDER_ID_MISMATCH"), ""), None), Outcome::TokenInvalid { .. }));
-        assert!(matches!(classify(401, &error("UNAUTHENTICATED", Some("THIRD_PARTY_AUTH_ERROR"), ""), None), Outcome::AuthFailed { .. }));
-        assert_eq!(classify(400, &error("FAILED_PRECONDITION", Some("NEW_CODE"), ""), None), Outcome::Rejected { reason: "NEW_CODE".into() });
+        assert!(matches!(
+            classify(503, &error("UNAVAILABLE", Some("UNAVAILABLE"), ""), None),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(500, &Value::Null, None),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(
+                403,
+                &error("PERMISSION_DENIED", Some("SENDER_ID_MISMATCH"), ""),
+                None
+            ),
+            Outcome::TokenInvalid { .. }
+        ));
+        assert!(matches!(
+            classify(
+                401,
+                &error("UNAUTHENTICATED", Some("THIRD_PARTY_AUTH_ERROR"), ""),
+                None
+            ),
+            Outcome::AuthFailed { .. }
+        ));
+        assert_eq!(
+            classify(
+                400,
+                &error("FAILED_PRECONDITION", Some("NEW_CODE"), ""),
+                None
+            ),
+            Outcome::Rejected {
+                reason: "NEW_CODE".into()
+            }
+        );
     }
 }

@@ -50,8 +50,12 @@ impl Es256Key {
     pub fn from_pem(pem: &str) -> Result<Self, JwtError> {
         let der = pkcs8(pem)?;
         let rng = SystemRandom::new();
-        let pair = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der.secret_pkcs8_der(), &rng)
-            .map_err(|e| JwtError::Key(e.to_string()))?;
+        let pair = EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            der.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(|e| JwtError::Key(e.to_string()))?;
         Ok(Self { pair, rng })
     }
 
@@ -60,9 +64,16 @@ impl Es256Key {
         self.pair.public_key().as_ref().to_vec()
     }
 
-    pub fn sign<H: Serialize, C: Serialize>(&self, header: &H, claims: &C) -> Result<String, JwtError> {
+    pub fn sign<H: Serialize, C: Serialize>(
+        &self,
+        header: &H,
+        claims: &C,
+    ) -> Result<String, JwtError> {
         let input = signing_input(header, claims)?;
-        let sig = self.pair.sign(&self.rng, input.as_bytes()).map_err(|_| JwtError::Sign)?;
+        let sig = self
+            .pair
+            .sign(&self.rng, input.as_bytes())
+            .map_err(|_| JwtError::Sign)?;
         Ok(format!("{input}.{}", b64(sig.as_ref())))
     }
 }
@@ -82,7 +93,8 @@ impl std::fmt::Debug for Rs256Key {
 impl Rs256Key {
     pub fn from_pem(pem: &str) -> Result<Self, JwtError> {
         let der = pkcs8(pem)?;
-        let pair = RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()).map_err(|e| JwtError::Key(e.to_string()))?;
+        let pair = RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+            .map_err(|e| JwtError::Key(e.to_string()))?;
         Ok(Self {
             pair,
             rng: SystemRandom::new(),
@@ -94,11 +106,20 @@ impl Rs256Key {
         self.pair.public().as_ref().to_vec()
     }
 
-    pub fn sign<H: Serialize, C: Serialize>(&self, header: &H, claims: &C) -> Result<String, JwtError> {
+    pub fn sign<H: Serialize, C: Serialize>(
+        &self,
+        header: &H,
+        claims: &C,
+    ) -> Result<String, JwtError> {
         let input = signing_input(header, claims)?;
         let mut sig = vec![0; self.pair.public().modulus_len()];
         self.pair
-            .sign(&signature::RSA_PKCS1_SHA256, &self.rng, input.as_bytes(), &mut sig)
+            .sign(
+                &signature::RSA_PKCS1_SHA256,
+                &self.rng,
+                input.as_bytes(),
+                &mut sig,
+            )
             .map_err(|_| JwtError::Sign)?;
         Ok(format!("{input}.{}", b64(&sig)))
     }
@@ -130,7 +151,9 @@ pub fn decode(token: &str) -> Result<Unverified<'_>, JwtError> {
         header: part(h)?,
         claims: part(c)?,
         input,
-        signature: URL_SAFE_NO_PAD.decode(sig).map_err(|_| JwtError::Malformed)?,
+        signature: URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| JwtError::Malformed)?,
     })
 }
 
@@ -169,18 +192,28 @@ mod tests {
     #[test]
     fn es256_round_trip_and_tamper() {
         let key = Es256Key::from_pem(&generate_p8().unwrap()).unwrap();
-        let token = key.sign(&json!({"alg": "ES256", "kid": "K"}), &json!({"iss": "T", "iat": 1})).unwrap();
+        let token = key
+            .sign(
+                &json!({"alg": "ES256", "kid": "K"}),
+                &json!({"iss": "T", "iat": 1}),
+            )
+            .unwrap();
         let parsed = decode(&token).unwrap();
         assert_eq!(parsed.header["kid"], "K");
         parsed.verify_es256(&key.public_key()).unwrap();
         let other = Es256Key::from_pem(&generate_p8().unwrap()).unwrap();
-        assert_eq!(parsed.verify_es256(&other.public_key()), Err(JwtError::Signature));
+        assert_eq!(
+            parsed.verify_es256(&other.public_key()),
+            Err(JwtError::Signature)
+        );
     }
 
     #[test]
     fn rs256_round_trip() {
         let key = Rs256Key::from_pem(RSA_PEM).unwrap();
-        let token = key.sign(&json!({"alg": "RS256"}), &json!({"iss": "a@b"})).unwrap();
+        let token = key
+            .sign(&json!({"alg": "RS256"}), &json!({"iss": "a@b"}))
+            .unwrap();
         let parsed = decode(&token).unwrap();
         parsed.verify_rs256(&key.public_key()).unwrap();
         assert_eq!(parsed.claims["iss"], "a@b");

@@ -21,7 +21,10 @@ pub enum Outcome {
     /// The token is dead (or not ours): mark the device invalid, never retry.
     TokenInvalid { reason: String },
     /// Try again later, not before `after` when the provider said so.
-    Retry { reason: String, after: Option<Duration> },
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
     /// Refused for good; the reason is kept verbatim.
     Rejected { reason: String },
     /// Our credentials were refused (after one refresh): nothing to retry per message; alert.
@@ -80,7 +83,11 @@ pub(crate) struct H2Pool {
 
 impl H2Pool {
     /// `identity` is a PEM certificate and key for TLS client authentication.
-    pub(crate) fn new(s: &HttpSettings, key: &str, identity: Option<&[u8]>) -> Result<Self, ProviderError> {
+    pub(crate) fn new(
+        s: &HttpSettings,
+        key: &str,
+        identity: Option<&[u8]>,
+    ) -> Result<Self, ProviderError> {
         let ca = match &s.ca_file {
             Some(path) => Some(read_ca(path, &format!("{key}.ca_file"))?),
             None => None,
@@ -123,8 +130,10 @@ impl H2Pool {
 }
 
 fn read_ca(path: &Path, key: &str) -> Result<reqwest::Certificate, ProviderError> {
-    let pem = std::fs::read(path).map_err(|e| config_error(key, format!("{}: {e}", path.display())))?;
-    reqwest::Certificate::from_pem(&pem).map_err(|e| config_error(key, format!("{}: {e}", path.display())))
+    let pem =
+        std::fs::read(path).map_err(|e| config_error(key, format!("{}: {e}", path.display())))?;
+    reqwest::Certificate::from_pem(&pem)
+        .map_err(|e| config_error(key, format!("{}: {e}", path.display())))
 }
 
 /// `Retry-After` in seconds (the form both providers use).
@@ -154,7 +163,10 @@ pub(crate) fn transport_outcome(e: &reqwest::Error) -> Outcome {
         reason.push_str(&format!(": {s}"));
         source = s.source();
     }
-    Outcome::Retry { reason, after: None }
+    Outcome::Retry {
+        reason,
+        after: None,
+    }
 }
 
 /// When to try again: exponential backoff with full jitter, never sooner than
@@ -179,11 +191,18 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The delay before attempt `attempt + 1` (attempts count from 1), or `None`
     /// when attempts are used up. `jitter` in [0, 1) picks the point in the window.
-    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>, jitter: f64) -> Option<Duration> {
+    pub fn delay(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Option<Duration> {
         if attempt >= self.max_attempts {
             return None;
         }
-        let exp = self.base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
         let window = exp.min(self.max);
         // Half fixed, half jittered: spreads retries without collapsing to zero.
         let backoff = window / 2 + window.mul_f64(jitter.clamp(0.0, 1.0) / 2.0);
@@ -244,7 +263,10 @@ mod tests {
         assert_eq!(p.delay(1, None, 0.0), Some(Duration::from_millis(500)));
         assert_eq!(p.delay(3, None, 0.0), Some(Duration::from_secs(2)));
         assert!(p.delay(3, None, 0.999).unwrap() < Duration::from_secs(4));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(30)), 0.5), Some(Duration::from_secs(30)));
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(30)), 0.5),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(p.delay(8, None, 0.0), None);
         assert!(p.delay(7, None, 1.0).unwrap() <= p.max);
     }

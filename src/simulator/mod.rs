@@ -1,0 +1,811 @@
+//! The provider simulator: a stand-in for APNs, FCM and Google's OAuth token
+//! endpoint on one HTTP/2 server (TLS with a generated CA, plus a plaintext
+//! h2c/HTTP/1 port). It checks auth and payloads the way Apple and Google do,
+//! can be scripted to fail, and counts what it accepted per token so tests can
+//! assert "each device got exactly one".
+//!
+//! Control endpoints: `GET /_sim/stats`, `PUT /_sim/behaviour`, `POST /_sim/reset`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::{Clock, SystemClock};
+use crate::provider::jwt;
+
+mod tls;
+
+/// A test-only RSA key for the simulated Google service account. Not a secret:
+/// it is only ever trusted by this simulator.
+pub const TEST_SERVICE_ACCOUNT_KEY: &str = include_str!("test-service-account-key.pem");
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulatorError {
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("key: {0}")]
+    Key(#[from] jwt::JwtError),
+}
+
+/// An APNs signing key the simulator trusts.
+#[derive(Debug, Clone)]
+pub struct ApnsKey {
+    pub key_id: String,
+    pub team_id: String,
+    /// Uncompressed P-256 point (see `jwt::Es256Key::public_key`).
+    pub public_key: Vec<u8>,
+}
+
+/// A Google service account the simulator trusts.
+#[derive(Debug, Clone)]
+pub struct FcmAccount {
+    pub client_email: String,
+    pub project_id: String,
+    /// DER `RSAPublicKey` (see `jwt::Rs256Key::public_key`).
+    pub public_key: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SimulatorConfig {
+    /// The simulator's own "now" (the real clock unless a test shares its clock).
+    pub clock: Option<Arc<dyn Clock>>,
+    pub tls_addr: Option<SocketAddr>,
+    pub plain_addr: Option<SocketAddr>,
+    pub apns_keys: Vec<ApnsKey>,
+    /// Bundle ids accepted as `apns-topic`; empty accepts any.
+    pub apns_topics: Vec<String>,
+    pub fcm_accounts: Vec<FcmAccount>,
+    pub behaviour: Behaviour,
+}
+
+/// What the simulator does besides answering correctly. Every field has a default,
+/// so a partial JSON document updates only what it names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Behaviour {
+    /// Device tokens starting with this are unregistered (410 / UNREGISTERED).
+    pub unregistered_prefix: Option<String>,
+    /// The next N sends fail with `fail_status`.
+    pub fail_next: u64,
+    /// A fraction of sends (0..1) fail with `fail_status`.
+    pub fail_rate: f64,
+    /// 429 or 503 (APNs) / 429 QUOTA_EXCEEDED or 503 UNAVAILABLE (FCM).
+    pub fail_status: u16,
+    /// Sent as `Retry-After` with failures.
+    pub retry_after_secs: Option<u64>,
+    /// Added to every send.
+    pub latency_ms: u64,
+    /// APNs provider tokens issued before this unix time are answered `ExpiredProviderToken`.
+    pub expire_tokens_issued_before: Option<i64>,
+    /// Lifetime of issued OAuth access tokens.
+    pub access_token_ttl_secs: i64,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            unregistered_prefix: Some("dead".to_owned()),
+            fail_next: 0,
+            fail_rate: 0.0,
+            fail_status: 503,
+            retry_after_secs: None,
+            latency_ms: 0,
+            expire_tokens_issued_before: None,
+            access_token_ttl_secs: 3600,
+        }
+    }
+}
+
+/// What the simulator saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Accepted sends per device token (APNs and FCM alike).
+    pub accepted_per_token: HashMap<String, u64>,
+    pub apns_accepted: u64,
+    pub fcm_accepted: u64,
+    /// Every answer by HTTP status, over both providers.
+    pub responses_by_status: BTreeMap<u16, u64>,
+    /// Error answers by reason / error code.
+    pub errors_by_reason: BTreeMap<String, u64>,
+    pub oauth_grants: u64,
+    /// Distinct APNs provider tokens (by `iat`) that were accepted.
+    pub apns_token_iats: Vec<i64>,
+}
+
+impl Stats {
+    pub fn total_accepted(&self) -> u64 {
+        self.apns_accepted + self.fcm_accepted
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    apns_keys: Vec<ApnsKey>,
+    apns_topics: Vec<String>,
+    fcm_accounts: Vec<FcmAccount>,
+    behaviour: Mutex<Behaviour>,
+    stats: Mutex<Stats>,
+    /// Access tokens issued: value → (project, expiry unix time).
+    access_tokens: Mutex<HashMap<String, (String, i64)>>,
+    seen_iats: Mutex<HashSet<i64>>,
+    counter: AtomicU64,
+    clock: Arc<dyn Clock>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running simulator. Dropping it stops the listeners.
+pub struct Simulator {
+    state: Arc<State>,
+    pub tls_addr: Option<SocketAddr>,
+    pub plain_addr: Option<SocketAddr>,
+    /// The CA certificate (PEM) that signed the TLS certificate.
+    pub ca_pem: String,
+    stop: watch::Sender<bool>,
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Simulator {
+    pub async fn start(config: SimulatorConfig) -> Result<Self, SimulatorError> {
+        let identity = tls::generate()?;
+        let state = Arc::new(State {
+            apns_keys: config.apns_keys,
+            apns_topics: config.apns_topics,
+            fcm_accounts: config.fcm_accounts,
+            behaviour: Mutex::new(config.behaviour),
+            stats: Mutex::new(Stats::default()),
+            access_tokens: Mutex::new(HashMap::new()),
+            seen_iats: Mutex::new(HashSet::new()),
+            counter: AtomicU64::new(0),
+            clock: config.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| SimulatorError::Listen { addr, source })
+        };
+        let mut tls_addr = None;
+        if let Some(addr) = config.tls_addr {
+            let listener = bind(addr).await?;
+            tls_addr = listener.local_addr().ok();
+            let acceptor = tokio_rustls::TlsAcceptor::from(identity.server.clone());
+            tokio::spawn(accept_loop(
+                listener,
+                Some(acceptor),
+                state.clone(),
+                stopped.clone(),
+            ));
+        }
+        let mut plain_addr = None;
+        if let Some(addr) = config.plain_addr {
+            let listener = bind(addr).await?;
+            plain_addr = listener.local_addr().ok();
+            tokio::spawn(accept_loop(listener, None, state.clone(), stopped));
+        }
+        Ok(Self {
+            state,
+            tls_addr,
+            plain_addr,
+            ca_pem: identity.ca_pem,
+            stop,
+        })
+    }
+
+    /// `https://127.0.0.1:PORT` of the TLS listener.
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_addr.map(|a| format!("https://{a}"))
+    }
+
+    pub fn plain_url(&self) -> Option<String> {
+        self.plain_addr.map(|a| format!("http://{a}"))
+    }
+
+    pub fn stats(&self) -> Stats {
+        lock(&self.state.stats).clone()
+    }
+
+    pub fn reset(&self) {
+        *lock(&self.state.stats) = Stats::default();
+    }
+
+    pub fn set_behaviour(&self, b: Behaviour) {
+        *lock(&self.state.behaviour) = b;
+    }
+
+    /// Forgets every OAuth access token issued, as Google does when one is revoked.
+    pub fn revoke_access_tokens(&self) {
+        lock(&self.state.access_tokens).clear();
+    }
+
+    pub fn behaviour(&self) -> Behaviour {
+        lock(&self.state.behaviour).clone()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<State>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.changed() => return,
+        };
+        let Ok((tcp, _)) = accepted else { continue };
+        let _ = tcp.set_nodelay(true);
+        let state = state.clone();
+        let tls = tls.clone();
+        let stopped = stopped.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req).await) }
+            });
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder.http2().max_concurrent_streams(1000);
+            match tls {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        serve(builder, TokioIo::new(stream), service, stopped).await;
+                    }
+                }
+                None => serve(builder, TokioIo::new(tcp), service, stopped).await,
+            }
+        });
+    }
+}
+
+async fn serve<I, S>(
+    builder: auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    mut stopped: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<Full<Bytes>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stopped.changed() => {}
+    }
+}
+
+fn respond(status: StatusCode, headers: &[(&str, String)], body: Value) -> Response<Full<Bytes>> {
+    let bytes = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    let mut builder = Response::builder().status(status);
+    if !bytes.is_empty() {
+        builder = builder.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        builder = builder.header(*k, v.as_str());
+    }
+    builder
+        .body(Full::new(bytes))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn header<'r>(req: &'r hyper::http::request::Parts, name: &str) -> Option<&'r str> {
+    req.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                &[],
+                json!({"error": "unreadable body"}),
+            )
+        }
+    };
+    let path = parts.uri.path().to_owned();
+    let response = match (parts.method.as_str(), path.as_str()) {
+        ("POST", p) if p.starts_with("/3/device/") => {
+            delay(state).await;
+            apns(state, &parts, &p["/3/device/".len()..], &body)
+        }
+        ("POST", p) if p.starts_with("/v1/projects/") && p.ends_with("/messages:send") => {
+            delay(state).await;
+            let project = &p["/v1/projects/".len()..p.len() - "/messages:send".len()];
+            fcm(state, &parts, project, &body)
+        }
+        ("POST", "/token") => oauth(state, &body),
+        ("GET", "/_sim/stats") => {
+            return respond(StatusCode::OK, &[], json!(lock(&state.stats).clone()))
+        }
+        ("PUT", "/_sim/behaviour") => return update_behaviour(state, &body),
+        ("POST", "/_sim/reset") => {
+            *lock(&state.stats) = Stats::default();
+            return respond(StatusCode::NO_CONTENT, &[], Value::Null);
+        }
+        _ => respond(StatusCode::NOT_FOUND, &[], json!({"reason": "BadPath"})),
+    };
+    let mut stats = lock(&state.stats);
+    *stats
+        .responses_by_status
+        .entry(response.status().as_u16())
+        .or_default() += 1;
+    response
+}
+
+async fn delay(state: &State) {
+    let ms = lock(&state.behaviour).latency_ms;
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+fn update_behaviour(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+    let current = serde_json::to_value(lock(&state.behaviour).clone()).unwrap_or(Value::Null);
+    let patch: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                &[],
+                json!({"error": "expected a JSON object"}),
+            )
+        }
+    };
+    let mut merged = current;
+    if let (Some(m), Some(p)) = (merged.as_object_mut(), patch.as_object()) {
+        for (k, v) in p {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    match serde_json::from_value::<Behaviour>(merged) {
+        Ok(b) => {
+            *lock(&state.behaviour) = b.clone();
+            respond(StatusCode::OK, &[], json!(b))
+        }
+        Err(e) => respond(
+            StatusCode::BAD_REQUEST,
+            &[],
+            json!({"error": e.to_string()}),
+        ),
+    }
+}
+
+/// Decides whether this send is scripted to fail; returns (status, retry-after).
+fn scripted_failure(state: &State) -> Option<(u16, Option<u64>)> {
+    let mut b = lock(&state.behaviour);
+    let fail = if b.fail_next > 0 {
+        b.fail_next -= 1;
+        true
+    } else {
+        b.fail_rate > 0.0 && fastrand::f64() < b.fail_rate
+    };
+    fail.then_some((b.fail_status, b.retry_after_secs))
+}
+
+fn count_error(state: &State, reason: &str) {
+    *lock(&state.stats)
+        .errors_by_reason
+        .entry(reason.to_owned())
+        .or_default() += 1;
+}
+
+fn apns_error(
+    state: &State,
+    status: u16,
+    reason: &str,
+    retry_after: Option<u64>,
+) -> Response<Full<Bytes>> {
+    count_error(state, reason);
+    let mut headers = vec![];
+    if let Some(s) = retry_after {
+        headers.push(("retry-after", s.to_string()));
+    }
+    let mut body = json!({"reason": reason});
+    if status == 410 {
+        body["timestamp"] = json!(state.clock.now().timestamp_millis());
+    }
+    respond(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        &headers,
+        body,
+    )
+}
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5
+        && [8, 4, 4, 4, 12]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// APNs' checks, in the order Apple documents its errors.
+fn apns(
+    state: &State,
+    req: &hyper::http::request::Parts,
+    token: &str,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let now = state.clock.now().timestamp();
+    // Provider token.
+    let Some(bearer) = header(req, "authorization")
+        .and_then(|a| a.strip_prefix("bearer ").or(a.strip_prefix("Bearer ")))
+    else {
+        return apns_error(state, 403, "MissingProviderToken", None);
+    };
+    let Ok(parsed) = jwt::decode(bearer) else {
+        return apns_error(state, 403, "InvalidProviderToken", None);
+    };
+    let kid = parsed
+        .header
+        .get("kid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Some(key) = state.apns_keys.iter().find(|k| k.key_id == kid) else {
+        return apns_error(state, 403, "InvalidProviderToken", None);
+    };
+    if parsed.header.get("alg").and_then(Value::as_str) != Some("ES256")
+        || parsed.claims.get("iss").and_then(Value::as_str) != Some(key.team_id.as_str())
+        || parsed.verify_es256(&key.public_key).is_err()
+    {
+        return apns_error(state, 403, "InvalidProviderToken", None);
+    }
+    let Some(iat) = parsed.claims.get("iat").and_then(Value::as_i64) else {
+        return apns_error(state, 403, "InvalidProviderToken", None);
+    };
+    let expire_before = lock(&state.behaviour).expire_tokens_issued_before;
+    if now - iat > 3600 || expire_before.is_some_and(|t| iat < t) {
+        return apns_error(state, 403, "ExpiredProviderToken", None);
+    }
+    // Headers.
+    let Some(topic) = header(req, "apns-topic") else {
+        return apns_error(state, 400, "MissingTopic", None);
+    };
+    if !state.apns_topics.is_empty() && !state.apns_topics.iter().any(|t| t == topic) {
+        return apns_error(state, 400, "BadTopic", None);
+    }
+    if !matches!(
+        header(req, "apns-push-type"),
+        Some(
+            "alert"
+                | "background"
+                | "location"
+                | "voip"
+                | "complication"
+                | "fileprovider"
+                | "mdm"
+                | "liveactivity"
+        )
+    ) {
+        return apns_error(state, 400, "InvalidPushType", None);
+    }
+    if header(req, "apns-priority").is_some_and(|p| !matches!(p, "1" | "5" | "10")) {
+        return apns_error(state, 400, "BadPriority", None);
+    }
+    if header(req, "apns-expiration").is_some_and(|e| e.parse::<i64>().is_err()) {
+        return apns_error(state, 400, "BadExpirationDate", None);
+    }
+    let apns_id = header(req, "apns-id").map(str::to_owned);
+    if apns_id.as_deref().is_some_and(|id| !is_uuid(id)) {
+        return apns_error(state, 400, "BadMessageId", None);
+    }
+    if header(req, "apns-collapse-id").is_some_and(|c| c.len() > 64) {
+        return apns_error(state, 400, "BadCollapseId", None);
+    }
+    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return apns_error(state, 400, "BadDeviceToken", None);
+    }
+    // Payload.
+    if body.is_empty() {
+        return apns_error(state, 400, "PayloadEmpty", None);
+    }
+    if body.len() > 4096 {
+        return apns_error(state, 413, "PayloadTooLarge", None);
+    }
+    if !serde_json::from_slice::<Value>(body)
+        .is_ok_and(|v| v.get("aps").is_some_and(Value::is_object))
+    {
+        return apns_error(state, 400, "BadPayload", None);
+    }
+    // The device.
+    let unregistered = lock(&state.behaviour).unregistered_prefix.clone();
+    if unregistered.is_some_and(|p| !p.is_empty() && token.starts_with(&p)) {
+        return apns_error(state, 410, "Unregistered", None);
+    }
+    if let Some((status, after)) = scripted_failure(state) {
+        let reason = if status == 429 {
+            "TooManyRequests"
+        } else {
+            "ServiceUnavailable"
+        };
+        return apns_error(state, status, reason, after);
+    }
+    let id = apns_id.unwrap_or_else(|| {
+        crate::provider::apns_id_for(state.counter.fetch_add(1, Ordering::Relaxed) as i64)
+    });
+    {
+        let mut stats = lock(&state.stats);
+        *stats
+            .accepted_per_token
+            .entry(token.to_owned())
+            .or_default() += 1;
+        stats.apns_accepted += 1;
+        if lock(&state.seen_iats).insert(iat) {
+            stats.apns_token_iats.push(iat);
+        }
+    }
+    respond(StatusCode::OK, &[("apns-id", id)], Value::Null)
+}
+
+fn fcm_error(
+    state: &State,
+    status: u16,
+    code: &str,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Response<Full<Bytes>> {
+    count_error(state, code);
+    let grpc_status = match status {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        500 => "INTERNAL",
+        _ => "UNAVAILABLE",
+    };
+    let mut headers = vec![];
+    if let Some(s) = retry_after {
+        headers.push(("retry-after", s.to_string()));
+    }
+    let body = json!({"error": {
+        "code": status, "message": message, "status": grpc_status,
+        "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": code}]
+    }});
+    respond(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+        &headers,
+        body,
+    )
+}
+
+/// FCM HTTP v1's checks.
+fn fcm(
+    state: &State,
+    req: &hyper::http::request::Parts,
+    project: &str,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let now = state.clock.now().timestamp();
+    let bearer = header(req, "authorization")
+        .and_then(|a| a.strip_prefix("Bearer ").or(a.strip_prefix("bearer ")));
+    let granted = bearer.and_then(|b| lock(&state.access_tokens).get(b).cloned());
+    let Some((token_project, expires)) = granted else {
+        return fcm_error(
+            state,
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+            None,
+        );
+    };
+    if expires <= now {
+        return fcm_error(
+            state,
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+            None,
+        );
+    }
+    if token_project != project {
+        return fcm_error(
+            state,
+            403,
+            "SENDER_ID_MISMATCH",
+            "Permission denied for this project.",
+            None,
+        );
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return fcm_error(
+            state,
+            400,
+            "INVALID_ARGUMENT",
+            "Invalid JSON payload received.",
+            None,
+        );
+    };
+    let Some(message) = v.get("message").and_then(Value::as_object) else {
+        return fcm_error(state, 400, "INVALID_ARGUMENT", "Missing message.", None);
+    };
+    let Some(token) = message.get("token").and_then(Value::as_str) else {
+        return fcm_error(
+            state,
+            400,
+            "INVALID_ARGUMENT",
+            "Recipient of the message is not set.",
+            None,
+        );
+    };
+    if token.is_empty() || token.len() > 4096 {
+        return fcm_error(
+            state,
+            400,
+            "INVALID_ARGUMENT",
+            "The registration token is not a valid FCM registration token",
+            None,
+        );
+    }
+    if let Some(data) = message.get("data") {
+        let Some(map) = data.as_object() else {
+            return fcm_error(
+                state,
+                400,
+                "INVALID_ARGUMENT",
+                "Invalid value at 'message.data'",
+                None,
+            );
+        };
+        if let Some((i, _)) = map.values().enumerate().find(|(_, v)| !v.is_string()) {
+            return fcm_error(
+                state,
+                400,
+                "INVALID_ARGUMENT",
+                &format!("Invalid value at 'message.data[{i}].value' (TYPE_STRING)"),
+                None,
+            );
+        }
+    }
+    if serde_json::to_vec(message).map_or(0, |b| b.len()) > 4096 {
+        return fcm_error(state, 400, "INVALID_ARGUMENT", "Message is too big", None);
+    }
+    let unregistered = lock(&state.behaviour).unregistered_prefix.clone();
+    if unregistered.is_some_and(|p| !p.is_empty() && token.starts_with(&p)) {
+        return fcm_error(
+            state,
+            404,
+            "UNREGISTERED",
+            "Requested entity was not found.",
+            None,
+        );
+    }
+    if let Some((status, after)) = scripted_failure(state) {
+        let code = if status == 429 {
+            "QUOTA_EXCEEDED"
+        } else {
+            "UNAVAILABLE"
+        };
+        return fcm_error(
+            state,
+            status,
+            code,
+            "The service is currently unavailable.",
+            after,
+        );
+    }
+    let n = state.counter.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut stats = lock(&state.stats);
+        *stats
+            .accepted_per_token
+            .entry(token.to_owned())
+            .or_default() += 1;
+        stats.fcm_accepted += 1;
+    }
+    respond(
+        StatusCode::OK,
+        &[],
+        json!({"name": format!("projects/{project}/messages/0:{n}")}),
+    )
+}
+
+/// Google's token endpoint for the JWT-bearer grant.
+fn oauth(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+    let invalid = |why: &str| {
+        count_error(state, "invalid_grant");
+        respond(
+            StatusCode::BAD_REQUEST,
+            &[],
+            json!({"error": "invalid_grant", "error_description": why}),
+        )
+    };
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        return respond(
+            StatusCode::BAD_REQUEST,
+            &[],
+            json!({"error": "unsupported_grant_type"}),
+        );
+    }
+    let Some(assertion) = form.get("assertion") else {
+        return invalid("missing assertion");
+    };
+    let Ok(parsed) = jwt::decode(assertion) else {
+        return invalid("malformed assertion");
+    };
+    let iss = parsed
+        .claims
+        .get("iss")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let Some(account) = state.fcm_accounts.iter().find(|a| a.client_email == iss) else {
+        return invalid("unknown service account");
+    };
+    if parsed.verify_rs256(&account.public_key).is_err() {
+        return invalid("Invalid JWT Signature.");
+    }
+    let now = state.clock.now().timestamp();
+    let claim = |k: &str| parsed.claims.get(k).and_then(Value::as_i64).unwrap_or(0);
+    let scope_ok = parsed
+        .claims
+        .get("scope")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.split(' ').any(|s| s == crate::provider::fcm::SCOPE));
+    let aud_ok = parsed
+        .claims
+        .get("aud")
+        .and_then(Value::as_str)
+        .is_some_and(|a| a.ends_with("/token"));
+    if !scope_ok || !aud_ok {
+        return invalid("bad scope or audience");
+    }
+    if claim("exp") <= now || claim("iat") > now + 300 || claim("exp") - claim("iat") > 3600 {
+        return invalid("Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe.");
+    }
+    let ttl = lock(&state.behaviour).access_token_ttl_secs;
+    let value = format!(
+        "sim-access-{}-{}",
+        state.counter.fetch_add(1, Ordering::Relaxed),
+        fastrand::u64(..)
+    );
+    lock(&state.access_tokens).insert(value.clone(), (account.project_id.clone(), now + ttl));
+    lock(&state.stats).oauth_grants += 1;
+    respond(
+        StatusCode::OK,
+        &[],
+        json!({"access_token": value, "expires_in": ttl, "token_type": "Bearer"}),
+    )
+}
