@@ -183,6 +183,46 @@ pub struct ApnsConfig {
     /// Extra CA certificate (PEM) to trust, e.g. a proxy's or the simulator's.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub connection: ConnectionConfig,
+}
+
+/// How hard Meridian pushes one provider for one app.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    #[serde(default = "default_provider_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// HTTP/2 connections kept open; requests are multiplexed over them.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// Requests in flight at most.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Messages per second at most (no limit when unset); the provider's own 429s are honoured regardless.
+    #[serde(default)]
+    pub rate_per_second: Option<u32>,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            timeout: default_provider_timeout(),
+            connections: default_connections(),
+            concurrency: default_concurrency(),
+            rate_per_second: None,
+        }
+    }
+}
+
+fn default_provider_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_connections() -> usize {
+    2
+}
+fn default_concurrency() -> usize {
+    1000
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -194,6 +234,8 @@ pub struct FcmConfig {
     pub base_url: String,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub connection: ConnectionConfig,
 }
 
 fn default_db_url() -> String {
@@ -283,6 +325,27 @@ impl AppConfig {
 
     pub fn topic_names(&self) -> BTreeSet<&str> {
         self.topics.keys().map(String::as_str).collect()
+    }
+}
+
+impl ConnectionConfig {
+    fn check(&self, key: &str) -> Result<(), ConfigError> {
+        if self.connections == 0 || self.connections > 64 {
+            return Err(invalid(format!("{key}.connections"), "must be 1-64"));
+        }
+        if self.concurrency == 0 {
+            return Err(invalid(format!("{key}.concurrency"), "must be at least 1"));
+        }
+        if self.rate_per_second == Some(0) {
+            return Err(invalid(
+                format!("{key}.rate_per_second"),
+                "must be at least 1 (or unset for no limit)",
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid(format!("{key}.timeout"), "must be more than 0"));
+        }
+        Ok(())
     }
 }
 
@@ -413,6 +476,7 @@ impl Config {
                 if let Some(ca) = &apns.ca_file {
                     check_file(&key("apns.ca_file"), ca)?;
                 }
+                apns.connection.check(&key("apns.connection"))?;
             }
             if let Some(fcm) = &app.fcm {
                 check_base_url(&key("fcm.base_url"), &fcm.base_url)?;
@@ -420,6 +484,7 @@ impl Config {
                 if let Some(ca) = &fcm.ca_file {
                     check_file(&key("fcm.ca_file"), ca)?;
                 }
+                fcm.connection.check(&key("fcm.connection"))?;
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub mod apns;
+pub mod app;
 pub mod fcm;
 pub mod jwt;
 

@@ -44,6 +44,8 @@ pub enum SimulatorError {
     },
     #[error("key: {0}")]
     Key(#[from] jwt::JwtError),
+    #[error("{0}")]
+    Config(String),
 }
 
 /// An APNs signing key the simulator trusts.
@@ -129,6 +131,49 @@ pub struct Stats {
     pub oauth_grants: u64,
     /// Distinct APNs provider tokens (by `iat`) that were accepted.
     pub apns_token_iats: Vec<i64>,
+}
+
+impl SimulatorConfig {
+    /// Trusts the keys the configured apps use, so `serve` and `simulate` agree
+    /// on one config file.
+    pub fn trusting(config: &crate::config::Config) -> Result<Self, SimulatorError> {
+        let mut out = Self::default();
+        for (id, app) in &config.apps {
+            if let Some(a) = &app.apns {
+                out.apns_topics.push(a.bundle_id.clone());
+                if let Some(path) = &a.key_file {
+                    let pem = std::fs::read_to_string(path).map_err(|e| {
+                        SimulatorError::Config(format!(
+                            "apps.{id}.apns.key_file: {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    out.apns_keys.push(ApnsKey {
+                        key_id: a.key_id.clone().unwrap_or_default(),
+                        team_id: a.team_id.clone().unwrap_or_default(),
+                        public_key: jwt::Es256Key::from_pem(&pem)?.public_key(),
+                    });
+                }
+            }
+            if let Some(f) = &app.fcm {
+                let path = &f.service_account_file;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    SimulatorError::Config(format!(
+                        "apps.{id}.fcm.service_account_file: {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let account = crate::provider::fcm::ServiceAccount::from_json(&text)
+                    .map_err(|e| SimulatorError::Config(format!("apps.{id}.{e}")))?;
+                out.fcm_accounts.push(FcmAccount {
+                    client_email: account.client_email,
+                    project_id: account.project_id,
+                    public_key: jwt::Rs256Key::from_pem(&account.private_key)?.public_key(),
+                });
+            }
+        }
+        Ok(out)
+    }
 }
 
 impl Stats {

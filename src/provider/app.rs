@@ -1,0 +1,197 @@
+//! One app's providers as configured: clients, pacing, and the choice of
+//! provider for a device.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::apns::{ApnsClient, ApnsCredentials, ApnsNotification, ApnsPriority, ApnsSettings};
+use super::fcm::{FcmClient, FcmSettings, ServiceAccount};
+use super::{apns_id_for, config_error, HttpSettings, Outcome, Pacer, ProviderError};
+use crate::campaign::{Message, Platform, Priority};
+use crate::clock::Clock;
+use crate::config::{AppConfig, ConnectionConfig};
+use crate::payload::{self, Envelope, FcmTarget};
+
+/// One message to one device.
+#[derive(Debug, Clone, Copy)]
+pub struct Push<'a> {
+    pub delivery_id: i64,
+    pub platform: Platform,
+    pub token: &'a str,
+    pub locale: Option<&'a str>,
+    pub message: &'a Message,
+    /// The campaign's id for campaign traffic: a copy re-sent after a crash
+    /// replaces, on the device, one still queued.
+    pub collapse_key: Option<&'a str>,
+    /// When the provider should stop trying (from the message's TTL).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug)]
+struct Paced<C> {
+    client: C,
+    pacer: Option<Pacer>,
+}
+
+impl<C> Paced<C> {
+    async fn ready(&self) {
+        if let Some(p) = &self.pacer {
+            p.ready().await;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AppProviders {
+    apns: Option<Paced<ApnsClient>>,
+    fcm: Option<Paced<FcmClient>>,
+}
+
+fn pacer(c: &ConnectionConfig) -> Option<Pacer> {
+    c.rate_per_second.and_then(NonZeroU32::new).map(Pacer::new)
+}
+
+fn http(c: &ConnectionConfig, ca_file: Option<&std::path::Path>) -> HttpSettings {
+    HttpSettings {
+        ca_file: ca_file.map(ToOwned::to_owned),
+        timeout: c.timeout,
+        connections: c.connections,
+    }
+}
+
+fn read(key: String, path: &std::path::Path) -> Result<String, ProviderError> {
+    std::fs::read_to_string(path).map_err(|e| config_error(key, format!("{}: {e}", path.display())))
+}
+
+impl AppProviders {
+    /// Builds the clients an app's config names (none is an error only when used).
+    pub fn from_config(
+        app_id: &str,
+        app: &AppConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ProviderError> {
+        let key = |k: &str| format!("apps.{app_id}.{k}");
+        let apns = match &app.apns {
+            None => None,
+            Some(a) => {
+                let credentials = match (&a.key_file, &a.cert_file) {
+                    (Some(k), _) => ApnsCredentials::Token {
+                        key_pem: read(key("apns.key_file"), k)?,
+                        key_id: a.key_id.clone().unwrap_or_default(),
+                        team_id: a.team_id.clone().unwrap_or_default(),
+                    },
+                    (None, Some(c)) => {
+                        let mut pem = read(key("apns.cert_file"), c)?.into_bytes();
+                        if let Some(k) = &a.cert_key_file {
+                            pem.push(b'\n');
+                            pem.extend(read(key("apns.cert_key_file"), k)?.into_bytes());
+                        }
+                        ApnsCredentials::Certificate { pem }
+                    }
+                    (None, None) => {
+                        return Err(config_error(key("apns"), "needs key_file or cert_file"))
+                    }
+                };
+                let client = ApnsClient::new(
+                    ApnsSettings {
+                        base_url: a.base_url.clone(),
+                        bundle_id: a.bundle_id.clone(),
+                        credentials,
+                        http: http(&a.connection, a.ca_file.as_deref()),
+                        concurrency: a.connection.concurrency,
+                    },
+                    clock.clone(),
+                )?;
+                Some(Paced {
+                    client,
+                    pacer: pacer(&a.connection),
+                })
+            }
+        };
+        let fcm = match &app.fcm {
+            None => None,
+            Some(f) => {
+                let account = ServiceAccount::from_json(&read(
+                    key("fcm.service_account_file"),
+                    &f.service_account_file,
+                )?)?;
+                let client = FcmClient::new(
+                    FcmSettings {
+                        base_url: f.base_url.clone(),
+                        account,
+                        http: http(&f.connection, f.ca_file.as_deref()),
+                        concurrency: f.connection.concurrency,
+                    },
+                    clock,
+                )?;
+                Some(Paced {
+                    client,
+                    pacer: pacer(&f.connection),
+                })
+            }
+        };
+        Ok(Self { apns, fcm })
+    }
+
+    /// Whether any provider can reach a device of this platform.
+    pub fn serves(&self, platform: Platform) -> bool {
+        match platform {
+            Platform::Ios => self.apns.is_some() || self.fcm.is_some(),
+            Platform::Android => self.fcm.is_some(),
+        }
+    }
+
+    /// Sends through APNs (iOS, when configured) or FCM (Android, and iOS without APNs).
+    pub async fn send(&self, push: &Push<'_>) -> Outcome {
+        let message_id = apns_id_for(push.delivery_id);
+        let env = Envelope {
+            message_id: &message_id,
+        };
+        match (push.platform, &self.apns, &self.fcm) {
+            (Platform::Ios, Some(apns), _) => {
+                let body = match serde_json::to_vec(&payload::apns_payload(
+                    push.message,
+                    push.locale,
+                    env,
+                )) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return Outcome::Rejected {
+                            reason: format!("payload: {e}"),
+                        }
+                    }
+                };
+                apns.ready().await;
+                apns.client
+                    .send(&ApnsNotification {
+                        device_token: push.token,
+                        apns_id: &message_id,
+                        payload: &body,
+                        priority: match push.message.priority {
+                            Priority::High => ApnsPriority::Immediate,
+                            Priority::Normal => ApnsPriority::Normal,
+                        },
+                        expiration: push.expires_at,
+                        collapse_id: push.collapse_key,
+                    })
+                    .await
+            }
+            (platform, _, Some(fcm)) => {
+                let target = FcmTarget {
+                    token: push.token,
+                    locale: push.locale,
+                    ios: platform == Platform::Ios,
+                    collapse_key: push.collapse_key,
+                };
+                let body = payload::fcm_message(push.message, target, env);
+                fcm.ready().await;
+                fcm.client.send(&body).await
+            }
+            (platform, _, None) => Outcome::Rejected {
+                reason: format!("no provider configured for {} devices", platform.as_str()),
+            },
+        }
+    }
+}
