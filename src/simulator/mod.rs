@@ -192,6 +192,9 @@ struct State {
     /// Access tokens issued: value → (project, expiry unix time).
     access_tokens: Mutex<HashMap<String, (String, i64)>>,
     seen_iats: Mutex<HashSet<i64>>,
+    /// Provider tokens whose signature was already checked, with their `iat`:
+    /// like Apple, verify a token once, not on every request.
+    verified_jwts: Mutex<HashMap<String, (String, i64)>>,
     counter: AtomicU64,
     clock: Arc<dyn Clock>,
 }
@@ -227,6 +230,7 @@ impl Simulator {
             stats: Mutex::new(Stats::default()),
             access_tokens: Mutex::new(HashMap::new()),
             seen_iats: Mutex::new(HashSet::new()),
+            verified_jwts: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
             clock: config.clock.unwrap_or_else(|| Arc::new(SystemClock)),
         });
@@ -504,6 +508,21 @@ fn is_uuid(s: &str) -> bool {
             .all(|(n, p)| p.len() == *n && p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Checks an APNs provider token's signature, key and team; returns (key id, iat).
+fn verify_provider_token(state: &State, bearer: &str) -> Result<(String, i64), &'static str> {
+    let parsed = jwt::decode(bearer).map_err(|_| "InvalidProviderToken")?;
+    let kid = parsed.header.get("kid").and_then(Value::as_str).unwrap_or("");
+    let key = state.apns_keys.iter().find(|k| k.key_id == kid).ok_or("InvalidProviderToken")?;
+    if parsed.header.get("alg").and_then(Value::as_str) != Some("ES256")
+        || parsed.claims.get("iss").and_then(Value::as_str) != Some(key.team_id.as_str())
+        || parsed.verify_es256(&key.public_key).is_err()
+    {
+        return Err("InvalidProviderToken");
+    }
+    let iat = parsed.claims.get("iat").and_then(Value::as_i64).ok_or("InvalidProviderToken")?;
+    Ok((key.key_id.clone(), iat))
+}
+
 /// APNs' checks, in the order Apple documents its errors.
 fn apns(
     state: &State,
@@ -518,25 +537,16 @@ fn apns(
     else {
         return apns_error(state, 403, "MissingProviderToken", None);
     };
-    let Ok(parsed) = jwt::decode(bearer) else {
-        return apns_error(state, 403, "InvalidProviderToken", None);
-    };
-    let kid = parsed
-        .header
-        .get("kid")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let Some(key) = state.apns_keys.iter().find(|k| k.key_id == kid) else {
-        return apns_error(state, 403, "InvalidProviderToken", None);
-    };
-    if parsed.header.get("alg").and_then(Value::as_str) != Some("ES256")
-        || parsed.claims.get("iss").and_then(Value::as_str) != Some(key.team_id.as_str())
-        || parsed.verify_es256(&key.public_key).is_err()
-    {
-        return apns_error(state, 403, "InvalidProviderToken", None);
-    }
-    let Some(iat) = parsed.claims.get("iat").and_then(Value::as_i64) else {
-        return apns_error(state, 403, "InvalidProviderToken", None);
+    let cached = lock(&state.verified_jwts).get(bearer).cloned();
+    let (_key_id, iat) = match cached {
+        Some(v) => v,
+        None => match verify_provider_token(state, bearer) {
+            Ok(v) => {
+                lock(&state.verified_jwts).insert(bearer.to_owned(), v.clone());
+                v
+            }
+            Err(reason) => return apns_error(state, 403, reason, None),
+        },
     };
     let expire_before = lock(&state.behaviour).expire_tokens_issued_before;
     if now - iat > 3600 || expire_before.is_some_and(|t| iat < t) {

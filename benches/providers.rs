@@ -1,0 +1,98 @@
+//! Benchmark: messages per second from one process to the provider simulator
+//! (a separate `meridian simulate` process) over TLS HTTP/2, per provider, at
+//! 64, 256 and 1024 requests in flight.
+//!
+//!     cargo bench --bench providers -- [--messages N] [--connections C]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use meridian::campaign::{Message, Platform};
+use meridian::clock::SystemClock;
+use meridian::config::Config;
+use meridian::provider::app::{AppProviders, Push};
+use meridian::provider::jwt;
+use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+#[tokio::main]
+async fn main() {
+    let messages: usize = arg("--messages").and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let connections: usize = arg("--connections").and_then(|v| v.parse().ok()).unwrap_or(2);
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    std::fs::write(p("AuthKey.p8"), jwt::generate_p8().unwrap()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("https://127.0.0.1:{port}");
+    let account = serde_json::json!({
+        "project_id": "bench", "client_email": "bench@bench.iam.gserviceaccount.com",
+        "private_key": TEST_SERVICE_ACCOUNT_KEY, "token_uri": format!("{base}/token"),
+    });
+    std::fs::write(p("sa.json"), account.to_string()).unwrap();
+    let config = |ca: &str, concurrency: usize| {
+        format!(
+            "[apps.b.apns]\nbundle_id = \"com.example.bench\"\nkey_file = \"{}\"\nkey_id = \"K\"\nteam_id = \"T\"\nbase_url = \"{base}\"\n{ca}\n\
+             [apps.b.apns.connection]\nconnections = {connections}\nconcurrency = {concurrency}\n\
+             [apps.b.fcm]\nservice_account_file = \"{}\"\nbase_url = \"{base}\"\n{ca}\n\
+             [apps.b.fcm.connection]\nconnections = {connections}\nconcurrency = {concurrency}\n",
+            p("AuthKey.p8").display(),
+            p("sa.json").display()
+        )
+    };
+    std::fs::write(p("sim.toml"), config("", 1)).unwrap();
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["--config", p("sim.toml").to_str().unwrap(), "simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--ca-out")
+        .arg(p("ca.pem"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = sim.stdout.take().unwrap();
+    assert!(BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.ends_with("ready")));
+    let ca_line = format!("ca_file = \"{}\"", p("ca.pem").display());
+    let message = Message { title: "Benchmark".into(), body: "A message of ordinary length for a push notification.".into(), ..Message::default() };
+    let ios_tokens: Vec<String> = (0..messages).map(|i| format!("{i:064x}")).collect();
+    let android_tokens: Vec<String> = (0..messages).map(|i| format!("android-{i}")).collect();
+    println!("meridian bench: {messages} messages per run, {connections} HTTP/2 connections, simulator in its own process");
+    for (name, platform, tokens) in [("apns", Platform::Ios, &ios_tokens), ("fcm", Platform::Android, &android_tokens)] {
+        for concurrency in [64usize, 256, 1024] {
+            let cfg: Config = toml::from_str(&config(&ca_line, concurrency)).unwrap();
+            cfg.validate().unwrap();
+            let providers = Arc::new(AppProviders::from_config("b", &cfg.apps["b"], Arc::new(SystemClock)).unwrap());
+            // Warm up: connections and (FCM) the access token.
+            for t in tokens.iter().take(100) {
+                let push = Push { delivery_id: 1, platform, token: t, locale: None, message: &message, collapse_key: None, expires_at: None };
+                assert!(providers.send(&push).await.is_accepted());
+            }
+            let start = Instant::now();
+            let accepted = futures::stream::iter(tokens.iter().enumerate())
+                .map(|(i, t)| {
+                    let providers = providers.clone();
+                    let message = &message;
+                    async move {
+                        let push = Push { delivery_id: i as i64, platform, token: t, locale: None, message, collapse_key: Some("bench"), expires_at: None };
+                        providers.send(&push).await.is_accepted()
+                    }
+                })
+                .buffer_unordered(concurrency)
+                .filter(|ok| futures::future::ready(*ok))
+                .count()
+                .await;
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "{name:<5} concurrency {concurrency:>5}: {accepted} accepted in {secs:.2} s = {:.0} msgs/s",
+                accepted as f64 / secs
+            );
+            assert_eq!(accepted, messages);
+        }
+    }
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
