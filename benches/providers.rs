@@ -19,17 +19,27 @@ use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 #[tokio::main]
 async fn main() {
-    let messages: usize = arg("--messages").and_then(|v| v.parse().ok()).unwrap_or(50_000);
-    let connections: usize = arg("--connections").and_then(|v| v.parse().ok()).unwrap_or(2);
+    let messages: usize = arg("--messages")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000);
+    let connections: usize = arg("--connections")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
     std::fs::write(p("AuthKey.p8"), jwt::generate_p8().unwrap()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let base = format!("https://127.0.0.1:{port}");
     let account = serde_json::json!({
         "project_id": "bench", "client_email": "bench@bench.iam.gserviceaccount.com",
@@ -48,27 +58,53 @@ async fn main() {
     };
     std::fs::write(p("sim.toml"), config("", 1)).unwrap();
     let mut sim = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["--config", p("sim.toml").to_str().unwrap(), "simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--config",
+            p("sim.toml").to_str().unwrap(),
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .arg("--ca-out")
         .arg(p("ca.pem"))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let stdout = sim.stdout.take().unwrap();
-    assert!(BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.ends_with("ready")));
+    assert!(BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.ends_with("ready")));
     let ca_line = format!("ca_file = \"{}\"", p("ca.pem").display());
-    let message = Message { title: "Benchmark".into(), body: "A message of ordinary length for a push notification.".into(), ..Message::default() };
+    let message = Message {
+        title: "Benchmark".into(),
+        body: "A message of ordinary length for a push notification.".into(),
+        ..Message::default()
+    };
     let ios_tokens: Vec<String> = (0..messages).map(|i| format!("{i:064x}")).collect();
     let android_tokens: Vec<String> = (0..messages).map(|i| format!("android-{i}")).collect();
     println!("meridian bench: {messages} messages per run, {connections} HTTP/2 connections, simulator in its own process");
-    for (name, platform, tokens) in [("apns", Platform::Ios, &ios_tokens), ("fcm", Platform::Android, &android_tokens)] {
+    for (name, platform, tokens) in [
+        ("apns", Platform::Ios, &ios_tokens),
+        ("fcm", Platform::Android, &android_tokens),
+    ] {
         for concurrency in [64usize, 256, 1024] {
             let cfg: Config = toml::from_str(&config(&ca_line, concurrency)).unwrap();
             cfg.validate().unwrap();
-            let providers = Arc::new(AppProviders::from_config("b", &cfg.apps["b"], Arc::new(SystemClock)).unwrap());
+            let providers = Arc::new(
+                AppProviders::from_config("b", &cfg.apps["b"], Arc::new(SystemClock)).unwrap(),
+            );
             // Warm up: connections and (FCM) the access token.
             for t in tokens.iter().take(100) {
-                let push = Push { delivery_id: 1, platform, token: t, locale: None, message: &message, collapse_key: None, expires_at: None };
+                let push = Push {
+                    delivery_id: 1,
+                    platform,
+                    token: t,
+                    locale: None,
+                    message: &message,
+                    collapse_key: None,
+                    expires_at: None,
+                };
                 assert!(providers.send(&push).await.is_accepted());
             }
             let start = Instant::now();
@@ -77,7 +113,15 @@ async fn main() {
                     let providers = providers.clone();
                     let message = &message;
                     async move {
-                        let push = Push { delivery_id: i as i64, platform, token: t, locale: None, message, collapse_key: Some("bench"), expires_at: None };
+                        let push = Push {
+                            delivery_id: i as i64,
+                            platform,
+                            token: t,
+                            locale: None,
+                            message,
+                            collapse_key: Some("bench"),
+                            expires_at: None,
+                        };
                         providers.send(&push).await.is_accepted()
                     }
                 })

@@ -553,3 +553,97 @@ async fn fcm_oauth_token_is_refreshed_ahead_of_expiry_and_after_401() {
     assert_eq!(stats.responses_by_status.get(&401), Some(&1));
     assert_eq!(stats.accepted_per_token["d-1"], 4);
 }
+
+#[tokio::test]
+async fn apns_certificate_auth_needs_no_provider_token() {
+    let rig = rig().await;
+    let identity = rig.sim.issue_client_certificate(BUNDLE).unwrap();
+    let client = ApnsClient::new(
+        ApnsSettings {
+            base_url: rig.sim.tls_url().unwrap(),
+            bundle_id: BUNDLE.into(),
+            credentials: ApnsCredentials::Certificate {
+                pem: identity.into_bytes(),
+            },
+            http: rig.http(),
+            concurrency: 8,
+        },
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    assert!(client.provider_token().is_none());
+    assert!(send_apns(&client, &hex_token(11), 1).await.is_accepted());
+    // Neither a certificate nor a token: refused, as Apple does.
+    let ca = reqwest::Certificate::from_pem(rig.sim.ca_pem.as_bytes()).unwrap();
+    let bare = reqwest::Client::builder()
+        .use_rustls_tls()
+        .http2_prior_knowledge()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let resp = bare
+        .post(format!(
+            "{}/3/device/{}",
+            rig.sim.tls_url().unwrap(),
+            hex_token(12)
+        ))
+        .header("apns-topic", BUNDLE)
+        .header("apns-push-type", "alert")
+        .body(apns_payload("x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "MissingProviderToken");
+    assert_eq!(rig.sim.stats().apns_accepted, 1);
+}
+
+#[tokio::test]
+async fn pacing_keeps_every_second_at_or_under_the_app_rate() {
+    use meridian::config::Config;
+    use meridian::provider::app::{AppProviders, Push};
+    let rig = rig().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("AuthKey.p8");
+    std::fs::write(&key, &rig.p8).unwrap();
+    let text = format!(
+        "[apps.shop.apns]\nbundle_id = \"{BUNDLE}\"\nkey_file = \"{}\"\nkey_id = \"{KEY_ID}\"\nteam_id = \"{TEAM_ID}\"\n\
+         base_url = \"{}\"\nca_file = \"{}\"\n[apps.shop.apns.connection]\nrate_per_second = 100\n",
+        key.display(),
+        rig.sim.tls_url().unwrap(),
+        rig.ca_file.path().display()
+    );
+    let config: Config = toml::from_str(&text).unwrap();
+    config.validate().unwrap();
+    let providers = Arc::new(
+        AppProviders::from_config("shop", &config.apps["shop"], Arc::new(SystemClock)).unwrap(),
+    );
+    let m = message();
+    let tokens: Vec<String> = (0..250u64).map(|i| hex_token(5000 + i)).collect();
+    let sends = tokens.iter().enumerate().map(|(i, t)| {
+        let providers = providers.clone();
+        let m = &m;
+        async move {
+            providers
+                .send(&Push {
+                    delivery_id: i as i64,
+                    platform: Platform::Ios,
+                    token: t,
+                    locale: None,
+                    message: m,
+                    collapse_key: None,
+                    expires_at: None,
+                })
+                .await
+        }
+    });
+    let outcomes = futures::future::join_all(sends).await;
+    assert!(outcomes.iter().all(Outcome::is_accepted));
+    let per_second = rig.sim.stats().accepted_per_second;
+    assert!(per_second.values().all(|n| *n <= 100), "{per_second:?}");
+    assert!(
+        per_second.len() >= 3,
+        "250 sends at 100/s span three seconds: {per_second:?}"
+    );
+}

@@ -131,6 +131,8 @@ pub struct Stats {
     pub oauth_grants: u64,
     /// Distinct APNs provider tokens (by `iat`) that were accepted.
     pub apns_token_iats: Vec<i64>,
+    /// Accepted sends per unix second (both providers), to check pacing.
+    pub accepted_per_second: BTreeMap<i64, u64>,
 }
 
 impl SimulatorConfig {
@@ -210,6 +212,7 @@ pub struct Simulator {
     pub plain_addr: Option<SocketAddr>,
     /// The CA certificate (PEM) that signed the TLS certificate.
     pub ca_pem: String,
+    identity: tls::Identity,
     stop: watch::Sender<bool>,
 }
 
@@ -262,7 +265,8 @@ impl Simulator {
             state,
             tls_addr,
             plain_addr,
-            ca_pem: identity.ca_pem,
+            ca_pem: identity.ca_pem.clone(),
+            identity,
             stop,
         })
     }
@@ -286,6 +290,11 @@ impl Simulator {
 
     pub fn set_behaviour(&self, b: Behaviour) {
         *lock(&self.state.behaviour) = b;
+    }
+
+    /// A client certificate and key (PEM) the simulator accepts for APNs certificate auth.
+    pub fn issue_client_certificate(&self, bundle_id: &str) -> Result<String, SimulatorError> {
+        self.identity.issue_client(bundle_id)
     }
 
     /// Forgets every OAuth access token issued, as Google does when one is revoked.
@@ -315,19 +324,27 @@ async fn accept_loop(
         let tls = tls.clone();
         let stopped = stopped.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
+            let service = |client_cert: bool| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req).await) }
-            });
+                hyper::service::service_fn(move |req| {
+                    let state = state.clone();
+                    async move { Ok::<_, Infallible>(handle(&state, req, client_cert).await) }
+                })
+            };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder.http2().max_concurrent_streams(1000);
             match tls {
                 Some(acceptor) => {
                     if let Ok(stream) = acceptor.accept(tcp).await {
-                        serve(builder, TokioIo::new(stream), service, stopped).await;
+                        let client_cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .is_some_and(|c| !c.is_empty());
+                        serve(builder, TokioIo::new(stream), service(client_cert), stopped).await;
                     }
                 }
-                None => serve(builder, TokioIo::new(tcp), service, stopped).await,
+                None => serve(builder, TokioIo::new(tcp), service(false), stopped).await,
             }
         });
     }
@@ -378,7 +395,8 @@ fn header<'r>(req: &'r hyper::http::request::Parts, name: &str) -> Option<&'r st
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// `client_cert`: the connection presented a certificate our CA issued (APNs certificate auth).
+async fn handle(state: &State, req: Request<Incoming>, client_cert: bool) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -394,7 +412,7 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
     let response = match (parts.method.as_str(), path.as_str()) {
         ("POST", p) if p.starts_with("/3/device/") => {
             delay(state).await;
-            apns(state, &parts, &p["/3/device/".len()..], &body)
+            apns(state, &parts, &p["/3/device/".len()..], &body, client_cert)
         }
         ("POST", p) if p.starts_with("/v1/projects/") && p.ends_with("/messages:send") => {
             delay(state).await;
@@ -511,15 +529,27 @@ fn is_uuid(s: &str) -> bool {
 /// Checks an APNs provider token's signature, key and team; returns (key id, iat).
 fn verify_provider_token(state: &State, bearer: &str) -> Result<(String, i64), &'static str> {
     let parsed = jwt::decode(bearer).map_err(|_| "InvalidProviderToken")?;
-    let kid = parsed.header.get("kid").and_then(Value::as_str).unwrap_or("");
-    let key = state.apns_keys.iter().find(|k| k.key_id == kid).ok_or("InvalidProviderToken")?;
+    let kid = parsed
+        .header
+        .get("kid")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let key = state
+        .apns_keys
+        .iter()
+        .find(|k| k.key_id == kid)
+        .ok_or("InvalidProviderToken")?;
     if parsed.header.get("alg").and_then(Value::as_str) != Some("ES256")
         || parsed.claims.get("iss").and_then(Value::as_str) != Some(key.team_id.as_str())
         || parsed.verify_es256(&key.public_key).is_err()
     {
         return Err("InvalidProviderToken");
     }
-    let iat = parsed.claims.get("iat").and_then(Value::as_i64).ok_or("InvalidProviderToken")?;
+    let iat = parsed
+        .claims
+        .get("iat")
+        .and_then(Value::as_i64)
+        .ok_or("InvalidProviderToken")?;
     Ok((key.key_id.clone(), iat))
 }
 
@@ -529,29 +559,34 @@ fn apns(
     req: &hyper::http::request::Parts,
     token: &str,
     body: &[u8],
+    client_cert: bool,
 ) -> Response<Full<Bytes>> {
     let now = state.clock.now().timestamp();
-    // Provider token.
-    let Some(bearer) = header(req, "authorization")
-        .and_then(|a| a.strip_prefix("bearer ").or(a.strip_prefix("Bearer ")))
-    else {
-        return apns_error(state, 403, "MissingProviderToken", None);
-    };
-    let cached = lock(&state.verified_jwts).get(bearer).cloned();
-    let (_key_id, iat) = match cached {
-        Some(v) => v,
-        None => match verify_provider_token(state, bearer) {
-            Ok(v) => {
-                lock(&state.verified_jwts).insert(bearer.to_owned(), v.clone());
-                v
+    // Provider token, unless the connection authenticated with a certificate.
+    let bearer = header(req, "authorization")
+        .and_then(|a| a.strip_prefix("bearer ").or(a.strip_prefix("Bearer ")));
+    let iat = match (bearer, client_cert) {
+        (None, true) => None,
+        (None, false) => return apns_error(state, 403, "MissingProviderToken", None),
+        (Some(bearer), _) => {
+            let cached = lock(&state.verified_jwts).get(bearer).cloned();
+            let (_key_id, iat) = match cached {
+                Some(v) => v,
+                None => match verify_provider_token(state, bearer) {
+                    Ok(v) => {
+                        lock(&state.verified_jwts).insert(bearer.to_owned(), v.clone());
+                        v
+                    }
+                    Err(reason) => return apns_error(state, 403, reason, None),
+                },
+            };
+            let expire_before = lock(&state.behaviour).expire_tokens_issued_before;
+            if now - iat > 3600 || expire_before.is_some_and(|t| iat < t) {
+                return apns_error(state, 403, "ExpiredProviderToken", None);
             }
-            Err(reason) => return apns_error(state, 403, reason, None),
-        },
+            Some(iat)
+        }
     };
-    let expire_before = lock(&state.behaviour).expire_tokens_issued_before;
-    if now - iat > 3600 || expire_before.is_some_and(|t| iat < t) {
-        return apns_error(state, 403, "ExpiredProviderToken", None);
-    }
     // Headers.
     let Some(topic) = header(req, "apns-topic") else {
         return apns_error(state, 400, "MissingTopic", None);
@@ -625,7 +660,8 @@ fn apns(
             .entry(token.to_owned())
             .or_default() += 1;
         stats.apns_accepted += 1;
-        if lock(&state.seen_iats).insert(iat) {
+        *stats.accepted_per_second.entry(now).or_default() += 1;
+        if let Some(iat) = iat.filter(|iat| lock(&state.seen_iats).insert(*iat)) {
             stats.apns_token_iats.push(iat);
         }
     }
@@ -787,6 +823,7 @@ fn fcm(
             .entry(token.to_owned())
             .or_default() += 1;
         stats.fcm_accepted += 1;
+        *stats.accepted_per_second.entry(now).or_default() += 1;
     }
     respond(
         StatusCode::OK,

@@ -1,13 +1,17 @@
 //! The simulator's TLS identity: a throwaway CA and a server certificate for
 //! localhost and 127.0.0.1, generated at start. Clients trust the CA through
-//! their `ca_file` setting, exactly as they would trust a proxy's.
+//! their `ca_file` setting, exactly as they would trust a proxy's. The same CA
+//! issues client certificates for APNs certificate auth, which the server
+//! accepts (but does not require) on every connection.
 
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
-use rustls::ServerConfig;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use super::SimulatorError;
@@ -16,10 +20,27 @@ pub struct Identity {
     /// PEM of the CA to trust.
     pub ca_pem: String,
     pub server: Arc<ServerConfig>,
+    ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 fn err(e: impl std::fmt::Display) -> SimulatorError {
     SimulatorError::Tls(e.to_string())
+}
+
+impl Identity {
+    /// A client certificate and its key (PEM, concatenated), as Apple issues for
+    /// certificate-based provider auth; the common name names the bundle id.
+    pub fn issue_client(&self, bundle_id: &str) -> Result<String, SimulatorError> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("Apple Push Services: {bundle_id}"),
+        );
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = params.signed_by(&key, &self.ca).map_err(err)?;
+        Ok(format!("{}{}", cert.pem(), key.serialize_pem()))
+    }
 }
 
 pub fn generate() -> Result<Identity, SimulatorError> {
@@ -46,15 +67,23 @@ pub fn generate() -> Result<Identity, SimulatorError> {
     let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone(), ca.der().clone()];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone()).map_err(err)?;
+    let client_auth =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(err)?;
     let mut server = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(err)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_auth)
         .with_single_cert(chain, key)
         .map_err(err)?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Identity {
         ca_pem: ca.pem(),
         server: Arc::new(server),
+        ca,
     })
 }
