@@ -141,19 +141,22 @@ pub fn recipients_sql(
         }
         device_conds.push(format!("({})", alts.join(" OR ")));
     }
-    if let Some(z) = zone {
-        let p = b.text(z);
-        device_conds.push(format!("c.zone = {p}"));
-    }
-    let rank = match audience.devices {
-        DevicePolicy::All => String::new(),
-        DevicePolicy::Primary => {
-            device_conds.push("c.device_rank = 1".to_owned());
-            ", ROW_NUMBER() OVER (PARTITION BY COALESCE(d.user_id, -d.id) \
-             ORDER BY d.is_primary DESC, d.created_at DESC, d.id DESC) AS device_rank"
-                .to_owned()
-        }
+    // The zone is a condition on the device row itself, so each slot's audience
+    // is a range of the (app_id, zone, id) index.
+    let zone_cond = match zone {
+        Some(z) => format!(" AND d.zone = {}", b.text(z)),
+        None => String::new(),
     };
+    // The primary device is the one no other active device of the user outranks
+    // (flagged primary first, then the most recently registered). A condition on
+    // the row, not a window over all devices, so the zone range stays an index scan.
+    if audience.devices == DevicePolicy::Primary {
+        user_conds.push(
+            "NOT EXISTS (SELECT 1 FROM devices d2 WHERE d2.user_id = d.user_id AND d2.state = 'active' \
+             AND d2.id <> d.id AND (d2.is_primary, d2.created_at, d2.id) > (d.is_primary, d.created_at, d.id))"
+                .to_owned(),
+        );
+    }
 
     let user_where: String = user_conds.iter().map(|c| format!(" AND {c}")).collect();
     let device_where = if device_conds.is_empty() {
@@ -165,9 +168,9 @@ pub fn recipients_sql(
         "SELECT c.device_id, c.user_id, c.zone FROM (\
          SELECT d.id AS device_id, d.user_id, d.platform, \
          lower(replace(d.locale, '_', '-')) AS locale_tag, \
-         COALESCE(d.timezone, u.timezone, '') AS zone{rank} \
+         d.zone \
          FROM devices d LEFT JOIN users u ON u.id = d.user_id \
-         WHERE d.app_id = {app} AND d.state = 'active'{user_where}) c{device_where}"
+         WHERE d.app_id = {app} AND d.state = 'active'{zone_cond}{user_where}) c{device_where}"
     );
     (sql, b.binds)
 }
@@ -213,6 +216,6 @@ mod tests {
         assert!(!sql.contains(&format!("${}", binds.len() + 1)));
         assert_eq!(binds[0], Bind::Text("shop".into()));
         assert_eq!(binds.last(), Some(&Bind::Text("Asia/Tokyo".into())));
-        assert!(sql.contains("device_rank = 1"));
+        assert!(sql.contains("d2.is_primary"));
     }
 }

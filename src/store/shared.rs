@@ -15,6 +15,11 @@ pub(super) const USER_UPSERT: &str = "\
         updated_at = excluded.updated_at \
     RETURNING id";
 
+/// A user's zone is their devices' zone unless a device reports its own.
+pub(super) const USER_DEVICES_ZONE: &str = "\
+    UPDATE devices SET zone = COALESCE((SELECT u.timezone FROM users u WHERE u.id = devices.user_id), '') \
+    WHERE user_id = $1 AND timezone IS NULL";
+
 /// Makes sure a user exists without changing it.
 pub(super) const USER_ENSURE: &str = "\
     INSERT INTO users (app_id, external_id, created_at, updated_at) VALUES ($1, $2, $3, $3) \
@@ -30,14 +35,17 @@ pub(super) const DEVICE_CLEAR_PRIMARY: &str = "\
     WHERE user_id = $1 AND is_primary AND NOT (app_id = $2 AND token = $3)";
 
 pub(super) const DEVICE_UPSERT: &str = "\
-    INSERT INTO devices (app_id, user_id, install_id, platform, token, timezone, locale, is_primary, state, created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', $9, $9) \
+    INSERT INTO devices (app_id, user_id, install_id, platform, token, timezone, locale, is_primary, state, zone, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', \
+            COALESCE($6, (SELECT u.timezone FROM users u WHERE u.id = $2), ''), $9, $9) \
     ON CONFLICT (app_id, token) DO UPDATE SET \
         user_id = excluded.user_id, \
         install_id = COALESCE(excluded.install_id, devices.install_id), \
         platform = excluded.platform, \
         timezone = COALESCE(excluded.timezone, devices.timezone), \
         locale = COALESCE(excluded.locale, devices.locale), \
+        zone = COALESCE(excluded.timezone, devices.timezone, \
+                        (SELECT u.timezone FROM users u WHERE u.id = excluded.user_id), ''), \
         is_primary = CASE WHEN excluded.is_primary THEN TRUE \
                           WHEN devices.user_id IS DISTINCT FROM excluded.user_id THEN FALSE \
                           ELSE devices.is_primary END, \
@@ -91,7 +99,8 @@ macro_rules! shared_store_methods {
             u: &$crate::store::UserUpsert<'_>,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<i64, $crate::store::StoreError> {
-            Ok(sqlx::query_scalar($crate::store::shared::USER_UPSERT)
+            let mut tx = self.write.begin().await?;
+            let id: i64 = sqlx::query_scalar($crate::store::shared::USER_UPSERT)
                 .bind(u.app_id)
                 .bind(u.external_id)
                 .bind(u.phone)
@@ -99,8 +108,13 @@ macro_rules! shared_store_methods {
                 .bind(u.locale)
                 .bind(u.attributes.map(sqlx::types::Json))
                 .bind(now)
-                .fetch_one(&self.write)
-                .await?)
+                .fetch_one(&mut *tx)
+                .await?;
+            if u.timezone.is_some() {
+                sqlx::query($crate::store::shared::USER_DEVICES_ZONE).bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(id)
         }
 
         async fn upsert_device(
