@@ -15,11 +15,13 @@ use crate::config::{DatabaseConfig, DatabaseKind};
 use crate::planner::{Disposition, ZoneCount};
 use crate::state::{CampaignState, DeviceState, SlotState, StateError};
 
+pub mod dispatch;
 mod postgres;
 pub mod segment;
 mod shared;
 mod sqlite;
 
+pub use dispatch::{ChunkWrite, DeliveryUpdate, DueSlot, LeasedChunk, LeasedDelivery, NewDelivery, Recipient, Released, SlotInfo};
 pub use postgres::PgStore;
 pub use segment::{Segment, TopicRule};
 pub use sqlite::SqliteStore;
@@ -40,6 +42,9 @@ pub enum StoreError {
     State(#[from] StateError),
     #[error("{0}")]
     Invalid(String),
+    /// The lease was taken over (it expired) or released: the write-back is refused.
+    #[error("lease lost on {what}")]
+    LeaseLost { what: String },
 }
 
 /// A tenant, as configured.
@@ -285,6 +290,98 @@ pub trait Store: Send + Sync + 'static {
     fn campaign_transitions(
         &self,
     ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+
+    // ---- the engine (src/store/dispatch.rs) ----
+
+    /// Pending slots due at `now` of scheduled or running campaigns, oldest first.
+    fn due_slots(&self, now: DateTime<Utc>, limit: i64) -> impl Future<Output = Result<Vec<DueSlot>, StoreError>> + Send;
+
+    /// The earliest `fire_at` of a pending slot (to sleep until).
+    fn next_due_at(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+
+    /// Releases a slot if it is still pending (one instance wins): splits its
+    /// audience into chunks of `chunk_size` device ids and moves the campaign to
+    /// running. `None` when another worker released it first.
+    fn release_slot(
+        &self,
+        slot: &DueSlot,
+        segment: &Segment<'_>,
+        chunk_size: i64,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<Released>, StoreError>> + Send;
+
+    /// Leases up to `limit` chunks of running campaigns: pending ones and ones whose
+    /// lease expired (their owner died), each with its attempt incremented.
+    fn lease_chunks(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LeasedChunk>, StoreError>> + Send;
+
+    fn extend_chunk_lease(
+        &self,
+        chunk: &LeasedChunk,
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn slot_info(&self, slot_id: i64) -> impl Future<Output = Result<Option<SlotInfo>, StoreError>> + Send;
+
+    /// The chunk's recipients not yet served for the slot's occurrence.
+    fn chunk_recipients(
+        &self,
+        chunk: &LeasedChunk,
+        slot: &SlotInfo,
+        segment: &Segment<'_>,
+    ) -> impl Future<Output = Result<Vec<Recipient>, StoreError>> + Send;
+
+    /// Writes a batch of first outcomes as delivery rows (and the history of the
+    /// ones not sent, and dead tokens), only while the chunk's lease holds.
+    fn record_chunk(&self, write: &ChunkWrite<'_>, now: DateTime<Utc>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Marks a leased chunk done; false if the lease was lost.
+    fn finish_chunk(&self, chunk: &LeasedChunk, worker: &str, now: DateTime<Utc>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Gives a leased chunk back unfinished (graceful shutdown).
+    fn return_chunk(&self, chunk: &LeasedChunk, worker: &str, now: DateTime<Utc>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Leases delivery rows due for an attempt (retries, queued transactional
+    /// pushes) and rows whose lease expired, highest priority first.
+    fn lease_deliveries(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LeasedDelivery>, StoreError>> + Send;
+
+    /// Writes attempts' outcomes in one statement, fenced by worker and attempt;
+    /// returns how many rows were still ours.
+    fn record_deliveries(
+        &self,
+        worker: &str,
+        updates: &[DeliveryUpdate],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Completes released slots with no chunk and no delivery left pending:
+    /// (slot id, campaign id).
+    fn complete_slots(&self) -> impl Future<Output = Result<Vec<(i64, i64)>, StoreError>> + Send;
+
+    /// Completes running campaigns with no slot and no delivery left pending.
+    fn complete_campaigns(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
+
+    /// Adds slots to a campaign (the next occurrence of a recurring one).
+    fn add_slots(&self, campaign_id: i64, slots: &[NewSlot], now: DateTime<Utc>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Deliveries of a campaign by status.
+    fn delivery_counts(&self, campaign_id: i64) -> impl Future<Output = Result<std::collections::BTreeMap<String, i64>, StoreError>> + Send;
+
+    /// A delivery's recorded history: (status, attempt, detail).
+    fn delivery_history(&self, delivery_id: i64) -> impl Future<Output = Result<Vec<(String, i32, Option<String>)>, StoreError>> + Send;
 }
 
 /// A store of either kind, chosen by the configured URL.

@@ -8,6 +8,7 @@ use sqlx::query::QueryAs;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::segment::Bind;
+use super::dispatch::{shared_dispatch_helpers, shared_dispatch_methods};
 use super::shared::shared_store_methods;
 use super::{NewSlot, Store, StoreError};
 use crate::config::{DatabaseConfig, DatabaseKind};
@@ -21,6 +22,52 @@ pub struct PgStore {
 
 impl PgStore {
     const FOR_UPDATE: &'static str = " FOR UPDATE";
+
+    /// A CTE picks the rows (an optimisation fence: the planner cannot lease more
+    /// than the LIMIT), SKIP LOCKED lets several instances lease side by side.
+    const LEASE_CHUNKS: &'static str = "\
+        WITH next AS ( \
+            SELECT c.id FROM slot_chunks c JOIN campaigns k ON k.id = c.campaign_id \
+            WHERE k.state = 'running' AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease_expires_at < $1)) \
+            ORDER BY c.id LIMIT $2 FOR UPDATE OF c SKIP LOCKED) \
+        UPDATE slot_chunks c SET state = 'leased', attempt = c.attempt + 1, lease_owner = $3, \
+            lease_expires_at = $4, updated_at = $1 \
+        FROM next WHERE c.id = next.id \
+        RETURNING c.id, c.slot_id, c.campaign_id, c.first_device_id, c.last_device_id, c.attempt";
+
+    const LEASE_DELIVERIES: &'static str = "\
+        WITH next AS ( \
+            SELECT d.id FROM deliveries d \
+            WHERE ((d.status IN ('queued', 'retry') AND d.next_attempt_at <= $1) \
+                   OR (d.status = 'leased' AND d.lease_expires_at < $1)) \
+              AND (d.campaign_id IS NULL OR EXISTS ( \
+                   SELECT 1 FROM campaigns k WHERE k.id = d.campaign_id AND k.state = 'running')) \
+            ORDER BY d.priority DESC, d.next_attempt_at LIMIT $2 FOR UPDATE OF d SKIP LOCKED) \
+        UPDATE deliveries d SET status = 'leased', attempts = d.attempts + 1, lease_owner = $3, \
+            lease_expires_at = $4, updated_at = $1 \
+        FROM next WHERE d.id = next.id RETURNING d.id";
+
+    const ID_IN: &'static str = "= ANY($1)";
+
+    fn bind_ids<'q, O>(q: QueryAs<'q, Postgres, O, PgArguments>, ids: &[i64]) -> QueryAs<'q, Postgres, O, PgArguments> {
+        q.bind(ids.to_vec())
+    }
+
+    /// Rows of a JSON array as a relation `x` with typed columns.
+    fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
+        let cols: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
+        format!("jsonb_to_recordset({param}) AS x({})", cols.join(", "))
+    }
+
+    fn time_json(t: DateTime<Utc>) -> serde_json::Value {
+        serde_json::json!(t)
+    }
+
+    fn json_arg(v: serde_json::Value) -> sqlx::types::Json<serde_json::Value> {
+        sqlx::types::Json(v)
+    }
+
+    shared_dispatch_helpers!(Postgres);
 
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
@@ -48,6 +95,7 @@ impl PgStore {
     ) -> QueryAs<'q, Postgres, O, PgArguments> {
         match b {
             Bind::Text(s) => q.bind(s),
+            Bind::Int(i) => q.bind(i),
             Bind::TextList(v) => q.bind(v),
         }
     }
@@ -90,4 +138,5 @@ impl Store for PgStore {
     }
 
     shared_store_methods!();
+    shared_dispatch_methods!();
 }

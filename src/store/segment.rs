@@ -8,6 +8,7 @@ use crate::config::DatabaseKind;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bind {
     Text(String),
+    Int(i64),
     /// A list of strings: a `text[]` on Postgres, a JSON array on SQLite.
     TextList(Vec<String>),
 }
@@ -72,10 +73,16 @@ impl Builder {
 /// SQL selecting the segment's recipients as `(device_id, user_id, zone)`, where
 /// `zone` is the device's zone, else the user's, else `''`.
 /// With `zone = Some(z)` only the recipients in that zone.
-pub fn recipients_sql(
+pub fn recipients_sql(kind: DatabaseKind, segment: &Segment<'_>, zone: Option<&str>) -> (String, Vec<Bind>) {
+    recipients_in_range_sql(kind, segment, zone, None)
+}
+
+/// As [`recipients_sql`], limited to device ids in `range` (inclusive).
+pub fn recipients_in_range_sql(
     kind: DatabaseKind,
     segment: &Segment<'_>,
     zone: Option<&str>,
+    range: Option<(i64, i64)>,
 ) -> (String, Vec<Bind>) {
     let mut b = Builder {
         kind,
@@ -143,10 +150,15 @@ pub fn recipients_sql(
     }
     // The zone is a condition on the device row itself, so each slot's audience
     // is a range of the (app_id, zone, id) index.
-    let zone_cond = match zone {
+    let mut zone_cond = match zone {
         Some(z) => format!(" AND d.zone = {}", b.text(z)),
         None => String::new(),
     };
+    if let Some((lo, hi)) = range {
+        let lo = b.param(Bind::Int(lo));
+        let hi = b.param(Bind::Int(hi));
+        zone_cond.push_str(&format!(" AND d.id BETWEEN {lo} AND {hi}"));
+    }
     // The primary device is the one no other active device of the user outranks
     // (flagged primary first, then the most recently registered). A condition on
     // the row, not a window over all devices, so the zone range stays an index scan.

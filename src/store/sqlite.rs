@@ -15,6 +15,7 @@ use sqlx::sqlite::{
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::segment::Bind;
+use super::dispatch::{shared_dispatch_helpers, shared_dispatch_methods};
 use super::shared::shared_store_methods;
 use super::{NewSlot, Store, StoreError};
 use crate::config::{DatabaseConfig, DatabaseKind};
@@ -33,6 +34,54 @@ pub(crate) fn sqlite_time(t: DateTime<Utc>) -> String {
 
 impl SqliteStore {
     const FOR_UPDATE: &'static str = "";
+
+    /// SQLite has one writer (this process's single write connection), so the
+    /// lease is a plain `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`.
+    const LEASE_CHUNKS: &'static str = "\
+        UPDATE slot_chunks SET state = 'leased', attempt = attempt + 1, lease_owner = $3, \
+            lease_expires_at = $4, updated_at = $1 \
+        WHERE id IN ( \
+            SELECT c.id FROM slot_chunks c JOIN campaigns k ON k.id = c.campaign_id \
+            WHERE k.state = 'running' AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease_expires_at < $1)) \
+            ORDER BY c.id LIMIT $2) \
+        RETURNING id, slot_id, campaign_id, first_device_id, last_device_id, attempt";
+
+    const LEASE_DELIVERIES: &'static str = "\
+        UPDATE deliveries SET status = 'leased', attempts = attempts + 1, lease_owner = $3, \
+            lease_expires_at = $4, updated_at = $1 \
+        WHERE id IN ( \
+            SELECT d.id FROM deliveries d \
+            WHERE ((d.status IN ('queued', 'retry') AND d.next_attempt_at <= $1) \
+                   OR (d.status = 'leased' AND d.lease_expires_at < $1)) \
+              AND (d.campaign_id IS NULL OR EXISTS ( \
+                   SELECT 1 FROM campaigns k WHERE k.id = d.campaign_id AND k.state = 'running')) \
+            ORDER BY d.priority DESC, d.next_attempt_at LIMIT $2) \
+        RETURNING id";
+
+    const ID_IN: &'static str = "IN (SELECT value FROM json_each($1))";
+
+    fn bind_ids<'q, O>(
+        q: QueryAs<'q, Sqlite, O, SqliteArguments<'q>>,
+        ids: &[i64],
+    ) -> QueryAs<'q, Sqlite, O, SqliteArguments<'q>> {
+        q.bind(serde_json::Value::from(ids.to_vec()).to_string())
+    }
+
+    /// Rows of a JSON array as a relation `x`.
+    fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
+        let cols: Vec<String> = columns.iter().map(|(n, _)| format!("value ->> '{n}' AS {n}")).collect();
+        format!("(SELECT {} FROM json_each({param})) AS x", cols.join(", "))
+    }
+
+    fn time_json(t: DateTime<Utc>) -> serde_json::Value {
+        serde_json::json!(sqlite_time(t))
+    }
+
+    fn json_arg(v: serde_json::Value) -> String {
+        v.to_string()
+    }
+
+    shared_dispatch_helpers!(Sqlite);
 
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(&cfg.url)?
@@ -69,6 +118,7 @@ impl SqliteStore {
     ) -> QueryAs<'q, Sqlite, O, SqliteArguments<'q>> {
         match b {
             Bind::Text(s) => q.bind(s),
+            Bind::Int(i) => q.bind(i),
             Bind::TextList(v) => q.bind(serde_json::Value::from(v).to_string()),
         }
     }
@@ -109,4 +159,5 @@ impl Store for SqliteStore {
     }
 
     shared_store_methods!();
+    shared_dispatch_methods!();
 }

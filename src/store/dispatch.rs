@@ -1,0 +1,622 @@
+//! Storage for the engine: releasing slots into chunks, leasing chunks and
+//! delivery rows, and writing outcomes back in batches, fenced by lease.
+//!
+//! `shared_dispatch_methods!()` expands inside each backend's `impl Store`; the
+//! backend provides `json_rows`, `time_json`, `LEASE_CHUNKS`, `LEASE_DELIVERIES`,
+//! `ID_IN` and `bind_ids`.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use crate::state::DeliveryStatus;
+
+/// A pending slot whose time has come.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct DueSlot {
+    pub slot_id: i64,
+    pub campaign_id: i64,
+    pub app_id: String,
+    pub zone: String,
+    pub occurrence: String,
+    pub fire_at: DateTime<Utc>,
+    pub definition: Json<Value>,
+}
+
+/// How a slot was released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Released {
+    pub recipients: i64,
+    pub chunks: i64,
+}
+
+/// A chunk of a slot's audience, leased to one worker.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LeasedChunk {
+    pub id: i64,
+    pub slot_id: i64,
+    pub campaign_id: i64,
+    pub first_device_id: i64,
+    pub last_device_id: i64,
+    pub attempt: i32,
+}
+
+/// What a worker needs to know about a slot to send its chunks.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct SlotInfo {
+    pub slot_id: i64,
+    pub campaign_id: i64,
+    pub app_id: String,
+    pub zone: String,
+    pub occurrence: String,
+    pub fire_at: DateTime<Utc>,
+    pub definition: Json<Value>,
+}
+
+/// One device to send to.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Recipient {
+    pub device_id: i64,
+    pub user_id: Option<i64>,
+    pub token: String,
+    pub platform: String,
+    pub locale: Option<String>,
+}
+
+/// A delivery's first outcome, written with the row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub device_id: i64,
+    pub user_id: Option<i64>,
+    pub status: DeliveryStatus,
+    pub provider_id: Option<String>,
+    pub error_reason: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// A batch of a chunk's outcomes, written only while the chunk's lease holds.
+#[derive(Debug, Clone)]
+pub struct ChunkWrite<'a> {
+    pub chunk: &'a LeasedChunk,
+    pub worker: &'a str,
+    pub app_id: &'a str,
+    pub occurrence: &'a str,
+    pub deliveries: &'a [NewDelivery],
+}
+
+/// A delivery row leased for another attempt (retries, transactional pushes).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct LeasedDelivery {
+    pub id: i64,
+    pub app_id: String,
+    pub campaign_id: Option<i64>,
+    pub slot_id: Option<i64>,
+    pub device_id: i64,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub token: String,
+    pub platform: String,
+    pub locale: Option<String>,
+    pub device_state: String,
+}
+
+/// The outcome of a leased delivery's attempt, fenced by `attempts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryUpdate {
+    pub id: i64,
+    pub attempts: i32,
+    pub device_id: i64,
+    pub status: DeliveryStatus,
+    pub provider_id: Option<String>,
+    pub error_reason: Option<String>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+pub(super) fn new_delivery_rows(rows: &[NewDelivery], time: impl Fn(DateTime<Utc>) -> Value) -> Value {
+    rows.iter()
+        .map(|d| {
+            serde_json::json!({
+                "device_id": d.device_id, "user_id": d.user_id, "status": d.status.to_string(),
+                "provider_id": d.provider_id, "error_reason": d.error_reason,
+                "next_attempt_at": d.next_attempt_at.map(&time),
+            })
+        })
+        .collect()
+}
+
+pub(super) fn update_rows(rows: &[DeliveryUpdate], time: impl Fn(DateTime<Utc>) -> Value) -> Value {
+    rows.iter()
+        .map(|d| {
+            serde_json::json!({
+                "id": d.id, "attempts": d.attempts, "status": d.status.to_string(),
+                "provider_id": d.provider_id, "error_reason": d.error_reason,
+                "next_attempt_at": d.next_attempt_at.map(&time),
+            })
+        })
+        .collect()
+}
+
+pub(super) const NEW_DELIVERY_COLUMNS: &[(&str, &str)] = &[
+    ("device_id", "bigint"),
+    ("user_id", "bigint"),
+    ("status", "text"),
+    ("provider_id", "text"),
+    ("error_reason", "text"),
+    ("next_attempt_at", "timestamptz"),
+];
+
+pub(super) const UPDATE_COLUMNS: &[(&str, &str)] = &[
+    ("id", "bigint"),
+    ("attempts", "integer"),
+    ("status", "text"),
+    ("provider_id", "text"),
+    ("error_reason", "text"),
+    ("next_attempt_at", "timestamptz"),
+];
+
+pub(super) const EVENT_COLUMNS: &[(&str, &str)] = &[
+    ("delivery_id", "bigint"),
+    ("status", "text"),
+    ("attempt", "integer"),
+    ("detail", "text"),
+];
+
+macro_rules! shared_dispatch_methods {
+    () => {
+        async fn due_slots(
+            &self,
+            now: chrono::DateTime<chrono::Utc>,
+            limit: i64,
+        ) -> Result<Vec<$crate::store::DueSlot>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(
+                "SELECT s.id AS slot_id, s.campaign_id, k.app_id, s.zone, s.occurrence, s.fire_at, k.definition \
+                 FROM slots s JOIN campaigns k ON k.id = s.campaign_id \
+                 WHERE s.state = 'pending' AND s.fire_at <= $1 AND k.state IN ('scheduled', 'running') \
+                 ORDER BY s.fire_at, s.id LIMIT $2",
+            )
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&self.read)
+            .await?)
+        }
+
+        async fn next_due_at(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>, $crate::store::StoreError> {
+            Ok(sqlx::query_scalar(
+                "SELECT MIN(s.fire_at) FROM slots s JOIN campaigns k ON k.id = s.campaign_id \
+                 WHERE s.state = 'pending' AND k.state IN ('scheduled', 'running')",
+            )
+            .fetch_one(&self.read)
+            .await?)
+        }
+
+        async fn release_slot(
+            &self,
+            slot: &$crate::store::DueSlot,
+            segment: &$crate::store::Segment<'_>,
+            chunk_size: i64,
+            worker: &str,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<Option<$crate::store::Released>, $crate::store::StoreError> {
+            let mut tx = self.write.begin().await?;
+            let won = sqlx::query(
+                "UPDATE slots SET state = 'released', released_at = $2, released_by = $3 WHERE id = $1 AND state = 'pending'",
+            )
+            .bind(slot.slot_id)
+            .bind(now)
+            .bind(worker)
+            .execute(&mut *tx)
+            .await?;
+            if won.rows_affected() != 1 {
+                return Ok(None);
+            }
+            sqlx::query("UPDATE campaigns SET state = 'running', updated_at = $2 WHERE id = $1 AND state = 'scheduled'")
+                .bind(slot.campaign_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let zone = (slot.zone != $crate::planner::ALL_ZONES).then_some(slot.zone.as_str());
+            let (recipients, binds) = $crate::store::segment::recipients_sql(self.kind(), segment, zone);
+            let n = binds.len();
+            // Buckets of `chunk_size` consecutive device ids: each chunk is a key range.
+            let sql = format!(
+                "INSERT INTO slot_chunks (slot_id, campaign_id, first_device_id, last_device_id, recipients, state, created_at, updated_at) \
+                 SELECT ${a}, ${b}, MIN(device_id), MAX(device_id), COUNT(*), 'pending', ${c}, ${c} FROM ( \
+                   SELECT r.device_id, (ROW_NUMBER() OVER (ORDER BY r.device_id) - 1) / ${d} AS bucket FROM ({recipients}) r \
+                 ) b GROUP BY bucket RETURNING CAST(recipients AS BIGINT)",
+                a = n + 1,
+                b = n + 2,
+                c = n + 3,
+                d = n + 4
+            );
+            let mut insert = sqlx::query_as::<_, (i64,)>(&sql);
+            for b in binds {
+                insert = Self::bind_segment(insert, b);
+            }
+            let sizes = insert
+                .bind(slot.slot_id)
+                .bind(slot.campaign_id)
+                .bind(now)
+                .bind(chunk_size.max(1))
+                .fetch_all(&mut *tx)
+                .await?;
+            let recipients: i64 = sizes.iter().map(|(n,)| n).sum();
+            let chunks = sizes.len() as i64;
+            sqlx::query("INSERT INTO slot_counts (slot_id, kind, n) VALUES ($1, 'recipients', $2)")
+                .bind(slot.slot_id)
+                .bind(recipients)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some($crate::store::Released { recipients, chunks }))
+        }
+
+        async fn lease_chunks(
+            &self,
+            worker: &str,
+            now: chrono::DateTime<chrono::Utc>,
+            lease_until: chrono::DateTime<chrono::Utc>,
+            limit: i64,
+        ) -> Result<Vec<$crate::store::LeasedChunk>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(Self::LEASE_CHUNKS)
+                .bind(now)
+                .bind(limit)
+                .bind(worker)
+                .bind(lease_until)
+                .fetch_all(&self.write)
+                .await?)
+        }
+
+        async fn extend_chunk_lease(
+            &self,
+            chunk: &$crate::store::LeasedChunk,
+            worker: &str,
+            until: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, $crate::store::StoreError> {
+            let done = sqlx::query(
+                "UPDATE slot_chunks SET lease_expires_at = $4 \
+                 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
+            )
+            .bind(chunk.id)
+            .bind(chunk.attempt)
+            .bind(worker)
+            .bind(until)
+            .execute(&self.write)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn slot_info(&self, slot_id: i64) -> Result<Option<$crate::store::SlotInfo>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(
+                "SELECT s.id AS slot_id, s.campaign_id, k.app_id, s.zone, s.occurrence, s.fire_at, k.definition \
+                 FROM slots s JOIN campaigns k ON k.id = s.campaign_id WHERE s.id = $1",
+            )
+            .bind(slot_id)
+            .fetch_optional(&self.read)
+            .await?)
+        }
+
+        async fn chunk_recipients(
+            &self,
+            chunk: &$crate::store::LeasedChunk,
+            slot: &$crate::store::SlotInfo,
+            segment: &$crate::store::Segment<'_>,
+        ) -> Result<Vec<$crate::store::Recipient>, $crate::store::StoreError> {
+            let zone = (slot.zone != $crate::planner::ALL_ZONES).then_some(slot.zone.as_str());
+            let (recipients, binds) = $crate::store::segment::recipients_in_range_sql(
+                self.kind(),
+                segment,
+                zone,
+                Some((chunk.first_device_id, chunk.last_device_id)),
+            );
+            let n = binds.len();
+            // Devices already served for this occurrence (by an earlier lease of this
+            // chunk, or another slot the device's zone moved to) are skipped.
+            let sql = format!(
+                "SELECT r.device_id, r.user_id, d.token, d.platform, d.locale FROM ({recipients}) r \
+                 JOIN devices d ON d.id = r.device_id \
+                 WHERE NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.campaign_id = ${c} AND x.occurrence = ${o} \
+                                   AND x.device_id = r.device_id) \
+                 ORDER BY r.device_id",
+                c = n + 1,
+                o = n + 2
+            );
+            let mut q = sqlx::query_as::<_, $crate::store::Recipient>(&sql);
+            for b in binds {
+                q = Self::bind_segment(q, b);
+            }
+            Ok(q.bind(slot.campaign_id).bind(&slot.occurrence).fetch_all(&self.write).await?)
+        }
+
+        async fn record_chunk(
+            &self,
+            w: &$crate::store::ChunkWrite<'_>,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<u64, $crate::store::StoreError> {
+            use $crate::state::{DeliveryStatus, StateMachine};
+            let mut tx = self.write.begin().await?;
+            let lock = format!(
+                "SELECT id FROM slot_chunks WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'{}",
+                Self::FOR_UPDATE
+            );
+            let held: Option<i64> = sqlx::query_scalar(&lock)
+                .bind(w.chunk.id)
+                .bind(w.chunk.attempt)
+                .bind(w.worker)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if held.is_none() {
+                return Err($crate::store::StoreError::LeaseLost { what: format!("chunk {}", w.chunk.id) });
+            }
+            let rows = $crate::store::dispatch::new_delivery_rows(w.deliveries, Self::time_json);
+            let source = Self::json_rows("$6", $crate::store::dispatch::NEW_DELIVERY_COLUMNS);
+            let insert = format!(
+                "INSERT INTO deliveries (app_id, campaign_id, slot_id, occurrence, user_id, device_id, status, attempts, \
+                   next_attempt_at, provider_id, error_reason, created_at, updated_at, sent_at) \
+                 SELECT $1, $2, $3, $4, x.user_id, x.device_id, x.status, 1, x.next_attempt_at, x.provider_id, \
+                   x.error_reason, $5, $5, CASE WHEN x.status = 'sent' THEN $5 END \
+                 FROM {source} WHERE TRUE \
+                 ON CONFLICT (campaign_id, occurrence, device_id) DO NOTHING \
+                 RETURNING id, status, error_reason"
+            );
+            let written: Vec<(i64, String, Option<String>)> = sqlx::query_as(&insert)
+                .bind(w.app_id)
+                .bind(w.chunk.campaign_id)
+                .bind(w.chunk.slot_id)
+                .bind(w.occurrence)
+                .bind(now)
+                .bind(Self::json_arg(rows))
+                .fetch_all(&mut *tx)
+                .await?;
+            // The first status of a sent delivery is implied by its row; every other
+            // first outcome (retry, failure, dead token) starts the history.
+            let events: Vec<(i64, String, i32, Option<String>)> = written
+                .iter()
+                .filter(|(_, status, _)| status != DeliveryStatus::Sent.as_str())
+                .map(|(id, status, reason)| (*id, status.clone(), 1, reason.clone()))
+                .collect();
+            Self::insert_events(&mut tx, &events, now).await?;
+            let dead: Vec<(i64, String)> = w
+                .deliveries
+                .iter()
+                .filter(|d| d.status == DeliveryStatus::TokenInvalid)
+                .map(|d| (d.device_id, d.error_reason.clone().unwrap_or_default()))
+                .collect();
+            Self::invalidate_devices(&mut tx, &dead, now).await?;
+            tx.commit().await?;
+            Ok(written.len() as u64)
+        }
+
+        async fn finish_chunk(
+            &self,
+            chunk: &$crate::store::LeasedChunk,
+            worker: &str,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, $crate::store::StoreError> {
+            let done = sqlx::query(
+                "UPDATE slot_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
+                 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
+            )
+            .bind(chunk.id)
+            .bind(chunk.attempt)
+            .bind(worker)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn return_chunk(
+            &self,
+            chunk: &$crate::store::LeasedChunk,
+            worker: &str,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, $crate::store::StoreError> {
+            let done = sqlx::query(
+                "UPDATE slot_chunks SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
+                 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
+            )
+            .bind(chunk.id)
+            .bind(chunk.attempt)
+            .bind(worker)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        async fn lease_deliveries(
+            &self,
+            worker: &str,
+            now: chrono::DateTime<chrono::Utc>,
+            lease_until: chrono::DateTime<chrono::Utc>,
+            limit: i64,
+        ) -> Result<Vec<$crate::store::LeasedDelivery>, $crate::store::StoreError> {
+            let ids: Vec<i64> = sqlx::query_scalar(Self::LEASE_DELIVERIES)
+                .bind(now)
+                .bind(limit)
+                .bind(worker)
+                .bind(lease_until)
+                .fetch_all(&self.write)
+                .await?;
+            if ids.is_empty() {
+                return Ok(vec![]);
+            }
+            let sql = format!(
+                "SELECT d.id, d.app_id, d.campaign_id, d.slot_id, d.device_id, d.attempts, d.created_at, \
+                        v.token, v.platform, v.locale, v.state AS device_state \
+                 FROM deliveries d JOIN devices v ON v.id = d.device_id WHERE d.id {} ORDER BY d.id",
+                Self::ID_IN
+            );
+            let q = sqlx::query_as::<_, $crate::store::LeasedDelivery>(&sql);
+            Ok(Self::bind_ids(q, &ids).fetch_all(&self.write).await?)
+        }
+
+        async fn record_deliveries(
+            &self,
+            worker: &str,
+            updates: &[$crate::store::DeliveryUpdate],
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<u64, $crate::store::StoreError> {
+            use $crate::state::DeliveryStatus;
+            if updates.is_empty() {
+                return Ok(0);
+            }
+            let mut tx = self.write.begin().await?;
+            let rows = $crate::store::dispatch::update_rows(updates, Self::time_json);
+            let source = Self::json_rows("$3", $crate::store::dispatch::UPDATE_COLUMNS);
+            // Fenced: only rows still leased by this worker at this attempt change.
+            let sql = format!(
+                "UPDATE deliveries AS d SET status = x.status, next_attempt_at = x.next_attempt_at, \
+                   provider_id = COALESCE(x.provider_id, d.provider_id), error_reason = x.error_reason, \
+                   lease_owner = NULL, lease_expires_at = NULL, updated_at = $1, \
+                   sent_at = CASE WHEN x.status = 'sent' THEN $1 ELSE d.sent_at END \
+                 FROM {source} \
+                 WHERE d.id = x.id AND d.attempts = x.attempts AND d.status = 'leased' AND d.lease_owner = $2 \
+                 RETURNING d.id"
+            );
+            let changed: Vec<i64> = sqlx::query_scalar(&sql)
+                .bind(now)
+                .bind(worker)
+                .bind(Self::json_arg(rows))
+                .fetch_all(&mut *tx)
+                .await?;
+            let changed_set: std::collections::HashSet<i64> = changed.iter().copied().collect();
+            let events: Vec<(i64, String, i32, Option<String>)> = updates
+                .iter()
+                .filter(|u| changed_set.contains(&u.id))
+                .map(|u| (u.id, u.status.to_string(), u.attempts, u.error_reason.clone()))
+                .collect();
+            Self::insert_events(&mut tx, &events, now).await?;
+            let dead: Vec<(i64, String)> = updates
+                .iter()
+                .filter(|u| changed_set.contains(&u.id) && u.status == DeliveryStatus::TokenInvalid)
+                .map(|u| (u.device_id, u.error_reason.clone().unwrap_or_default()))
+                .collect();
+            Self::invalidate_devices(&mut tx, &dead, now).await?;
+            tx.commit().await?;
+            Ok(changed.len() as u64)
+        }
+
+        async fn complete_slots(&self) -> Result<Vec<(i64, i64)>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(
+                "UPDATE slots SET state = 'completed' WHERE state = 'released' \
+                 AND NOT EXISTS (SELECT 1 FROM slot_chunks c WHERE c.slot_id = slots.id AND c.state IN ('pending', 'leased')) \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.slot_id = slots.id AND d.status IN ('queued', 'leased', 'retry')) \
+                 RETURNING id, campaign_id",
+            )
+            .fetch_all(&self.write)
+            .await?)
+        }
+
+        async fn complete_campaigns(
+            &self,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<Vec<i64>, $crate::store::StoreError> {
+            Ok(sqlx::query_scalar(
+                "UPDATE campaigns SET state = 'completed', completed_at = $1, updated_at = $1 WHERE state = 'running' \
+                 AND NOT EXISTS (SELECT 1 FROM slots s WHERE s.campaign_id = campaigns.id AND s.state IN ('pending', 'released')) \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = campaigns.id AND d.status IN ('queued', 'leased', 'retry')) \
+                 RETURNING id",
+            )
+            .bind(now)
+            .fetch_all(&self.write)
+            .await?)
+        }
+
+        async fn add_slots(
+            &self,
+            campaign_id: i64,
+            slots: &[$crate::store::NewSlot],
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), $crate::store::StoreError> {
+            let mut tx = self.write.begin().await?;
+            Self::insert_slots(&mut tx, campaign_id, slots, now).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+
+        async fn delivery_counts(
+            &self,
+            campaign_id: i64,
+        ) -> Result<std::collections::BTreeMap<String, i64>, $crate::store::StoreError> {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = $1 GROUP BY status ORDER BY status",
+            )
+            .bind(campaign_id)
+            .fetch_all(&self.read)
+            .await?;
+            Ok(rows.into_iter().collect())
+        }
+
+        async fn delivery_history(
+            &self,
+            delivery_id: i64,
+        ) -> Result<Vec<(String, i32, Option<String>)>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(
+                "SELECT status, attempt, detail FROM delivery_events WHERE delivery_id = $1 ORDER BY id",
+            )
+            .bind(delivery_id)
+            .fetch_all(&self.read)
+            .await?)
+        }
+    };
+}
+
+/// Helpers the dispatch methods share; expanded in each backend's inherent impl.
+macro_rules! shared_dispatch_helpers {
+    ($db:ty) => {
+        /// Appends history rows: (delivery id, status, attempt, detail).
+        async fn insert_events(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            events: &[(i64, String, i32, Option<String>)],
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), $crate::store::StoreError> {
+            if events.is_empty() {
+                return Ok(());
+            }
+            let rows: serde_json::Value = events
+                .iter()
+                .map(|(id, status, attempt, detail)| {
+                    serde_json::json!({"delivery_id": id, "status": status, "attempt": attempt, "detail": detail})
+                })
+                .collect();
+            let source = Self::json_rows("$2", $crate::store::dispatch::EVENT_COLUMNS);
+            sqlx::query(&format!(
+                "INSERT INTO delivery_events (delivery_id, status, attempt, detail, at) \
+                 SELECT x.delivery_id, x.status, x.attempt, x.detail, $1 FROM {source}"
+            ))
+            .bind(now)
+            .bind(Self::json_arg(rows))
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
+        /// Marks dead tokens invalid: (device id, reason).
+        async fn invalidate_devices(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            dead: &[(i64, String)],
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), $crate::store::StoreError> {
+            if dead.is_empty() {
+                return Ok(());
+            }
+            let rows: serde_json::Value = dead
+                .iter()
+                .map(|(id, reason)| serde_json::json!({"id": id, "reason": reason}))
+                .collect();
+            let source = Self::json_rows("$2", &[("id", "bigint"), ("reason", "text")]);
+            sqlx::query(&format!(
+                "UPDATE devices AS v SET state = 'invalid', invalid_reason = x.reason, invalidated_at = $1, updated_at = $1 \
+                 FROM {source} WHERE v.id = x.id AND v.state = 'active'"
+            ))
+            .bind(now)
+            .bind(Self::json_arg(rows))
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+    };
+}
+
+pub(super) use {shared_dispatch_helpers, shared_dispatch_methods};
