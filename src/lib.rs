@@ -6,6 +6,7 @@ pub mod campaign;
 pub mod clock;
 pub mod config;
 pub mod definitions;
+pub mod engine;
 pub mod payload;
 pub mod planner;
 pub mod provider;

@@ -232,6 +232,17 @@ impl Pacer {
         }
     }
 
+    /// At most `per_minute` sends in any minute (a campaign's throttle).
+    pub fn per_minute(per_minute: NonZeroU32) -> Self {
+        let n = per_minute.get();
+        let burst = (n / 60).max(1);
+        let quota = governor::Quota::per_minute(per_minute)
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Self {
+            limiter: governor::RateLimiter::direct(quota),
+        }
+    }
+
     /// Waits for a send slot.
     pub async fn ready(&self) {
         self.limiter.until_ready().await;

@@ -112,7 +112,10 @@ pub struct DeliveryUpdate {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
-pub(super) fn new_delivery_rows(rows: &[NewDelivery], time: impl Fn(DateTime<Utc>) -> Value) -> Value {
+pub(super) fn new_delivery_rows(
+    rows: &[NewDelivery],
+    time: impl Fn(DateTime<Utc>) -> Value,
+) -> Value {
     rows.iter()
         .map(|d| {
             serde_json::json!({
@@ -128,7 +131,7 @@ pub(super) fn update_rows(rows: &[DeliveryUpdate], time: impl Fn(DateTime<Utc>) 
     rows.iter()
         .map(|d| {
             serde_json::json!({
-                "id": d.id, "attempts": d.attempts, "status": d.status.to_string(),
+                "delivery_id": d.id, "attempts": d.attempts, "status": d.status.to_string(),
                 "provider_id": d.provider_id, "error_reason": d.error_reason,
                 "next_attempt_at": d.next_attempt_at.map(&time),
             })
@@ -146,7 +149,7 @@ pub(super) const NEW_DELIVERY_COLUMNS: &[(&str, &str)] = &[
 ];
 
 pub(super) const UPDATE_COLUMNS: &[(&str, &str)] = &[
-    ("id", "bigint"),
+    ("delivery_id", "bigint"),
     ("attempts", "integer"),
     ("status", "text"),
     ("provider_id", "text"),
@@ -471,8 +474,8 @@ macro_rules! shared_dispatch_methods {
                    lease_owner = NULL, lease_expires_at = NULL, updated_at = $1, \
                    sent_at = CASE WHEN x.status = 'sent' THEN $1 ELSE d.sent_at END \
                  FROM {source} \
-                 WHERE d.id = x.id AND d.attempts = x.attempts AND d.status = 'leased' AND d.lease_owner = $2 \
-                 RETURNING d.id"
+                 WHERE d.id = x.delivery_id AND d.attempts = x.attempts AND d.status = 'leased' AND d.lease_owner = $2 \
+                 RETURNING id"
             );
             let changed: Vec<i64> = sqlx::query_scalar(&sql)
                 .bind(now)

@@ -21,7 +21,10 @@ pub mod segment;
 mod shared;
 mod sqlite;
 
-pub use dispatch::{ChunkWrite, DeliveryUpdate, DueSlot, LeasedChunk, LeasedDelivery, NewDelivery, Recipient, Released, SlotInfo};
+pub use dispatch::{
+    ChunkWrite, DeliveryUpdate, DueSlot, LeasedChunk, LeasedDelivery, NewDelivery, Recipient,
+    Released, SlotInfo,
+};
 pub use postgres::PgStore;
 pub use segment::{Segment, TopicRule};
 pub use sqlite::SqliteStore;
@@ -294,10 +297,15 @@ pub trait Store: Send + Sync + 'static {
     // ---- the engine (src/store/dispatch.rs) ----
 
     /// Pending slots due at `now` of scheduled or running campaigns, oldest first.
-    fn due_slots(&self, now: DateTime<Utc>, limit: i64) -> impl Future<Output = Result<Vec<DueSlot>, StoreError>> + Send;
+    fn due_slots(
+        &self,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<DueSlot>, StoreError>> + Send;
 
     /// The earliest `fire_at` of a pending slot (to sleep until).
-    fn next_due_at(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+    fn next_due_at(&self)
+        -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
 
     /// Releases a slot if it is still pending (one instance wins): splits its
     /// audience into chunks of `chunk_size` device ids and moves the campaign to
@@ -328,7 +336,10 @@ pub trait Store: Send + Sync + 'static {
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    fn slot_info(&self, slot_id: i64) -> impl Future<Output = Result<Option<SlotInfo>, StoreError>> + Send;
+    fn slot_info(
+        &self,
+        slot_id: i64,
+    ) -> impl Future<Output = Result<Option<SlotInfo>, StoreError>> + Send;
 
     /// The chunk's recipients not yet served for the slot's occurrence.
     fn chunk_recipients(
@@ -340,13 +351,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a batch of first outcomes as delivery rows (and the history of the
     /// ones not sent, and dead tokens), only while the chunk's lease holds.
-    fn record_chunk(&self, write: &ChunkWrite<'_>, now: DateTime<Utc>) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    fn record_chunk(
+        &self,
+        write: &ChunkWrite<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Marks a leased chunk done; false if the lease was lost.
-    fn finish_chunk(&self, chunk: &LeasedChunk, worker: &str, now: DateTime<Utc>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn finish_chunk(
+        &self,
+        chunk: &LeasedChunk,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Gives a leased chunk back unfinished (graceful shutdown).
-    fn return_chunk(&self, chunk: &LeasedChunk, worker: &str, now: DateTime<Utc>) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn return_chunk(
+        &self,
+        chunk: &LeasedChunk,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Leases delivery rows due for an attempt (retries, queued transactional
     /// pushes) and rows whose lease expired, highest priority first.
@@ -372,16 +397,30 @@ pub trait Store: Send + Sync + 'static {
     fn complete_slots(&self) -> impl Future<Output = Result<Vec<(i64, i64)>, StoreError>> + Send;
 
     /// Completes running campaigns with no slot and no delivery left pending.
-    fn complete_campaigns(&self, now: DateTime<Utc>) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
+    fn complete_campaigns(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
 
     /// Adds slots to a campaign (the next occurrence of a recurring one).
-    fn add_slots(&self, campaign_id: i64, slots: &[NewSlot], now: DateTime<Utc>) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn add_slots(
+        &self,
+        campaign_id: i64,
+        slots: &[NewSlot],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Deliveries of a campaign by status.
-    fn delivery_counts(&self, campaign_id: i64) -> impl Future<Output = Result<std::collections::BTreeMap<String, i64>, StoreError>> + Send;
+    fn delivery_counts(
+        &self,
+        campaign_id: i64,
+    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, i64>, StoreError>> + Send;
 
     /// A delivery's recorded history: (status, attempt, detail).
-    fn delivery_history(&self, delivery_id: i64) -> impl Future<Output = Result<Vec<(String, i32, Option<String>)>, StoreError>> + Send;
+    fn delivery_history(
+        &self,
+        delivery_id: i64,
+    ) -> impl Future<Output = Result<Vec<(String, i32, Option<String>)>, StoreError>> + Send;
 }
 
 /// A store of either kind, chosen by the configured URL.

@@ -7,8 +7,8 @@ use sqlx::postgres::{PgArguments, PgPoolOptions};
 use sqlx::query::QueryAs;
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::segment::Bind;
 use super::dispatch::{shared_dispatch_helpers, shared_dispatch_methods};
+use super::segment::Bind;
 use super::shared::shared_store_methods;
 use super::{NewSlot, Store, StoreError};
 use crate::config::{DatabaseConfig, DatabaseKind};
@@ -49,7 +49,10 @@ impl PgStore {
 
     const ID_IN: &'static str = "= ANY($1)";
 
-    fn bind_ids<'q, O>(q: QueryAs<'q, Postgres, O, PgArguments>, ids: &[i64]) -> QueryAs<'q, Postgres, O, PgArguments> {
+    fn bind_ids<'q, O>(
+        q: QueryAs<'q, Postgres, O, PgArguments>,
+        ids: &[i64],
+    ) -> QueryAs<'q, Postgres, O, PgArguments> {
         q.bind(ids.to_vec())
     }
 
@@ -114,7 +117,8 @@ impl PgStore {
             "INSERT INTO slots (campaign_id, occurrence, zone, fire_at, disposition, state, planned_count, created_at) \
              SELECT $1, x.occurrence, x.zone, x.fire_at, x.disposition, x.state, x.planned_count, $2 \
              FROM jsonb_to_recordset($3) AS x(occurrence text, zone text, fire_at timestamptz, \
-                                             disposition text, state text, planned_count bigint)",
+                                             disposition text, state text, planned_count bigint) \
+             ON CONFLICT (campaign_id, occurrence, zone) DO NOTHING",
         )
         .bind(campaign_id)
         .bind(now)

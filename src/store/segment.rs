@@ -73,7 +73,11 @@ impl Builder {
 /// SQL selecting the segment's recipients as `(device_id, user_id, zone)`, where
 /// `zone` is the device's zone, else the user's, else `''`.
 /// With `zone = Some(z)` only the recipients in that zone.
-pub fn recipients_sql(kind: DatabaseKind, segment: &Segment<'_>, zone: Option<&str>) -> (String, Vec<Bind>) {
+pub fn recipients_sql(
+    kind: DatabaseKind,
+    segment: &Segment<'_>,
+    zone: Option<&str>,
+) -> (String, Vec<Bind>) {
     recipients_in_range_sql(kind, segment, zone, None)
 }
 

@@ -14,8 +14,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
-use super::segment::Bind;
 use super::dispatch::{shared_dispatch_helpers, shared_dispatch_methods};
+use super::segment::Bind;
 use super::shared::shared_store_methods;
 use super::{NewSlot, Store, StoreError};
 use crate::config::{DatabaseConfig, DatabaseKind};
@@ -69,7 +69,10 @@ impl SqliteStore {
 
     /// Rows of a JSON array as a relation `x`.
     fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
-        let cols: Vec<String> = columns.iter().map(|(n, _)| format!("value ->> '{n}' AS {n}")).collect();
+        let cols: Vec<String> = columns
+            .iter()
+            .map(|(n, _)| format!("value ->> '{n}' AS {n}"))
+            .collect();
         format!("(SELECT {} FROM json_each({param})) AS x", cols.join(", "))
     }
 
@@ -137,7 +140,8 @@ impl SqliteStore {
             "INSERT INTO slots (campaign_id, occurrence, zone, fire_at, disposition, state, planned_count, created_at) \
              SELECT $1, value ->> 'occurrence', value ->> 'zone', value ->> 'fire_at', value ->> 'disposition', \
                     value ->> 'state', value ->> 'planned_count', $2 \
-             FROM json_each($3)",
+             FROM json_each($3) WHERE TRUE \
+             ON CONFLICT (campaign_id, occurrence, zone) DO NOTHING",
         )
         .bind(campaign_id)
         .bind(now)

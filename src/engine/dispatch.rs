@@ -1,0 +1,288 @@
+//! Leasing work, sending it, and writing outcomes back in batches.
+
+use futures::StreamExt;
+
+use super::outcome::{decide, Decision};
+use super::{platform_of, Engine, EngineError};
+use crate::provider::app::Push;
+use crate::provider::Outcome;
+use crate::state::DeliveryStatus;
+use crate::store::{
+    ChunkWrite, DeliveryUpdate, LeasedChunk, LeasedDelivery, NewDelivery, Store, StoreError,
+};
+
+impl<S: Store> Engine<S> {
+    /// Leases and sends retry rows, then chunks; returns (rows, chunks, outcomes recorded).
+    pub(super) async fn dispatch(&self) -> Result<(usize, usize, usize), EngineError> {
+        let now = self.now();
+        let until = now + self.settings.lease;
+        let worker = &self.settings.worker_id;
+        let rows = self.store.lease_deliveries(worker, now, until, 500).await?;
+        let retried = rows.len();
+        let mut recorded = 0;
+        if !rows.is_empty() {
+            recorded += self.send_rows(rows).await?;
+        }
+        let chunks = self
+            .store
+            .lease_chunks(worker, now, until, self.settings.chunks_in_flight as i64)
+            .await?;
+        let leased = chunks.len();
+        let results =
+            futures::future::join_all(chunks.into_iter().map(|c| self.process_chunk(c))).await;
+        for r in results {
+            recorded += r?;
+        }
+        Ok((retried, leased, recorded))
+    }
+
+    /// Sends a chunk's recipients and records each outcome; returns how many were recorded.
+    async fn process_chunk(&self, chunk: LeasedChunk) -> Result<usize, EngineError> {
+        let worker = self.settings.worker_id.as_str();
+        let Some(slot) = self.store.slot_info(chunk.slot_id).await? else {
+            return Ok(0);
+        };
+        let Some(ctx) = self.campaign_ctx(slot.campaign_id, &slot.definition.0) else {
+            self.store.return_chunk(&chunk, worker, self.now()).await?;
+            return Ok(0);
+        };
+        let app_id = ctx.campaign.definition.app.clone();
+        let Some(providers) = self.providers_for(&app_id) else {
+            self.store.return_chunk(&chunk, worker, self.now()).await?;
+            return Ok(0);
+        };
+        let recipients = self
+            .store
+            .chunk_recipients(&chunk, &slot, &ctx.segment())
+            .await?;
+        let message = &ctx.campaign.definition.message;
+        let expires_at = message
+            .ttl
+            .and_then(|ttl| chrono::TimeDelta::from_std(ttl).ok())
+            .map(|ttl| slot.fire_at + ttl);
+
+        let work = async {
+            let mut sends = futures::stream::iter(recipients)
+                .map(|r| {
+                    let providers = &providers;
+                    let ctx = &ctx;
+                    async move {
+                        if self.is_stopping() {
+                            return None;
+                        }
+                        if let Some(t) = &ctx.throttle {
+                            t.ready().await;
+                        }
+                        let now = self.now();
+                        if expires_at.is_some_and(|e| now > e) {
+                            let d = Decision {
+                                status: DeliveryStatus::Expired,
+                                provider_id: None,
+                                reason: Some("TTL passed before sending".to_owned()),
+                                next_attempt_at: None,
+                            };
+                            return Some((r, d));
+                        }
+                        let outcome = providers
+                            .send(&Push {
+                                delivery_id: r.device_id,
+                                platform: platform_of(&r.platform),
+                                token: &r.token,
+                                locale: r.locale.as_deref(),
+                                message: &ctx.campaign.definition.message,
+                                collapse_key: Some(&ctx.collapse_key),
+                                expires_at,
+                            })
+                            .await;
+                        let d = decide(
+                            &outcome,
+                            1,
+                            &self.settings.retry,
+                            self.now(),
+                            expires_at,
+                            fastrand::f64(),
+                        );
+                        Some((r, d))
+                    }
+                })
+                .buffer_unordered(self.settings.sends_per_chunk.max(1));
+            let mut batch = Vec::with_capacity(self.settings.flush_every);
+            let mut recorded = 0;
+            let mut given_back = false;
+            while let Some(item) = sends.next().await {
+                match item {
+                    None => given_back = true,
+                    Some((r, d)) => batch.push(NewDelivery {
+                        device_id: r.device_id,
+                        user_id: r.user_id,
+                        status: d.status,
+                        provider_id: d.provider_id,
+                        error_reason: d.reason,
+                        next_attempt_at: d.next_attempt_at,
+                    }),
+                }
+                if batch.len() >= self.settings.flush_every {
+                    recorded += self
+                        .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
+                        .await?;
+                }
+            }
+            recorded += self
+                .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
+                .await?;
+            let now = self.now();
+            if given_back {
+                self.store.return_chunk(&chunk, worker, now).await?;
+            } else {
+                self.store.finish_chunk(&chunk, worker, now).await?;
+            }
+            Ok::<usize, StoreError>(recorded)
+        };
+        // Keep the lease alive while sending (a throttled chunk can outlast it).
+        let heartbeat = async {
+            let every = (self.settings.lease / 3)
+                .to_std()
+                .unwrap_or(std::time::Duration::from_secs(10));
+            loop {
+                tokio::time::sleep(every).await;
+                let until = self.now() + self.settings.lease;
+                match self.store.extend_chunk_lease(&chunk, worker, until).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(
+                        message = "Chunk lease lost while sending.",
+                        chunk_id = chunk.id
+                    ),
+                    Err(error) => {
+                        tracing::warn!(message = "Cannot extend chunk lease.", chunk_id = chunk.id, %error)
+                    }
+                }
+            }
+        };
+        let result = tokio::select! {
+            r = work => r,
+            _ = heartbeat => Ok(0),
+        };
+        match result {
+            Ok(n) => Ok(n),
+            Err(StoreError::LeaseLost { what }) => {
+                tracing::warn!(message = "Lease lost; another worker owns the chunk now.", %what);
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn flush_chunk(
+        &self,
+        chunk: &LeasedChunk,
+        app_id: &str,
+        occurrence: &str,
+        batch: &mut Vec<NewDelivery>,
+    ) -> Result<usize, StoreError> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let n = batch.len();
+        self.store
+            .record_chunk(
+                &ChunkWrite {
+                    chunk,
+                    worker: &self.settings.worker_id,
+                    app_id,
+                    occurrence,
+                    deliveries: batch,
+                },
+                self.now(),
+            )
+            .await?;
+        batch.clear();
+        Ok(n)
+    }
+
+    /// Sends leased delivery rows (retries) and records their outcomes.
+    async fn send_rows(&self, rows: Vec<LeasedDelivery>) -> Result<usize, EngineError> {
+        let mut updates = Vec::with_capacity(rows.len());
+        let sends = futures::stream::iter(rows)
+            .map(|row| async move {
+                let decision = self.attempt_row(&row).await;
+                (row, decision)
+            })
+            .buffer_unordered(self.settings.sends_per_chunk.max(1));
+        let results: Vec<(LeasedDelivery, Decision)> = sends.collect().await;
+        for (row, d) in results {
+            updates.push(DeliveryUpdate {
+                id: row.id,
+                attempts: row.attempts,
+                device_id: row.device_id,
+                status: d.status,
+                provider_id: d.provider_id,
+                error_reason: d.reason,
+                next_attempt_at: d.next_attempt_at,
+            });
+        }
+        let mut recorded = 0;
+        for batch in updates.chunks(self.settings.flush_every.max(1)) {
+            recorded += self
+                .store
+                .record_deliveries(&self.settings.worker_id, batch, self.now())
+                .await? as usize;
+        }
+        Ok(recorded)
+    }
+
+    async fn attempt_row(&self, row: &LeasedDelivery) -> Decision {
+        let fail = |status, reason: &str| Decision {
+            status,
+            provider_id: None,
+            reason: Some(reason.to_owned()),
+            next_attempt_at: None,
+        };
+        if row.device_state != "active" {
+            return fail(DeliveryStatus::TokenInvalid, "device token was invalidated");
+        }
+        let slot = match row.slot_id {
+            Some(id) => self.store.slot_info(id).await.ok().flatten(),
+            None => None,
+        };
+        let Some(slot) = slot else {
+            return fail(DeliveryStatus::Failed, "no message for this delivery");
+        };
+        let Some(ctx) = self.campaign_ctx(slot.campaign_id, &slot.definition.0) else {
+            return fail(DeliveryStatus::Failed, "campaign definition is not valid");
+        };
+        let Some(providers) = self.providers_for(&row.app_id) else {
+            return fail(DeliveryStatus::Failed, "app is not configured");
+        };
+        let message = &ctx.campaign.definition.message;
+        let expires_at = message
+            .ttl
+            .and_then(|ttl| chrono::TimeDelta::from_std(ttl).ok())
+            .map(|ttl| slot.fire_at + ttl);
+        if expires_at.is_some_and(|e| self.now() > e) {
+            return fail(DeliveryStatus::Expired, "TTL passed before sending");
+        }
+        if let Some(t) = &ctx.throttle {
+            t.ready().await;
+        }
+        let outcome: Outcome = providers
+            .send(&Push {
+                delivery_id: row.id,
+                platform: platform_of(&row.platform),
+                token: &row.token,
+                locale: row.locale.as_deref(),
+                message,
+                collapse_key: Some(&ctx.collapse_key),
+                expires_at,
+            })
+            .await;
+        let attempt = u32::try_from(row.attempts).unwrap_or(1);
+        decide(
+            &outcome,
+            attempt,
+            &self.settings.retry,
+            self.now(),
+            expires_at,
+            fastrand::f64(),
+        )
+    }
+}

@@ -1,0 +1,292 @@
+//! The engine: release due slots, lease their chunks (and retry rows), dispatch
+//! through the providers, record outcomes, complete slots and campaigns.
+//!
+//! Every stage reads "now" from the `Clock`, so tests drive it step by step
+//! ([`Engine::step`]); `run` loops over the same step. No transaction is held
+//! across a network call: a lease is committed, then sent, then written back
+//! fenced by the lease's attempt.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::campaign::{AppContext, CampaignDefinition, Platform, ValidCampaign};
+use crate::clock::Clock;
+use crate::config::{AppConfig, Config};
+use crate::definitions::topic_rules;
+use crate::provider::app::AppProviders;
+use crate::provider::{Pacer, ProviderError, RetryPolicy};
+use crate::store::{Segment, Store, StoreError};
+
+mod dispatch;
+pub mod outcome;
+mod release;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+}
+
+/// How the engine works; defaults suit one instance on a small machine.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// This instance's name in leases (host and pid by default).
+    pub worker_id: String,
+    /// Device ids per chunk of a slot's audience.
+    pub chunk_size: i64,
+    /// How long a lease lasts without renewal; a dead owner's work is taken over after it.
+    pub lease: TimeDelta,
+    /// Chunks sent at the same time.
+    pub chunks_in_flight: usize,
+    /// Sends in flight per chunk.
+    pub sends_per_chunk: usize,
+    /// Outcomes written per statement.
+    pub flush_every: usize,
+    /// Longest sleep between steps when idle.
+    pub tick: Duration,
+    pub retry: RetryPolicy,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            worker_id: default_worker_id(),
+            chunk_size: 500,
+            lease: TimeDelta::seconds(60),
+            chunks_in_flight: 4,
+            sends_per_chunk: 256,
+            flush_every: 250,
+            tick: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), std::process::id())
+}
+
+/// A campaign ready to send: its validated definition and pacing.
+struct CampaignCtx {
+    campaign: ValidCampaign,
+    app: AppConfig,
+    collapse_key: String,
+    throttle: Option<Pacer>,
+}
+
+impl CampaignCtx {
+    fn segment(&self) -> Segment<'_> {
+        let def = &self.campaign.definition;
+        Segment {
+            app_id: &def.app,
+            audience: &def.audience,
+            topics: topic_rules(&self.app, &def.audience.topics),
+        }
+    }
+}
+
+/// What one step did, so tests can run steps until there is nothing left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepReport {
+    pub released: usize,
+    pub chunks: usize,
+    pub sent: usize,
+    pub retried: usize,
+    pub completed_slots: usize,
+    pub completed_campaigns: usize,
+}
+
+impl StepReport {
+    pub fn did_work(&self) -> bool {
+        *self != Self::default()
+    }
+}
+
+pub struct Engine<S> {
+    store: Arc<S>,
+    config: Arc<Config>,
+    providers: HashMap<String, Arc<AppProviders>>,
+    clock: Arc<dyn Clock>,
+    settings: EngineSettings,
+    campaigns: Mutex<HashMap<i64, Arc<CampaignCtx>>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl<S: Store> Engine<S> {
+    pub fn new(
+        store: Arc<S>,
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        settings: EngineSettings,
+    ) -> Result<Self, EngineError> {
+        let mut providers = HashMap::new();
+        for (id, app) in &config.apps {
+            providers.insert(
+                id.clone(),
+                Arc::new(AppProviders::from_config(id, app, clock.clone())?),
+            );
+        }
+        Ok(Self {
+            store,
+            config,
+            providers,
+            clock,
+            settings,
+            campaigns: Mutex::new(HashMap::new()),
+            stopping: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Asks the engine to stop: nothing new is released or leased, sends not yet
+    /// started are given back, in-flight ones finish and are recorded.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// One pass over every stage.
+    pub async fn step(&self) -> Result<StepReport, EngineError> {
+        let mut report = StepReport::default();
+        if self.is_stopping() {
+            return Ok(report);
+        }
+        report.released = self.release_due().await?;
+        let (retried, chunks, sent) = self.dispatch().await?;
+        report.retried = retried;
+        report.chunks = chunks;
+        report.sent = sent;
+        let (slots, campaigns) = self.complete().await?;
+        report.completed_slots = slots;
+        report.completed_campaigns = campaigns;
+        Ok(report)
+    }
+
+    /// Steps until a step finds nothing to do (tests and `dispatch_all_pending`).
+    pub async fn run_until_idle(&self) -> Result<StepReport, EngineError> {
+        let mut total = StepReport::default();
+        loop {
+            let r = self.step().await?;
+            if !r.did_work() {
+                return Ok(total);
+            }
+            total.released += r.released;
+            total.chunks += r.chunks;
+            total.sent += r.sent;
+            total.retried += r.retried;
+            total.completed_slots += r.completed_slots;
+            total.completed_campaigns += r.completed_campaigns;
+        }
+    }
+
+    /// Runs until `stop` is called: steps while there is work, otherwise sleeps
+    /// until the next due slot or the tick. A database error is logged and retried.
+    pub async fn run(&self, wake: Arc<tokio::sync::Notify>) {
+        let mut failures = 0u32;
+        while !self.is_stopping() {
+            match self.step().await {
+                Ok(r) if r.did_work() => {
+                    failures = 0;
+                    continue;
+                }
+                Ok(_) => failures = 0,
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(message = "Engine step failed; retrying.", %error, failures);
+                }
+            }
+            let mut sleep = self.settings.tick;
+            if failures > 0 {
+                sleep = Duration::from_millis(200 * u64::from(failures.min(25)));
+            } else if let Ok(Some(next)) = self.store.next_due_at().await {
+                let until = (next - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
+                sleep = sleep.min(until.max(Duration::from_millis(10)));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = wake.notified() => {}
+            }
+        }
+    }
+
+    /// The validated campaign for a stored definition (cached per campaign).
+    fn campaign_ctx(
+        &self,
+        campaign_id: i64,
+        definition: &serde_json::Value,
+    ) -> Option<Arc<CampaignCtx>> {
+        let mut cache = self
+            .campaigns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cache.get(&campaign_id) {
+            if serde_json::to_value(&c.campaign.definition).ok().as_ref() == Some(definition) {
+                return Some(c.clone());
+            }
+        }
+        let def: CampaignDefinition = match serde_json::from_value(definition.clone()) {
+            Ok(d) => d,
+            Err(error) => {
+                tracing::error!(message = "Stored campaign does not parse.", campaign_id, %error);
+                return None;
+            }
+        };
+        let Some(app) = self.config.app(&def.app).cloned() else {
+            tracing::error!(message = "Campaign's app is not configured.", campaign_id, app = %def.app);
+            return None;
+        };
+        let campaign = match def.validate(&AppContext {
+            app_id: &def.app,
+            topics: app.topic_names(),
+        }) {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::error!(message = "Stored campaign is no longer valid.", campaign_id, %error);
+                return None;
+            }
+        };
+        let throttle = campaign
+            .definition
+            .throttle_per_minute
+            .and_then(NonZeroU32::new)
+            .map(Pacer::per_minute);
+        let ctx = Arc::new(CampaignCtx {
+            campaign,
+            app,
+            collapse_key: format!("campaign-{campaign_id}"),
+            throttle,
+        });
+        cache.insert(campaign_id, ctx.clone());
+        Some(ctx)
+    }
+
+    fn providers_for(&self, app: &str) -> Option<Arc<AppProviders>> {
+        self.providers.get(app).cloned()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+}
+
+fn platform_of(s: &str) -> Platform {
+    if s == "android" {
+        Platform::Android
+    } else {
+        Platform::Ios
+    }
+}

@@ -1,0 +1,471 @@
+//! The engine end to end on both backends, driven step by step with a manual
+//! clock, sending over TLS HTTP/2 to the provider simulator.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use common::TestDb;
+use meridian::campaign::{parse_toml, Platform};
+use meridian::clock::{Clock, ManualClock};
+use meridian::config::Config;
+use meridian::definitions;
+use meridian::engine::{Engine, EngineSettings};
+use meridian::provider::jwt::{self, Es256Key, Rs256Key};
+use meridian::simulator::{
+    ApnsKey, Behaviour, FcmAccount, Simulator, SimulatorConfig, TEST_SERVICE_ACCOUNT_KEY,
+};
+use meridian::state::{CampaignState, DeviceState};
+use meridian::store::{DeviceUpsert, Store, StoreError};
+
+struct Rig<S: Store> {
+    store: Arc<S>,
+    sim: Simulator,
+    clock: ManualClock,
+    config: Arc<Config>,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig<S: Store + Clone>(db: &TestDb<S>, start: DateTime<Utc>) -> Rig<S> {
+    let clock = ManualClock::new(start);
+    let dir = tempfile::tempdir().unwrap();
+    let p8 = jwt::generate_p8().unwrap();
+    let sim = Simulator::start(SimulatorConfig {
+        clock: Some(Arc::new(clock.clone())),
+        tls_addr: Some("127.0.0.1:0".parse().unwrap()),
+        plain_addr: None,
+        apns_keys: vec![ApnsKey {
+            key_id: "KEY1234567".into(),
+            team_id: "TEAM123456".into(),
+            public_key: Es256Key::from_pem(&p8).unwrap().public_key(),
+        }],
+        apns_topics: vec!["com.example.shop".into()],
+        fcm_accounts: vec![FcmAccount {
+            client_email: "m@p.iam.gserviceaccount.com".into(),
+            project_id: "p".into(),
+            public_key: Rs256Key::from_pem(TEST_SERVICE_ACCOUNT_KEY)
+                .unwrap()
+                .public_key(),
+        }],
+        behaviour: Behaviour::default(),
+    })
+    .await
+    .unwrap();
+    let base = sim.tls_url().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    std::fs::write(path("key.p8"), &p8).unwrap();
+    std::fs::write(path("ca.pem"), &sim.ca_pem).unwrap();
+    let sa = serde_json::json!({
+        "project_id": "p", "client_email": "m@p.iam.gserviceaccount.com",
+        "private_key": TEST_SERVICE_ACCOUNT_KEY, "token_uri": format!("{base}/token"),
+    });
+    std::fs::write(path("sa.json"), sa.to_string()).unwrap();
+    let text = format!(
+        r#"
+[apps.shop]
+default_timezone = "UTC"
+[apps.shop.topics]
+marketing = {{ default_subscribed = false }}
+[apps.shop.apns]
+bundle_id = "com.example.shop"
+key_file = "{key}"
+key_id = "KEY1234567"
+team_id = "TEAM123456"
+base_url = "{base}"
+ca_file = "{ca}"
+[apps.shop.fcm]
+service_account_file = "{sa}"
+base_url = "{base}"
+ca_file = "{ca}"
+"#,
+        key = path("key.p8").display(),
+        ca = path("ca.pem").display(),
+        sa = path("sa.json").display(),
+    );
+    let config: Config = toml::from_str(&text).unwrap();
+    config.validate().unwrap();
+    definitions::sync_apps(&db.store, &config, start)
+        .await
+        .unwrap();
+    Rig {
+        store: Arc::new(db.store.clone()),
+        sim,
+        clock,
+        config: Arc::new(config),
+        _dir: dir,
+    }
+}
+
+impl<S: Store> Rig<S> {
+    fn engine(&self, worker: &str, chunk_size: i64) -> Engine<S> {
+        let settings = EngineSettings {
+            worker_id: worker.into(),
+            chunk_size,
+            retry: meridian::provider::RetryPolicy {
+                base: std::time::Duration::from_secs(30),
+                max: std::time::Duration::from_secs(600),
+                max_attempts: 20,
+            },
+            ..EngineSettings::default()
+        };
+        Engine::new(
+            self.store.clone(),
+            self.config.clone(),
+            Arc::new(self.clock.clone()),
+            settings,
+        )
+        .unwrap()
+    }
+
+    /// Registers a subscribed user with one device; returns the token.
+    async fn device(&self, n: u32, zone: &str, platform: Platform, dead: bool) -> String {
+        let user = format!("user-{n}");
+        let token = match (platform, dead) {
+            (Platform::Ios, false) => format!("{:064x}", 0x1000_0000 + n),
+            (Platform::Ios, true) => format!("dead{:060x}", n),
+            (Platform::Android, false) => format!("fcm-token-{n}"),
+            (Platform::Android, true) => format!("dead-fcm-{n}"),
+        };
+        self.store
+            .upsert_device(
+                &DeviceUpsert {
+                    app_id: "shop",
+                    user_external_id: Some(&user),
+                    install_id: None,
+                    platform,
+                    token: &token,
+                    timezone: Some(zone),
+                    locale: None,
+                    primary: false,
+                },
+                self.clock.now(),
+            )
+            .await
+            .unwrap();
+        self.store
+            .set_subscriptions("shop", &user, &[("marketing", true)], self.clock.now())
+            .await
+            .unwrap();
+        token
+    }
+
+    async fn schedule(&self, key: &str, schedule: &str) -> i64 {
+        let text = format!(
+            "key = \"{key}\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hello\"\nbody = \"World\"\n\
+             [audience]\ntopics = [\"marketing\"]\n[schedule]\n{schedule}\n"
+        );
+        let def = parse_toml("t.toml", &text).unwrap();
+        let prepared = definitions::prepare(&*self.store, &self.config, &def, self.clock.now())
+            .await
+            .unwrap();
+        definitions::save(&*self.store, prepared, self.clock.now())
+            .await
+            .unwrap()
+            .record
+            .id
+    }
+
+    fn accepted(&self, token: &str) -> u64 {
+        self.sim
+            .stats()
+            .accepted_per_token
+            .get(token)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    async fn state(&self, key: &str) -> CampaignState {
+        self.store
+            .campaign("shop", key)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+    }
+}
+
+fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+}
+
+async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    let mut tokens = Vec::new();
+    for n in 0..120 {
+        let zone = ["Europe/Berlin", "Asia/Tokyo", "America/Chicago"][n as usize % 3];
+        let platform = if n % 2 == 0 {
+            Platform::Ios
+        } else {
+            Platform::Android
+        };
+        tokens.push(rig.device(n, zone, platform, false).await);
+    }
+    let id = rig.schedule("now", "type = \"now\"").await;
+    let engine = rig.engine("worker-a", 25);
+    let report = engine.run_until_idle().await.unwrap();
+    assert_eq!(report.sent, 120, "{report:?}");
+    assert_eq!(report.completed_campaigns, 1);
+    assert_eq!(rig.state("now").await, CampaignState::Completed);
+    for t in &tokens {
+        assert_eq!(rig.accepted(t), 1, "{t}");
+    }
+    let stats = rig.sim.stats();
+    assert_eq!(stats.total_accepted(), 120);
+    assert_eq!(
+        rig.store.delivery_counts(id).await.unwrap(),
+        BTreeMap::from([("sent".to_owned(), 120)])
+    );
+    // Nothing left to do, and doing nothing sends nothing.
+    assert!(!engine.run_until_idle().await.unwrap().did_work());
+    assert_eq!(rig.sim.stats().total_accepted(), 120);
+}
+
+async fn each_zone_is_released_at_its_own_nine<S: Store + Clone>(db: &TestDb<S>) {
+    // The week of 1 November 2026: New York and St John's fall back that morning,
+    // London fell back a week before, Lord Howe and Chatham are on summer time.
+    let rig = rig(db, at(2026, 10, 29, 0, 0)).await;
+    let zones = [
+        ("Pacific/Chatham", at(2026, 10, 31, 19, 15)),
+        ("Australia/Lord_Howe", at(2026, 10, 31, 22, 0)),
+        ("Asia/Kathmandu", at(2026, 11, 1, 3, 15)),
+        ("Europe/London", at(2026, 11, 1, 9, 0)),
+        ("America/St_Johns", at(2026, 11, 1, 12, 30)),
+        ("America/New_York", at(2026, 11, 1, 14, 0)),
+    ];
+    let mut tokens: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (i, (zone, _)) in zones.iter().enumerate() {
+        for k in 0..4u32 {
+            let platform = if k % 2 == 0 {
+                Platform::Ios
+            } else {
+                Platform::Android
+            };
+            tokens
+                .entry(zone)
+                .or_default()
+                .push(rig.device(i as u32 * 10 + k, zone, platform, false).await);
+        }
+    }
+    rig.schedule("nine", "type = \"local\"\nat = \"2026-11-01T09:00\"")
+        .await;
+    let engine = rig.engine("worker-a", 500);
+    assert!(
+        !engine.run_until_idle().await.unwrap().did_work(),
+        "nothing is due yet"
+    );
+    for (i, (zone, due)) in zones.iter().enumerate() {
+        rig.clock.set(*due - TimeDelta::seconds(1));
+        engine.run_until_idle().await.unwrap();
+        assert!(
+            tokens[zone].iter().all(|t| rig.accepted(t) == 0),
+            "{zone} sent before its 09:00"
+        );
+        rig.clock.set(*due);
+        engine.run_until_idle().await.unwrap();
+        assert!(
+            tokens[zone].iter().all(|t| rig.accepted(t) == 1),
+            "{zone} not sent at its 09:00"
+        );
+        for (later, _) in &zones[i + 1..] {
+            assert!(
+                tokens[later].iter().all(|t| rig.accepted(t) == 0),
+                "{later} sent early"
+            );
+        }
+    }
+    assert_eq!(rig.state("nine").await, CampaignState::Completed);
+}
+
+async fn faults_are_retried_and_dead_tokens_skipped_later<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    let mut live = Vec::new();
+    let mut dead = Vec::new();
+    for n in 0..60 {
+        let platform = if n % 2 == 0 {
+            Platform::Ios
+        } else {
+            Platform::Android
+        };
+        if n % 12 == 0 {
+            dead.push(rig.device(n, "Europe/Berlin", platform, true).await);
+        } else {
+            live.push(rig.device(n, "Europe/Berlin", platform, false).await);
+        }
+    }
+    let mut b = rig.sim.behaviour();
+    b.fail_rate = 0.3;
+    b.fail_status = 503;
+    rig.sim.set_behaviour(b.clone());
+    let id = rig.schedule("flaky", "type = \"now\"").await;
+    let engine = rig.engine("worker-a", 20);
+    engine.run_until_idle().await.unwrap();
+    let first_503s = rig
+        .sim
+        .stats()
+        .responses_by_status
+        .get(&503)
+        .copied()
+        .unwrap_or(0);
+    assert!(first_503s > 0, "the simulator failed some sends");
+    // Now the provider rate-limits with a long Retry-After: nothing may be retried before it.
+    b.fail_rate = 0.0;
+    b.fail_next = 5;
+    b.fail_status = 429;
+    b.retry_after_secs = Some(3600);
+    rig.sim.set_behaviour(b);
+    for _ in 0..40 {
+        if rig.state("flaky").await == CampaignState::Completed {
+            break;
+        }
+        let before = rig.sim.stats().responses_by_status.clone();
+        rig.clock.advance(TimeDelta::minutes(20));
+        engine.run_until_idle().await.unwrap();
+        let after = rig.sim.stats().responses_by_status;
+        if before.get(&429).is_some() && after.get(&429) == before.get(&429) {
+            // A 429'd delivery is not retried for an hour: at most the 5 scripted ones ever.
+            assert!(after[&429] <= 5);
+        }
+    }
+    assert_eq!(rig.state("flaky").await, CampaignState::Completed);
+    let stats = rig.sim.stats();
+    assert_eq!(stats.responses_by_status.get(&429), Some(&5));
+    for t in &live {
+        assert_eq!(rig.accepted(t), 1, "{t}");
+    }
+    for t in &dead {
+        assert_eq!(rig.accepted(t), 0, "{t}");
+        assert_eq!(
+            rig.store
+                .device_by_token("shop", t)
+                .await
+                .unwrap()
+                .unwrap()
+                .state,
+            DeviceState::Invalid
+        );
+    }
+    let counts = rig.store.delivery_counts(id).await.unwrap();
+    assert_eq!(counts.get("sent"), Some(&(live.len() as i64)), "{counts:?}");
+    assert_eq!(
+        counts.get("token_invalid"),
+        Some(&(dead.len() as i64)),
+        "{counts:?}"
+    );
+    assert_eq!(
+        stats.total_accepted(),
+        live.len() as u64,
+        "nothing counted sent that was not accepted"
+    );
+
+    // A later campaign never tries the dead tokens again.
+    let dead_answers = stats
+        .errors_by_reason
+        .get("Unregistered")
+        .copied()
+        .unwrap_or(0)
+        + stats
+            .errors_by_reason
+            .get("UNREGISTERED")
+            .copied()
+            .unwrap_or(0);
+    rig.schedule("later", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    let stats = rig.sim.stats();
+    let dead_after = stats
+        .errors_by_reason
+        .get("Unregistered")
+        .copied()
+        .unwrap_or(0)
+        + stats
+            .errors_by_reason
+            .get("UNREGISTERED")
+            .copied()
+            .unwrap_or(0);
+    assert_eq!(dead_after, dead_answers);
+    for t in &live {
+        assert_eq!(rig.accepted(t), 2, "{t}");
+    }
+}
+
+async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
+    use meridian::state::DeliveryStatus;
+    use meridian::store::{ChunkWrite, NewDelivery};
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    rig.device(1, "UTC", Platform::Ios, false).await;
+    let id = rig.schedule("lease", "type = \"now\"").await;
+    let s = &rig.store;
+    let now = rig.clock.now();
+    let due = s.due_slots(now, 10).await.unwrap();
+    let def: meridian::campaign::CampaignDefinition =
+        serde_json::from_value(due[0].definition.0.clone()).unwrap();
+    let segment = meridian::store::Segment {
+        app_id: "shop",
+        audience: &def.audience,
+        topics: definitions::topic_rules(&rig.config.apps["shop"], &def.audience.topics),
+    };
+    assert!(s
+        .release_slot(&due[0], &segment, 100, "a", now)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(
+        s.release_slot(&due[0], &segment, 100, "b", now)
+            .await
+            .unwrap()
+            .is_none(),
+        "released twice"
+    );
+    let a = s
+        .lease_chunks("a", now, now + TimeDelta::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 1);
+    assert!(s
+        .lease_chunks("b", now, now + TimeDelta::seconds(60), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A's lease lapses (A is stuck or dead); B takes the chunk over.
+    let later = now + TimeDelta::seconds(61);
+    let b = s
+        .lease_chunks("b", later, later + TimeDelta::seconds(60), 10)
+        .await
+        .unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].attempt, a[0].attempt + 1);
+    let slot = s.slot_info(a[0].slot_id).await.unwrap().unwrap();
+    let recipients = s.chunk_recipients(&b[0], &slot, &segment).await.unwrap();
+    let delivery = NewDelivery {
+        device_id: recipients[0].device_id,
+        user_id: recipients[0].user_id,
+        status: DeliveryStatus::Sent,
+        provider_id: Some("x".into()),
+        error_reason: None,
+        next_attempt_at: None,
+    };
+    let write = |chunk, worker| ChunkWrite {
+        chunk,
+        worker,
+        app_id: "shop",
+        occurrence: &slot.occurrence,
+        deliveries: std::slice::from_ref(&delivery),
+    };
+    let stale = s.record_chunk(&write(&a[0], "a"), later).await;
+    assert!(
+        matches!(stale, Err(StoreError::LeaseLost { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(s.record_chunk(&write(&b[0], "b"), later).await.unwrap(), 1);
+    assert!(!s.finish_chunk(&a[0], "a", later).await.unwrap());
+    assert!(s.finish_chunk(&b[0], "b", later).await.unwrap());
+    assert_eq!(s.delivery_counts(id).await.unwrap().get("sent"), Some(&1));
+}
+
+storage_tests!(
+    every_device_gets_exactly_one,
+    each_zone_is_released_at_its_own_nine,
+    faults_are_retried_and_dead_tokens_skipped_later,
+    a_lost_lease_cannot_write_back,
+);
