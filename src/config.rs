@@ -43,6 +43,8 @@ pub struct Config {
     pub campaigns: CampaignsConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub engine: EngineConfig,
     /// Tenants, by id.
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
@@ -104,6 +106,93 @@ impl Default for CampaignsConfig {
             dir: default_campaigns_dir(),
         }
     }
+}
+
+/// How the scheduler and dispatch pool work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Run the scheduler and dispatch in `serve` (off: API only).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// This instance's name in leases; host and pid when unset.
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// Device ids per chunk of a slot's audience.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: i64,
+    /// How long a lease lasts without renewal; a dead instance's work is taken over after it.
+    #[serde(default = "default_lease", with = "humantime_serde")]
+    pub lease: Duration,
+    #[serde(default = "default_chunks_in_flight")]
+    pub chunks_in_flight: usize,
+    #[serde(default = "default_sends_per_chunk")]
+    pub sends_per_chunk: usize,
+    /// Outcomes written per statement.
+    #[serde(default = "default_flush_every")]
+    pub flush_every: usize,
+    /// Longest idle sleep of the scheduler loop.
+    #[serde(default = "default_tick", with = "humantime_serde")]
+    pub tick: Duration,
+    /// On SIGTERM, how long in-flight sends may take to finish.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            worker_id: None,
+            chunk_size: default_chunk_size(),
+            lease: default_lease(),
+            chunks_in_flight: default_chunks_in_flight(),
+            sends_per_chunk: default_sends_per_chunk(),
+            flush_every: default_flush_every(),
+            tick: default_tick(),
+            shutdown_grace: default_grace(),
+            max_attempts: default_max_attempts(),
+            retry_base: default_retry_base(),
+            retry_max: default_retry_max(),
+        }
+    }
+}
+
+fn default_chunk_size() -> i64 {
+    500
+}
+fn default_lease() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_chunks_in_flight() -> usize {
+    4
+}
+fn default_sends_per_chunk() -> usize {
+    256
+}
+fn default_flush_every() -> usize {
+    250
+}
+fn default_tick() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_grace() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_max_attempts() -> u32 {
+    8
+}
+fn default_retry_base() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(15 * 60)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -407,6 +496,22 @@ impl Config {
         self.database.kind()?;
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        let e = &self.engine;
+        if e.chunk_size < 1 {
+            return Err(invalid("engine.chunk_size", "must be at least 1"));
+        }
+        if e.lease < Duration::from_secs(1) {
+            return Err(invalid("engine.lease", "must be at least 1s"));
+        }
+        if e.chunks_in_flight == 0 || e.sends_per_chunk == 0 || e.flush_every == 0 {
+            return Err(invalid(
+                "engine",
+                "chunks_in_flight, sends_per_chunk and flush_every must be at least 1",
+            ));
+        }
+        if e.max_attempts == 0 {
+            return Err(invalid("engine.max_attempts", "must be at least 1"));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));

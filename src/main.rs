@@ -133,7 +133,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve => {
             init_logging(&config);
             let store = connect(&config).await?;
-            with_store!(&store, s => serve(s, &config).await)
+            with_store!(store, s => serve(s, config).await)
         }
         Command::Migrate => {
             let store = connect(&config).await?;
@@ -241,12 +241,61 @@ fn check_config(config: &Config) {
     println!("configuration OK");
 }
 
-async fn serve<S: Store>(store: &S, config: &Config) -> Result<(), Failure> {
+async fn serve<S: Store + Clone>(store: S, config: Config) -> Result<(), Failure> {
+    use meridian::engine::{Engine, EngineSettings};
+    use std::sync::Arc;
     let clock = SystemClock;
     if config.database.migrate_on_start {
         store.migrate().await.context("migrating")?;
     }
-    definitions::sync_apps(store, config, clock.now()).await?;
+    definitions::sync_apps(&store, &config, clock.now()).await?;
+    apply_campaign_files(&store, &config).await?;
+    let config = Arc::new(config);
+    let store = Arc::new(store);
+    let engine = if config.engine.enabled {
+        let settings = EngineSettings::from_config(&config.engine);
+        let engine = Engine::new(
+            store.clone(),
+            config.clone(),
+            Arc::new(SystemClock),
+            settings,
+        )
+        .map_err(|e| Failure::Input(e.to_string()))?;
+        Some(Arc::new(engine))
+    } else {
+        None
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let runner = engine.clone().map(|e| {
+        let wake = wake.clone();
+        tokio::spawn(async move { e.run(wake).await })
+    });
+    tracing::info!(
+        message = "Meridian is running.",
+        database = %redact_url(&config.database.url),
+        engine = config.engine.enabled,
+    );
+    shutdown_signal().await;
+    tracing::info!(message = "Shutting down: finishing sends in flight.", grace = ?config.engine.shutdown_grace);
+    if let Some(e) = &engine {
+        e.stop();
+        wake.notify_waiters();
+    }
+    if let Some(runner) = runner {
+        if tokio::time::timeout(config.engine.shutdown_grace, runner)
+            .await
+            .is_err()
+        {
+            tracing::warn!(message = "Grace period over with sends in flight; their leases will expire and be taken over.");
+        }
+    }
+    store.close().await;
+    tracing::info!(message = "Stopped.");
+    Ok(())
+}
+
+async fn apply_campaign_files<S: Store>(store: &S, config: &Config) -> Result<(), Failure> {
+    let clock = SystemClock;
     let files = definitions::files_in(&config.campaigns.dir)
         .with_context(|| format!("reading {}", config.campaigns.dir.display()))?;
     for file in files {
@@ -269,10 +318,6 @@ async fn serve<S: Store>(store: &S, config: &Config) -> Result<(), Failure> {
             }
         }
     }
-    tracing::info!(message = "Meridian is running.", database = %redact_url(&config.database.url));
-    shutdown_signal().await;
-    tracing::info!(message = "Shutting down.");
-    store.close().await;
     Ok(())
 }
 

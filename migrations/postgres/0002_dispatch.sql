@@ -12,6 +12,7 @@ CREATE TABLE slot_chunks (
     attempt          INTEGER NOT NULL DEFAULT 0,
     lease_owner      TEXT,
     lease_expires_at TIMESTAMPTZ,
+    finished_by      TEXT,
     created_at       TIMESTAMPTZ NOT NULL,
     updated_at       TIMESTAMPTZ NOT NULL,
     CHECK (first_device_id <= last_device_id),

@@ -12,6 +12,7 @@ CREATE TABLE slot_chunks (
     attempt          INTEGER NOT NULL DEFAULT 0,
     lease_owner      TEXT,
     lease_expires_at TEXT,
+    finished_by      TEXT,
     created_at       TEXT NOT NULL,
     updated_at       TEXT NOT NULL,
     CHECK (first_device_id <= last_device_id),

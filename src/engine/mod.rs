@@ -69,6 +69,25 @@ impl Default for EngineSettings {
     }
 }
 
+impl EngineSettings {
+    pub fn from_config(c: &crate::config::EngineConfig) -> Self {
+        Self {
+            worker_id: c.worker_id.clone().unwrap_or_else(default_worker_id),
+            chunk_size: c.chunk_size,
+            lease: TimeDelta::from_std(c.lease).unwrap_or(TimeDelta::seconds(60)),
+            chunks_in_flight: c.chunks_in_flight,
+            sends_per_chunk: c.sends_per_chunk,
+            flush_every: c.flush_every,
+            tick: c.tick,
+            retry: RetryPolicy {
+                base: c.retry_base,
+                max: c.retry_max,
+                max_attempts: c.max_attempts,
+            },
+        }
+    }
+}
+
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     format!("{}-{}", host.trim(), std::process::id())

@@ -396,7 +396,7 @@ macro_rules! shared_dispatch_methods {
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<bool, $crate::store::StoreError> {
             let done = sqlx::query(
-                "UPDATE slot_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
+                "UPDATE slot_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, finished_by = $3, updated_at = $4 \
                  WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
             )
             .bind(chunk.id)
