@@ -223,3 +223,27 @@ pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     files.sort();
     Ok(files)
 }
+
+/// Pauses a campaign: nothing new is released or leased until it resumes.
+pub async fn pause<S: Store>(store: &S, c: &CampaignRecord, now: DateTime<Utc>) -> Result<CampaignState, StoreError> {
+    store.set_campaign_state(c.id, c.state, CampaignState::Paused, now).await?;
+    Ok(CampaignState::Paused)
+}
+
+/// Resumes a paused campaign where it stopped: running if a slot was released, else scheduled.
+pub async fn resume<S: Store>(store: &S, c: &CampaignRecord, now: DateTime<Utc>) -> Result<CampaignState, StoreError> {
+    use crate::state::SlotState;
+    let started = store
+        .slots(c.id)
+        .await?
+        .iter()
+        .any(|s| matches!(s.state, SlotState::Released | SlotState::Completed));
+    let to = if started { CampaignState::Running } else { CampaignState::Scheduled };
+    store.set_campaign_state(c.id, c.state, to, now).await?;
+    Ok(to)
+}
+
+/// Cancels a campaign; returns how many pending deliveries were cancelled.
+pub async fn cancel<S: Store>(store: &S, c: &CampaignRecord, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    store.cancel_campaign(c.id, c.state, now).await
+}

@@ -78,8 +78,28 @@ enum CampaignCommand {
         #[arg(long)]
         app: Option<String>,
     },
-    /// Show one campaign with its slot plan.
+    /// Show one campaign with its slot plan and delivery counts.
     Show {
+        key: String,
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Dry run: validate a file and print the slot plan it would get, writing nothing.
+    Plan { file: PathBuf },
+    /// Pause a campaign: nothing new is released or sent until it resumes.
+    Pause {
+        key: String,
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Resume a paused campaign where it stopped.
+    Resume {
+        key: String,
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Cancel a campaign: pending deliveries are cancelled, sends in flight finish.
+    Cancel {
         key: String,
         #[arg(long)]
         app: Option<String>,
@@ -476,22 +496,80 @@ async fn campaign_command<S: Store>(
             Ok(())
         }
         CampaignCommand::Show { key, app } => {
-            let found = match &app {
-                Some(app) => store.campaign(app, &key).await?.into_iter().collect(),
-                None => store.campaigns_by_key(&key).await?,
-            };
-            let c = match found.as_slice() {
-                [] => return Err(Failure::Input(format!("no campaign with key {key:?}"))),
-                [c] => c,
-                many => {
-                    let apps: Vec<&str> = many.iter().map(|c| c.app_id.as_str()).collect();
-                    return Err(Failure::Input(format!(
-                        "key {key:?} exists in several apps ({}): add --app",
-                        apps.join(", ")
-                    )));
-                }
-            };
-            print_campaign(store, c).await
+            let c = find_campaign(store, &key, app.as_deref()).await?;
+            print_campaign(store, &c).await
+        }
+        CampaignCommand::Plan { file } => {
+            let mut def = definitions::read_file(&file).map_err(|e| Failure::Input(e.to_string()))?;
+            def.status = meridian::campaign::DesiredStatus::Scheduled;
+            let prepared = definitions::prepare(store, config, &def, clock.now())
+                .await
+                .map_err(|e| apply_failure(&file, e))?;
+            let Some(plan) = prepared.plan else { return Ok(()) };
+            println!("{}: {} slots over {} instants, tzdata {}", file.display(), plan.firing().count(), plan.by_instant().len(), plan.tzdata_version);
+            if let Some((a, b)) = plan.span() {
+                println!("  sends from {} to {} UTC", a.format("%Y-%m-%d %H:%M"), b.format("%Y-%m-%d %H:%M"));
+            }
+            for (d, n) in plan.recipients_by_disposition() {
+                println!("  {:<14} {n} recipients", d.as_str());
+            }
+            if plan.defaulted_recipients > 0 {
+                println!("  {} recipients have no known zone and use the app's default", plan.defaulted_recipients);
+            }
+            println!("    {:<17} {:<14} {:>10}  ZONE", "FIRE AT (UTC)", "DISPOSITION", "RECIPIENTS");
+            for s in &plan.slots {
+                println!("    {:<17} {:<14} {:>10}  {}", s.fire_at.format("%Y-%m-%d %H:%M"), s.disposition.as_str(), s.recipients, s.zone);
+            }
+            Ok(())
+        }
+        CampaignCommand::Pause { key, app } => {
+            let c = find_campaign(store, &key, app.as_deref()).await?;
+            definitions::pause(store, &c, clock.now()).await.map_err(lifecycle_failure)?;
+            println!("{}/{}: paused", c.app_id, c.key);
+            Ok(())
+        }
+        CampaignCommand::Resume { key, app } => {
+            let c = find_campaign(store, &key, app.as_deref()).await?;
+            let state = definitions::resume(store, &c, clock.now()).await.map_err(lifecycle_failure)?;
+            println!("{}/{}: {state}", c.app_id, c.key);
+            Ok(())
+        }
+        CampaignCommand::Cancel { key, app } => {
+            let c = find_campaign(store, &key, app.as_deref()).await?;
+            let n = definitions::cancel(store, &c, clock.now()).await.map_err(lifecycle_failure)?;
+            println!("{}/{}: cancelled ({n} pending deliveries cancelled)", c.app_id, c.key);
+            Ok(())
+        }
+    }
+}
+
+fn lifecycle_failure(e: meridian::store::StoreError) -> Failure {
+    use meridian::store::StoreError;
+    match e {
+        StoreError::State(s) => Failure::Input(s.to_string()),
+        StoreError::Conflict { .. } => Failure::Input(e.to_string()),
+        other => Failure::Runtime(other.into()),
+    }
+}
+
+async fn find_campaign<S: Store>(
+    store: &S,
+    key: &str,
+    app: Option<&str>,
+) -> Result<meridian::store::CampaignRecord, Failure> {
+    let found = match app {
+        Some(app) => store.campaign(app, key).await?.into_iter().collect(),
+        None => store.campaigns_by_key(key).await?,
+    };
+    match found.len() {
+        0 => Err(Failure::Input(format!("no campaign with key {key:?}"))),
+        1 => Ok(found.into_iter().next().ok_or_else(|| Failure::Input(format!("no campaign with key {key:?}")))?),
+        _ => {
+            let apps: Vec<&str> = found.iter().map(|c| c.app_id.as_str()).collect();
+            Err(Failure::Input(format!(
+                "key {key:?} exists in several apps ({}): add --app",
+                apps.join(", ")
+            )))
         }
     }
 }
@@ -528,6 +606,11 @@ async fn print_campaign<S: Store>(
         def["message"]["body"].as_str().unwrap_or("")
     );
     println!("  schedule: {}", def["schedule"]);
+    let counts = store.delivery_counts(c.id).await?;
+    if !counts.is_empty() {
+        let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        println!("  deliveries: {}", parts.join(", "));
+    }
     let slots = store.slots(c.id).await?;
     if slots.is_empty() {
         if c.state == CampaignState::Draft {

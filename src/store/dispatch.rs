@@ -538,6 +538,64 @@ macro_rules! shared_dispatch_methods {
             Ok(())
         }
 
+        async fn cancel_campaign(
+            &self,
+            campaign_id: i64,
+            from: $crate::state::CampaignState,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<u64, $crate::store::StoreError> {
+            use $crate::state::{CampaignState, StateMachine};
+            from.check_transition(CampaignState::Cancelled)?;
+            let mut tx = self.write.begin().await?;
+            let done = sqlx::query("UPDATE campaigns SET state = 'cancelled', updated_at = $3 WHERE id = $1 AND state = $2")
+                .bind(campaign_id)
+                .bind(from.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() != 1 {
+                return Err($crate::store::StoreError::Conflict { key: format!("#{campaign_id}") });
+            }
+            sqlx::query("UPDATE slots SET state = 'cancelled' WHERE campaign_id = $1 AND state IN ('pending', 'released')")
+                .bind(campaign_id)
+                .execute(&mut *tx)
+                .await?;
+            // Chunks being sent finish; the ones not started never will be.
+            sqlx::query("UPDATE slot_chunks SET state = 'cancelled', updated_at = $2 WHERE campaign_id = $1 AND state = 'pending'")
+                .bind(campaign_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let cancelled: Vec<i64> = sqlx::query_scalar(
+                "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, updated_at = $2 \
+                 WHERE campaign_id = $1 AND status IN ('queued', 'retry') RETURNING id",
+            )
+            .bind(campaign_id)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let events: Vec<(i64, String, i32, Option<String>)> = cancelled
+                .iter()
+                .map(|id| (*id, "cancelled".to_owned(), 0, Some("campaign cancelled".to_owned())))
+                .collect();
+            Self::insert_events(&mut tx, &events, now).await?;
+            tx.commit().await?;
+            Ok(cancelled.len() as u64)
+        }
+
+        async fn slot_delivery_counts(
+            &self,
+            campaign_id: i64,
+        ) -> Result<Vec<(i64, String, i64)>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(
+                "SELECT d.slot_id, d.status, COUNT(*) FROM deliveries d WHERE d.campaign_id = $1 AND d.slot_id IS NOT NULL \
+                 GROUP BY d.slot_id, d.status ORDER BY d.slot_id, d.status",
+            )
+            .bind(campaign_id)
+            .fetch_all(&self.read)
+            .await?)
+        }
+
         async fn delivery_counts(
             &self,
             campaign_id: i64,

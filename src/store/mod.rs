@@ -410,6 +410,18 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Cancels a campaign: pending slots, chunks and retries become cancelled
+    /// (with history); sends in flight finish. Returns the deliveries cancelled.
+    fn cancel_campaign(
+        &self,
+        campaign_id: i64,
+        from: CampaignState,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Deliveries of a campaign by slot and status: (slot id, status, count).
+    fn slot_delivery_counts(&self, campaign_id: i64) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
+
     /// Deliveries of a campaign by status.
     fn delivery_counts(
         &self,
