@@ -133,13 +133,27 @@ pub async fn plan_campaign<S: Store>(
     now: DateTime<Utc>,
 ) -> Result<Plan, ApplyError> {
     let def = &campaign.definition;
-    let zones = store
+    let mut zones = store
         .audience_zones(&Segment {
             app_id: &def.app,
             audience: &def.audience,
             topics: topic_rules(app, &def.audience.topics),
         })
         .await?;
+    if per_zone(campaign) {
+        // Every zone gets its slot, so a recipient who registers after scheduling
+        // is sent to at their own local time too.
+        let present: std::collections::HashSet<String> =
+            zones.iter().map(|z| z.zone.clone()).collect();
+        for tz in crate::zone::canonical_zones() {
+            if !present.contains(tz.name()) {
+                zones.push(crate::planner::ZoneCount {
+                    zone: tz.name().to_owned(),
+                    recipients: 0,
+                });
+            }
+        }
+    }
     Ok(planner::plan(&PlanRequest {
         schedule: &campaign.schedule,
         quiet_hours: campaign.quiet_hours,
@@ -147,6 +161,16 @@ pub async fn plan_campaign<S: Store>(
         default_zone: app.timezone(),
         now,
     })?)
+}
+
+/// Whether the campaign's slots depend on the recipient's zone.
+fn per_zone(c: &ValidCampaign) -> bool {
+    use crate::campaign::PlanSchedule;
+    c.quiet_hours.is_some()
+        || matches!(
+            c.schedule,
+            PlanSchedule::Local { .. } | PlanSchedule::Cron { zone: None, .. }
+        )
 }
 
 /// Writes a prepared definition and its plan.
@@ -225,25 +249,43 @@ pub fn files_in(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Pauses a campaign: nothing new is released or leased until it resumes.
-pub async fn pause<S: Store>(store: &S, c: &CampaignRecord, now: DateTime<Utc>) -> Result<CampaignState, StoreError> {
-    store.set_campaign_state(c.id, c.state, CampaignState::Paused, now).await?;
+pub async fn pause<S: Store>(
+    store: &S,
+    c: &CampaignRecord,
+    now: DateTime<Utc>,
+) -> Result<CampaignState, StoreError> {
+    store
+        .set_campaign_state(c.id, c.state, CampaignState::Paused, now)
+        .await?;
     Ok(CampaignState::Paused)
 }
 
 /// Resumes a paused campaign where it stopped: running if a slot was released, else scheduled.
-pub async fn resume<S: Store>(store: &S, c: &CampaignRecord, now: DateTime<Utc>) -> Result<CampaignState, StoreError> {
+pub async fn resume<S: Store>(
+    store: &S,
+    c: &CampaignRecord,
+    now: DateTime<Utc>,
+) -> Result<CampaignState, StoreError> {
     use crate::state::SlotState;
     let started = store
         .slots(c.id)
         .await?
         .iter()
         .any(|s| matches!(s.state, SlotState::Released | SlotState::Completed));
-    let to = if started { CampaignState::Running } else { CampaignState::Scheduled };
+    let to = if started {
+        CampaignState::Running
+    } else {
+        CampaignState::Scheduled
+    };
     store.set_campaign_state(c.id, c.state, to, now).await?;
     Ok(to)
 }
 
 /// Cancels a campaign; returns how many pending deliveries were cancelled.
-pub async fn cancel<S: Store>(store: &S, c: &CampaignRecord, now: DateTime<Utc>) -> Result<u64, StoreError> {
+pub async fn cancel<S: Store>(
+    store: &S,
+    c: &CampaignRecord,
+    now: DateTime<Utc>,
+) -> Result<u64, StoreError> {
     store.cancel_campaign(c.id, c.state, now).await
 }

@@ -437,7 +437,7 @@ async fn campaign_command<S: Store>(
                     .as_ref()
                     .filter(|_| applied.outcome != SaveOutcome::Unchanged);
                 let slots = planned.map_or(String::new(), |p| {
-                    let firing = p.firing().count();
+                    let firing = p.firing().filter(|s| s.recipients > 0).count();
                     let span = p.span().map_or(String::new(), |(a, b)| {
                         format!(
                             ", first {} last {} UTC",
@@ -500,44 +500,78 @@ async fn campaign_command<S: Store>(
             print_campaign(store, &c).await
         }
         CampaignCommand::Plan { file } => {
-            let mut def = definitions::read_file(&file).map_err(|e| Failure::Input(e.to_string()))?;
+            let mut def =
+                definitions::read_file(&file).map_err(|e| Failure::Input(e.to_string()))?;
             def.status = meridian::campaign::DesiredStatus::Scheduled;
             let prepared = definitions::prepare(store, config, &def, clock.now())
                 .await
                 .map_err(|e| apply_failure(&file, e))?;
-            let Some(plan) = prepared.plan else { return Ok(()) };
-            println!("{}: {} slots over {} instants, tzdata {}", file.display(), plan.firing().count(), plan.by_instant().len(), plan.tzdata_version);
+            let Some(plan) = prepared.plan else {
+                return Ok(());
+            };
+            println!(
+                "{}: {} slots over {} instants, tzdata {}",
+                file.display(),
+                plan.firing().count(),
+                plan.by_instant().len(),
+                plan.tzdata_version
+            );
             if let Some((a, b)) = plan.span() {
-                println!("  sends from {} to {} UTC", a.format("%Y-%m-%d %H:%M"), b.format("%Y-%m-%d %H:%M"));
+                println!(
+                    "  sends from {} to {} UTC",
+                    a.format("%Y-%m-%d %H:%M"),
+                    b.format("%Y-%m-%d %H:%M")
+                );
             }
             for (d, n) in plan.recipients_by_disposition() {
                 println!("  {:<14} {n} recipients", d.as_str());
             }
             if plan.defaulted_recipients > 0 {
-                println!("  {} recipients have no known zone and use the app's default", plan.defaulted_recipients);
+                println!(
+                    "  {} recipients have no known zone and use the app's default",
+                    plan.defaulted_recipients
+                );
             }
-            println!("    {:<17} {:<14} {:>10}  ZONE", "FIRE AT (UTC)", "DISPOSITION", "RECIPIENTS");
-            for s in &plan.slots {
-                println!("    {:<17} {:<14} {:>10}  {}", s.fire_at.format("%Y-%m-%d %H:%M"), s.disposition.as_str(), s.recipients, s.zone);
+            println!(
+                "    {:<17} {:<14} {:>10}  ZONE",
+                "FIRE AT (UTC)", "DISPOSITION", "RECIPIENTS"
+            );
+            for s in plan.slots.iter().filter(|s| s.recipients > 0) {
+                println!(
+                    "    {:<17} {:<14} {:>10}  {}",
+                    s.fire_at.format("%Y-%m-%d %H:%M"),
+                    s.disposition.as_str(),
+                    s.recipients,
+                    s.zone
+                );
             }
             Ok(())
         }
         CampaignCommand::Pause { key, app } => {
             let c = find_campaign(store, &key, app.as_deref()).await?;
-            definitions::pause(store, &c, clock.now()).await.map_err(lifecycle_failure)?;
+            definitions::pause(store, &c, clock.now())
+                .await
+                .map_err(lifecycle_failure)?;
             println!("{}/{}: paused", c.app_id, c.key);
             Ok(())
         }
         CampaignCommand::Resume { key, app } => {
             let c = find_campaign(store, &key, app.as_deref()).await?;
-            let state = definitions::resume(store, &c, clock.now()).await.map_err(lifecycle_failure)?;
+            let state = definitions::resume(store, &c, clock.now())
+                .await
+                .map_err(lifecycle_failure)?;
             println!("{}/{}: {state}", c.app_id, c.key);
             Ok(())
         }
         CampaignCommand::Cancel { key, app } => {
             let c = find_campaign(store, &key, app.as_deref()).await?;
-            let n = definitions::cancel(store, &c, clock.now()).await.map_err(lifecycle_failure)?;
-            println!("{}/{}: cancelled ({n} pending deliveries cancelled)", c.app_id, c.key);
+            let n = definitions::cancel(store, &c, clock.now())
+                .await
+                .map_err(lifecycle_failure)?;
+            println!(
+                "{}/{}: cancelled ({n} pending deliveries cancelled)",
+                c.app_id, c.key
+            );
             Ok(())
         }
     }
@@ -563,7 +597,10 @@ async fn find_campaign<S: Store>(
     };
     match found.len() {
         0 => Err(Failure::Input(format!("no campaign with key {key:?}"))),
-        1 => Ok(found.into_iter().next().ok_or_else(|| Failure::Input(format!("no campaign with key {key:?}")))?),
+        1 => Ok(found
+            .into_iter()
+            .next()
+            .ok_or_else(|| Failure::Input(format!("no campaign with key {key:?}")))?),
         _ => {
             let apps: Vec<&str> = found.iter().map(|c| c.app_id.as_str()).collect();
             Err(Failure::Input(format!(
@@ -621,7 +658,16 @@ async fn print_campaign<S: Store>(
         return Ok(());
     }
     let total: i64 = slots.iter().map(|s| s.planned_count).sum();
-    println!("  slots: {} for {} recipients", slots.len(), total);
+    let (shown, empty): (Vec<_>, Vec<_>) = slots
+        .iter()
+        .partition(|s| s.planned_count > 0 || s.state != SlotState::Pending);
+    println!("  slots: {} for {} recipients", shown.len(), total);
+    if !empty.is_empty() {
+        println!(
+            "  (and {} zones with no recipients yet, planned for anyone who registers there)",
+            empty.len()
+        );
+    }
     let firing: Vec<_> = slots
         .iter()
         .filter(|s| s.state != SlotState::Skipped)
@@ -641,7 +687,7 @@ async fn print_campaign<S: Store>(
         "    {:<17} {:<9} {:<14} {:>10}  ZONE",
         "FIRE AT (UTC)", "STATE", "DISPOSITION", "RECIPIENTS"
     );
-    for s in &slots {
+    for s in &shown {
         println!(
             "    {:<17} {:<9} {:<14} {:>10}  {}",
             s.fire_at.format("%Y-%m-%d %H:%M"),

@@ -276,7 +276,11 @@ pub fn plan(req: &PlanRequest<'_>) -> Result<Plan, PlanError> {
             });
         }
         if let PlanSchedule::Local { at, .. } = req.schedule {
-            if !slots.is_empty() && slots.iter().all(|s| s.disposition == Disposition::Skipped) {
+            // Zones planned ahead for recipients who may register later do not count.
+            let mut populated = slots.iter().filter(|s| s.recipients > 0).peekable();
+            if populated.peek().is_some()
+                && populated.all(|s| s.disposition == Disposition::Skipped)
+            {
                 return Err(PlanError::PassedEverywhere { at: *at });
             }
         }

@@ -275,6 +275,11 @@ async fn each_zone_is_released_at_its_own_nine<S: Store + Clone>(db: &TestDb<S>)
             );
         }
     }
+    // Zones planned for recipients who might register keep it running until the
+    // last 09:00 on Earth has passed.
+    assert_eq!(rig.state("nine").await, CampaignState::Running);
+    rig.clock.set(at(2026, 11, 1, 21, 0));
+    engine.run_until_idle().await.unwrap();
     assert_eq!(rig.state("nine").await, CampaignState::Completed);
 }
 
@@ -476,28 +481,52 @@ async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &Test
     rig.schedule("p", "type = \"now\"").await;
     let engine = rig.engine("worker-a", 10);
     let c = rig.store.campaign("shop", "p").await.unwrap().unwrap();
-    assert_eq!(definitions::pause(&*rig.store, &c, rig.clock.now()).await.unwrap(), CampaignState::Paused);
-    assert!(!engine.run_until_idle().await.unwrap().did_work(), "a paused campaign is not released");
+    assert_eq!(
+        definitions::pause(&*rig.store, &c, rig.clock.now())
+            .await
+            .unwrap(),
+        CampaignState::Paused
+    );
+    assert!(
+        !engine.run_until_idle().await.unwrap().did_work(),
+        "a paused campaign is not released"
+    );
     assert_eq!(rig.sim.stats().total_accepted(), 0);
     let c = rig.store.campaign("shop", "p").await.unwrap().unwrap();
-    assert_eq!(definitions::resume(&*rig.store, &c, rig.clock.now()).await.unwrap(), CampaignState::Scheduled);
+    assert_eq!(
+        definitions::resume(&*rig.store, &c, rig.clock.now())
+            .await
+            .unwrap(),
+        CampaignState::Scheduled
+    );
     // Released, then paused again before anything is leased: chunks wait.
     let now = rig.clock.now();
     let due = rig.store.due_slots(now, 10).await.unwrap();
     assert_eq!(due.len(), 1);
-    let def: meridian::campaign::CampaignDefinition = serde_json::from_value(due[0].definition.0.clone()).unwrap();
+    let def: meridian::campaign::CampaignDefinition =
+        serde_json::from_value(due[0].definition.0.clone()).unwrap();
     let segment = meridian::store::Segment {
         app_id: "shop",
         audience: &def.audience,
         topics: definitions::topic_rules(&rig.config.apps["shop"], &def.audience.topics),
     };
-    rig.store.release_slot(&due[0], &segment, 10, "worker-a", now).await.unwrap().unwrap();
+    rig.store
+        .release_slot(&due[0], &segment, 10, "worker-a", now)
+        .await
+        .unwrap()
+        .unwrap();
     let c = rig.store.campaign("shop", "p").await.unwrap().unwrap();
     assert_eq!(c.state, CampaignState::Running);
     definitions::pause(&*rig.store, &c, now).await.unwrap();
-    assert!(!engine.run_until_idle().await.unwrap().did_work(), "a paused campaign's chunks are not leased");
+    assert!(
+        !engine.run_until_idle().await.unwrap().did_work(),
+        "a paused campaign's chunks are not leased"
+    );
     let c = rig.store.campaign("shop", "p").await.unwrap().unwrap();
-    assert_eq!(definitions::resume(&*rig.store, &c, now).await.unwrap(), CampaignState::Running);
+    assert_eq!(
+        definitions::resume(&*rig.store, &c, now).await.unwrap(),
+        CampaignState::Running
+    );
     engine.run_until_idle().await.unwrap();
     assert!(tokens.iter().all(|t| rig.accepted(t) == 1));
     assert_eq!(rig.state("p").await, CampaignState::Completed);
@@ -507,13 +536,17 @@ async fn cancel_stops_the_zones_not_yet_sent<S: Store + Clone>(db: &TestDb<S>) {
     let rig = rig(db, at(2026, 11, 30, 0, 0)).await;
     let tokyo = rig.device(1, "Asia/Tokyo", Platform::Ios, false).await;
     let berlin = rig.device(2, "Europe/Berlin", Platform::Ios, false).await;
-    let id = rig.schedule("c", "type = \"local\"\nat = \"2026-12-01T09:00\"").await;
+    let id = rig
+        .schedule("c", "type = \"local\"\nat = \"2026-12-01T09:00\"")
+        .await;
     let engine = rig.engine("worker-a", 10);
     rig.clock.set(at(2026, 12, 1, 0, 0)); // 09:00 in Tokyo
     engine.run_until_idle().await.unwrap();
     assert_eq!(rig.accepted(&tokyo), 1);
     let c = rig.store.campaign("shop", "c").await.unwrap().unwrap();
-    definitions::cancel(&*rig.store, &c, rig.clock.now()).await.unwrap();
+    definitions::cancel(&*rig.store, &c, rig.clock.now())
+        .await
+        .unwrap();
     assert_eq!(rig.state("c").await, CampaignState::Cancelled);
     rig.clock.set(at(2026, 12, 1, 8, 0)); // 09:00 in Berlin
     engine.run_until_idle().await.unwrap();
@@ -523,10 +556,33 @@ async fn cancel_stops_the_zones_not_yet_sent<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(berlin_slot.state, meridian::state::SlotState::Cancelled);
     // Cancelled is final.
     let c = rig.store.campaign("shop", "c").await.unwrap().unwrap();
-    assert!(definitions::resume(&*rig.store, &c, rig.clock.now()).await.is_err());
+    assert!(definitions::resume(&*rig.store, &c, rig.clock.now())
+        .await
+        .is_err());
+}
+
+async fn a_device_registered_after_scheduling_gets_its_own_nine<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 30, 0, 0)).await;
+    let berlin = rig.device(1, "Europe/Berlin", Platform::Ios, false).await;
+    rig.schedule("late", "type = \"local\"\nat = \"2026-12-01T09:00\"")
+        .await;
+    // Registered after the plan was made, in a zone nobody was in.
+    let tokyo = rig.device(2, "Asia/Tokyo", Platform::Android, false).await;
+    let engine = rig.engine("worker-a", 10);
+    rig.clock.set(at(2026, 11, 30, 23, 59));
+    engine.run_until_idle().await.unwrap();
+    assert_eq!(rig.accepted(&tokyo), 0);
+    rig.clock.set(at(2026, 12, 1, 0, 0)); // 09:00 in Tokyo
+    engine.run_until_idle().await.unwrap();
+    assert_eq!(rig.accepted(&tokyo), 1);
+    assert_eq!(rig.accepted(&berlin), 0);
+    rig.clock.set(at(2026, 12, 1, 8, 0));
+    engine.run_until_idle().await.unwrap();
+    assert_eq!(rig.accepted(&berlin), 1);
 }
 
 storage_tests!(
+    a_device_registered_after_scheduling_gets_its_own_nine,
     pause_holds_everything_and_resume_continues,
     cancel_stops_the_zones_not_yet_sent,
     every_device_gets_exactly_one,

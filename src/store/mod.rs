@@ -420,7 +420,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Deliveries of a campaign by slot and status: (slot id, status, count).
-    fn slot_delivery_counts(&self, campaign_id: i64) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
+    fn slot_delivery_counts(
+        &self,
+        campaign_id: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
 
     /// Deliveries of a campaign by status.
     fn delivery_counts(
