@@ -15,23 +15,48 @@ impl<S: Store> Engine<S> {
     /// Leases and sends retry rows, then chunks; returns (rows, chunks, outcomes recorded).
     pub(super) async fn dispatch(&self) -> Result<(usize, usize, usize), EngineError> {
         let now = self.now();
-        let until = now + self.settings.lease;
         let worker = &self.settings.worker_id;
-        let rows = self.store.lease_deliveries(worker, now, until, 500).await?;
+        let rows = self
+            .store
+            .lease_deliveries(worker, now, now + self.settings.lease, 500)
+            .await?;
         let retried = rows.len();
         let mut recorded = 0;
         if !rows.is_empty() {
             recorded += self.send_rows(rows).await?;
         }
-        let chunks = self
-            .store
-            .lease_chunks(worker, now, until, self.settings.chunks_in_flight as i64)
-            .await?;
-        let leased = chunks.len();
-        let results =
-            futures::future::join_all(chunks.into_iter().map(|c| self.process_chunk(c))).await;
-        for r in results {
-            recorded += r?;
+        // Keep `chunks_in_flight` chunks going: lease another as soon as one finishes,
+        // so one slow chunk never holds the others back.
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut leased = 0;
+        let mut exhausted = false;
+        loop {
+            if !exhausted && !self.is_stopping() && in_flight.len() < self.settings.chunks_in_flight {
+                let now = self.now();
+                let want = (self.settings.chunks_in_flight - in_flight.len()) as i64;
+                let lease = self.store.lease_chunks(worker, now, now + self.settings.lease, want);
+                tokio::pin!(lease);
+                // Chunks in flight keep running while the lease is taken (a chunk may
+                // hold SQLite's one write connection until it is polled again).
+                let chunks = loop {
+                    tokio::select! {
+                        r = &mut lease => break r?,
+                        Some(r) = in_flight.next(), if !in_flight.is_empty() => recorded += r?,
+                    }
+                };
+                if chunks.is_empty() {
+                    exhausted = true;
+                }
+                for c in chunks {
+                    leased += 1;
+                    in_flight.push(self.process_chunk(c));
+                }
+                continue;
+            }
+            match in_flight.next().await {
+                Some(r) => recorded += r?,
+                None => break,
+            }
         }
         Ok((retried, leased, recorded))
     }

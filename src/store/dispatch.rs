@@ -327,7 +327,7 @@ macro_rules! shared_dispatch_methods {
             for b in binds {
                 q = Self::bind_segment(q, b);
             }
-            Ok(q.bind(slot.campaign_id).bind(&slot.occurrence).fetch_all(&self.write).await?)
+            Ok(q.bind(slot.campaign_id).bind(&slot.occurrence).fetch_all(&self.read).await?)
         }
 
         async fn record_chunk(

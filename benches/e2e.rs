@@ -1,0 +1,178 @@
+//! End-to-end benchmark: a campaign over N devices in every IANA zone, all due at
+//! once, from release to the last recorded outcome, sent over TLS HTTP/2 to the
+//! provider simulator (its own process) and recorded in the database.
+//!
+//!     cargo bench --bench e2e -- [--devices N] [--backend sqlite|postgres]
+//!
+//! Reports messages per second and this process's peak RSS (VmHWM).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use meridian::campaign::parse_toml;
+use meridian::clock::{Clock, SystemClock};
+use meridian::config::{Config, DatabaseConfig};
+use meridian::definitions;
+use meridian::engine::{Engine, EngineSettings};
+use meridian::provider::jwt;
+use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
+use meridian::store::{PgStore, SqliteStore, Store};
+use meridian::zone::canonical_zones;
+use sqlx::Connection;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+const SEED_USERS_PG: &str = "INSERT INTO users (app_id, external_id, timezone, created_at, updated_at) \
+    SELECT 'shop', 'u' || g, ($2::text[])[1 + g % array_length($2::text[], 1)], $3, $3 FROM generate_series(1, $1) g";
+const SEED_USERS_SQLITE: &str = "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < $1) \
+    INSERT INTO users (app_id, external_id, timezone, created_at, updated_at) \
+    SELECT 'shop', 'u' || n, json_extract($2, '$[' || (n % json_array_length($2)) || ']'), $3, $3 FROM g";
+/// Even users get an iOS token (64 hex digits), odd ones an Android token.
+const SEED_DEVICES_PG: &str = "INSERT INTO devices (app_id, user_id, platform, token, timezone, zone, created_at, updated_at) \
+    SELECT 'shop', id, CASE WHEN id % 2 = 0 THEN 'ios' ELSE 'android' END, \
+      CASE WHEN id % 2 = 0 THEN lpad(id::text, 64, '0') ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users";
+const SEED_DEVICES_SQLITE: &str = "INSERT INTO devices (app_id, user_id, platform, token, timezone, zone, created_at, updated_at) \
+    SELECT 'shop', id, CASE WHEN id % 2 = 0 THEN 'ios' ELSE 'android' END, \
+      CASE WHEN id % 2 = 0 THEN substr('0000000000000000000000000000000000000000000000000000000000000000' || id, -64, 64) \
+           ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users";
+const SEED_SUBSCRIPTIONS: &str = "INSERT INTO subscriptions (user_id, topic, opted_in, updated_at) SELECT id, 'marketing', TRUE, $1 FROM users";
+
+#[tokio::main]
+async fn main() {
+    let devices: i64 = arg("--devices").and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let backend = arg("--backend").unwrap_or_else(|| "sqlite".to_owned());
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n);
+    std::fs::write(p("key.p8"), jwt::generate_p8().unwrap()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("https://127.0.0.1:{port}");
+    let sa = serde_json::json!({"project_id": "p", "client_email": "m@p.iam.gserviceaccount.com",
+        "private_key": TEST_SERVICE_ACCOUNT_KEY, "token_uri": format!("{base}/token")});
+    std::fs::write(p("sa.json"), sa.to_string()).unwrap();
+    let apps = |ca: &str| {
+        format!(
+            "[apps.shop]\n[apps.shop.topics]\nmarketing = {{ default_subscribed = false }}\n\
+             [apps.shop.apns]\nbundle_id = \"com.example.shop\"\nkey_file = \"{}\"\nkey_id = \"K\"\nteam_id = \"T\"\nbase_url = \"{base}\"\n{ca}\n\
+             [apps.shop.apns.connection]\nconnections = 2\nconcurrency = 1024\n\
+             [apps.shop.fcm]\nservice_account_file = \"{}\"\nbase_url = \"{base}\"\n{ca}\n\
+             [apps.shop.fcm.connection]\nconnections = 2\nconcurrency = 1024\n",
+            p("key.p8").display(),
+            p("sa.json").display()
+        )
+    };
+    std::fs::write(p("sim.toml"), apps("")).unwrap();
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["--config", p("sim.toml").to_str().unwrap(), "simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--ca-out")
+        .arg(p("ca.pem"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = sim.stdout.take().unwrap();
+    assert!(BufReader::new(out).lines().map_while(Result::ok).any(|l| l.ends_with("ready")));
+    let config: Config = toml::from_str(&apps(&format!("ca_file = \"{}\"", p("ca.pem").display()))).unwrap();
+    config.validate().unwrap();
+
+    println!("meridian e2e bench: {devices} devices over {} zones, backend {backend}", canonical_zones().len());
+    match backend.as_str() {
+        "postgres" => {
+            let admin = std::env::var("MERIDIAN_TEST_PG_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+            sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)").execute(&mut c).await.unwrap();
+            sqlx::query("CREATE DATABASE meridian_e2e").execute(&mut c).await.unwrap();
+            let mut url = url::Url::parse(&admin).unwrap();
+            url.set_path("meridian_e2e");
+            let store = PgStore::connect(&DatabaseConfig { url: url.to_string(), max_connections: 8, ..DatabaseConfig::default() })
+                .await
+                .unwrap();
+            run(store, &config, devices, |s| async move {
+                let mut c = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
+                let now = SystemClock.now();
+                let zones: Vec<String> = canonical_zones().iter().map(|z| z.name().to_owned()).collect();
+                sqlx::query(SEED_USERS_PG).bind(s).bind(&zones).bind(now).execute(&mut c).await.unwrap();
+                sqlx::query(SEED_DEVICES_PG).bind(now).execute(&mut c).await.unwrap();
+                sqlx::query(SEED_SUBSCRIPTIONS).bind(now).execute(&mut c).await.unwrap();
+                sqlx::query("ANALYZE").execute(&mut c).await.unwrap();
+            })
+            .await;
+            sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)").execute(&mut c).await.unwrap();
+        }
+        _ => {
+            let url = format!("sqlite://{}", p("e2e.db").display());
+            let store = SqliteStore::connect(&DatabaseConfig { url: url.clone(), ..DatabaseConfig::default() }).await.unwrap();
+            run(store, &config, devices, |s| async move {
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                let now = SystemClock.now();
+                let zones: Vec<String> = canonical_zones().iter().map(|z| z.name().to_owned()).collect();
+                let zones = serde_json::to_string(&zones).unwrap();
+                sqlx::query(SEED_USERS_SQLITE).bind(s).bind(zones).bind(now).execute(&mut c).await.unwrap();
+                sqlx::query(SEED_DEVICES_SQLITE).bind(now).execute(&mut c).await.unwrap();
+                sqlx::query(SEED_SUBSCRIPTIONS).bind(now).execute(&mut c).await.unwrap();
+                sqlx::query("ANALYZE").execute(&mut c).await.unwrap();
+            })
+            .await;
+        }
+    }
+    let _ = sim.kill();
+    let _ = sim.wait();
+}
+
+async fn run<S, F, Fut>(store: S, config: &Config, devices: i64, seed: F)
+where
+    S: Store + Clone,
+    F: FnOnce(i64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    store.migrate().await.unwrap();
+    definitions::sync_apps(&store, config, SystemClock.now()).await.unwrap();
+    let t = Instant::now();
+    seed(devices).await;
+    println!("seeded in {:.1} s", t.elapsed().as_secs_f64());
+    // 09:00 local, already passed everywhere, sent at once: every zone due together.
+    let text = "key = \"e2e\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hello\"\n\
+                body = \"A benchmark message of ordinary length.\"\n[audience]\ntopics = [\"marketing\"]\n\
+                [schedule]\ntype = \"local\"\nat = \"2020-01-01T09:00\"\nmissed = \"send_now\"\n";
+    let def = parse_toml("e2e.toml", text).unwrap();
+    let t = Instant::now();
+    let prepared = definitions::prepare(&store, config, &def, SystemClock.now()).await.unwrap();
+    let applied = definitions::save(&store, prepared, SystemClock.now()).await.unwrap();
+    println!("scheduled in {:.1} s", t.elapsed().as_secs_f64());
+    let settings = EngineSettings {
+        worker_id: "bench".into(),
+        chunk_size: 1000,
+        chunks_in_flight: 8,
+        sends_per_chunk: 128,
+        flush_every: 500,
+        ..EngineSettings::default()
+    };
+    let engine = Engine::new(Arc::new(store.clone()), Arc::new(config.clone()), Arc::new(SystemClock), settings).unwrap();
+    let start = Instant::now();
+    let report = engine.run_until_idle().await.unwrap();
+    let secs = start.elapsed().as_secs_f64();
+    let counts = store.delivery_counts(applied.record.id).await.unwrap();
+    let sent = counts.get("sent").copied().unwrap_or(0);
+    println!(
+        "released {} slots, {} chunks; {sent} sent of {devices} in {secs:.1} s = {:.0} msgs/s; statuses {counts:?}; peak RSS {:.0} MB",
+        report.released,
+        report.chunks,
+        sent as f64 / secs,
+        peak_rss_mb()
+    );
+    store.close().await;
+}
