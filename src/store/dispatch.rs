@@ -314,14 +314,10 @@ macro_rules! shared_dispatch_methods {
             let n = binds.len();
             // Devices already served for this occurrence (by an earlier lease of this
             // chunk, or another slot the device's zone moved to) are skipped.
+            let (join, filter) = Self::not_served(&format!("${}", n + 1), &format!("${}", n + 2));
             let sql = format!(
                 "SELECT r.device_id, r.user_id, d.token, d.platform, d.locale FROM ({recipients}) r \
-                 JOIN devices d ON d.id = r.device_id \
-                 WHERE NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.campaign_id = ${c} AND x.occurrence = ${o} \
-                                   AND x.device_id = r.device_id) \
-                 ORDER BY r.device_id",
-                c = n + 1,
-                o = n + 2
+                 JOIN devices d ON d.id = r.device_id {join} WHERE {filter} ORDER BY r.device_id"
             );
             let mut q = sqlx::query_as::<_, $crate::store::Recipient>(&sql);
             for b in binds {

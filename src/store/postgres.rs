@@ -49,6 +49,19 @@ impl PgStore {
 
     const ID_IN: &'static str = "= ANY($1)";
 
+    /// "Not yet served" as a LATERAL probe of the unique index per recipient: an
+    /// anti-join would be planned from statistics that lag far behind a
+    /// deliveries table growing by thousands of rows a second.
+    fn not_served(campaign: &str, occurrence: &str) -> (String, String) {
+        (
+            format!(
+                "LEFT JOIN LATERAL (SELECT 1 AS served FROM deliveries x WHERE x.campaign_id = {campaign} \
+                 AND x.occurrence = {occurrence} AND x.device_id = r.device_id LIMIT 1) done ON TRUE"
+            ),
+            "done.served IS NULL".to_owned(),
+        )
+    }
+
     fn bind_ids<'q, O>(
         q: QueryAs<'q, Postgres, O, PgArguments>,
         ids: &[i64],

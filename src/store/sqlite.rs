@@ -60,6 +60,17 @@ impl SqliteStore {
 
     const ID_IN: &'static str = "IN (SELECT value FROM json_each($1))";
 
+    /// "Not yet served": SQLite probes the unique index per recipient for NOT EXISTS.
+    fn not_served(campaign: &str, occurrence: &str) -> (String, String) {
+        (
+            String::new(),
+            format!(
+                "NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.campaign_id = {campaign} \
+                 AND x.occurrence = {occurrence} AND x.device_id = r.device_id)"
+            ),
+        )
+    }
+
     fn bind_ids<'q, O>(
         q: QueryAs<'q, Sqlite, O, SqliteArguments<'q>>,
         ids: &[i64],
