@@ -24,7 +24,9 @@ use sqlx::Connection;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn peak_rss_mb() -> f64 {
@@ -54,12 +56,18 @@ const SEED_SUBSCRIPTIONS: &str = "INSERT INTO subscriptions (user_id, topic, opt
 
 #[tokio::main]
 async fn main() {
-    let devices: i64 = arg("--devices").and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let devices: i64 = arg("--devices")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let backend = arg("--backend").unwrap_or_else(|| "sqlite".to_owned());
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     std::fs::write(p("key.p8"), jwt::generate_p8().unwrap()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let base = format!("https://127.0.0.1:{port}");
     let sa = serde_json::json!({"project_id": "p", "client_email": "m@p.iam.gserviceaccount.com",
         "private_key": TEST_SERVICE_ACCOUNT_KEY, "token_uri": format!("{base}/token")});
@@ -77,53 +85,118 @@ async fn main() {
     };
     std::fs::write(p("sim.toml"), apps("")).unwrap();
     let mut sim = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["--config", p("sim.toml").to_str().unwrap(), "simulate", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--config",
+            p("sim.toml").to_str().unwrap(),
+            "simulate",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .arg("--ca-out")
         .arg(p("ca.pem"))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let out = sim.stdout.take().unwrap();
-    assert!(BufReader::new(out).lines().map_while(Result::ok).any(|l| l.ends_with("ready")));
-    let config: Config = toml::from_str(&apps(&format!("ca_file = \"{}\"", p("ca.pem").display()))).unwrap();
+    assert!(BufReader::new(out)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.ends_with("ready")));
+    let config: Config =
+        toml::from_str(&apps(&format!("ca_file = \"{}\"", p("ca.pem").display()))).unwrap();
     config.validate().unwrap();
 
-    println!("meridian e2e bench: {devices} devices over {} zones, backend {backend}", canonical_zones().len());
+    println!(
+        "meridian e2e bench: {devices} devices over {} zones, backend {backend}",
+        canonical_zones().len()
+    );
     match backend.as_str() {
         "postgres" => {
             let admin = std::env::var("MERIDIAN_TEST_PG_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
             let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
-            sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)").execute(&mut c).await.unwrap();
-            sqlx::query("CREATE DATABASE meridian_e2e").execute(&mut c).await.unwrap();
-            let mut url = url::Url::parse(&admin).unwrap();
-            url.set_path("meridian_e2e");
-            let store = PgStore::connect(&DatabaseConfig { url: url.to_string(), max_connections: 8, ..DatabaseConfig::default() })
+            sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)")
+                .execute(&mut c)
                 .await
                 .unwrap();
+            sqlx::query("CREATE DATABASE meridian_e2e")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            let mut url = url::Url::parse(&admin).unwrap();
+            url.set_path("meridian_e2e");
+            let store = PgStore::connect(&DatabaseConfig {
+                url: url.to_string(),
+                max_connections: 8,
+                ..DatabaseConfig::default()
+            })
+            .await
+            .unwrap();
             run(store, &config, devices, |s| async move {
                 let mut c = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
                 let now = SystemClock.now();
-                let zones: Vec<String> = canonical_zones().iter().map(|z| z.name().to_owned()).collect();
-                sqlx::query(SEED_USERS_PG).bind(s).bind(&zones).bind(now).execute(&mut c).await.unwrap();
-                sqlx::query(SEED_DEVICES_PG).bind(now).execute(&mut c).await.unwrap();
-                sqlx::query(SEED_SUBSCRIPTIONS).bind(now).execute(&mut c).await.unwrap();
+                let zones: Vec<String> = canonical_zones()
+                    .iter()
+                    .map(|z| z.name().to_owned())
+                    .collect();
+                sqlx::query(SEED_USERS_PG)
+                    .bind(s)
+                    .bind(&zones)
+                    .bind(now)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query(SEED_DEVICES_PG)
+                    .bind(now)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query(SEED_SUBSCRIPTIONS)
+                    .bind(now)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
                 sqlx::query("ANALYZE").execute(&mut c).await.unwrap();
             })
             .await;
-            sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)").execute(&mut c).await.unwrap();
+            sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)")
+                .execute(&mut c)
+                .await
+                .unwrap();
         }
         _ => {
             let url = format!("sqlite://{}", p("e2e.db").display());
-            let store = SqliteStore::connect(&DatabaseConfig { url: url.clone(), ..DatabaseConfig::default() }).await.unwrap();
+            let store = SqliteStore::connect(&DatabaseConfig {
+                url: url.clone(),
+                ..DatabaseConfig::default()
+            })
+            .await
+            .unwrap();
             run(store, &config, devices, |s| async move {
                 let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
                 let now = SystemClock.now();
-                let zones: Vec<String> = canonical_zones().iter().map(|z| z.name().to_owned()).collect();
+                let zones: Vec<String> = canonical_zones()
+                    .iter()
+                    .map(|z| z.name().to_owned())
+                    .collect();
                 let zones = serde_json::to_string(&zones).unwrap();
-                sqlx::query(SEED_USERS_SQLITE).bind(s).bind(zones).bind(now).execute(&mut c).await.unwrap();
-                sqlx::query(SEED_DEVICES_SQLITE).bind(now).execute(&mut c).await.unwrap();
-                sqlx::query(SEED_SUBSCRIPTIONS).bind(now).execute(&mut c).await.unwrap();
+                sqlx::query(SEED_USERS_SQLITE)
+                    .bind(s)
+                    .bind(zones)
+                    .bind(now)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query(SEED_DEVICES_SQLITE)
+                    .bind(now)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+                sqlx::query(SEED_SUBSCRIPTIONS)
+                    .bind(now)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
                 sqlx::query("ANALYZE").execute(&mut c).await.unwrap();
             })
             .await;
@@ -140,7 +213,9 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     store.migrate().await.unwrap();
-    definitions::sync_apps(&store, config, SystemClock.now()).await.unwrap();
+    definitions::sync_apps(&store, config, SystemClock.now())
+        .await
+        .unwrap();
     let t = Instant::now();
     seed(devices).await;
     println!("seeded in {:.1} s", t.elapsed().as_secs_f64());
@@ -150,8 +225,12 @@ where
                 [schedule]\ntype = \"local\"\nat = \"2020-01-01T09:00\"\nmissed = \"send_now\"\n";
     let def = parse_toml("e2e.toml", text).unwrap();
     let t = Instant::now();
-    let prepared = definitions::prepare(&store, config, &def, SystemClock.now()).await.unwrap();
-    let applied = definitions::save(&store, prepared, SystemClock.now()).await.unwrap();
+    let prepared = definitions::prepare(&store, config, &def, SystemClock.now())
+        .await
+        .unwrap();
+    let applied = definitions::save(&store, prepared, SystemClock.now())
+        .await
+        .unwrap();
     println!("scheduled in {:.1} s", t.elapsed().as_secs_f64());
     let settings = EngineSettings {
         worker_id: "bench".into(),
@@ -161,7 +240,13 @@ where
         flush_every: 500,
         ..EngineSettings::default()
     };
-    let engine = Engine::new(Arc::new(store.clone()), Arc::new(config.clone()), Arc::new(SystemClock), settings).unwrap();
+    let engine = Engine::new(
+        Arc::new(store.clone()),
+        Arc::new(config.clone()),
+        Arc::new(SystemClock),
+        settings,
+    )
+    .unwrap();
     let start = Instant::now();
     let report = engine.run_until_idle().await.unwrap();
     let secs = start.elapsed().as_secs_f64();

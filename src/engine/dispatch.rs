@@ -31,10 +31,13 @@ impl<S: Store> Engine<S> {
         let mut leased = 0;
         let mut exhausted = false;
         loop {
-            if !exhausted && !self.is_stopping() && in_flight.len() < self.settings.chunks_in_flight {
+            if !exhausted && !self.is_stopping() && in_flight.len() < self.settings.chunks_in_flight
+            {
                 let now = self.now();
                 let want = (self.settings.chunks_in_flight - in_flight.len()) as i64;
-                let lease = self.store.lease_chunks(worker, now, now + self.settings.lease, want);
+                let lease = self
+                    .store
+                    .lease_chunks(worker, now, now + self.settings.lease, want);
                 tokio::pin!(lease);
                 // Chunks in flight keep running while the lease is taken (a chunk may
                 // hold SQLite's one write connection until it is polled again).
