@@ -391,17 +391,7 @@ macro_rules! shared_dispatch_methods {
             worker: &str,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<bool, $crate::store::StoreError> {
-            let done = sqlx::query(
-                "UPDATE slot_chunks SET state = 'done', lease_owner = NULL, lease_expires_at = NULL, finished_by = $3, updated_at = $4 \
-                 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
-            )
-            .bind(chunk.id)
-            .bind(chunk.attempt)
-            .bind(worker)
-            .bind(now)
-            .execute(&self.write)
-            .await?;
-            Ok(done.rows_affected() == 1)
+            self.close_chunk(chunk, worker, "done", now).await
         }
 
         async fn return_chunk(
@@ -410,17 +400,7 @@ macro_rules! shared_dispatch_methods {
             worker: &str,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<bool, $crate::store::StoreError> {
-            let done = sqlx::query(
-                "UPDATE slot_chunks SET state = 'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = $4 \
-                 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
-            )
-            .bind(chunk.id)
-            .bind(chunk.attempt)
-            .bind(worker)
-            .bind(now)
-            .execute(&self.write)
-            .await?;
-            Ok(done.rows_affected() == 1)
+            self.close_chunk(chunk, worker, "pending", now).await
         }
 
         async fn lease_deliveries(
@@ -647,6 +627,29 @@ macro_rules! shared_dispatch_helpers {
             .execute(&mut **tx)
             .await?;
             Ok(())
+        }
+
+        /// Ends a chunk's lease, fenced by owner and attempt: `done`, or back to `pending`.
+        async fn close_chunk(
+            &self,
+            chunk: &$crate::store::LeasedChunk,
+            worker: &str,
+            state: &str,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, $crate::store::StoreError> {
+            let done = sqlx::query(
+                "UPDATE slot_chunks SET state = $5, lease_owner = NULL, lease_expires_at = NULL, \
+                 finished_by = CASE WHEN $5 = 'done' THEN $3 END, updated_at = $4 \
+                 WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
+            )
+            .bind(chunk.id)
+            .bind(chunk.attempt)
+            .bind(worker)
+            .bind(now)
+            .bind(state)
+            .execute(&self.write)
+            .await?;
+            Ok(done.rows_affected() == 1)
         }
 
         /// Marks dead tokens invalid: (device id, reason).
