@@ -648,6 +648,14 @@ async fn print_campaign<S: Store>(
         let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
         println!("  deliveries: {}", parts.join(", "));
     }
+    let mut totals: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
+    for (_, kind, n) in store.slot_counts(c.id).await? {
+        *totals.entry(kind).or_default() += n;
+    }
+    if !totals.is_empty() {
+        let parts: Vec<String> = totals.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("  released so far: {}", parts.join(", "));
+    }
     let slots = store.slots(c.id).await?;
     if slots.is_empty() {
         if c.state == CampaignState::Draft {

@@ -202,6 +202,23 @@ async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
         };
         tokens.push(rig.device(n, zone, platform, false).await);
     }
+    // One user never opted in to marketing: left out, and counted as such.
+    rig.store
+        .upsert_device(
+            &DeviceUpsert {
+                app_id: "shop",
+                user_external_id: Some("no-opt-in"),
+                install_id: None,
+                platform: Platform::Android,
+                token: "fcm-no-opt-in",
+                timezone: Some("UTC"),
+                locale: None,
+                primary: false,
+            },
+            rig.clock.now(),
+        )
+        .await
+        .unwrap();
     let id = rig.schedule("now", "type = \"now\"").await;
     let engine = rig.engine("worker-a", 25);
     let report = engine.run_until_idle().await.unwrap();
@@ -217,6 +234,18 @@ async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
         rig.store.delivery_counts(id).await.unwrap(),
         BTreeMap::from([("sent".to_owned(), 120)])
     );
+    assert_eq!(rig.accepted("fcm-no-opt-in"), 0);
+    let counts: BTreeMap<String, i64> = rig
+        .store
+        .slot_counts(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, k, n)| (k, n))
+        .collect();
+    assert_eq!(counts["recipients"], 120);
+    assert_eq!(counts["excluded:segment"], 1);
+    assert_eq!(counts["excluded:invalid_token"], 0);
     // Nothing left to do, and doing nothing sends nothing.
     assert!(!engine.run_until_idle().await.unwrap().did_work());
     assert_eq!(rig.sim.stats().total_accepted(), 120);
@@ -379,8 +408,22 @@ async fn faults_are_retried_and_dead_tokens_skipped_later<S: Store + Clone>(db: 
             .get("UNREGISTERED")
             .copied()
             .unwrap_or(0);
-    rig.schedule("later", "type = \"now\"").await;
+    let later = rig.schedule("later", "type = \"now\"").await;
     engine.run_until_idle().await.unwrap();
+    let counts = rig.store.slot_counts(later).await.unwrap();
+    let count = |kind: &str| {
+        counts
+            .iter()
+            .find(|(_, k, _)| k == kind)
+            .map(|(_, _, n)| *n)
+    };
+    assert_eq!(count("recipients"), Some(live.len() as i64));
+    assert_eq!(count("excluded:invalid_token"), Some(dead.len() as i64));
+    assert_eq!(
+        count("excluded:no_device"),
+        Some(dead.len() as i64),
+        "users whose only device died"
+    );
     let stats = rig.sim.stats();
     let dead_after = stats
         .errors_by_reason

@@ -244,11 +244,34 @@ macro_rules! shared_dispatch_methods {
                 .await?;
             let recipients: i64 = sizes.iter().map(|(n,)| n).sum();
             let chunks = sizes.len() as i64;
-            sqlx::query("INSERT INTO slot_counts (slot_id, kind, n) VALUES ($1, 'recipients', $2)")
-                .bind(slot.slot_id)
-                .bind(recipients)
-                .execute(&mut *tx)
+            // Who was left out and why, next to how many were in.
+            let in_zone = if zone.is_some() { " AND d.zone = $2" } else { "" };
+            let user_in_zone = if zone.is_some() { " AND COALESCE(u.timezone, '') = $2" } else { "" };
+            let sql = format!(
+                "SELECT \
+                   (SELECT COUNT(*) FROM devices d WHERE d.app_id = $1 AND d.state = 'active'{in_zone}), \
+                   (SELECT COUNT(*) FROM devices d WHERE d.app_id = $1 AND d.state = 'invalid'{in_zone}), \
+                   (SELECT COUNT(*) FROM users u WHERE u.app_id = $1{user_in_zone} AND NOT EXISTS ( \
+                      SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.state = 'active'))"
+            );
+            let (active, invalid, no_device): (i64, i64, i64) = sqlx::query_as(&sql)
+                .bind(segment.app_id)
+                .bind(zone.unwrap_or(""))
+                .fetch_one(&mut *tx)
                 .await?;
+            for (kind, n) in [
+                ("recipients", recipients),
+                ("excluded:segment", (active - recipients).max(0)),
+                ("excluded:invalid_token", invalid),
+                ("excluded:no_device", no_device),
+            ] {
+                sqlx::query("INSERT INTO slot_counts (slot_id, kind, n) VALUES ($1, $2, $3)")
+                    .bind(slot.slot_id)
+                    .bind(kind)
+                    .bind(n)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             Ok(Some($crate::store::Released { recipients, chunks }))
         }
@@ -566,6 +589,19 @@ macro_rules! shared_dispatch_methods {
             Ok(sqlx::query_as(
                 "SELECT d.slot_id, d.status, COUNT(*) FROM deliveries d WHERE d.campaign_id = $1 AND d.slot_id IS NOT NULL \
                  GROUP BY d.slot_id, d.status ORDER BY d.slot_id, d.status",
+            )
+            .bind(campaign_id)
+            .fetch_all(&self.read)
+            .await?)
+        }
+
+        async fn slot_counts(
+            &self,
+            campaign_id: i64,
+        ) -> Result<Vec<(i64, String, i64)>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(
+                "SELECT c.slot_id, c.kind, c.n FROM slot_counts c JOIN slots s ON s.id = c.slot_id \
+                 WHERE s.campaign_id = $1 ORDER BY c.slot_id, c.kind",
             )
             .bind(campaign_id)
             .fetch_all(&self.read)

@@ -419,6 +419,13 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Per-slot counts recorded at release: (slot id, kind, n), where kind is
+    /// `recipients` or `excluded:<reason>` (segment, invalid_token, no_device).
+    fn slot_counts(
+        &self,
+        campaign_id: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
+
     /// Deliveries of a campaign by slot and status: (slot id, status, count).
     fn slot_delivery_counts(
         &self,
