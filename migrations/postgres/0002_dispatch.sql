@@ -42,3 +42,8 @@ FROM users u WHERE u.id = d.user_id;
 UPDATE devices SET zone = COALESCE(timezone, '') WHERE user_id IS NULL;
 DROP INDEX devices_active_by_zone;
 CREATE INDEX devices_active_by_zone ON devices (app_id, zone, id) WHERE state = 'active';
+
+-- For the per-slot counts of who was left out: dead tokens and users without a
+-- device, by zone.
+CREATE INDEX devices_invalid_by_zone ON devices (app_id, zone) WHERE state = 'invalid';
+CREATE INDEX users_by_zone ON users (app_id, timezone);

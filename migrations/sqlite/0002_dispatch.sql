@@ -38,3 +38,8 @@ ALTER TABLE devices ADD COLUMN zone TEXT NOT NULL DEFAULT '';
 UPDATE devices SET zone = COALESCE(timezone, (SELECT u.timezone FROM users u WHERE u.id = devices.user_id), '');
 DROP INDEX devices_active_by_zone;
 CREATE INDEX devices_active_by_zone ON devices (app_id, zone, id) WHERE state = 'active';
+
+-- For the per-slot counts of who was left out: dead tokens and users without a
+-- device, by zone.
+CREATE INDEX devices_invalid_by_zone ON devices (app_id, zone) WHERE state = 'invalid';
+CREATE INDEX users_by_zone ON users (app_id, timezone);

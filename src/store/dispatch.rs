@@ -246,7 +246,12 @@ macro_rules! shared_dispatch_methods {
             let chunks = sizes.len() as i64;
             // Who was left out and why, next to how many were in.
             let in_zone = if zone.is_some() { " AND d.zone = $2" } else { "" };
-            let user_in_zone = if zone.is_some() { " AND COALESCE(u.timezone, '') = $2" } else { "" };
+            // A user without a zone is in the app's default slot '' (see devices.zone).
+            let user_in_zone = match zone {
+                Some("") => " AND u.timezone IS NULL",
+                Some(_) => " AND u.timezone = $2",
+                None => "",
+            };
             let sql = format!(
                 "SELECT \
                    (SELECT COUNT(*) FROM devices d WHERE d.app_id = $1 AND d.state = 'active'{in_zone}), \
@@ -254,11 +259,11 @@ macro_rules! shared_dispatch_methods {
                    (SELECT COUNT(*) FROM users u WHERE u.app_id = $1{user_in_zone} AND NOT EXISTS ( \
                       SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.state = 'active'))"
             );
-            let (active, invalid, no_device): (i64, i64, i64) = sqlx::query_as(&sql)
-                .bind(segment.app_id)
-                .bind(zone.unwrap_or(""))
-                .fetch_one(&mut *tx)
-                .await?;
+            let mut counts = sqlx::query_as::<_, (i64, i64, i64)>(&sql).bind(segment.app_id);
+            if let Some(z) = zone {
+                counts = counts.bind(z);
+            }
+            let (active, invalid, no_device) = counts.fetch_one(&mut *tx).await?;
             for (kind, n) in [
                 ("recipients", recipients),
                 ("excluded:segment", (active - recipients).max(0)),
