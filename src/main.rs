@@ -14,6 +14,10 @@ use meridian::store::{AnyStore, SaveOutcome, Store};
 use meridian::with_store;
 use tracing_subscriber::EnvFilter;
 
+/// glibc malloc spends a fifth of the send path in contention and consolidation.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meridian",
