@@ -88,6 +88,7 @@ fn segments(
     let marketing = vec![TopicRule {
         name: "marketing",
         default_subscribed: false,
+        cap: None,
     }];
     vec![
         (

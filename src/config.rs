@@ -248,6 +248,18 @@ pub struct TopicConfig {
     /// (true for transactional traffic, false for marketing, which needs an opt-in).
     #[serde(default)]
     pub default_subscribed: bool,
+    /// At most `max` pushes of this topic per user in any rolling `per`
+    /// (e.g. 2 marketing pushes per 24 h); capped recipients are suppressed, and counted.
+    #[serde(default)]
+    pub cap: Option<FrequencyCap>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyCap {
+    pub max: u32,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -530,12 +542,28 @@ impl Config {
                     format!("unknown IANA time zone {:?}", app.default_timezone),
                 ));
             }
-            for topic in app.topics.keys() {
+            for (topic, t) in &app.topics {
                 if !valid_ident(topic) {
                     return Err(invalid(
                         key(&format!("topics.{topic}")),
                         "topic names are 1-64 lowercase letters, digits, '-' or '_'",
                     ));
+                }
+                if let Some(cap) = t.cap {
+                    if cap.max == 0 {
+                        return Err(invalid(
+                            key(&format!("topics.{topic}.cap.max")),
+                            "must be at least 1 (leave the cap out for no cap)",
+                        ));
+                    }
+                    if cap.per < Duration::from_secs(60)
+                        || cap.per > Duration::from_secs(90 * 86_400)
+                    {
+                        return Err(invalid(
+                            key(&format!("topics.{topic}.cap.per")),
+                            "must be between 1 minute and 90 days",
+                        ));
+                    }
                 }
             }
             if let Some(apns) = &app.apns {
@@ -662,6 +690,37 @@ mod tests {
             err.starts_with("apps.shop.fcm.service_account_file: /nonexistent/sa.json"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn frequency_caps_are_read_and_checked() {
+        let c = from_toml("[apps.shop.topics]\nmarketing = { cap = { max = 2, per = \"24h\" } }")
+            .unwrap();
+        let cap = c.apps["shop"].topics["marketing"].cap;
+        assert_eq!(
+            cap,
+            Some(FrequencyCap {
+                max: 2,
+                per: Duration::from_secs(86_400)
+            })
+        );
+        for (cap, key) in [
+            (
+                "{ max = 0, per = \"24h\" }",
+                "apps.shop.topics.marketing.cap.max: ",
+            ),
+            (
+                "{ max = 2, per = \"1s\" }",
+                "apps.shop.topics.marketing.cap.per: ",
+            ),
+        ] {
+            let err = from_toml(&format!(
+                "[apps.shop.topics]\nmarketing = {{ cap = {cap} }}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
     }
 
     #[test]

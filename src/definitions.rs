@@ -86,6 +86,7 @@ pub fn topic_rules<'a>(app: &'a AppConfig, topics: &'a [String]) -> Vec<TopicRul
         .map(|t| TopicRule {
             name: t,
             default_subscribed: app.topics.get(t).is_some_and(|c| c.default_subscribed),
+            cap: app.topics.get(t).and_then(|c| c.cap),
         })
         .collect()
 }

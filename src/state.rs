@@ -162,6 +162,8 @@ states! {
         TokenInvalid = "token_invalid" => [],
         /// Its TTL passed before it could be sent.
         Expired = "expired" => [],
+        /// Not sent: a frequency cap of one of the campaign's topics was reached.
+        Suppressed = "suppressed" => [],
         Cancelled = "cancelled" => [],
     }
 }

@@ -68,6 +68,7 @@ async fn rig<S: Store + Clone>(db: &TestDb<S>, start: DateTime<Utc>) -> Rig<S> {
 default_timezone = "UTC"
 [apps.shop.topics]
 marketing = {{ default_subscribed = false }}
+promo = {{ default_subscribed = true, cap = {{ max = 2, per = "24h" }} }}
 [apps.shop.apns]
 bundle_id = "com.example.shop"
 key_file = "{key}"
@@ -152,9 +153,13 @@ impl<S: Store> Rig<S> {
     }
 
     async fn schedule(&self, key: &str, schedule: &str) -> i64 {
+        self.schedule_for(key, "marketing", schedule).await
+    }
+
+    async fn schedule_for(&self, key: &str, topic: &str, schedule: &str) -> i64 {
         let text = format!(
             "key = \"{key}\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hello\"\nbody = \"World\"\n\
-             [audience]\ntopics = [\"marketing\"]\n[schedule]\n{schedule}\n"
+             [audience]\ntopics = [\"{topic}\"]\n[schedule]\n{schedule}\n"
         );
         let def = parse_toml("t.toml", &text).unwrap();
         let prepared = definitions::prepare(&*self.store, &self.config, &def, self.clock.now())
@@ -244,7 +249,8 @@ async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
         .map(|(_, k, n)| (k, n))
         .collect();
     assert_eq!(counts["recipients"], 120);
-    assert_eq!(counts["excluded:segment"], 1);
+    assert_eq!(counts["excluded:opted_out"], 1);
+    assert_eq!(counts["excluded:segment"], 0);
     assert_eq!(counts["excluded:invalid_token"], 0);
     // Nothing left to do, and doing nothing sends nothing.
     assert!(!engine.run_until_idle().await.unwrap().did_work());
@@ -488,7 +494,10 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].attempt, a[0].attempt + 1);
     let slot = s.slot_info(a[0].slot_id).await.unwrap().unwrap();
-    let recipients = s.chunk_recipients(&b[0], &slot, &segment).await.unwrap();
+    let recipients = s
+        .chunk_recipients(&b[0], &slot, &segment, rig.clock.now())
+        .await
+        .unwrap();
     let delivery = NewDelivery {
         device_id: recipients[0].device_id,
         user_id: recipients[0].user_id,
@@ -624,7 +633,87 @@ async fn a_device_registered_after_scheduling_gets_its_own_nine<S: Store + Clone
     assert_eq!(rig.accepted(&berlin), 1);
 }
 
+/// `promo` is capped at 2 pushes per user in any 24 hours (see the rig's config).
+async fn frequency_caps_suppress_and_count<S: Store + Clone>(db: &TestDb<S>) {
+    let t0 = at(2026, 11, 23, 10, 0);
+    let rig = rig(db, t0).await;
+    let mut tokens = Vec::new();
+    for n in 0..5 {
+        let platform = if n % 2 == 0 {
+            Platform::Ios
+        } else {
+            Platform::Android
+        };
+        tokens.push(rig.device(n, "Europe/Berlin", platform, false).await);
+    }
+    // user-4 has a second device: one push to a user is one push however many
+    // devices it reaches, so both devices go or neither does.
+    let second = "fcm-second-device-of-user-4";
+    rig.store
+        .upsert_device(
+            &DeviceUpsert {
+                app_id: "shop",
+                user_external_id: Some("user-4"),
+                install_id: None,
+                platform: Platform::Android,
+                token: second,
+                timezone: Some("Europe/Berlin"),
+                locale: None,
+                primary: false,
+            },
+            t0,
+        )
+        .await
+        .unwrap();
+    tokens.push(second.to_owned());
+    let engine = rig.engine("worker-a", 4);
+    let counts = |id: i64| {
+        let store = rig.store.clone();
+        async move {
+            let mut totals = BTreeMap::new();
+            for (_, kind, n) in store.slot_counts(id).await.unwrap() {
+                *totals.entry(kind).or_insert(0) += n;
+            }
+            (store.delivery_counts(id).await.unwrap(), totals)
+        }
+    };
+    let sent_all = |n: u64| tokens.iter().all(|t| rig.accepted(t) == n);
+
+    rig.schedule_for("p1", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    rig.clock.set(t0 + TimeDelta::hours(1));
+    rig.schedule_for("p2", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    assert!(sent_all(2), "two promo pushes are within the cap");
+    // Another topic has no cap and does not count towards promo's.
+    rig.clock.set(t0 + TimeDelta::hours(2));
+    rig.schedule("m1", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    assert!(sent_all(3));
+
+    rig.clock.set(t0 + TimeDelta::hours(3));
+    let p3 = rig.schedule_for("p3", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    assert!(sent_all(3), "the third promo push in 24 h is held back");
+    let (by_status, by_reason) = counts(p3).await;
+    assert_eq!(by_status, BTreeMap::from([("suppressed".to_owned(), 6)]));
+    assert_eq!(by_reason["recipients"], 6);
+    assert_eq!(by_reason["excluded:capped"], 6);
+    assert_eq!(rig.state("p3").await, CampaignState::Completed);
+
+    // Once the first push leaves the 24-hour window there is room for one more.
+    rig.clock
+        .set(t0 + TimeDelta::hours(24) + TimeDelta::minutes(1));
+    let p4 = rig.schedule_for("p4", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    assert!(sent_all(4));
+    let (by_status, by_reason) = counts(p4).await;
+    assert_eq!(by_status, BTreeMap::from([("sent".to_owned(), 6)]));
+    assert!(!by_reason.contains_key("excluded:capped"));
+}
+
 storage_tests!(
+    frequency_caps_suppress_and_count,
     a_device_registered_after_scheduling_gets_its_own_nine,
     pause_holds_everything_and_resume_continues,
     cancel_stops_the_zones_not_yet_sent,

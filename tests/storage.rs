@@ -464,6 +464,7 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
     let marketing = vec![TopicRule {
         name: "marketing",
         default_subscribed: false,
+        cap: None,
     }];
     assert_eq!(
         count(Audience::default(), marketing.clone()).await,
@@ -477,6 +478,7 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
     let transactional = vec![TopicRule {
         name: "transactional",
         default_subscribed: true,
+        cap: None,
     }];
     assert_eq!(
         count(Audience::default(), transactional).await,

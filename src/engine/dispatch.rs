@@ -81,7 +81,7 @@ impl<S: Store> Engine<S> {
         };
         let recipients = self
             .store
-            .chunk_recipients(&chunk, &slot, &ctx.segment())
+            .chunk_recipients(&chunk, &slot, &ctx.segment(), self.now())
             .await?;
         let message = &ctx.campaign.definition.message;
         let expires_at = message
@@ -97,6 +97,15 @@ impl<S: Store> Engine<S> {
                     async move {
                         if self.is_stopping() {
                             return None;
+                        }
+                        if let Some(cap) = r.capped.clone() {
+                            let d = Decision {
+                                status: DeliveryStatus::Suppressed,
+                                provider_id: None,
+                                reason: Some(cap),
+                                next_attempt_at: None,
+                            };
+                            return Some((r, d));
                         }
                         if let Some(t) = &ctx.throttle {
                             t.ready().await;

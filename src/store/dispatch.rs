@@ -61,6 +61,8 @@ pub struct Recipient {
     pub token: String,
     pub platform: String,
     pub locale: Option<String>,
+    /// `capped:<topic>` when a frequency cap holds this recipient back.
+    pub capped: Option<String>,
 }
 
 /// A delivery's first outcome, written with the row.
@@ -264,9 +266,16 @@ macro_rules! shared_dispatch_methods {
                 counts = counts.bind(z);
             }
             let (active, invalid, no_device) = counts.fetch_one(&mut *tx).await?;
+            let (sql, binds) = $crate::store::segment::opted_out_sql(self.kind(), segment, zone);
+            let mut q = sqlx::query_as::<_, (i64,)>(&sql);
+            for b in binds {
+                q = Self::bind_segment(q, b);
+            }
+            let (opted_out,) = q.fetch_one(&mut *tx).await?;
             for (kind, n) in [
                 ("recipients", recipients),
-                ("excluded:segment", (active - recipients).max(0)),
+                ("excluded:opted_out", opted_out),
+                ("excluded:segment", (active - recipients - opted_out).max(0)),
                 ("excluded:invalid_token", invalid),
                 ("excluded:no_device", no_device),
             ] {
@@ -331,27 +340,36 @@ macro_rules! shared_dispatch_methods {
             chunk: &$crate::store::LeasedChunk,
             slot: &$crate::store::SlotInfo,
             segment: &$crate::store::Segment<'_>,
+            now: chrono::DateTime<chrono::Utc>,
         ) -> Result<Vec<$crate::store::Recipient>, $crate::store::StoreError> {
+            use $crate::store::segment::Bind;
             let zone = (slot.zone != $crate::planner::ALL_ZONES).then_some(slot.zone.as_str());
-            let (recipients, binds) = $crate::store::segment::recipients_in_range_sql(
+            let (recipients, mut binds) = $crate::store::segment::recipients_in_range_sql(
                 self.kind(),
                 segment,
                 zone,
                 Some((chunk.first_device_id, chunk.last_device_id)),
             );
-            let n = binds.len();
+            binds.push(Bind::Int(slot.campaign_id));
+            let campaign = format!("${}", binds.len());
+            binds.push(Bind::Text(slot.occurrence.clone()));
+            let occurrence = format!("${}", binds.len());
             // Devices already served for this occurrence (by an earlier lease of this
             // chunk, or another slot the device's zone moved to) are skipped.
-            let (join, filter) = Self::not_served(&format!("${}", n + 1), &format!("${}", n + 2));
+            let (join, filter) = Self::not_served(&campaign, &occurrence);
+            let capped = $crate::store::segment::capped_sql(
+                self.kind(), segment, &mut binds, "r.user_id", &campaign, &occurrence, now,
+            )
+            .unwrap_or_else(|| "CAST(NULL AS TEXT)".to_owned());
             let sql = format!(
-                "SELECT r.device_id, r.user_id, d.token, d.platform, d.locale FROM ({recipients}) r \
+                "SELECT r.device_id, r.user_id, d.token, d.platform, d.locale, {capped} AS capped FROM ({recipients}) r \
                  JOIN devices d ON d.id = r.device_id {join} WHERE {filter} ORDER BY r.device_id"
             );
             let mut q = sqlx::query_as::<_, $crate::store::Recipient>(&sql);
             for b in binds {
                 q = Self::bind_segment(q, b);
             }
-            Ok(q.bind(slot.campaign_id).bind(&slot.occurrence).fetch_all(&self.read).await?)
+            Ok(q.fetch_all(&self.read).await?)
         }
 
         async fn record_chunk(
@@ -605,8 +623,13 @@ macro_rules! shared_dispatch_methods {
             campaign_id: i64,
         ) -> Result<Vec<(i64, String, i64)>, $crate::store::StoreError> {
             Ok(sqlx::query_as(
-                "SELECT c.slot_id, c.kind, c.n FROM slot_counts c JOIN slots s ON s.id = c.slot_id \
-                 WHERE s.campaign_id = $1 ORDER BY c.slot_id, c.kind",
+                "SELECT slot_id, kind, n FROM ( \
+                   SELECT c.slot_id, c.kind, c.n FROM slot_counts c JOIN slots s ON s.id = c.slot_id \
+                   WHERE s.campaign_id = $1 \
+                   UNION ALL \
+                   SELECT slot_id, 'excluded:capped', COUNT(*) FROM deliveries \
+                   WHERE campaign_id = $1 AND status = 'suppressed' GROUP BY slot_id \
+                 ) t ORDER BY slot_id, kind",
             )
             .bind(campaign_id)
             .fetch_all(&self.read)

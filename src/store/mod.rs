@@ -341,12 +341,14 @@ pub trait Store: Send + Sync + 'static {
         slot_id: i64,
     ) -> impl Future<Output = Result<Option<SlotInfo>, StoreError>> + Send;
 
-    /// The chunk's recipients not yet served for the slot's occurrence.
+    /// The chunk's recipients not yet served for the slot's occurrence, each with
+    /// the frequency cap that holds it back at `now`, if any.
     fn chunk_recipients(
         &self,
         chunk: &LeasedChunk,
         slot: &SlotInfo,
         segment: &Segment<'_>,
+        now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<Recipient>, StoreError>> + Send;
 
     /// Writes a batch of first outcomes as delivery rows (and the history of the
@@ -419,8 +421,9 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Per-slot counts recorded at release: (slot id, kind, n), where kind is
-    /// `recipients` or `excluded:<reason>` (segment, invalid_token, no_device).
+    /// Per-slot counts: (slot id, kind, n), where kind is `recipients` or
+    /// `excluded:<reason>`: opted_out, segment, invalid_token, no_device (counted at
+    /// release) and capped (suppressed deliveries, counted as they are decided).
     fn slot_counts(
         &self,
         campaign_id: i64,

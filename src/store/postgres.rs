@@ -112,6 +112,7 @@ impl PgStore {
         match b {
             Bind::Text(s) => q.bind(s),
             Bind::Int(i) => q.bind(i),
+            Bind::Time(t) => q.bind(t),
             Bind::TextList(v) => q.bind(v),
         }
     }

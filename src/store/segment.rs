@@ -1,8 +1,10 @@
 //! Turns an audience into SQL that yields its recipients. Pure string building:
 //! the only dialect differences are JSON access and list parameters.
 
+use chrono::{DateTime, Utc};
+
 use crate::campaign::{scalar_text, Audience, DevicePolicy, FilterOp};
-use crate::config::DatabaseKind;
+use crate::config::{DatabaseKind, FrequencyCap};
 
 /// A parameter of the generated SQL, bound in order as `$1, $2, …`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -11,6 +13,7 @@ pub enum Bind {
     Int(i64),
     /// A list of strings: a `text[]` on Postgres, a JSON array on SQLite.
     TextList(Vec<String>),
+    Time(DateTime<Utc>),
 }
 
 /// A topic the audience requires, with what "no explicit choice" means for it.
@@ -18,6 +21,7 @@ pub enum Bind {
 pub struct TopicRule<'a> {
     pub name: &'a str,
     pub default_subscribed: bool,
+    pub cap: Option<FrequencyCap>,
 }
 
 /// Who a campaign or push targets within one app.
@@ -97,15 +101,7 @@ pub fn recipients_in_range_sql(
 
     // Conditions on the user keep or drop all of a user's devices together,
     // so they apply before the primary device is chosen.
-    let mut user_conds = Vec::new();
-    for t in &segment.topics {
-        let p = b.text(t.name);
-        user_conds.push(if t.default_subscribed {
-            format!("NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = d.user_id AND s.topic = {p} AND NOT s.opted_in)")
-        } else {
-            format!("EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = d.user_id AND s.topic = {p} AND s.opted_in)")
-        });
-    }
+    let mut user_conds = topic_conds(&mut b, &segment.topics);
     for f in &audience.attributes {
         let expr = b.attribute(&f.attribute);
         let cond = match (f.op, &f.value) {
@@ -191,6 +187,104 @@ pub fn recipients_in_range_sql(
     (sql, b.binds)
 }
 
+/// Whether the device's user (`d.user_id`) takes each topic: opted in, or not
+/// opted out of a topic users have by default.
+fn topic_conds(b: &mut Builder, topics: &[TopicRule<'_>]) -> Vec<String> {
+    topics
+        .iter()
+        .map(|t| {
+            let p = b.text(t.name);
+            if t.default_subscribed {
+                format!("NOT EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = d.user_id AND s.topic = {p} AND NOT s.opted_in)")
+            } else {
+                format!("EXISTS (SELECT 1 FROM subscriptions s WHERE s.user_id = d.user_id AND s.topic = {p} AND s.opted_in)")
+            }
+        })
+        .collect()
+}
+
+/// SQL counting the app's active devices (in `zone`, when given) whose user does
+/// not take every topic of the segment: the "opted out" of a slot. Binds `$1` app, `$2` zone.
+pub fn opted_out_sql(
+    kind: DatabaseKind,
+    segment: &Segment<'_>,
+    zone: Option<&str>,
+) -> (String, Vec<Bind>) {
+    let mut b = Builder {
+        kind,
+        binds: Vec::new(),
+    };
+    let app = b.text(segment.app_id);
+    let in_zone = match zone {
+        Some(z) => format!(" AND d.zone = {}", b.text(z)),
+        None => String::new(),
+    };
+    let conds = topic_conds(&mut b, &segment.topics);
+    if conds.is_empty() {
+        return ("SELECT CAST(0 AS BIGINT)".to_owned(), Vec::new());
+    }
+    (
+        format!(
+            "SELECT COUNT(*) FROM devices d WHERE d.app_id = {app} AND d.state = 'active'{in_zone} AND NOT ({})",
+            conds.join(" AND ")
+        ),
+        b.binds,
+    )
+}
+
+/// A SQL expression naming the first frequency cap `user` (a user id column) has
+/// reached at `now` — `'capped:<topic>'` — or NULL. A cap counts the user's pushes
+/// of that topic accepted within the window: one per campaign occurrence however
+/// many devices it reached, the occurrence being sent (`campaign`, `occurrence`,
+/// already bound) excluded, so all of a user's devices go or none does.
+/// `None` when no topic of the segment has a cap. New binds are appended to `binds`.
+pub fn capped_sql(
+    kind: DatabaseKind,
+    segment: &Segment<'_>,
+    binds: &mut Vec<Bind>,
+    user: &str,
+    campaign: &str,
+    occurrence: &str,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let mut b = Builder {
+        kind,
+        binds: std::mem::take(binds),
+    };
+    let mut arms = Vec::new();
+    for t in &segment.topics {
+        let Some(cap) = t.cap else { continue };
+        let window = chrono::TimeDelta::from_std(cap.per).unwrap_or(chrono::TimeDelta::MAX);
+        let since = b.param(Bind::Time(
+            now.checked_sub_signed(window)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+        ));
+        let max = b.param(Bind::Int(i64::from(cap.max)));
+        let topic = b.text(t.name);
+        let has_topic = match kind {
+            DatabaseKind::Postgres => format!("(k.definition -> 'audience' -> 'topics') @> jsonb_build_array({topic}::text)"),
+            DatabaseKind::Sqlite => format!(
+                "EXISTS (SELECT 1 FROM json_each(k.definition, '$.audience.topics') j WHERE j.value = {topic})"
+            ),
+        };
+        let reason = b.text(format!("capped:{}", t.name));
+        arms.push(format!(
+            "WHEN (SELECT COUNT(*) FROM (SELECT DISTINCT x.campaign_id, x.occurrence FROM deliveries x \
+             JOIN campaigns k ON k.id = x.campaign_id \
+             WHERE x.user_id = {user} AND x.sent_at > {since} \
+             AND NOT (x.campaign_id = {campaign} AND x.occurrence = {occurrence}) AND {has_topic}) p) >= {max} \
+             THEN {reason}"
+        ));
+    }
+    *binds = b.binds;
+    (!arms.is_empty()).then(|| {
+        format!(
+            "CASE WHEN {user} IS NULL THEN NULL {} ELSE NULL END",
+            arms.join(" ")
+        )
+    })
+}
+
 /// SQL counting the segment's recipients per zone: `(zone, recipients)`.
 pub fn zone_counts_sql(kind: DatabaseKind, segment: &Segment<'_>) -> (String, Vec<Bind>) {
     let (inner, binds) = recipients_sql(kind, segment, None);
@@ -223,6 +317,7 @@ mod tests {
             topics: vec![TopicRule {
                 name: "marketing",
                 default_subscribed: false,
+                cap: None,
             }],
         };
         let (sql, binds) = recipients_sql(DatabaseKind::Postgres, &seg, Some("Asia/Tokyo"));

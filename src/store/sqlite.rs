@@ -133,6 +133,7 @@ impl SqliteStore {
         match b {
             Bind::Text(s) => q.bind(s),
             Bind::Int(i) => q.bind(i),
+            Bind::Time(t) => q.bind(t),
             Bind::TextList(v) => q.bind(serde_json::Value::from(v).to_string()),
         }
     }
