@@ -696,16 +696,21 @@ async fn print_campaign<S: Store>(
         );
     }
     println!(
-        "    {:<17} {:<9} {:<14} {:>10}  ZONE",
-        "FIRE AT (UTC)", "STATE", "DISPOSITION", "RECIPIENTS"
+        "    {:<17} {:<9} {:<14} {:>10} {:>9}  ZONE",
+        "FIRE AT (UTC)", "STATE", "DISPOSITION", "RECIPIENTS", "LAG"
     );
     for s in &shown {
+        // How long after its due time the slot's first send left.
+        let lag = s.first_sent_at.map_or("-".to_owned(), |t| {
+            format!("{:.1}s", (t - s.fire_at).num_milliseconds() as f64 / 1000.0)
+        });
         println!(
-            "    {:<17} {:<9} {:<14} {:>10}  {}",
+            "    {:<17} {:<9} {:<14} {:>10} {:>9}  {}",
             s.fire_at.format("%Y-%m-%d %H:%M"),
             s.state.as_str(),
             s.disposition,
             s.planned_count,
+            lag,
             if s.zone.is_empty() {
                 "(default zone)"
             } else {

@@ -712,7 +712,63 @@ async fn frequency_caps_suppress_and_count<S: Store + Clone>(db: &TestDb<S>) {
     assert!(!by_reason.contains_key("excluded:capped"));
 }
 
+/// Releases every due slot into chunks of 5, as the engine's release stage does.
+async fn release_all<S: Store>(s: &S, config: &Config, now: DateTime<Utc>) {
+    for slot in s.due_slots(now, 10).await.unwrap() {
+        let def: meridian::campaign::CampaignDefinition =
+            serde_json::from_value(slot.definition.0.clone()).unwrap();
+        let segment = meridian::store::Segment {
+            app_id: "shop",
+            audience: &def.audience,
+            topics: definitions::topic_rules(&config.apps["shop"], &def.audience.topics),
+        };
+        s.release_slot(&slot, &segment, 5, "a", now).await.unwrap();
+    }
+}
+
+/// A slot that comes due while a large one is being sent gets its first chunk
+/// leased next, not after the large slot's backlog; its lag is recorded.
+async fn a_new_slot_is_not_queued_behind_a_large_one<S: Store + Clone>(db: &TestDb<S>) {
+    let t0 = at(2026, 11, 23, 10, 0);
+    let rig = rig(db, t0).await;
+    for n in 0..40 {
+        rig.device(n, "Europe/Berlin", Platform::Android, false)
+            .await;
+    }
+    let tokyo = rig.device(100, "Asia/Tokyo", Platform::Ios, false).await;
+    let big = rig.schedule("big", "type = \"now\"").await;
+    let s = &rig.store;
+    release_all(&**s, &rig.config, t0).await;
+    // The big campaign's first chunks are in flight when the next one comes due.
+    let lease = |n| s.lease_chunks("a", t0, t0 + TimeDelta::seconds(60), n);
+    let first = lease(2).await.unwrap();
+    assert!(first.iter().all(|c| c.campaign_id == big));
+    rig.clock.set(t0 + TimeDelta::seconds(1));
+    let small = rig.schedule("small", "type = \"now\"").await;
+    release_all(&**s, &rig.config, rig.clock.now()).await;
+    let next = lease(1).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(
+        next[0].campaign_id, small,
+        "the new slot's first chunk goes first"
+    );
+
+    // Sent by the engine, the slot's first send is noted next to its due time.
+    let engine = rig.engine("a", 5);
+    rig.clock.set(t0 + TimeDelta::seconds(120)); // the leases above lapse
+    engine.run_until_idle().await.unwrap();
+    assert_eq!(rig.accepted(&tokyo), 2, "one from each campaign");
+    assert_eq!(rig.sim.stats().total_accepted(), 2 * 41);
+    for id in [big, small] {
+        let slots = s.slots(id).await.unwrap();
+        let sent: Vec<_> = slots.iter().filter_map(|x| x.first_sent_at).collect();
+        assert_eq!(sent, [rig.clock.now()], "campaign {id}");
+        assert!(slots[0].first_sent_at >= Some(slots[0].fire_at));
+    }
+}
+
 storage_tests!(
+    a_new_slot_is_not_queued_behind_a_large_one,
     frequency_caps_suppress_and_count,
     a_device_registered_after_scheduling_gets_its_own_nine,
     pause_holds_everything_and_resume_continues,

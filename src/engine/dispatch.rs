@@ -64,6 +64,21 @@ impl<S: Store> Engine<S> {
         Ok((retried, leased, recorded))
     }
 
+    /// Records when the chunk's first send left, once there was one; returns whether it did.
+    async fn note_first_send(
+        &self,
+        slot_id: i64,
+        first_send: &std::sync::OnceLock<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<bool, StoreError> {
+        match first_send.get() {
+            Some(at) => {
+                self.store.note_slot_sending(slot_id, *at).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Sends a chunk's recipients and records each outcome; returns how many were recorded.
     async fn process_chunk(&self, chunk: LeasedChunk) -> Result<usize, EngineError> {
         let worker = self.settings.worker_id.as_str();
@@ -89,11 +104,14 @@ impl<S: Store> Engine<S> {
             .and_then(|ttl| chrono::TimeDelta::from_std(ttl).ok())
             .map(|ttl| slot.fire_at + ttl);
 
+        // When this chunk's first send left, for the slot's scheduler lag.
+        let first_send = std::sync::OnceLock::new();
         let work = async {
             let mut sends = futures::stream::iter(recipients)
                 .map(|r| {
                     let providers = &providers;
                     let ctx = &ctx;
+                    let first_send = &first_send;
                     async move {
                         if self.is_stopping() {
                             return None;
@@ -120,6 +138,7 @@ impl<S: Store> Engine<S> {
                             };
                             return Some((r, d));
                         }
+                        first_send.get_or_init(|| now);
                         let outcome = providers
                             .send(&Push {
                                 delivery_id: r.device_id,
@@ -146,6 +165,7 @@ impl<S: Store> Engine<S> {
             let mut batch = Vec::with_capacity(self.settings.flush_every);
             let mut recorded = 0;
             let mut given_back = false;
+            let mut noted = false;
             while let Some(item) = sends.next().await {
                 match item {
                     None => given_back = true,
@@ -162,11 +182,15 @@ impl<S: Store> Engine<S> {
                     recorded += self
                         .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
                         .await?;
+                    noted = noted || self.note_first_send(slot.slot_id, &first_send).await?;
                 }
             }
             recorded += self
                 .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
                 .await?;
+            if !noted {
+                self.note_first_send(slot.slot_id, &first_send).await?;
+            }
             let now = self.now();
             if given_back {
                 self.store.return_chunk(&chunk, worker, now).await?;

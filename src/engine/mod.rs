@@ -212,31 +212,80 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Runs until `stop` is called: steps while there is work, otherwise sleeps
-    /// until the next due slot or the tick. A database error is logged and retried.
+    /// Runs until `stop` is called. Releasing (and completing) and dispatching are
+    /// two loops, so a slot that comes due while a large one is being sent is
+    /// released on time, and its first chunk leased next (chunks go by their place
+    /// in their slot). `wake` interrupts the sleeps (shutdown, new work).
     pub async fn run(&self, wake: Arc<tokio::sync::Notify>) {
+        let released = tokio::sync::Notify::new();
+        tokio::join!(
+            self.release_loop(&wake, &released),
+            self.dispatch_loop(&wake, &released)
+        );
+    }
+
+    /// Sleeps until the next due slot (at most the tick) between passes; a database
+    /// error is logged and retried with backoff.
+    async fn release_loop(&self, wake: &tokio::sync::Notify, released: &tokio::sync::Notify) {
         let mut failures = 0u32;
         while !self.is_stopping() {
-            match self.step().await {
-                Ok(r) if r.did_work() => {
+            let pass = async {
+                let n = self.release_due().await?;
+                self.complete().await?;
+                Ok::<usize, EngineError>(n)
+            };
+            match pass.await {
+                Ok(n) => {
                     failures = 0;
-                    continue;
+                    if n > 0 {
+                        released.notify_one();
+                        continue;
+                    }
                 }
-                Ok(_) => failures = 0,
                 Err(error) => {
                     failures += 1;
-                    tracing::error!(message = "Engine step failed; retrying.", %error, failures);
+                    tracing::error!(message = "Releasing slots failed; retrying.", %error, failures);
                 }
             }
             let mut sleep = self.settings.tick;
             if failures > 0 {
-                sleep = Duration::from_millis(200 * u64::from(failures.min(25)));
+                sleep = backoff(failures);
             } else if let Ok(Some(next)) = self.store.next_due_at().await {
                 let until = (next - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
-                sleep = sleep.min(until.max(Duration::from_millis(10)));
+                sleep = sleep.min(until.max(Duration::from_millis(5)));
             }
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
+                _ = wake.notified() => {}
+            }
+        }
+    }
+
+    /// Leases and sends while there is work; otherwise waits for a release, the
+    /// tick (retries coming due) or `wake`.
+    async fn dispatch_loop(&self, wake: &tokio::sync::Notify, released: &tokio::sync::Notify) {
+        let mut failures = 0u32;
+        while !self.is_stopping() {
+            match self.dispatch().await {
+                Ok((rows, chunks, _)) => {
+                    failures = 0;
+                    if rows + chunks > 0 {
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::error!(message = "Dispatch failed; retrying.", %error, failures);
+                }
+            }
+            let sleep = if failures > 0 {
+                backoff(failures)
+            } else {
+                self.settings.tick
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = released.notified() => {}
                 _ = wake.notified() => {}
             }
         }
@@ -308,4 +357,9 @@ fn platform_of(s: &str) -> Platform {
     } else {
         Platform::Ios
     }
+}
+
+/// Wait after consecutive failures: 200 ms more per failure, at most 5 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(200 * u64::from(failures.min(25)))
 }

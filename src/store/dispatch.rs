@@ -224,8 +224,8 @@ macro_rules! shared_dispatch_methods {
             let n = binds.len();
             // Buckets of `chunk_size` consecutive device ids: each chunk is a key range.
             let sql = format!(
-                "INSERT INTO slot_chunks (slot_id, campaign_id, first_device_id, last_device_id, recipients, state, created_at, updated_at) \
-                 SELECT ${a}, ${b}, MIN(device_id), MAX(device_id), COUNT(*), 'pending', ${c}, ${c} FROM ( \
+                "INSERT INTO slot_chunks (slot_id, campaign_id, seq, first_device_id, last_device_id, recipients, state, created_at, updated_at) \
+                 SELECT ${a}, ${b}, bucket, MIN(device_id), MAX(device_id), COUNT(*), 'pending', ${c}, ${c} FROM ( \
                    SELECT r.device_id, (ROW_NUMBER() OVER (ORDER BY r.device_id) - 1) / ${d} AS bucket FROM ({recipients}) r \
                  ) b GROUP BY bucket RETURNING CAST(recipients AS BIGINT)",
                 a = n + 1,
@@ -429,6 +429,19 @@ macro_rules! shared_dispatch_methods {
             Self::invalidate_devices(&mut tx, &dead, now).await?;
             tx.commit().await?;
             Ok(written.len() as u64)
+        }
+
+        async fn note_slot_sending(
+            &self,
+            slot_id: i64,
+            at: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), $crate::store::StoreError> {
+            sqlx::query("UPDATE slots SET first_sent_at = $2 WHERE id = $1 AND (first_sent_at IS NULL OR first_sent_at > $2)")
+                .bind(slot_id)
+                .bind(at)
+                .execute(&self.write)
+                .await?;
+            Ok(())
         }
 
         async fn finish_chunk(

@@ -185,6 +185,8 @@ pub struct SlotRecord {
     pub state: SlotState,
     pub planned_count: i64,
     pub released_at: Option<DateTime<Utc>>,
+    /// When the slot's first send left (its lag is this minus `fire_at`).
+    pub first_sent_at: Option<DateTime<Utc>>,
 }
 
 /// Everything the rest of Meridian asks of the database.
@@ -358,6 +360,14 @@ pub trait Store: Send + Sync + 'static {
         write: &ChunkWrite<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Notes that a send of the slot left at `at` (the earliest one is kept): the
+    /// slot's scheduler lag is `first_sent_at - fire_at`.
+    fn note_slot_sending(
+        &self,
+        slot_id: i64,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Marks a leased chunk done; false if the lease was lost.
     fn finish_chunk(

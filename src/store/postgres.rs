@@ -29,7 +29,7 @@ impl PgStore {
         WITH next AS ( \
             SELECT c.id FROM slot_chunks c JOIN campaigns k ON k.id = c.campaign_id \
             WHERE k.state = 'running' AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease_expires_at < $1)) \
-            ORDER BY c.id LIMIT $2 FOR UPDATE OF c SKIP LOCKED) \
+            ORDER BY c.seq, c.id LIMIT $2 FOR UPDATE OF c SKIP LOCKED) \
         UPDATE slot_chunks c SET state = 'leased', attempt = c.attempt + 1, lease_owner = $3, \
             lease_expires_at = $4, updated_at = $1 \
         FROM next WHERE c.id = next.id \

@@ -60,7 +60,7 @@ pub(super) const CAMPAIGN_COLUMNS: &str =
 
 pub(super) const SLOT_COLUMNS: &str =
     "id, campaign_id, occurrence, zone, fire_at, disposition, state, \
-    planned_count, released_at";
+    planned_count, released_at, first_sent_at";
 
 macro_rules! shared_store_methods {
     () => {

@@ -43,7 +43,7 @@ impl SqliteStore {
         WHERE id IN ( \
             SELECT c.id FROM slot_chunks c JOIN campaigns k ON k.id = c.campaign_id \
             WHERE k.state = 'running' AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease_expires_at < $1)) \
-            ORDER BY c.id LIMIT $2) \
+            ORDER BY c.seq, c.id LIMIT $2) \
         RETURNING id, slot_id, campaign_id, first_device_id, last_device_id, attempt";
 
     const LEASE_DELIVERIES: &'static str = "\

@@ -63,3 +63,13 @@ INSERT INTO delivery_events (id, delivery_id, status, attempt, detail, at)
 SELECT id, delivery_id, status, attempt, detail, at FROM delivery_events_copy;
 DROP TABLE deliveries_copy;
 DROP TABLE delivery_events_copy;
+
+-- Scheduler lag: when a slot's first send left, next to when it was due.
+ALTER TABLE slots ADD COLUMN first_sent_at TEXT;
+
+-- Chunks are leased by their place in their slot first (every released slot's first
+-- chunk before any slot's second), so a slot that comes due while a large one is
+-- being sent starts at once instead of queueing behind it.
+ALTER TABLE slot_chunks ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+DROP INDEX slot_chunks_pending;
+CREATE INDEX slot_chunks_pending ON slot_chunks (seq, id) WHERE state = 'pending';
