@@ -3,8 +3,15 @@
 //! provider simulator (its own process) and recorded in the database.
 //!
 //!     cargo bench --bench e2e -- [--devices N] [--backend sqlite|postgres]
+//!                                [--rate R] [--android]
 //!
-//! Reports messages per second and this process's peak RSS (VmHWM).
+//! The engine runs as the daemon runs it (`Engine::run`: release and dispatch
+//! loops). Reports messages per second, this process's peak RSS (VmHWM), the
+//! scheduler lag of every slot (first send − due time), the lag of a small campaign
+//! that comes due while the large one is being sent, and the most sends the
+//! simulator accepted in any one second. `--rate R` sets each provider's
+//! `rate_per_second`; `--android` gives every device an FCM token (one provider,
+//! so the per-second figure is that provider's).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -50,11 +57,11 @@ const SEED_USERS_SQLITE: &str = "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELE
     SELECT 'shop', 'u' || n, json_extract($2, '$[' || (n % json_array_length($2)) || ']'), $3, $3 FROM g";
 /// Even users get an iOS token (64 hex digits), odd ones an Android token.
 const SEED_DEVICES_PG: &str = "INSERT INTO devices (app_id, user_id, platform, token, timezone, zone, created_at, updated_at) \
-    SELECT 'shop', id, CASE WHEN id % 2 = 0 THEN 'ios' ELSE 'android' END, \
-      CASE WHEN id % 2 = 0 THEN lpad(id::text, 64, '0') ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users";
+    SELECT 'shop', id, CASE WHEN id % 2 = 0 AND NOT $2 THEN 'ios' ELSE 'android' END, \
+      CASE WHEN id % 2 = 0 AND NOT $2 THEN lpad(id::text, 64, '0') ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users";
 const SEED_DEVICES_SQLITE: &str = "INSERT INTO devices (app_id, user_id, platform, token, timezone, zone, created_at, updated_at) \
-    SELECT 'shop', id, CASE WHEN id % 2 = 0 THEN 'ios' ELSE 'android' END, \
-      CASE WHEN id % 2 = 0 THEN substr('0000000000000000000000000000000000000000000000000000000000000000' || id, -64, 64) \
+    SELECT 'shop', id, CASE WHEN id % 2 = 0 AND NOT $2 THEN 'ios' ELSE 'android' END, \
+      CASE WHEN id % 2 = 0 AND NOT $2 THEN substr('0000000000000000000000000000000000000000000000000000000000000000' || id, -64, 64) \
            ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users";
 const SEED_SUBSCRIPTIONS: &str = "INSERT INTO subscriptions (user_id, topic, opted_in, updated_at) SELECT id, 'marketing', TRUE, $1 FROM users";
 
@@ -64,6 +71,8 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let backend = arg("--backend").unwrap_or_else(|| "sqlite".to_owned());
+    let android = std::env::args().any(|a| a == "--android");
+    let rate = arg("--rate").map_or(String::new(), |r| format!("rate_per_second = {r}\n"));
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     std::fs::write(p("key.p8"), jwt::generate_p8().unwrap()).unwrap();
@@ -80,9 +89,9 @@ async fn main() {
         format!(
             "[apps.shop]\n[apps.shop.topics]\nmarketing = {{ default_subscribed = false }}\n\
              [apps.shop.apns]\nbundle_id = \"com.example.shop\"\nkey_file = \"{}\"\nkey_id = \"K\"\nteam_id = \"T\"\nbase_url = \"{base}\"\n{ca}\n\
-             [apps.shop.apns.connection]\nconnections = 2\nconcurrency = 1024\n\
+             [apps.shop.apns.connection]\nconnections = 2\nconcurrency = 1024\n{rate}\
              [apps.shop.fcm]\nservice_account_file = \"{}\"\nbase_url = \"{base}\"\n{ca}\n\
-             [apps.shop.fcm.connection]\nconnections = 2\nconcurrency = 1024\n",
+             [apps.shop.fcm.connection]\nconnections = 2\nconcurrency = 1024\n{rate}",
             p("key.p8").display(),
             p("sa.json").display()
         )
@@ -136,7 +145,7 @@ async fn main() {
             })
             .await
             .unwrap();
-            run(store, &config, devices, |s| async move {
+            run(store, &config, devices, &base, |s| async move {
                 let mut c = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
                 let now = SystemClock.now();
                 let zones: Vec<String> = canonical_zones()
@@ -152,6 +161,7 @@ async fn main() {
                     .unwrap();
                 sqlx::query(SEED_DEVICES_PG)
                     .bind(now)
+                    .bind(android)
                     .execute(&mut c)
                     .await
                     .unwrap();
@@ -176,7 +186,7 @@ async fn main() {
             })
             .await
             .unwrap();
-            run(store, &config, devices, |s| async move {
+            run(store, &config, devices, &base, |s| async move {
                 let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
                 let now = SystemClock.now();
                 let zones: Vec<String> = canonical_zones()
@@ -193,6 +203,7 @@ async fn main() {
                     .unwrap();
                 sqlx::query(SEED_DEVICES_SQLITE)
                     .bind(now)
+                    .bind(android)
                     .execute(&mut c)
                     .await
                     .unwrap();
@@ -210,7 +221,7 @@ async fn main() {
     let _ = sim.wait();
 }
 
-async fn run<S, F, Fut>(store: S, config: &Config, devices: i64, seed: F)
+async fn run<S, F, Fut>(store: S, config: &Config, devices: i64, sim: &str, seed: F)
 where
     S: Store + Clone,
     F: FnOnce(i64) -> Fut,
@@ -251,17 +262,99 @@ where
         settings,
     )
     .unwrap();
+    let engine = Arc::new(engine);
+    let wake = Arc::new(tokio::sync::Notify::new());
     let start = Instant::now();
-    let report = engine.run_until_idle().await.unwrap();
+    let running = tokio::spawn({
+        let (engine, wake) = (engine.clone(), wake.clone());
+        async move { engine.run(wake).await }
+    });
+    // While the large campaign is being sent, a small one to ten users comes due:
+    // its lag is the scheduler's lag under load.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let due = SystemClock.now() + chrono::TimeDelta::seconds(2);
+    let users: Vec<String> = (1..=10).map(|n| format!("\"u{n}\"")).collect();
+    let small = format!(
+        "key = \"small\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Now\"\nbody = \"Small\"\n\
+         [audience]\ntopics = [\"marketing\"]\nusers = [{}]\n[schedule]\ntype = \"at\"\nat = \"{}\"\n",
+        users.join(", "),
+        due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    let small = parse_toml("small.toml", &small).unwrap();
+    let prepared = definitions::prepare(&store, config, &small, SystemClock.now())
+        .await
+        .unwrap();
+    let small = definitions::save(&store, prepared, SystemClock.now())
+        .await
+        .unwrap()
+        .record
+        .id;
+    for key in ["e2e", "small"] {
+        loop {
+            let c = store.campaign("shop", key).await.unwrap();
+            if c.is_some_and(|c| c.state == meridian::state::CampaignState::Completed) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
     let secs = start.elapsed().as_secs_f64();
+    engine.stop();
+    wake.notify_waiters();
+    let _ = running.await;
     let counts = store.delivery_counts(applied.record.id).await.unwrap();
     let sent = counts.get("sent").copied().unwrap_or(0);
     println!(
-        "released {} slots, {} chunks; {sent} sent of {devices} in {secs:.1} s = {:.0} msgs/s; statuses {counts:?}; peak RSS {:.0} MB",
-        report.released,
-        report.chunks,
+        "{sent} sent of {devices} in {secs:.1} s = {:.0} msgs/s; statuses {counts:?}; peak RSS {:.0} MB",
         sent as f64 / secs,
         peak_rss_mb()
     );
+    let lag = |id: i64| {
+        let store = store.clone();
+        async move {
+            let mut ms: Vec<i64> = store
+                .slots(id)
+                .await
+                .unwrap()
+                .iter()
+                .filter_map(|s| s.first_sent_at.map(|t| (t - s.fire_at).num_milliseconds()))
+                .collect();
+            ms.sort_unstable();
+            ms
+        }
+    };
+    let big = lag(applied.record.id).await;
+    let pick = |q: f64| {
+        big.get(((big.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "scheduler lag of the {} slots due at once: median {} ms, p99 {} ms, max {} ms",
+        big.len(),
+        pick(0.5),
+        pick(0.99),
+        pick(1.0)
+    );
+    println!(
+        "scheduler lag of a slot due while sending: {:?} ms",
+        lag(small).await
+    );
+    let stats: serde_json::Value = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!("{sim}/_sim/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let busiest = stats["accepted_per_second"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).max().unwrap_or(0))
+        .unwrap_or(0);
+    println!("most sends accepted by the simulator in one second: {busiest}");
     store.close().await;
 }

@@ -767,7 +767,65 @@ async fn a_new_slot_is_not_queued_behind_a_large_one<S: Store + Clone>(db: &Test
     }
 }
 
+/// Zones due at the same instant are released together; each slot still gets its
+/// own chunks and its own counts.
+async fn zones_due_together_keep_their_own_counts<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 30, 12, 0)).await;
+    for n in 0..4 {
+        rig.device(n, "Europe/Berlin", Platform::Ios, false).await;
+    }
+    for n in 10..12 {
+        rig.device(n, "Europe/Paris", Platform::Android, false)
+            .await;
+    }
+    rig.device(12, "Europe/Paris", Platform::Android, true)
+        .await;
+    rig.store
+        .upsert_device(
+            &DeviceUpsert {
+                app_id: "shop",
+                user_external_id: Some("not-opted-in"),
+                install_id: None,
+                platform: Platform::Android,
+                token: "fcm-not-opted-in",
+                timezone: Some("Europe/Paris"),
+                locale: None,
+                primary: false,
+            },
+            rig.clock.now(),
+        )
+        .await
+        .unwrap();
+    let id = rig
+        .schedule("nine", "type = \"local\"\nat = \"2026-12-01T09:00\"")
+        .await;
+    let engine = rig.engine("a", 2);
+    rig.clock.set(at(2026, 12, 1, 8, 0)); // 09:00 in Berlin and in Paris
+                                          // Every zone already at 09:00 or later is due now (all zones are planned).
+    let report = engine.run_until_idle().await.unwrap();
+    assert!(report.released > 2, "{report:?}");
+    let slots = rig.store.slots(id).await.unwrap();
+    let zone_of: BTreeMap<i64, String> = slots.iter().map(|s| (s.id, s.zone.clone())).collect();
+    let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for (slot, kind, n) in rig.store.slot_counts(id).await.unwrap() {
+        counts.insert((zone_of[&slot].clone(), kind), n);
+    }
+    let get = |zone: &str, kind: &str| counts.get(&(zone.to_owned(), kind.to_owned())).copied();
+    assert_eq!(get("Europe/Berlin", "recipients"), Some(4));
+    // The dead token is still active at release; sending finds it dead.
+    assert_eq!(get("Europe/Paris", "recipients"), Some(3));
+    assert_eq!(get("Europe/Berlin", "excluded:opted_out"), Some(0));
+    assert_eq!(get("Europe/Paris", "excluded:opted_out"), Some(1));
+    assert_eq!(get("Europe/Paris", "excluded:invalid_token"), Some(0));
+    assert_eq!(get("Asia/Tokyo", "recipients"), Some(0));
+    assert_eq!(rig.sim.stats().total_accepted(), 6);
+    let statuses = rig.store.delivery_counts(id).await.unwrap();
+    assert_eq!(statuses.get("sent"), Some(&6));
+    assert_eq!(statuses.get("token_invalid"), Some(&1));
+}
+
 storage_tests!(
+    zones_due_together_keep_their_own_counts,
     a_new_slot_is_not_queued_behind_a_large_one,
     frequency_caps_suppress_and_count,
     a_device_registered_after_scheduling_gets_its_own_nine,

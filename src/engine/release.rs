@@ -7,27 +7,43 @@ use crate::planner::{self, PlanRequest, ZoneCount};
 use crate::store::{NewSlot, Store};
 
 impl<S: Store> Engine<S> {
-    /// Releases every due slot this instance wins; returns how many.
+    /// Releases every due slot this instance wins; returns how many. The due slots
+    /// of one campaign occurrence are released together (many zones are often due
+    /// at the same instant), in one transaction.
     pub(super) async fn release_due(&self) -> Result<usize, EngineError> {
         let now = self.now();
         let mut released = 0;
-        for slot in self.store.due_slots(now, 1000).await? {
-            let Some(ctx) = self.campaign_ctx(slot.campaign_id, &slot.definition.0) else {
+        let mut due = self.store.due_slots(now, 1000).await?;
+        due.sort_by(|a, b| {
+            (a.campaign_id, &a.occurrence, a.fire_at).cmp(&(
+                b.campaign_id,
+                &b.occurrence,
+                b.fire_at,
+            ))
+        });
+        for group in
+            due.chunk_by(|a, b| a.campaign_id == b.campaign_id && a.occurrence == b.occurrence)
+        {
+            let first = &group[0];
+            let Some(ctx) = self.campaign_ctx(first.campaign_id, &first.definition.0) else {
                 continue;
             };
             let segment = ctx.segment();
             let won = self
                 .store
-                .release_slot(
-                    &slot,
+                .release_slots(
+                    group,
                     &segment,
                     self.settings.chunk_size,
                     &self.settings.worker_id,
                     now,
                 )
                 .await?;
-            if let Some(r) = won {
-                released += 1;
+            released += won.len();
+            for (slot_id, r) in won {
+                let Some(slot) = group.iter().find(|s| s.slot_id == slot_id) else {
+                    continue;
+                };
                 tracing::info!(
                     message = "Slot released.",
                     campaign_id = slot.campaign_id,

@@ -202,92 +202,155 @@ macro_rules! shared_dispatch_methods {
             worker: &str,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<Option<$crate::store::Released>, $crate::store::StoreError> {
+            let won = self
+                .release_slots(std::slice::from_ref(slot), segment, chunk_size, worker, now)
+                .await?;
+            Ok(won.into_iter().next().map(|(_, r)| r))
+        }
+
+        async fn release_slots(
+            &self,
+            slots: &[$crate::store::DueSlot],
+            segment: &$crate::store::Segment<'_>,
+            chunk_size: i64,
+            worker: &str,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<Vec<(i64, $crate::store::Released)>, $crate::store::StoreError> {
+            use $crate::store::segment::Zones;
+            let Some(first) = slots.first() else {
+                return Ok(Vec::new());
+            };
+            if slots.iter().any(|s| s.campaign_id != first.campaign_id || s.occurrence != first.occurrence) {
+                return Err($crate::store::StoreError::Invalid(
+                    "slots released together must share campaign and occurrence".to_owned(),
+                ));
+            }
+            let ids: Vec<i64> = slots.iter().map(|s| s.slot_id).collect();
             let mut tx = self.write.begin().await?;
-            let won = sqlx::query(
-                "UPDATE slots SET state = 'released', released_at = $2, released_by = $3 WHERE id = $1 AND state = 'pending'",
-            )
-            .bind(slot.slot_id)
-            .bind(now)
-            .bind(worker)
-            .execute(&mut *tx)
-            .await?;
-            if won.rows_affected() != 1 {
-                return Ok(None);
+            let claim = format!(
+                "UPDATE slots SET state = 'released', released_at = $2, released_by = $3 \
+                 WHERE id {} AND state = 'pending' RETURNING id, zone",
+                Self::ID_IN
+            );
+            let won: Vec<(i64, String)> = Self::bind_ids(sqlx::query_as(&claim), &ids)
+                .bind(now)
+                .bind(worker)
+                .fetch_all(&mut *tx)
+                .await?;
+            if won.is_empty() {
+                return Ok(Vec::new());
             }
             sqlx::query("UPDATE campaigns SET state = 'running', updated_at = $2 WHERE id = $1 AND state = 'scheduled'")
-                .bind(slot.campaign_id)
+                .bind(first.campaign_id)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            let zone = (slot.zone != $crate::planner::ALL_ZONES).then_some(slot.zone.as_str());
-            let (recipients, binds) = $crate::store::segment::recipients_sql(self.kind(), segment, zone);
-            let n = binds.len();
-            // Buckets of `chunk_size` consecutive device ids: each chunk is a key range.
-            let sql = format!(
-                "INSERT INTO slot_chunks (slot_id, campaign_id, seq, first_device_id, last_device_id, recipients, state, created_at, updated_at) \
-                 SELECT ${a}, ${b}, bucket, MIN(device_id), MAX(device_id), COUNT(*), 'pending', ${c}, ${c} FROM ( \
-                   SELECT r.device_id, (ROW_NUMBER() OVER (ORDER BY r.device_id) - 1) / ${d} AS bucket FROM ({recipients}) r \
-                 ) b GROUP BY bucket RETURNING CAST(recipients AS BIGINT)",
-                a = n + 1,
-                b = n + 2,
-                c = n + 3,
-                d = n + 4
-            );
-            let mut insert = sqlx::query_as::<_, (i64,)>(&sql);
-            for b in binds {
-                insert = Self::bind_segment(insert, b);
-            }
-            let sizes = insert
-                .bind(slot.slot_id)
-                .bind(slot.campaign_id)
-                .bind(now)
-                .bind(chunk_size.max(1))
-                .fetch_all(&mut *tx)
-                .await?;
-            let recipients: i64 = sizes.iter().map(|(n,)| n).sum();
-            let chunks = sizes.len() as i64;
-            // Who was left out and why, next to how many were in.
-            let in_zone = if zone.is_some() { " AND d.zone = $2" } else { "" };
-            // A user without a zone is in the app's default slot '' (see devices.zone).
-            let user_in_zone = match zone {
-                Some("") => " AND u.timezone IS NULL",
-                Some(_) => " AND u.timezone = $2",
-                None => "",
+            let all = won.iter().any(|(_, z)| z == $crate::planner::ALL_ZONES);
+            let zone_list: Vec<String> = won.iter().map(|(_, z)| z.clone()).collect();
+            let zones = if all { Zones::Any } else { Zones::Among(&zone_list) };
+            let slot_of = |zone: &str| {
+                won.iter()
+                    .find(|(_, z)| all || z == zone)
+                    .map(|(id, _)| *id)
             };
+            let (recipients, binds) = match zones {
+                Zones::Among(list) => $crate::store::segment::recipients_among_sql(self.kind(), segment, list),
+                _ => $crate::store::segment::recipients_sql(self.kind(), segment, None),
+            };
+            let n = binds.len();
+            // Per zone, buckets of `chunk_size` consecutive device ids: each chunk is a
+            // key range, numbered within its slot.
+            let zone_key = if all { "''".to_owned() } else { "r.zone".to_owned() };
             let sql = format!(
-                "SELECT \
-                   (SELECT COUNT(*) FROM devices d WHERE d.app_id = $1 AND d.state = 'active'{in_zone}), \
-                   (SELECT COUNT(*) FROM devices d WHERE d.app_id = $1 AND d.state = 'invalid'{in_zone}), \
-                   (SELECT COUNT(*) FROM users u WHERE u.app_id = $1{user_in_zone} AND NOT EXISTS ( \
-                      SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.state = 'active'))"
+                "SELECT zone, bucket, MIN(device_id), MAX(device_id), COUNT(*) FROM ( \
+                   SELECT r.device_id, {zone_key} AS zone, \
+                     (ROW_NUMBER() OVER (PARTITION BY {zone_key} ORDER BY r.device_id) - 1) / ${d} AS bucket \
+                   FROM ({recipients}) r \
+                 ) b GROUP BY zone, bucket",
+                d = n + 1
             );
-            let mut counts = sqlx::query_as::<_, (i64, i64, i64)>(&sql).bind(segment.app_id);
-            if let Some(z) = zone {
-                counts = counts.bind(z);
-            }
-            let (active, invalid, no_device) = counts.fetch_one(&mut *tx).await?;
-            let (sql, binds) = $crate::store::segment::opted_out_sql(self.kind(), segment, zone);
-            let mut q = sqlx::query_as::<_, (i64,)>(&sql);
+            let mut q = sqlx::query_as::<_, (String, i64, i64, i64, i64)>(&sql);
             for b in binds {
                 q = Self::bind_segment(q, b);
             }
-            let (opted_out,) = q.fetch_one(&mut *tx).await?;
-            for (kind, n) in [
-                ("recipients", recipients),
-                ("excluded:opted_out", opted_out),
-                ("excluded:segment", (active - recipients - opted_out).max(0)),
-                ("excluded:invalid_token", invalid),
-                ("excluded:no_device", no_device),
-            ] {
-                sqlx::query("INSERT INTO slot_counts (slot_id, kind, n) VALUES ($1, $2, $3)")
-                    .bind(slot.slot_id)
-                    .bind(kind)
-                    .bind(n)
-                    .execute(&mut *tx)
-                    .await?;
+            let buckets = q.bind(chunk_size.max(1)).fetch_all(&mut *tx).await?;
+            let mut rows = Vec::with_capacity(buckets.len());
+            let mut counts: std::collections::BTreeMap<i64, std::collections::BTreeMap<&str, i64>> =
+                won.iter().map(|(id, _)| (*id, Default::default())).collect();
+            for (zone, seq, lo, hi, size) in &buckets {
+                let Some(slot) = slot_of(zone) else { continue };
+                *counts.entry(slot).or_default().entry("recipients").or_default() += size;
+                *counts.entry(slot).or_default().entry("chunks").or_default() += 1;
+                rows.push(serde_json::json!({"slot_id": slot, "seq": seq, "lo": lo, "hi": hi, "n": size}));
             }
+            if !rows.is_empty() {
+                let source = Self::json_rows(
+                    "$3",
+                    &[("slot_id", "bigint"), ("seq", "integer"), ("lo", "bigint"), ("hi", "bigint"), ("n", "integer")],
+                );
+                sqlx::query(&format!(
+                    "INSERT INTO slot_chunks (slot_id, campaign_id, seq, first_device_id, last_device_id, recipients, \
+                       state, created_at, updated_at) \
+                     SELECT x.slot_id, $1, x.seq, x.lo, x.hi, x.n, 'pending', $2, $2 FROM {source}"
+                ))
+                .bind(first.campaign_id)
+                .bind(now)
+                .bind(Self::json_arg(serde_json::Value::Array(rows)))
+                .execute(&mut *tx)
+                .await?;
+            }
+            // Who was left out and why, next to how many were in, per slot.
+            let (sql, binds) = $crate::store::segment::zone_population_sql(self.kind(), segment.app_id, zones);
+            let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql);
+            for b in binds {
+                q = Self::bind_segment(q, b);
+            }
+            let mut active: std::collections::BTreeMap<i64, i64> = Default::default();
+            for (zone, kind, n) in q.fetch_all(&mut *tx).await? {
+                let Some(slot) = slot_of(&zone) else { continue };
+                let c = counts.entry(slot).or_default();
+                match kind.as_str() {
+                    "active" => *active.entry(slot).or_default() += n,
+                    "invalid_token" => *c.entry("excluded:invalid_token").or_default() += n,
+                    _ => *c.entry("excluded:no_device").or_default() += n,
+                }
+            }
+            let (sql, binds) = $crate::store::segment::opted_out_sql(self.kind(), segment, zones);
+            let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
+            for b in binds {
+                q = Self::bind_segment(q, b);
+            }
+            for (zone, n) in q.fetch_all(&mut *tx).await? {
+                if let Some(slot) = slot_of(&zone) {
+                    *counts.entry(slot).or_default().entry("excluded:opted_out").or_default() += n;
+                }
+            }
+            let mut out = Vec::with_capacity(won.len());
+            let mut count_rows = Vec::new();
+            for (slot, c) in &counts {
+                let recipients = c.get("recipients").copied().unwrap_or(0);
+                let opted_out = c.get("excluded:opted_out").copied().unwrap_or(0);
+                let segment_out = (active.get(slot).copied().unwrap_or(0) - recipients - opted_out).max(0);
+                for kind in ["recipients", "excluded:opted_out", "excluded:invalid_token", "excluded:no_device"] {
+                    let n = c.get(kind).copied().unwrap_or(0);
+                    count_rows.push(serde_json::json!({"slot_id": slot, "kind": kind, "n": n}));
+                }
+                count_rows.push(serde_json::json!({"slot_id": slot, "kind": "excluded:segment", "n": segment_out}));
+                out.push((
+                    *slot,
+                    $crate::store::Released {
+                        recipients,
+                        chunks: c.get("chunks").copied().unwrap_or(0),
+                    },
+                ));
+            }
+            let source = Self::json_rows("$1", &[("slot_id", "bigint"), ("kind", "text"), ("n", "bigint")]);
+            sqlx::query(&format!("INSERT INTO slot_counts (slot_id, kind, n) SELECT x.slot_id, x.kind, x.n FROM {source}"))
+                .bind(Self::json_arg(serde_json::Value::Array(count_rows)))
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
-            Ok(Some($crate::store::Released { recipients, chunks }))
+            Ok(out)
         }
 
         async fn lease_chunks(

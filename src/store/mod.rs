@@ -321,6 +321,18 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<Released>, StoreError>> + Send;
 
+    /// Releases due slots of one campaign occurrence together, in one transaction
+    /// with a few set-based statements however many zones: the slots this instance
+    /// wins, each with its chunks and counts.
+    fn release_slots(
+        &self,
+        slots: &[DueSlot],
+        segment: &Segment<'_>,
+        chunk_size: i64,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(i64, Released)>, StoreError>> + Send;
+
     /// Leases up to `limit` chunks of running campaigns: pending ones and ones whose
     /// lease expired (their owner died), each with its attempt incremented.
     fn lease_chunks(

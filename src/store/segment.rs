@@ -85,11 +85,54 @@ pub fn recipients_sql(
     recipients_in_range_sql(kind, segment, zone, None)
 }
 
+/// Which recipients' zones a query takes.
+#[derive(Debug, Clone, Copy)]
+pub enum Zones<'a> {
+    Any,
+    One(&'a str),
+    Among(&'a [String]),
+}
+
+impl<'a> From<Option<&'a str>> for Zones<'a> {
+    fn from(zone: Option<&'a str>) -> Self {
+        zone.map_or(Self::Any, Self::One)
+    }
+}
+
+impl Builder {
+    /// ` AND <column> …` restricting to `zones`, or nothing.
+    fn zone_cond(&mut self, column: &str, zones: Zones<'_>) -> String {
+        match zones {
+            Zones::Any => String::new(),
+            Zones::One(z) => format!(" AND {column} = {}", self.text(z)),
+            Zones::Among(list) => format!(" AND {}", self.in_list(column, list.to_vec())),
+        }
+    }
+}
+
 /// As [`recipients_sql`], limited to device ids in `range` (inclusive).
 pub fn recipients_in_range_sql(
     kind: DatabaseKind,
     segment: &Segment<'_>,
     zone: Option<&str>,
+    range: Option<(i64, i64)>,
+) -> (String, Vec<Bind>) {
+    recipients_where_sql(kind, segment, zone.into(), range)
+}
+
+/// The recipients in any of `zones` (one query to release many slots at once).
+pub fn recipients_among_sql(
+    kind: DatabaseKind,
+    segment: &Segment<'_>,
+    zones: &[String],
+) -> (String, Vec<Bind>) {
+    recipients_where_sql(kind, segment, Zones::Among(zones), None)
+}
+
+fn recipients_where_sql(
+    kind: DatabaseKind,
+    segment: &Segment<'_>,
+    zones: Zones<'_>,
     range: Option<(i64, i64)>,
 ) -> (String, Vec<Bind>) {
     let mut b = Builder {
@@ -150,10 +193,7 @@ pub fn recipients_in_range_sql(
     }
     // The zone is a condition on the device row itself, so each slot's audience
     // is a range of the (app_id, zone, id) index.
-    let mut zone_cond = match zone {
-        Some(z) => format!(" AND d.zone = {}", b.text(z)),
-        None => String::new(),
-    };
+    let mut zone_cond = b.zone_cond("d.zone", zones);
     if let Some((lo, hi)) = range {
         let lo = b.param(Bind::Int(lo));
         let hi = b.param(Bind::Int(hi));
@@ -203,30 +243,69 @@ fn topic_conds(b: &mut Builder, topics: &[TopicRule<'_>]) -> Vec<String> {
         .collect()
 }
 
-/// SQL counting the app's active devices (in `zone`, when given) whose user does
-/// not take every topic of the segment: the "opted out" of a slot. Binds `$1` app, `$2` zone.
+/// SQL counting, per zone, the app's active devices in `zones` whose user does not
+/// take every topic of the segment: the "opted out" of a slot. Rows `(zone, n)`.
 pub fn opted_out_sql(
     kind: DatabaseKind,
     segment: &Segment<'_>,
-    zone: Option<&str>,
+    zones: Zones<'_>,
 ) -> (String, Vec<Bind>) {
     let mut b = Builder {
         kind,
         binds: Vec::new(),
     };
     let app = b.text(segment.app_id);
-    let in_zone = match zone {
-        Some(z) => format!(" AND d.zone = {}", b.text(z)),
-        None => String::new(),
-    };
+    let in_zone = b.zone_cond("d.zone", zones);
     let conds = topic_conds(&mut b, &segment.topics);
-    if conds.is_empty() {
-        return ("SELECT CAST(0 AS BIGINT)".to_owned(), Vec::new());
-    }
+    let opted_out = if conds.is_empty() {
+        "FALSE".to_owned()
+    } else {
+        format!("NOT ({})", conds.join(" AND "))
+    };
     (
         format!(
-            "SELECT COUNT(*) FROM devices d WHERE d.app_id = {app} AND d.state = 'active'{in_zone} AND NOT ({})",
-            conds.join(" AND ")
+            "SELECT d.zone, COUNT(*) FROM devices d WHERE d.app_id = {app} AND d.state = 'active'{in_zone} \
+             AND {opted_out} GROUP BY d.zone"
+        ),
+        b.binds,
+    )
+}
+
+/// SQL counting, per zone in `zones`, the app's active and invalid devices and its
+/// users without an active device (a user with no zone is in zone `''`).
+/// Rows `(zone, kind, n)` with kind `active`, `invalid_token` or `no_device`.
+pub fn zone_population_sql(
+    kind: DatabaseKind,
+    app_id: &str,
+    zones: Zones<'_>,
+) -> (String, Vec<Bind>) {
+    let mut b = Builder {
+        kind,
+        binds: Vec::new(),
+    };
+    let app = b.text(app_id);
+    let devices = b.zone_cond("d.zone", zones);
+    let users = match zones {
+        Zones::Any => String::new(),
+        Zones::One("") => " AND u.timezone IS NULL".to_owned(),
+        Zones::One(z) => format!(" AND u.timezone = {}", b.text(z)),
+        Zones::Among(list) => {
+            let named = b.in_list("u.timezone", list.to_vec());
+            if list.iter().any(String::is_empty) {
+                format!(" AND ({named} OR u.timezone IS NULL)")
+            } else {
+                format!(" AND {named}")
+            }
+        }
+    };
+    (
+        format!(
+            "SELECT d.zone, CASE WHEN d.state = 'active' THEN 'active' ELSE 'invalid_token' END, COUNT(*) \
+             FROM devices d WHERE d.app_id = {app}{devices} GROUP BY d.zone, d.state \
+             UNION ALL \
+             SELECT COALESCE(u.timezone, ''), 'no_device', COUNT(*) FROM users u WHERE u.app_id = {app}{users} \
+             AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.state = 'active') \
+             GROUP BY COALESCE(u.timezone, '')"
         ),
         b.binds,
     )
