@@ -67,9 +67,9 @@ DROP TABLE delivery_events_copy;
 -- Scheduler lag: when a slot's first send left, next to when it was due.
 ALTER TABLE slots ADD COLUMN first_sent_at TEXT;
 
--- Chunks are leased by their place in their slot first (every released slot's first
--- chunk before any slot's second), so a slot that comes due while a large one is
--- being sent starts at once instead of queueing behind it.
+-- Chunks are leased by their place in their release first (`seq` counts from 0 in
+-- every release), so a slot that comes due while a large campaign is being sent
+-- starts at once instead of queueing behind that campaign's backlog.
 ALTER TABLE slot_chunks ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
 DROP INDEX slot_chunks_pending;
 CREATE INDEX slot_chunks_pending ON slot_chunks (seq, id) WHERE state = 'pending';

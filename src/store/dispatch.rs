@@ -273,11 +273,15 @@ macro_rules! shared_dispatch_methods {
             for b in binds {
                 q = Self::bind_segment(q, b);
             }
-            let buckets = q.bind(chunk_size.max(1)).fetch_all(&mut *tx).await?;
+            let mut buckets = q.bind(chunk_size.max(1)).fetch_all(&mut *tx).await?;
+            // `seq` numbers the chunks of this release, every zone's first before any
+            // zone's second: a release's first chunks are leased before the backlog
+            // of earlier releases (see `LEASE_CHUNKS`).
+            buckets.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
             let mut rows = Vec::with_capacity(buckets.len());
             let mut counts: std::collections::BTreeMap<i64, std::collections::BTreeMap<&str, i64>> =
                 won.iter().map(|(id, _)| (*id, Default::default())).collect();
-            for (zone, seq, lo, hi, size) in &buckets {
+            for (seq, (zone, _, lo, hi, size)) in buckets.iter().enumerate() {
                 let Some(slot) = slot_of(zone) else { continue };
                 *counts.entry(slot).or_default().entry("recipients").or_default() += size;
                 *counts.entry(slot).or_default().entry("chunks").or_default() += 1;
