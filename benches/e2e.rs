@@ -9,7 +9,9 @@
 //! loops). Reports messages per second, this process's peak RSS (VmHWM), the
 //! scheduler lag of every slot (first send − due time), the lag of a small campaign
 //! that comes due while the large one is being sent, and the most sends the
-//! simulator accepted in any one second. `--rate R` sets each provider's
+//! simulator accepted in any one second. Where `h2load` (nghttp2-client) is
+//! installed, it first measures the wire ceiling in the same run: APNs-style posts
+//! over TLS HTTP/2 straight to the same simulator, with a valid provider token. `--rate R` sets each provider's
 //! `rate_per_second`; `--android` gives every device an FCM token (one provider,
 //! so the per-second figure is that provider's).
 
@@ -123,6 +125,22 @@ async fn main() {
         "meridian e2e bench: {devices} devices over {} zones, backend {backend}",
         canonical_zones().len()
     );
+    let ceiling = wire_ceiling(&base, dir.path());
+    match ceiling {
+        Some(c) => {
+            println!("wire ceiling (h2load -c 4 -m 100 against the simulator): {c:.0} req/s")
+        }
+        None => println!("h2load not installed: no wire ceiling measured"),
+    }
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .post(format!("{base}/_sim/reset"))
+        .send()
+        .await
+        .unwrap();
+    let rate;
     match backend.as_str() {
         "postgres" => {
             let admin = std::env::var("MERIDIAN_TEST_PG_URL")
@@ -145,7 +163,7 @@ async fn main() {
             })
             .await
             .unwrap();
-            run(store, &config, devices, &base, |s| async move {
+            rate = run(store, &config, devices, &base, |s| async move {
                 let mut c = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
                 let now = SystemClock.now();
                 let zones: Vec<String> = canonical_zones()
@@ -186,7 +204,7 @@ async fn main() {
             })
             .await
             .unwrap();
-            run(store, &config, devices, &base, |s| async move {
+            rate = run(store, &config, devices, &base, |s| async move {
                 let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
                 let now = SystemClock.now();
                 let zones: Vec<String> = canonical_zones()
@@ -217,11 +235,57 @@ async fn main() {
             .await;
         }
     }
+    if let Some(c) = ceiling {
+        println!("end to end / wire ceiling: {:.0}%", 100.0 * rate / c);
+    }
     let _ = sim.kill();
     let _ = sim.wait();
 }
 
-async fn run<S, F, Fut>(store: S, config: &Config, devices: i64, sim: &str, seed: F)
+/// Requests per second h2load gets from the simulator: the most any sender could
+/// reach on this machine with the simulator as the peer.
+fn wire_ceiling(base: &str, dir: &std::path::Path) -> Option<f64> {
+    let p8 = std::fs::read_to_string(dir.join("key.p8")).ok()?;
+    let jwt = jwt::Es256Key::from_pem(&p8)
+        .ok()?
+        .sign(
+            &serde_json::json!({"alg": "ES256", "kid": "K"}),
+            &serde_json::json!({"iss": "T", "iat": SystemClock.now().timestamp()}),
+        )
+        .ok()?;
+    let body = dir.join("payload.json");
+    std::fs::write(
+        &body,
+        r#"{"aps":{"alert":{"title":"Hello","body":"A benchmark message of ordinary length."}}}"#,
+    )
+    .ok()?;
+    let out = Command::new("h2load")
+        .args(["-n", "200000", "-c", "4", "-m", "100", "-d"])
+        .arg(&body)
+        .args(["-H", &format!("authorization: bearer {jwt}")])
+        .args([
+            "-H",
+            "apns-topic: com.example.shop",
+            "-H",
+            "apns-push-type: alert",
+        ])
+        .arg(format!("{base}/3/device/{}", "ab".repeat(32)))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !text.contains("200000 succeeded") || !text.contains("200000 2xx") {
+        println!("h2load did not get 200000 accepted sends:\n{text}");
+        return None;
+    }
+    // "finished in 2.57s, 77777.67 req/s, …"
+    text.lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.trim_end_matches(" req/s").parse().ok())
+}
+
+/// Returns messages per second.
+async fn run<S, F, Fut>(store: S, config: &Config, devices: i64, sim: &str, seed: F) -> f64
 where
     S: Store + Clone,
     F: FnOnce(i64) -> Fut,
@@ -357,4 +421,5 @@ where
         .unwrap_or(0);
     println!("most sends accepted by the simulator in one second: {busiest}");
     store.close().await;
+    sent as f64 / secs
 }
