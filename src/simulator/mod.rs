@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
@@ -329,7 +329,9 @@ async fn accept_loop(
                 let state = state.clone();
                 hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req, client_cert).await) }
+                    async move {
+                        Ok::<_, Infallible>(handle(&state, req, client_cert).await.map(Full::new))
+                    }
                 })
             };
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -337,12 +339,15 @@ async fn accept_loop(
             match tls {
                 Some(acceptor) => {
                     if let Ok(stream) = acceptor.accept(tcp).await {
-                        let client_cert = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .is_some_and(|c| !c.is_empty());
-                        serve(builder, TokioIo::new(stream), service(client_cert), stopped).await;
+                        let session = &stream.get_ref().1;
+                        let client_cert =
+                            session.peer_certificates().is_some_and(|c| !c.is_empty());
+                        if session.alpn_protocol() == Some(b"h2") {
+                            serve_h2(stream, state, client_cert, stopped).await;
+                        } else {
+                            serve(builder, TokioIo::new(stream), service(client_cert), stopped)
+                                .await;
+                        }
                     }
                 }
                 None => serve(builder, TokioIo::new(tcp), service(false), stopped).await,
@@ -374,7 +379,7 @@ async fn serve<I, S>(
     }
 }
 
-fn respond(status: StatusCode, headers: &[(&str, String)], body: Value) -> Response<Full<Bytes>> {
+fn respond(status: StatusCode, headers: &[(&str, String)], body: Value) -> Reply {
     let bytes = if body.is_null() {
         Bytes::new()
     } else {
@@ -388,16 +393,39 @@ fn respond(status: StatusCode, headers: &[(&str, String)], body: Value) -> Respo
         builder = builder.header(*k, v.as_str());
     }
     builder
-        .body(Full::new(bytes))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        .body(bytes)
+        .unwrap_or_else(|_| Response::new(Bytes::new()))
 }
 
-fn header<'r>(req: &'r hyper::http::request::Parts, name: &str) -> Option<&'r str> {
+/// Header names looked up on every send, parsed once (a `&str` key is parsed per lookup).
+mod names {
+    use hyper::header::HeaderName;
+    pub const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+    pub const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+    pub const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+    pub const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+    pub const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+    pub const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+}
+
+fn header<'r>(req: &'r hyper::http::request::Parts, name: &HeaderName) -> Option<&'r str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// An answer; hyper's connections send it as `Full<Bytes>`, ours as h2 DATA.
+type Reply = Response<Bytes>;
+
+/// Whether a request is a send (delayed by `latency_ms`), as opposed to a token
+/// grant or a control request.
+fn is_send(parts: &hyper::http::request::Parts) -> bool {
+    let p = parts.uri.path();
+    parts.method == hyper::Method::POST
+        && (p.starts_with("/3/device/")
+            || (p.starts_with("/v1/projects/") && p.ends_with("/messages:send")))
+}
+
 /// `client_cert`: the connection presented a certificate our CA issued (APNs certificate auth).
-async fn handle(state: &State, req: Request<Incoming>, client_cert: bool) -> Response<Full<Bytes>> {
+async fn handle(state: &State, req: Request<Incoming>, client_cert: bool) -> Reply {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -409,28 +437,39 @@ async fn handle(state: &State, req: Request<Incoming>, client_cert: bool) -> Res
             )
         }
     };
+    if is_send(&parts) {
+        delay(state).await;
+    }
+    route(state, &parts, &body, client_cert)
+}
+
+/// Answers one request whose body has been read (and whose latency has passed).
+fn route(
+    state: &State,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    client_cert: bool,
+) -> Reply {
     let path = parts.uri.path();
     let response = match (parts.method.as_str(), path) {
         ("POST", p) if p.starts_with("/3/device/") => {
-            delay(state).await;
-            match apns(state, &parts, &p["/3/device/".len()..], &body, client_cert) {
+            match apns(state, parts, &p["/3/device/".len()..], body, client_cert) {
                 Answer::Accepted(r) => return r,
                 Answer::Other(r) => r,
             }
         }
         ("POST", p) if p.starts_with("/v1/projects/") && p.ends_with("/messages:send") => {
-            delay(state).await;
             let project = &p["/v1/projects/".len()..p.len() - "/messages:send".len()];
-            match fcm(state, &parts, project, &body) {
+            match fcm(state, parts, project, body) {
                 Answer::Accepted(r) => return r,
                 Answer::Other(r) => r,
             }
         }
-        ("POST", "/token") => oauth(state, &body),
+        ("POST", "/token") => oauth(state, body),
         ("GET", "/_sim/stats") => {
             return respond(StatusCode::OK, &[], json!(lock(&state.stats).clone()))
         }
-        ("PUT", "/_sim/behaviour") => return update_behaviour(state, &body),
+        ("PUT", "/_sim/behaviour") => return update_behaviour(state, body),
         ("POST", "/_sim/reset") => {
             *lock(&state.stats) = Stats::default();
             return respond(StatusCode::NO_CONTENT, &[], Value::Null);
@@ -445,14 +484,122 @@ async fn handle(state: &State, req: Request<Incoming>, client_cert: bool) -> Res
     response
 }
 
-/// A send's answer: accepted ones were counted (status included) with the send.
-enum Answer {
-    Accepted(Response<Full<Bytes>>),
-    Other(Response<Full<Bytes>>),
+/// An HTTP/2 connection served with `h2` directly (TLS connections that chose
+/// `h2`, which is every provider client). hyper's server spawns a task per
+/// stream and flushes per answer; here a request whose body has already arrived
+/// (nearly all: HEADERS and DATA come together) is answered inline, so a burst
+/// of requests read together is answered in one write. Requests still waiting
+/// for their body, or delayed by `latency_ms`, get a task of their own.
+async fn serve_h2<T>(
+    io: T,
+    state: Arc<State>,
+    client_cert: bool,
+    mut stopped: watch::Receiver<bool>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(1000)
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .handshake::<_, Bytes>(io);
+    let mut conn = tokio::select! {
+        c = handshake => match c {
+            Ok(c) => c,
+            Err(_) => return,
+        },
+        _ = stopped.changed() => return,
+    };
+    loop {
+        let next = tokio::select! {
+            n = conn.accept() => n,
+            _ = stopped.changed() => return,
+        };
+        let Some(Ok((req, respond))) = next else {
+            return;
+        };
+        let (parts, mut recv) = req.into_parts();
+        let mut buf = BytesMut::new();
+        let inline = lock(&state.behaviour).latency_ms == 0 && {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            matches!(
+                read_body(&mut recv, &mut buf, &mut cx),
+                std::task::Poll::Ready(_)
+            )
+        };
+        if inline {
+            answer_h2(&state, &parts, &mut recv, buf, respond, client_cert);
+        } else {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut buf = buf;
+                let _ = std::future::poll_fn(|cx| read_body(&mut recv, &mut buf, cx)).await;
+                if is_send(&parts) {
+                    delay(&state).await;
+                }
+                answer_h2(&state, &parts, &mut recv, buf, respond, client_cert);
+            });
+        }
+    }
 }
 
-impl From<Response<Full<Bytes>>> for Answer {
-    fn from(r: Response<Full<Bytes>>) -> Self {
+/// Reads a request body to its end into `buf`; `Err` when the stream broke.
+fn read_body(
+    recv: &mut h2::RecvStream,
+    buf: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<(), ()>> {
+    use std::task::Poll;
+    loop {
+        if recv.is_end_stream() {
+            return Poll::Ready(Ok(()));
+        }
+        match recv.poll_data(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+            }
+            Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(())),
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+fn answer_h2(
+    state: &State,
+    parts: &hyper::http::request::Parts,
+    recv: &mut h2::RecvStream,
+    buf: BytesMut,
+    mut sender: h2::server::SendResponse<Bytes>,
+    client_cert: bool,
+) {
+    let reply = if recv.is_end_stream() {
+        route(state, parts, &buf, client_cert)
+    } else {
+        respond(
+            StatusCode::BAD_REQUEST,
+            &[],
+            json!({"error": "unreadable body"}),
+        )
+    };
+    let (head, body) = reply.into_parts();
+    let end = body.is_empty();
+    if let Ok(mut stream) = sender.send_response(Response::from_parts(head, ()), end) {
+        if !end {
+            let _ = stream.send_data(body, true);
+        }
+    }
+}
+
+/// A send's answer: accepted ones were counted (status included) with the send.
+enum Answer {
+    Accepted(Reply),
+    Other(Reply),
+}
+
+impl From<Reply> for Answer {
+    fn from(r: Reply) -> Self {
         Self::Other(r)
     }
 }
@@ -479,9 +626,9 @@ fn count_accepted(state: &State, token: &str, now: i64, apns: bool, iat: Option<
 }
 
 /// A 200 answer with a JSON body (or none), built without a header parse per call.
-fn ok(headers: Option<(HeaderName, HeaderValue)>, body: Bytes) -> Response<Full<Bytes>> {
+fn ok(headers: Option<(HeaderName, HeaderValue)>, body: Bytes) -> Reply {
     let json = !body.is_empty();
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(body);
     if json {
         r.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
@@ -508,7 +655,7 @@ async fn delay(state: &State) {
     }
 }
 
-fn update_behaviour(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+fn update_behaviour(state: &State, body: &[u8]) -> Reply {
     let current = serde_json::to_value(lock(&state.behaviour).clone()).unwrap_or(Value::Null);
     let patch: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
@@ -558,12 +705,7 @@ fn count_error(state: &State, reason: &str) {
         .or_default() += 1;
 }
 
-fn apns_error(
-    state: &State,
-    status: u16,
-    reason: &str,
-    retry_after: Option<u64>,
-) -> Response<Full<Bytes>> {
+fn apns_error(state: &State, status: u16, reason: &str, retry_after: Option<u64>) -> Reply {
     count_error(state, reason);
     let mut headers = vec![];
     if let Some(s) = retry_after {
@@ -626,7 +768,7 @@ fn apns(
 ) -> Answer {
     let now = state.clock.now().timestamp();
     // Provider token, unless the connection authenticated with a certificate.
-    let bearer = header(req, "authorization")
+    let bearer = header(req, &hyper::header::AUTHORIZATION)
         .and_then(|a| a.strip_prefix("bearer ").or(a.strip_prefix("Bearer ")));
     let iat = match (bearer, client_cert) {
         (None, true) => None,
@@ -652,14 +794,14 @@ fn apns(
         }
     };
     // Headers.
-    let Some(topic) = header(req, "apns-topic") else {
+    let Some(topic) = header(req, &names::APNS_TOPIC) else {
         return apns_error(state, 400, "MissingTopic", None).into();
     };
     if !state.apns_topics.is_empty() && !state.apns_topics.iter().any(|t| t == topic) {
         return apns_error(state, 400, "BadTopic", None).into();
     }
     if !matches!(
-        header(req, "apns-push-type"),
+        header(req, &names::APNS_PUSH_TYPE),
         Some(
             "alert"
                 | "background"
@@ -673,17 +815,17 @@ fn apns(
     ) {
         return apns_error(state, 400, "InvalidPushType", None).into();
     }
-    if header(req, "apns-priority").is_some_and(|p| !matches!(p, "1" | "5" | "10")) {
+    if header(req, &names::APNS_PRIORITY).is_some_and(|p| !matches!(p, "1" | "5" | "10")) {
         return apns_error(state, 400, "BadPriority", None).into();
     }
-    if header(req, "apns-expiration").is_some_and(|e| e.parse::<i64>().is_err()) {
+    if header(req, &names::APNS_EXPIRATION).is_some_and(|e| e.parse::<i64>().is_err()) {
         return apns_error(state, 400, "BadExpirationDate", None).into();
     }
-    let apns_id = req.headers.get("apns-id");
+    let apns_id = req.headers.get(names::APNS_ID);
     if apns_id.is_some_and(|id| id.to_str().map_or(true, |id| !is_uuid(id))) {
         return apns_error(state, 400, "BadMessageId", None).into();
     }
-    if header(req, "apns-collapse-id").is_some_and(|c| c.len() > 64) {
+    if header(req, &names::APNS_COLLAPSE_ID).is_some_and(|c| c.len() > 64) {
         return apns_error(state, 400, "BadCollapseId", None).into();
     }
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -919,7 +1061,7 @@ fn fcm_error(
     code: &str,
     message: &str,
     retry_after: Option<u64>,
-) -> Response<Full<Bytes>> {
+) -> Reply {
     count_error(state, code);
     let grpc_status = match status {
         400 => "INVALID_ARGUMENT",
@@ -948,7 +1090,7 @@ fn fcm_error(
 /// FCM HTTP v1's checks.
 fn fcm(state: &State, req: &hyper::http::request::Parts, project: &str, body: &[u8]) -> Answer {
     let now = state.clock.now().timestamp();
-    let bearer = header(req, "authorization")
+    let bearer = header(req, &hyper::header::AUTHORIZATION)
         .and_then(|a| a.strip_prefix("Bearer ").or(a.strip_prefix("bearer ")));
     let granted = bearer.and_then(|b| {
         lock(&state.access_tokens)
@@ -1089,7 +1231,7 @@ fn fcm_accept(state: &State, project: &str, token: &str, now: i64) -> Answer {
 }
 
 /// Google's token endpoint for the JWT-bearer grant.
-fn oauth(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+fn oauth(state: &State, body: &[u8]) -> Reply {
     let invalid = |why: &str| {
         count_error(state, "invalid_grant");
         respond(
