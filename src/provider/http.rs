@@ -224,7 +224,10 @@ impl H2Pool {
                 return Err(TransportError::Connect(why.clone()));
             }
         }
-        let connected = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+        // Boxed: the TLS handshake's state is kilobytes, and every send's future
+        // would otherwise carry room for it.
+        let connect = Box::pin(tokio::time::timeout(self.connect_timeout, self.connect()));
+        let connected = match connect.await {
             Ok(r) => r,
             Err(_) => Err(TransportError::Connect(format!(
                 "no connection within {:?}",
