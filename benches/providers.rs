@@ -1,6 +1,8 @@
 //! Benchmark: messages per second from one process to the provider simulator
 //! (a separate `meridian simulate` process) over TLS HTTP/2, per provider, at
-//! 64, 256 and 1024 requests in flight.
+//! 64, 256 and 1024 requests in flight, with the CPU seconds (user + system)
+//! each process spent per run: throughput here is noisy on a shared 2-core
+//! machine, CPU per message much less so.
 //!
 //!     cargo bench --bench providers -- [--messages N] [--connections C]
 
@@ -20,6 +22,15 @@ use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
 /// glibc malloc spends a fifth of the send path in contention and consolidation.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// CPU seconds (user + system) a process has used so far, from `/proc` (Linux).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks as f64 / 100.0)
+}
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -111,6 +122,7 @@ async fn main() {
                 };
                 assert!(providers.send(&push).await.is_accepted());
             }
+            let cpu_before = (cpu_seconds(std::process::id()), cpu_seconds(sim.id()));
             let start = Instant::now();
             let accepted = futures::stream::iter(tokens.iter().enumerate())
                 .map(|(i, t)| {
@@ -134,9 +146,15 @@ async fn main() {
                 .count()
                 .await;
             let secs = start.elapsed().as_secs_f64();
+            let cpu = |before: Option<f64>, pid: u32| match (before, cpu_seconds(pid)) {
+                (Some(b), Some(a)) => format!("{:.2} s", a - b),
+                _ => "?".to_owned(),
+            };
             println!(
-                "{name:<5} concurrency {concurrency:>5}: {accepted} accepted in {secs:.2} s = {:.0} msgs/s",
-                accepted as f64 / secs
+                "{name:<5} concurrency {concurrency:>5}: {accepted} accepted in {secs:.2} s = {:.0} msgs/s; CPU client {}, simulator {}",
+                accepted as f64 / secs,
+                cpu(cpu_before.0, std::process::id()),
+                cpu(cpu_before.1, sim.id()),
             );
             assert_eq!(accepted, messages);
         }

@@ -180,6 +180,288 @@ pub fn fcm_message(message: &Message, target: FcmTarget<'_>, env: Envelope<'_>) 
     json!({ "message": Value::Object(msg) })
 }
 
+// ---------------------------------------------------------------------------
+// The same documents written straight to bytes, for the send path.
+//
+// The `Value` builders above allocate a map and a string per key on every send;
+// the writers below serialize borrowed, typed views instead. Their fields are
+// declared in sorted order so the bytes are exactly those of the `Value`
+// documents (serde_json's maps sort their keys); a test holds them equal.
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+#[derive(Serialize)]
+struct AlertView<'a> {
+    body: &'a str,
+    title: &'a str,
+}
+
+#[derive(Serialize)]
+struct ApsView<'a> {
+    alert: AlertView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    badge: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<&'a str>,
+    #[serde(rename = "mutable-content", skip_serializing_if = "Option::is_none")]
+    mutable_content: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+    #[serde(rename = "thread-id", skip_serializing_if = "Option::is_none")]
+    thread_id: Option<&'a str>,
+}
+
+impl<'a> ApsView<'a> {
+    fn new(message: &'a Message, locale: Option<&str>) -> Self {
+        let (title, body) = localized(message, locale);
+        Self {
+            alert: AlertView { body, title },
+            badge: message.badge,
+            category: (!message.buttons.is_empty()).then_some(APNS_BUTTONS_CATEGORY),
+            mutable_content: message.image.is_some().then_some(1),
+            sound: message.sound.as_deref(),
+            thread_id: message.thread_id.as_deref(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MeridianView<'a> {
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    buttons: &'a [crate::campaign::Button],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deeplink: Option<&'a str>,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+}
+
+/// The APNs document: the message's data merged with `aps` and `meridian` (ours win).
+struct ApnsView<'a> {
+    data: &'a std::collections::BTreeMap<String, Value>,
+    aps: ApsView<'a>,
+    meridian: MeridianView<'a>,
+}
+
+impl Serialize for ApnsView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        let (mut aps, mut ours) = (false, false);
+        for (k, v) in self.data {
+            if !aps && k.as_str() >= "aps" {
+                map.serialize_entry("aps", &self.aps)?;
+                aps = true;
+            }
+            if !ours && k.as_str() >= "meridian" {
+                map.serialize_entry("meridian", &self.meridian)?;
+                ours = true;
+            }
+            if k != "aps" && k != "meridian" {
+                map.serialize_entry(k, v)?;
+            }
+        }
+        if !aps {
+            map.serialize_entry("aps", &self.aps)?;
+        }
+        if !ours {
+            map.serialize_entry("meridian", &self.meridian)?;
+        }
+        map.end()
+    }
+}
+
+/// [`apns_payload`] serialized, without building a `Value`.
+pub fn apns_payload_bytes(
+    message: &Message,
+    locale: Option<&str>,
+    env: Envelope<'_>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let view = ApnsView {
+        data: &message.data,
+        aps: ApsView::new(message, locale),
+        meridian: MeridianView {
+            buttons: &message.buttons,
+            deeplink: message.deeplink.as_deref(),
+            id: env.message_id,
+            image: message.image.as_deref(),
+            url: message.url.as_deref(),
+        },
+    };
+    let mut out = Vec::with_capacity(256);
+    serde_json::to_writer(&mut out, &view)?;
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct FcmNotificationView<'a> {
+    body: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    title: &'a str,
+}
+
+#[derive(Serialize)]
+struct AndroidNotificationView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    click_action: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sound: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct AndroidView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    collapse_key: Option<&'a str>,
+    notification: AndroidNotificationView<'a>,
+    priority: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<String>,
+}
+
+#[derive(Serialize)]
+struct FcmOptionsView<'a> {
+    image: &'a str,
+}
+
+#[derive(Serialize)]
+struct ApnsHeadersView<'a> {
+    #[serde(rename = "apns-collapse-id", skip_serializing_if = "Option::is_none")]
+    collapse_id: Option<&'a str>,
+    #[serde(rename = "apns-priority")]
+    priority: &'static str,
+}
+
+#[derive(Serialize)]
+struct ApnsPayloadView<'a> {
+    aps: ApsView<'a>,
+}
+
+#[derive(Serialize)]
+struct FcmApnsView<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fcm_options: Option<FcmOptionsView<'a>>,
+    headers: ApnsHeadersView<'a>,
+    payload: ApnsPayloadView<'a>,
+}
+
+/// FCM's `data`: every value a string, ours merged in (ours win), keys sorted.
+struct FcmDataView<'a> {
+    message: &'a Message,
+    ours: [(&'static str, Option<std::borrow::Cow<'a, str>>); 4],
+}
+
+impl Serialize for FcmDataView<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // `ours` is sorted by key; merge it with the (sorted) data map.
+        let mut map = s.serialize_map(None)?;
+        let mut ours = self.ours.iter().filter(|(_, v)| v.is_some()).peekable();
+        for (k, v) in &self.message.data {
+            while let Some((ok, ov)) = ours.next_if(|(ok, _)| *ok <= k.as_str()) {
+                map.serialize_entry(ok, ov)?;
+            }
+            if self.ours.iter().any(|(ok, ov)| ov.is_some() && *ok == k) {
+                continue;
+            }
+            match v {
+                Value::String(text) => map.serialize_entry(k, text)?,
+                other => map.serialize_entry(k, &other.to_string())?,
+            }
+        }
+        for (ok, ov) in ours {
+            map.serialize_entry(ok, ov)?;
+        }
+        map.end()
+    }
+}
+
+#[derive(Serialize)]
+struct FcmMessageView<'a> {
+    android: AndroidView<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    apns: Option<FcmApnsView<'a>>,
+    data: FcmDataView<'a>,
+    notification: FcmNotificationView<'a>,
+    token: &'a str,
+}
+
+#[derive(Serialize)]
+struct FcmRootView<'a> {
+    message: FcmMessageView<'a>,
+}
+
+/// [`fcm_message`] serialized, without building a `Value`.
+pub fn fcm_message_bytes(
+    message: &Message,
+    target: FcmTarget<'_>,
+    env: Envelope<'_>,
+) -> Result<Vec<u8>, serde_json::Error> {
+    use std::borrow::Cow;
+    let (title, body) = localized(message, target.locale);
+    let high = message.priority == crate::campaign::Priority::High;
+    let buttons = if message.buttons.is_empty() {
+        None
+    } else {
+        Some(Cow::Owned(serde_json::to_string(&json!(message.buttons))?))
+    };
+    let view = FcmRootView {
+        message: FcmMessageView {
+            android: AndroidView {
+                collapse_key: target.collapse_key,
+                notification: AndroidNotificationView {
+                    channel_id: message.channel_id.as_deref(),
+                    click_action: message
+                        .deeplink
+                        .as_ref()
+                        .or(message.url.as_ref())
+                        .map(String::as_str),
+                    image: message.image.as_deref(),
+                    sound: message.sound.as_deref(),
+                },
+                priority: if high { "HIGH" } else { "NORMAL" },
+                ttl: message.ttl.map(|ttl| format!("{}s", ttl.as_secs())),
+            },
+            apns: target.ios.then(|| FcmApnsView {
+                fcm_options: message
+                    .image
+                    .as_deref()
+                    .map(|image| FcmOptionsView { image }),
+                headers: ApnsHeadersView {
+                    collapse_id: target.collapse_key,
+                    priority: if high { "10" } else { "5" },
+                },
+                payload: ApnsPayloadView {
+                    aps: ApsView::new(message, target.locale),
+                },
+            }),
+            data: FcmDataView {
+                message,
+                ours: [
+                    ("buttons", buttons),
+                    ("deeplink", message.deeplink.as_deref().map(Cow::Borrowed)),
+                    ("meridian_id", Some(Cow::Borrowed(env.message_id))),
+                    ("url", message.url.as_deref().map(Cow::Borrowed)),
+                ],
+            },
+            notification: FcmNotificationView {
+                body,
+                image: message.image.as_deref(),
+                title,
+            },
+            token: target.token,
+        },
+    };
+    let mut out = Vec::with_capacity(512);
+    serde_json::to_writer(&mut out, &view)?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +558,68 @@ mod tests {
             Envelope { message_id: "m1" },
         );
         assert!(android_only["message"].get("apns").is_none());
+    }
+
+    #[test]
+    fn byte_writers_match_the_value_documents() {
+        let plain = Message {
+            title: "T \"quoted\" ✓".into(),
+            body: "B".into(),
+            ..Message::default()
+        };
+        let mut full = message();
+        full.sound = Some("ping.caf".into());
+        full.thread_id = Some("th".into());
+        full.channel_id = Some("promo".into());
+        full.url = Some("https://example.com/x".into());
+        full.ttl = Some(std::time::Duration::from_secs(60));
+        full.priority = crate::campaign::Priority::Normal;
+        full.buttons.push(Button {
+            id: "b2".into(),
+            label: "Two".into(),
+            url: Some("https://example.com/b".into()),
+        });
+        for (k, v) in [
+            ("aaa", json!(1)),
+            ("aps", json!("clobbered")),
+            ("buttons", json!("mine")),
+            ("deep", json!({"z": 1, "a": [true, null]})),
+            ("meridian", json!(2)),
+            ("meridian_id", json!("x")),
+            ("zzz", json!("last")),
+            ("b", json!(null)),
+        ] {
+            full.data.insert(k.into(), v);
+        }
+        let mut only_data = plain.clone();
+        only_data
+            .data
+            .insert("zz".into(), json!("after everything"));
+        for m in [&plain, &full, &only_data, &message()] {
+            for locale in [None, Some("de-AT"), Some("fr")] {
+                let env = Envelope {
+                    message_id: "00000000-0000-4000-8000-000000000042",
+                };
+                assert_eq!(
+                    apns_payload_bytes(m, locale, env).unwrap(),
+                    serde_json::to_vec(&apns_payload(m, locale, env)).unwrap()
+                );
+                for ios in [false, true] {
+                    for collapse_key in [None, Some("c-1")] {
+                        let target = FcmTarget {
+                            token: "tok",
+                            locale,
+                            ios,
+                            collapse_key,
+                        };
+                        assert_eq!(
+                            String::from_utf8(fcm_message_bytes(m, target, env).unwrap()).unwrap(),
+                            serde_json::to_string(&fcm_message(m, target, env)).unwrap()
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

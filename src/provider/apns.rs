@@ -4,14 +4,17 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
+use hyper::http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::http::uri::PathAndQuery;
+use hyper::http::HeaderMap;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use super::http::{post, H2Pool};
 use super::jwt::Es256Key;
-use super::{
-    config_error, retry_after, transport_outcome, H2Pool, HttpSettings, Outcome, ProviderError,
-};
+use super::{config_error, retry_after, HttpSettings, Outcome, ProviderError};
 use crate::clock::Clock;
 use crate::payload::APNS_MAX_PAYLOAD;
 
@@ -80,7 +83,16 @@ struct TokenAuth {
 pub struct ProviderToken {
     pub jwt: String,
     pub issued_at: DateTime<Utc>,
+    /// `bearer <jwt>`, made once per token rather than once per request.
+    bearer: HeaderValue,
 }
+
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
 
 impl TokenAuth {
     fn sign(
@@ -93,9 +105,13 @@ impl TokenAuth {
             &json!({"alg": "ES256", "kid": key_id}),
             &json!({"iss": team_id, "iat": now.timestamp()}),
         )?;
+        let mut bearer = HeaderValue::try_from(format!("bearer {jwt}"))
+            .map_err(|_| super::jwt::JwtError::Sign)?;
+        bearer.set_sensitive(true);
         Ok(ProviderToken {
             jwt,
             issued_at: now,
+            bearer,
         })
     }
 
@@ -155,8 +171,10 @@ impl TokenAuth {
 #[derive(Debug)]
 pub struct ApnsClient {
     pool: H2Pool,
-    base: String,
-    bundle_id: String,
+    /// The base URL's path (empty for Apple), before `/3/device/`.
+    path_prefix: String,
+    /// `apns-topic`.
+    topic: HeaderValue,
     auth: Option<TokenAuth>,
     in_flight: Semaphore,
     clock: Arc<dyn Clock>,
@@ -169,7 +187,11 @@ fn is_hex_token(t: &str) -> bool {
 impl ApnsClient {
     pub fn new(settings: ApnsSettings, clock: Arc<dyn Clock>) -> Result<Self, ProviderError> {
         let base = settings.base_url.trim_end_matches('/').to_owned();
-        url::Url::parse(&base).map_err(|e| config_error("apns.base_url", e.to_string()))?;
+        let url =
+            url::Url::parse(&base).map_err(|e| config_error("apns.base_url", e.to_string()))?;
+        let path_prefix = url.path().trim_end_matches('/').to_owned();
+        let topic = HeaderValue::try_from(settings.bundle_id.as_str())
+            .map_err(|e| config_error("apns.bundle_id", e.to_string()))?;
         let (auth, identity) = match &settings.credentials {
             ApnsCredentials::Token {
                 key_pem,
@@ -190,9 +212,9 @@ impl ApnsClient {
             ApnsCredentials::Certificate { pem } => (None, Some(pem.as_slice())),
         };
         Ok(Self {
-            pool: H2Pool::new(&settings.http, "apns", identity)?,
-            base,
-            bundle_id: settings.bundle_id,
+            pool: H2Pool::new(&settings.http, &base, "apns", identity)?,
+            path_prefix,
+            topic,
             auth,
             in_flight: Semaphore::new(settings.concurrency.max(1)),
             clock,
@@ -253,54 +275,68 @@ impl ApnsClient {
     }
 
     async fn send_once(&self, n: &ApnsNotification<'_>, token: Option<&ProviderToken>) -> Outcome {
-        let url = format!("{}/3/device/{}", self.base, n.device_token);
-        let mut req = self
-            .pool
-            .client()
-            .post(url)
-            .header("apns-topic", &self.bundle_id)
-            .header("apns-push-type", "alert")
-            .header("apns-id", n.apns_id)
-            .header(
-                "apns-priority",
-                match n.priority {
-                    ApnsPriority::Immediate => "10",
-                    ApnsPriority::Normal => "5",
-                },
-            )
-            .header(
-                "apns-expiration",
-                n.expiration.map_or(0, |t| t.timestamp().max(0)).to_string(),
-            )
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(n.payload.to_vec());
+        let invalid = |what: &str| Outcome::Rejected {
+            reason: format!("{what}: not a valid header value (refused before sending)"),
+        };
+        let Ok(path) =
+            PathAndQuery::try_from(format!("{}/3/device/{}", self.path_prefix, n.device_token))
+        else {
+            return invalid("device token");
+        };
+        let uri = match self.pool.uri(path) {
+            Ok(u) => u,
+            Err(e) => return e.outcome(),
+        };
+        let mut headers = HeaderMap::with_capacity(8);
+        headers.insert(APNS_TOPIC, self.topic.clone());
+        headers.insert(APNS_PUSH_TYPE, HeaderValue::from_static("alert"));
+        let Ok(id) = HeaderValue::try_from(n.apns_id) else {
+            return invalid("apns-id");
+        };
+        headers.insert(APNS_ID, id);
+        headers.insert(
+            APNS_PRIORITY,
+            HeaderValue::from_static(match n.priority {
+                ApnsPriority::Immediate => "10",
+                ApnsPriority::Normal => "5",
+            }),
+        );
+        headers.insert(
+            APNS_EXPIRATION,
+            match n.expiration {
+                None => HeaderValue::from_static("0"),
+                Some(t) => HeaderValue::from(t.timestamp().max(0)),
+            },
+        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(c) = n.collapse_id {
-            req = req.header("apns-collapse-id", c);
+            let Ok(c) = HeaderValue::try_from(c) else {
+                return invalid("apns-collapse-id");
+            };
+            headers.insert(APNS_COLLAPSE_ID, c);
         }
         if let Some(t) = token {
-            req = req.bearer_auth(&t.jwt);
+            headers.insert(AUTHORIZATION, t.bearer.clone());
         }
-        let resp = match req.send().await {
+        let reply = match self
+            .pool
+            .send(post(uri, headers), Bytes::copy_from_slice(n.payload))
+            .await
+        {
             Ok(r) => r,
-            Err(e) => return transport_outcome(&e),
+            Err(e) => return e.outcome(),
         };
-        let status = resp.status().as_u16();
-        let after = retry_after(resp.headers());
-        let apns_id = resp
-            .headers()
-            .get("apns-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let status = reply.status.as_u16();
         if status == 200 {
-            return Outcome::Accepted {
-                provider_id: apns_id,
-            };
+            let provider_id = reply
+                .headers
+                .get(APNS_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            return Outcome::Accepted { provider_id };
         }
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => return transport_outcome(&e),
-        };
-        let reason = serde_json::from_slice::<serde_json::Value>(&body)
+        let after = retry_after(&reply.headers);
+        let reason = serde_json::from_slice::<serde_json::Value>(&reply.body)
             .ok()
             .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned));
         classify(status, reason.as_deref(), after)

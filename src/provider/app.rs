@@ -151,11 +151,7 @@ impl AppProviders {
         };
         match (push.platform, &self.apns, &self.fcm) {
             (Platform::Ios, Some(apns), _) => {
-                let body = match serde_json::to_vec(&payload::apns_payload(
-                    push.message,
-                    push.locale,
-                    env,
-                )) {
+                let body = match payload::apns_payload_bytes(push.message, push.locale, env) {
                     Ok(b) => b,
                     Err(e) => {
                         return Outcome::Rejected {
@@ -185,9 +181,16 @@ impl AppProviders {
                     ios: platform == Platform::Ios,
                     collapse_key: push.collapse_key,
                 };
-                let body = payload::fcm_message(push.message, target, env);
+                let body = match payload::fcm_message_bytes(push.message, target, env) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        return Outcome::Rejected {
+                            reason: format!("payload: {e}"),
+                        }
+                    }
+                };
                 fcm.ready().await;
-                fcm.client.send(&body).await
+                fcm.client.send_json(body.into()).await
             }
             (platform, _, None) => Outcome::Rejected {
                 reason: format!("no provider configured for {} devices", platform.as_str()),

@@ -4,15 +4,18 @@
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, TimeDelta, Utc};
+use hyper::http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::http::uri::PathAndQuery;
+use hyper::http::{HeaderMap, Uri};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, Semaphore};
 
+use super::http::{post, H2Pool};
 use super::jwt::Rs256Key;
-use super::{
-    config_error, retry_after, transport_outcome, H2Pool, HttpSettings, Outcome, ProviderError,
-};
+use super::{config_error, retry_after, HttpSettings, Outcome, ProviderError};
 use crate::clock::Clock;
 
 pub const DEFAULT_URL: &str = "https://fcm.googleapis.com";
@@ -58,6 +61,8 @@ pub struct FcmSettings {
 pub struct AccessToken {
     pub value: String,
     pub expires_at: DateTime<Utc>,
+    /// `Bearer <value>`, made once per token rather than once per request.
+    bearer: HeaderValue,
 }
 
 /// The cached OAuth access token. Expired or near expiry, the first caller
@@ -87,7 +92,7 @@ impl TokenSource {
 
     async fn get(
         &self,
-        http: &reqwest::Client,
+        http: &OAuthEndpoint,
         clock: &dyn Clock,
     ) -> Result<Arc<AccessToken>, String> {
         if let Some(t) = self.fresh(clock.now()) {
@@ -111,11 +116,7 @@ impl TokenSource {
         }
     }
 
-    async fn fetch(
-        &self,
-        http: &reqwest::Client,
-        now: DateTime<Utc>,
-    ) -> Result<AccessToken, String> {
+    async fn fetch(&self, http: &OAuthEndpoint, now: DateTime<Utc>) -> Result<AccessToken, String> {
         let iat = now.timestamp();
         let assertion = self
             .key
@@ -130,20 +131,21 @@ impl TokenSource {
                 }),
             )
             .map_err(|e| format!("signing the OAuth assertion: {e}"))?;
-        let resp = http
-            .post(&self.account.token_uri)
-            .form(&[
-                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
-                ("assertion", assertion.as_str()),
-            ])
-            .send()
+        let form = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer")
+            .append_pair("assertion", &assertion)
+            .finish();
+        let mut headers = HeaderMap::with_capacity(1);
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let reply = http
+            .pool
+            .send(post(http.uri.clone(), headers), Bytes::from(form))
             .await
             .map_err(|e| format!("OAuth token endpoint: {e}"))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("OAuth token endpoint: {e}"))?;
+        let (status, body) = (reply.status, reply.body);
         if !status.is_success() {
             return Err(format!(
                 "OAuth token endpoint answered {status}: {}",
@@ -152,19 +154,35 @@ impl TokenSource {
         }
         let t: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| format!("OAuth token endpoint answer: {e}"))?;
+        let mut bearer = HeaderValue::try_from(format!("Bearer {}", t.access_token))
+            .map_err(|_| "OAuth token endpoint answer: access token is not a header value")?;
+        bearer.set_sensitive(true);
         Ok(AccessToken {
             value: t.access_token,
             expires_at: now + TimeDelta::seconds(t.expires_in.max(0)),
+            bearer,
         })
     }
+}
+
+/// Google's token endpoint, which may be on another host than FCM.
+#[derive(Debug)]
+struct OAuthEndpoint {
+    pool: H2Pool,
+    uri: Uri,
+}
+
+/// The part of FCM's answer to a successful send that we keep.
+#[derive(Deserialize)]
+struct Sent {
+    name: Option<String>,
 }
 
 #[derive(Debug)]
 pub struct FcmClient {
     pool: H2Pool,
-    /// For the token endpoint, which may be on another host than FCM.
-    oauth_http: reqwest::Client,
-    send_url: String,
+    oauth: OAuthEndpoint,
+    send_uri: Uri,
     tokens: TokenSource,
     in_flight: Semaphore,
     clock: Arc<dyn Clock>,
@@ -176,22 +194,47 @@ impl FcmClient {
         url::Url::parse(base).map_err(|e| config_error("fcm.base_url", e.to_string()))?;
         let key = Rs256Key::from_pem(&settings.account.private_key)
             .map_err(|e| config_error("fcm.service_account_file", format!("private_key: {e}")))?;
-        let oauth = H2Pool::new(
+        let token_uri: Uri = settings
+            .account
+            .token_uri
+            .parse()
+            .map_err(|e| config_error("fcm.service_account_file", format!("token_uri: {e}")))?;
+        let oauth_pool = H2Pool::new(
             &HttpSettings {
                 connections: 1,
                 ..settings.http.clone()
             },
+            &settings.account.token_uri,
             "fcm",
             None,
         )?;
-        let oauth_http = oauth.client().clone();
+        let oauth = OAuthEndpoint {
+            uri: oauth_pool
+                .uri(
+                    token_uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                )
+                .map_err(|e| config_error("fcm.service_account_file", format!("token_uri: {e}")))?,
+            pool: oauth_pool,
+        };
+        let pool = H2Pool::new(&settings.http, base, "fcm", None)?;
+        let base_path = url::Url::parse(base)
+            .map(|u| u.path().trim_end_matches('/').to_owned())
+            .unwrap_or_default();
+        let send_path = PathAndQuery::try_from(format!(
+            "{base_path}/v1/projects/{}/messages:send",
+            settings.account.project_id
+        ))
+        .map_err(|e| config_error("fcm.service_account_file", format!("project_id: {e}")))?;
+        let send_uri = pool
+            .uri(send_path)
+            .map_err(|e| config_error("fcm.base_url", e.to_string()))?;
         Ok(Self {
-            pool: H2Pool::new(&settings.http, "fcm", None)?,
-            oauth_http,
-            send_url: format!(
-                "{base}/v1/projects/{}/messages:send",
-                settings.account.project_id
-            ),
+            pool,
+            oauth,
+            send_uri,
             tokens: TokenSource {
                 key,
                 account: settings.account,
@@ -205,6 +248,16 @@ impl FcmClient {
 
     /// Sends one message (`{"message": {...}}` as built by `payload::fcm_message`).
     pub async fn send(&self, message: &Value) -> Outcome {
+        match serde_json::to_vec(message) {
+            Ok(body) => self.send_json(Bytes::from(body)).await,
+            Err(e) => Outcome::Rejected {
+                reason: format!("payload: {e}"),
+            },
+        }
+    }
+
+    /// Sends one message already serialized (`payload::fcm_message_bytes`).
+    pub async fn send_json(&self, body: Bytes) -> Outcome {
         let Ok(_permit) = self.in_flight.acquire().await else {
             return Outcome::Retry {
                 reason: "client closed".to_owned(),
@@ -213,7 +266,7 @@ impl FcmClient {
         };
         let mut retried_auth = false;
         loop {
-            let token = match self.tokens.get(&self.oauth_http, self.clock.as_ref()).await {
+            let token = match self.tokens.get(&self.oauth, self.clock.as_ref()).await {
                 Ok(t) => t,
                 Err(reason) => {
                     return Outcome::Retry {
@@ -222,24 +275,28 @@ impl FcmClient {
                     }
                 }
             };
-            let resp = match self
+            let mut headers = HeaderMap::with_capacity(2);
+            headers.insert(AUTHORIZATION, token.bearer.clone());
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let reply = match self
                 .pool
-                .client()
-                .post(&self.send_url)
-                .bearer_auth(&token.value)
-                .json(message)
-                .send()
+                .send(post(self.send_uri.clone(), headers), body.clone())
                 .await
             {
                 Ok(r) => r,
-                Err(e) => return transport_outcome(&e),
+                Err(e) => return e.outcome(),
             };
-            let status = resp.status().as_u16();
-            let after = retry_after(resp.headers());
-            let body: Value = match resp.bytes().await {
-                Ok(b) => serde_json::from_slice(&b).unwrap_or(Value::Null),
-                Err(e) => return transport_outcome(&e),
-            };
+            let status = reply.status.as_u16();
+            if (200..300).contains(&status) {
+                // The common answer: read only the message name, not a whole `Value`.
+                if let Ok(sent) = serde_json::from_slice::<Sent>(&reply.body) {
+                    return Outcome::Accepted {
+                        provider_id: sent.name,
+                    };
+                }
+            }
+            let after = retry_after(&reply.headers);
+            let body: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
             if status == 401 && !retried_auth {
                 // An access token Google no longer accepts: fetch a new one, once.
                 retried_auth = true;

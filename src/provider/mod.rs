@@ -1,18 +1,19 @@
 //! Talking to Apple and Google: our own thin clients over one HTTP/2 stack
-//! (reqwest → hyper 1, rustls with ring), and what their answers mean.
+//! (h2, hyper's HTTP/2 layer, over rustls with ring), and what their answers mean.
 //!
 //! Provider answers are values ([`Outcome`]), not errors: a dead token or a 429
 //! is a normal result the engine records and reacts to.
 
 use std::num::NonZeroU32;
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub mod apns;
 pub mod app;
 pub mod fcm;
+mod http;
 pub mod jwt;
+
+pub use http::TransportError;
 
 /// What happened to one send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +54,6 @@ impl Outcome {
 pub enum ProviderError {
     #[error("{key}: {message}")]
     Config { key: String, message: String },
-    #[error("http client: {0}")]
-    Http(#[from] reqwest::Error),
     #[error(transparent)]
     Jwt(#[from] jwt::JwtError),
 }
@@ -75,99 +74,16 @@ pub struct HttpSettings {
     pub connections: usize,
 }
 
-/// A small set of long-lived HTTP/2 clients, used round-robin.
-#[derive(Debug)]
-pub(crate) struct H2Pool {
-    clients: Vec<reqwest::Client>,
-    next: AtomicUsize,
-}
-
-impl H2Pool {
-    /// `identity` is a PEM certificate and key for TLS client authentication.
-    pub(crate) fn new(
-        s: &HttpSettings,
-        key: &str,
-        identity: Option<&[u8]>,
-    ) -> Result<Self, ProviderError> {
-        let ca = match &s.ca_file {
-            Some(path) => Some(read_ca(path, &format!("{key}.ca_file"))?),
-            None => None,
-        };
-        let identity = match identity {
-            Some(pem) => Some(
-                reqwest::Identity::from_pem(pem)
-                    .map_err(|e| config_error(format!("{key}.cert_file"), e.to_string()))?,
-            ),
-            None => None,
-        };
-        let mut clients = Vec::with_capacity(s.connections.max(1));
-        for _ in 0..s.connections.max(1) {
-            let mut b = reqwest::Client::builder()
-                .use_rustls_tls()
-                .http2_prior_knowledge()
-                .timeout(s.timeout)
-                .connect_timeout(s.timeout.min(Duration::from_secs(10)))
-                .pool_idle_timeout(None)
-                .http2_keep_alive_interval(Duration::from_secs(60))
-                .http2_keep_alive_while_idle(true);
-            if let Some(ca) = &ca {
-                b = b.add_root_certificate(ca.clone());
-            }
-            if let Some(id) = &identity {
-                b = b.identity(id.clone());
-            }
-            clients.push(b.build()?);
-        }
-        Ok(Self {
-            clients,
-            next: AtomicUsize::new(0),
-        })
-    }
-
-    pub(crate) fn client(&self) -> &reqwest::Client {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.clients.len();
-        &self.clients[i]
-    }
-}
-
-fn read_ca(path: &Path, key: &str) -> Result<reqwest::Certificate, ProviderError> {
-    let pem =
-        std::fs::read(path).map_err(|e| config_error(key, format!("{}: {e}", path.display())))?;
-    reqwest::Certificate::from_pem(&pem)
-        .map_err(|e| config_error(key, format!("{}: {e}", path.display())))
-}
-
 /// `Retry-After` in seconds (the form both providers use).
-pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &hyper::http::HeaderMap) -> Option<Duration> {
     headers
-        .get(reqwest::header::RETRY_AFTER)?
+        .get(hyper::http::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim()
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
-}
-
-/// A transport failure: always worth another try.
-pub(crate) fn transport_outcome(e: &reqwest::Error) -> Outcome {
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "transport"
-    };
-    let mut reason = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        reason.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    Outcome::Retry {
-        reason,
-        after: None,
-    }
 }
 
 /// When to try again: exponential backoff with full jitter, never sooner than

@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -328,7 +329,9 @@ async fn accept_loop(
                 let state = state.clone();
                 hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req, client_cert).await) }
+                    async move {
+                        Ok::<_, Infallible>(handle(&state, req, client_cert).await.map(Full::new))
+                    }
                 })
             };
             let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -336,12 +339,15 @@ async fn accept_loop(
             match tls {
                 Some(acceptor) => {
                     if let Ok(stream) = acceptor.accept(tcp).await {
-                        let client_cert = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .is_some_and(|c| !c.is_empty());
-                        serve(builder, TokioIo::new(stream), service(client_cert), stopped).await;
+                        let session = &stream.get_ref().1;
+                        let client_cert =
+                            session.peer_certificates().is_some_and(|c| !c.is_empty());
+                        if session.alpn_protocol() == Some(b"h2") {
+                            serve_h2(stream, state, client_cert, stopped).await;
+                        } else {
+                            serve(builder, TokioIo::new(stream), service(client_cert), stopped)
+                                .await;
+                        }
                     }
                 }
                 None => serve(builder, TokioIo::new(tcp), service(false), stopped).await,
@@ -373,7 +379,7 @@ async fn serve<I, S>(
     }
 }
 
-fn respond(status: StatusCode, headers: &[(&str, String)], body: Value) -> Response<Full<Bytes>> {
+fn respond(status: StatusCode, headers: &[(&str, String)], body: Value) -> Reply {
     let bytes = if body.is_null() {
         Bytes::new()
     } else {
@@ -387,16 +393,39 @@ fn respond(status: StatusCode, headers: &[(&str, String)], body: Value) -> Respo
         builder = builder.header(*k, v.as_str());
     }
     builder
-        .body(Full::new(bytes))
-        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+        .body(bytes)
+        .unwrap_or_else(|_| Response::new(Bytes::new()))
 }
 
-fn header<'r>(req: &'r hyper::http::request::Parts, name: &str) -> Option<&'r str> {
+/// Header names looked up on every send, parsed once (a `&str` key is parsed per lookup).
+mod names {
+    use hyper::header::HeaderName;
+    pub const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+    pub const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+    pub const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+    pub const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+    pub const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+    pub const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+}
+
+fn header<'r>(req: &'r hyper::http::request::Parts, name: &HeaderName) -> Option<&'r str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// An answer; hyper's connections send it as `Full<Bytes>`, ours as h2 DATA.
+type Reply = Response<Bytes>;
+
+/// Whether a request is a send (delayed by `latency_ms`), as opposed to a token
+/// grant or a control request.
+fn is_send(parts: &hyper::http::request::Parts) -> bool {
+    let p = parts.uri.path();
+    parts.method == hyper::Method::POST
+        && (p.starts_with("/3/device/")
+            || (p.starts_with("/v1/projects/") && p.ends_with("/messages:send")))
+}
+
 /// `client_cert`: the connection presented a certificate our CA issued (APNs certificate auth).
-async fn handle(state: &State, req: Request<Incoming>, client_cert: bool) -> Response<Full<Bytes>> {
+async fn handle(state: &State, req: Request<Incoming>, client_cert: bool) -> Reply {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -408,22 +437,39 @@ async fn handle(state: &State, req: Request<Incoming>, client_cert: bool) -> Res
             )
         }
     };
-    let path = parts.uri.path().to_owned();
-    let response = match (parts.method.as_str(), path.as_str()) {
+    if is_send(&parts) {
+        delay(state).await;
+    }
+    route(state, &parts, &body, client_cert)
+}
+
+/// Answers one request whose body has been read (and whose latency has passed).
+fn route(
+    state: &State,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+    client_cert: bool,
+) -> Reply {
+    let path = parts.uri.path();
+    let response = match (parts.method.as_str(), path) {
         ("POST", p) if p.starts_with("/3/device/") => {
-            delay(state).await;
-            apns(state, &parts, &p["/3/device/".len()..], &body, client_cert)
+            match apns(state, parts, &p["/3/device/".len()..], body, client_cert) {
+                Answer::Accepted(r) => return r,
+                Answer::Other(r) => r,
+            }
         }
         ("POST", p) if p.starts_with("/v1/projects/") && p.ends_with("/messages:send") => {
-            delay(state).await;
             let project = &p["/v1/projects/".len()..p.len() - "/messages:send".len()];
-            fcm(state, &parts, project, &body)
+            match fcm(state, parts, project, body) {
+                Answer::Accepted(r) => return r,
+                Answer::Other(r) => r,
+            }
         }
-        ("POST", "/token") => oauth(state, &body),
+        ("POST", "/token") => oauth(state, body),
         ("GET", "/_sim/stats") => {
             return respond(StatusCode::OK, &[], json!(lock(&state.stats).clone()))
         }
-        ("PUT", "/_sim/behaviour") => return update_behaviour(state, &body),
+        ("PUT", "/_sim/behaviour") => return update_behaviour(state, body),
         ("POST", "/_sim/reset") => {
             *lock(&state.stats) = Stats::default();
             return respond(StatusCode::NO_CONTENT, &[], Value::Null);
@@ -438,6 +484,170 @@ async fn handle(state: &State, req: Request<Incoming>, client_cert: bool) -> Res
     response
 }
 
+/// An HTTP/2 connection served with `h2` directly (TLS connections that chose
+/// `h2`, which is every provider client). hyper's server spawns a task per
+/// stream and flushes per answer; here a request whose body has already arrived
+/// (nearly all: HEADERS and DATA come together) is answered inline, so a burst
+/// of requests read together is answered in one write. Requests still waiting
+/// for their body, or delayed by `latency_ms`, get a task of their own.
+async fn serve_h2<T>(
+    io: T,
+    state: Arc<State>,
+    client_cert: bool,
+    mut stopped: watch::Receiver<bool>,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(1000)
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .handshake::<_, Bytes>(io);
+    let mut conn = tokio::select! {
+        c = handshake => match c {
+            Ok(c) => c,
+            Err(_) => return,
+        },
+        _ = stopped.changed() => return,
+    };
+    loop {
+        let next = tokio::select! {
+            n = conn.accept() => n,
+            _ = stopped.changed() => return,
+        };
+        let Some(Ok((req, respond))) = next else {
+            return;
+        };
+        let (parts, mut recv) = req.into_parts();
+        let mut buf = BytesMut::new();
+        let inline = lock(&state.behaviour).latency_ms == 0 && {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            matches!(
+                read_body(&mut recv, &mut buf, &mut cx),
+                std::task::Poll::Ready(_)
+            )
+        };
+        if inline {
+            answer_h2(&state, &parts, &mut recv, buf, respond, client_cert);
+        } else {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let mut buf = buf;
+                let _ = std::future::poll_fn(|cx| read_body(&mut recv, &mut buf, cx)).await;
+                if is_send(&parts) {
+                    delay(&state).await;
+                }
+                answer_h2(&state, &parts, &mut recv, buf, respond, client_cert);
+            });
+        }
+    }
+}
+
+/// Reads a request body to its end into `buf`; `Err` when the stream broke.
+fn read_body(
+    recv: &mut h2::RecvStream,
+    buf: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<(), ()>> {
+    use std::task::Poll;
+    loop {
+        if recv.is_end_stream() {
+            return Poll::Ready(Ok(()));
+        }
+        match recv.poll_data(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                let _ = recv.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+            }
+            Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(())),
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+fn answer_h2(
+    state: &State,
+    parts: &hyper::http::request::Parts,
+    recv: &mut h2::RecvStream,
+    buf: BytesMut,
+    mut sender: h2::server::SendResponse<Bytes>,
+    client_cert: bool,
+) {
+    let reply = if recv.is_end_stream() {
+        route(state, parts, &buf, client_cert)
+    } else {
+        respond(
+            StatusCode::BAD_REQUEST,
+            &[],
+            json!({"error": "unreadable body"}),
+        )
+    };
+    let (head, body) = reply.into_parts();
+    let end = body.is_empty();
+    if let Ok(mut stream) = sender.send_response(Response::from_parts(head, ()), end) {
+        if !end {
+            let _ = stream.send_data(body, true);
+        }
+    }
+}
+
+/// A send's answer: accepted ones were counted (status included) with the send.
+enum Answer {
+    Accepted(Reply),
+    Other(Reply),
+}
+
+impl From<Reply> for Answer {
+    fn from(r: Reply) -> Self {
+        Self::Other(r)
+    }
+}
+
+/// Adds one accepted send to the stats, in one critical section.
+fn count_accepted(state: &State, token: &str, now: i64, apns: bool, iat: Option<i64>) {
+    let mut stats = lock(&state.stats);
+    match stats.accepted_per_token.get_mut(token) {
+        Some(n) => *n += 1,
+        None => {
+            stats.accepted_per_token.insert(token.to_owned(), 1);
+        }
+    }
+    if apns {
+        stats.apns_accepted += 1;
+    } else {
+        stats.fcm_accepted += 1;
+    }
+    *stats.accepted_per_second.entry(now).or_default() += 1;
+    *stats.responses_by_status.entry(200).or_default() += 1;
+    if let Some(iat) = iat.filter(|iat| lock(&state.seen_iats).insert(*iat)) {
+        stats.apns_token_iats.push(iat);
+    }
+}
+
+/// A 200 answer with a JSON body (or none), built without a header parse per call.
+fn ok(headers: Option<(HeaderName, HeaderValue)>, body: Bytes) -> Reply {
+    let json = !body.is_empty();
+    let mut r = Response::new(body);
+    if json {
+        r.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    if let Some((k, v)) = headers {
+        r.headers_mut().insert(k, v);
+    }
+    r
+}
+
+fn unregistered(state: &State, token: &str) -> bool {
+    lock(&state.behaviour)
+        .unregistered_prefix
+        .as_deref()
+        .is_some_and(|p| !p.is_empty() && token.starts_with(p))
+}
+
 async fn delay(state: &State) {
     let ms = lock(&state.behaviour).latency_ms;
     if ms > 0 {
@@ -445,7 +655,7 @@ async fn delay(state: &State) {
     }
 }
 
-fn update_behaviour(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+fn update_behaviour(state: &State, body: &[u8]) -> Reply {
     let current = serde_json::to_value(lock(&state.behaviour).clone()).unwrap_or(Value::Null);
     let patch: Value = match serde_json::from_slice(body) {
         Ok(v @ Value::Object(_)) => v,
@@ -495,12 +705,7 @@ fn count_error(state: &State, reason: &str) {
         .or_default() += 1;
 }
 
-fn apns_error(
-    state: &State,
-    status: u16,
-    reason: &str,
-    retry_after: Option<u64>,
-) -> Response<Full<Bytes>> {
+fn apns_error(state: &State, status: u16, reason: &str, retry_after: Option<u64>) -> Reply {
     count_error(state, reason);
     let mut headers = vec![];
     if let Some(s) = retry_after {
@@ -560,42 +765,43 @@ fn apns(
     token: &str,
     body: &[u8],
     client_cert: bool,
-) -> Response<Full<Bytes>> {
+) -> Answer {
     let now = state.clock.now().timestamp();
     // Provider token, unless the connection authenticated with a certificate.
-    let bearer = header(req, "authorization")
+    let bearer = header(req, &hyper::header::AUTHORIZATION)
         .and_then(|a| a.strip_prefix("bearer ").or(a.strip_prefix("Bearer ")));
     let iat = match (bearer, client_cert) {
         (None, true) => None,
-        (None, false) => return apns_error(state, 403, "MissingProviderToken", None),
+        (None, false) => return apns_error(state, 403, "MissingProviderToken", None).into(),
         (Some(bearer), _) => {
-            let cached = lock(&state.verified_jwts).get(bearer).cloned();
-            let (_key_id, iat) = match cached {
-                Some(v) => v,
+            let cached = lock(&state.verified_jwts).get(bearer).map(|(_, iat)| *iat);
+            let iat = match cached {
+                Some(iat) => iat,
                 None => match verify_provider_token(state, bearer) {
                     Ok(v) => {
-                        lock(&state.verified_jwts).insert(bearer.to_owned(), v.clone());
-                        v
+                        let iat = v.1;
+                        lock(&state.verified_jwts).insert(bearer.to_owned(), v);
+                        iat
                     }
-                    Err(reason) => return apns_error(state, 403, reason, None),
+                    Err(reason) => return apns_error(state, 403, reason, None).into(),
                 },
             };
             let expire_before = lock(&state.behaviour).expire_tokens_issued_before;
             if now - iat > 3600 || expire_before.is_some_and(|t| iat < t) {
-                return apns_error(state, 403, "ExpiredProviderToken", None);
+                return apns_error(state, 403, "ExpiredProviderToken", None).into();
             }
             Some(iat)
         }
     };
     // Headers.
-    let Some(topic) = header(req, "apns-topic") else {
-        return apns_error(state, 400, "MissingTopic", None);
+    let Some(topic) = header(req, &names::APNS_TOPIC) else {
+        return apns_error(state, 400, "MissingTopic", None).into();
     };
     if !state.apns_topics.is_empty() && !state.apns_topics.iter().any(|t| t == topic) {
-        return apns_error(state, 400, "BadTopic", None);
+        return apns_error(state, 400, "BadTopic", None).into();
     }
     if !matches!(
-        header(req, "apns-push-type"),
+        header(req, &names::APNS_PUSH_TYPE),
         Some(
             "alert"
                 | "background"
@@ -607,40 +813,37 @@ fn apns(
                 | "liveactivity"
         )
     ) {
-        return apns_error(state, 400, "InvalidPushType", None);
+        return apns_error(state, 400, "InvalidPushType", None).into();
     }
-    if header(req, "apns-priority").is_some_and(|p| !matches!(p, "1" | "5" | "10")) {
-        return apns_error(state, 400, "BadPriority", None);
+    if header(req, &names::APNS_PRIORITY).is_some_and(|p| !matches!(p, "1" | "5" | "10")) {
+        return apns_error(state, 400, "BadPriority", None).into();
     }
-    if header(req, "apns-expiration").is_some_and(|e| e.parse::<i64>().is_err()) {
-        return apns_error(state, 400, "BadExpirationDate", None);
+    if header(req, &names::APNS_EXPIRATION).is_some_and(|e| e.parse::<i64>().is_err()) {
+        return apns_error(state, 400, "BadExpirationDate", None).into();
     }
-    let apns_id = header(req, "apns-id").map(str::to_owned);
-    if apns_id.as_deref().is_some_and(|id| !is_uuid(id)) {
-        return apns_error(state, 400, "BadMessageId", None);
+    let apns_id = req.headers.get(names::APNS_ID);
+    if apns_id.is_some_and(|id| id.to_str().map_or(true, |id| !is_uuid(id))) {
+        return apns_error(state, 400, "BadMessageId", None).into();
     }
-    if header(req, "apns-collapse-id").is_some_and(|c| c.len() > 64) {
-        return apns_error(state, 400, "BadCollapseId", None);
+    if header(req, &names::APNS_COLLAPSE_ID).is_some_and(|c| c.len() > 64) {
+        return apns_error(state, 400, "BadCollapseId", None).into();
     }
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return apns_error(state, 400, "BadDeviceToken", None);
+        return apns_error(state, 400, "BadDeviceToken", None).into();
     }
     // Payload.
     if body.is_empty() {
-        return apns_error(state, 400, "PayloadEmpty", None);
+        return apns_error(state, 400, "PayloadEmpty", None).into();
     }
     if body.len() > 4096 {
-        return apns_error(state, 413, "PayloadTooLarge", None);
+        return apns_error(state, 413, "PayloadTooLarge", None).into();
     }
-    if !serde_json::from_slice::<Value>(body)
-        .is_ok_and(|v| v.get("aps").is_some_and(Value::is_object))
-    {
-        return apns_error(state, 400, "BadPayload", None);
+    if !apns_body_ok(body) {
+        return apns_error(state, 400, "BadPayload", None).into();
     }
     // The device.
-    let unregistered = lock(&state.behaviour).unregistered_prefix.clone();
-    if unregistered.is_some_and(|p| !p.is_empty() && token.starts_with(&p)) {
-        return apns_error(state, 410, "Unregistered", None);
+    if unregistered(state, token) {
+        return apns_error(state, 410, "Unregistered", None).into();
     }
     if let Some((status, after)) = scripted_failure(state) {
         let reason = if status == 429 {
@@ -648,24 +851,208 @@ fn apns(
         } else {
             "ServiceUnavailable"
         };
-        return apns_error(state, status, reason, after);
+        return apns_error(state, status, reason, after).into();
     }
-    let id = apns_id.unwrap_or_else(|| {
-        crate::provider::apns_id_for(state.counter.fetch_add(1, Ordering::Relaxed) as i64)
-    });
-    {
-        let mut stats = lock(&state.stats);
-        *stats
-            .accepted_per_token
-            .entry(token.to_owned())
-            .or_default() += 1;
-        stats.apns_accepted += 1;
-        *stats.accepted_per_second.entry(now).or_default() += 1;
-        if let Some(iat) = iat.filter(|iat| lock(&state.seen_iats).insert(*iat)) {
-            stats.apns_token_iats.push(iat);
+    let id = match apns_id {
+        Some(id) => id.clone(),
+        None => HeaderValue::try_from(crate::provider::apns_id_for(
+            state.counter.fetch_add(1, Ordering::Relaxed) as i64,
+        ))
+        .unwrap_or(HeaderValue::from_static(
+            "00000000-0000-4000-8000-000000000000",
+        )),
+    };
+    count_accepted(state, token, now, true, iat);
+    Answer::Accepted(ok(
+        Some((HeaderName::from_static("apns-id"), id)),
+        Bytes::new(),
+    ))
+}
+
+/// Whether an APNs body is a JSON object whose `aps` is an object. A typed,
+/// allocation-free parse first; anything it does not take is decided by the
+/// `Value` parse (so the answer is always that of the full parse).
+fn apns_body_ok(body: &[u8]) -> bool {
+    /// `{"aps": {...}, ...}`: an object (never an array, as a derived struct would
+    /// also take) with exactly one `aps`, itself an object.
+    struct Body;
+    impl<'de> Deserialize<'de> for Body {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Body;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an APNs payload")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Body, A::Error> {
+                    let mut aps = false;
+                    while let Some(key) = m.next_key::<&'de str>()? {
+                        if key == "aps" {
+                            if aps {
+                                return Err(serde::de::Error::duplicate_field("aps"));
+                            }
+                            m.next_value::<AnyObject>()?;
+                            aps = true;
+                        } else {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                    if aps {
+                        Ok(Body)
+                    } else {
+                        Err(serde::de::Error::missing_field("aps"))
+                    }
+                }
+            }
+            d.deserialize_map(V)
         }
     }
-    respond(StatusCode::OK, &[("apns-id", id)], Value::Null)
+    serde_json::from_slice::<Body>(body).is_ok()
+        || serde_json::from_slice::<Value>(body)
+            .is_ok_and(|v| v.get("aps").is_some_and(Value::is_object))
+}
+
+/// Accepts any JSON object and keeps nothing.
+struct AnyObject;
+
+impl<'de> Deserialize<'de> for AnyObject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = AnyObject;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<AnyObject, A::Error> {
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(AnyObject)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// An object whose values are all strings without escapes (FCM `data`); keeps nothing.
+#[derive(Default)]
+struct PlainStrings;
+
+impl<'de> Deserialize<'de> for PlainStrings {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = PlainStrings;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<PlainStrings, A::Error> {
+                while m.next_entry::<serde::de::IgnoredAny, &'de str>()?.is_some() {}
+                Ok(PlainStrings)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The device token of `{"message": {"token": "...", "data": {...}, ...}}`, read
+/// as objects only (a derived struct would also take arrays), each key once,
+/// every `data` value an unescaped string.
+struct FcmSend<'a> {
+    token: &'a str,
+}
+
+impl<'de> Deserialize<'de> for FcmSend<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Message<'a>(&'a str);
+        impl<'de> Deserialize<'de> for Message<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = Message<'de>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("an FCM message")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(
+                        self,
+                        mut m: A,
+                    ) -> Result<Message<'de>, A::Error> {
+                        let (mut token, mut data) = (None, false);
+                        while let Some(key) = m.next_key::<&'de str>()? {
+                            match key {
+                                "token" if token.is_none() => token = Some(m.next_value()?),
+                                "data" if !data => {
+                                    m.next_value::<PlainStrings>()?;
+                                    data = true;
+                                }
+                                "token" | "data" => {
+                                    return Err(serde::de::Error::custom("duplicate key"))
+                                }
+                                _ => {
+                                    m.next_value::<serde::de::IgnoredAny>()?;
+                                }
+                            }
+                        }
+                        token
+                            .map(Message)
+                            .ok_or_else(|| serde::de::Error::missing_field("token"))
+                    }
+                }
+                d.deserialize_map(V)
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = FcmSend<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an FCM send")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<FcmSend<'de>, A::Error> {
+                let mut token = None;
+                while let Some(key) = m.next_key::<&'de str>()? {
+                    if key == "message" && token.is_none() {
+                        token = Some(m.next_value::<Message<'de>>()?.0);
+                    } else if key == "message" {
+                        return Err(serde::de::Error::custom("duplicate key"));
+                    } else {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                token
+                    .map(|token| FcmSend { token })
+                    .ok_or_else(|| serde::de::Error::missing_field("message"))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A body this short cannot re-serialize past FCM's 4096-byte limit: compact
+/// output never exceeds its input by more than a number's reformatting (at most
+/// 3.8× for a run of `1e15`-style numbers), and 1024 × 3.8 < 4096.
+const FCM_SURELY_SMALL: usize = 1024;
+
+/// The device token of an FCM body that passes every check, read without a
+/// `Value`; `None` sends the body through the full checks (and their errors).
+fn fcm_fast(body: &[u8]) -> Option<&str> {
+    if body.len() > FCM_SURELY_SMALL {
+        return None;
+    }
+    let token = serde_json::from_slice::<FcmSend<'_>>(body).ok()?.token;
+    (!token.is_empty() && token.len() <= 4096).then_some(token)
 }
 
 fn fcm_error(
@@ -674,7 +1061,7 @@ fn fcm_error(
     code: &str,
     message: &str,
     retry_after: Option<u64>,
-) -> Response<Full<Bytes>> {
+) -> Reply {
     count_error(state, code);
     let grpc_status = match status {
         400 => "INVALID_ARGUMENT",
@@ -701,24 +1088,24 @@ fn fcm_error(
 }
 
 /// FCM HTTP v1's checks.
-fn fcm(
-    state: &State,
-    req: &hyper::http::request::Parts,
-    project: &str,
-    body: &[u8],
-) -> Response<Full<Bytes>> {
+fn fcm(state: &State, req: &hyper::http::request::Parts, project: &str, body: &[u8]) -> Answer {
     let now = state.clock.now().timestamp();
-    let bearer = header(req, "authorization")
+    let bearer = header(req, &hyper::header::AUTHORIZATION)
         .and_then(|a| a.strip_prefix("Bearer ").or(a.strip_prefix("bearer ")));
-    let granted = bearer.and_then(|b| lock(&state.access_tokens).get(b).cloned());
-    let Some((token_project, expires)) = granted else {
+    let granted = bearer.and_then(|b| {
+        lock(&state.access_tokens)
+            .get(b)
+            .map(|(p, expires)| (p == project, *expires))
+    });
+    let Some((same_project, expires)) = granted else {
         return fcm_error(
             state,
             401,
             "UNAUTHENTICATED",
             "Request had invalid authentication credentials.",
             None,
-        );
+        )
+        .into();
     };
     if expires <= now {
         return fcm_error(
@@ -727,16 +1114,21 @@ fn fcm(
             "UNAUTHENTICATED",
             "Request had invalid authentication credentials.",
             None,
-        );
+        )
+        .into();
     }
-    if token_project != project {
+    if !same_project {
         return fcm_error(
             state,
             403,
             "SENDER_ID_MISMATCH",
             "Permission denied for this project.",
             None,
-        );
+        )
+        .into();
+    }
+    if let Some(token) = fcm_fast(body) {
+        return fcm_accept(state, project, token, now);
     }
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return fcm_error(
@@ -745,10 +1137,11 @@ fn fcm(
             "INVALID_ARGUMENT",
             "Invalid JSON payload received.",
             None,
-        );
+        )
+        .into();
     };
     let Some(message) = v.get("message").and_then(Value::as_object) else {
-        return fcm_error(state, 400, "INVALID_ARGUMENT", "Missing message.", None);
+        return fcm_error(state, 400, "INVALID_ARGUMENT", "Missing message.", None).into();
     };
     let Some(token) = message.get("token").and_then(Value::as_str) else {
         return fcm_error(
@@ -757,7 +1150,8 @@ fn fcm(
             "INVALID_ARGUMENT",
             "Recipient of the message is not set.",
             None,
-        );
+        )
+        .into();
     };
     if token.is_empty() || token.len() > 4096 {
         return fcm_error(
@@ -766,7 +1160,8 @@ fn fcm(
             "INVALID_ARGUMENT",
             "The registration token is not a valid FCM registration token",
             None,
-        );
+        )
+        .into();
     }
     if let Some(data) = message.get("data") {
         let Some(map) = data.as_object() else {
@@ -776,7 +1171,8 @@ fn fcm(
                 "INVALID_ARGUMENT",
                 "Invalid value at 'message.data'",
                 None,
-            );
+            )
+            .into();
         };
         if let Some((i, _)) = map.values().enumerate().find(|(_, v)| !v.is_string()) {
             return fcm_error(
@@ -785,21 +1181,27 @@ fn fcm(
                 "INVALID_ARGUMENT",
                 &format!("Invalid value at 'message.data[{i}].value' (TYPE_STRING)"),
                 None,
-            );
+            )
+            .into();
         }
     }
     if serde_json::to_vec(message).map_or(0, |b| b.len()) > 4096 {
-        return fcm_error(state, 400, "INVALID_ARGUMENT", "Message is too big", None);
+        return fcm_error(state, 400, "INVALID_ARGUMENT", "Message is too big", None).into();
     }
-    let unregistered = lock(&state.behaviour).unregistered_prefix.clone();
-    if unregistered.is_some_and(|p| !p.is_empty() && token.starts_with(&p)) {
+    fcm_accept(state, project, token, now)
+}
+
+/// After the checks of the body: the device, scripted failures, then success.
+fn fcm_accept(state: &State, project: &str, token: &str, now: i64) -> Answer {
+    if unregistered(state, token) {
         return fcm_error(
             state,
             404,
             "UNREGISTERED",
             "Requested entity was not found.",
             None,
-        );
+        )
+        .into();
     }
     if let Some((status, after)) = scripted_failure(state) {
         let code = if status == 429 {
@@ -813,27 +1215,23 @@ fn fcm(
             code,
             "The service is currently unavailable.",
             after,
-        );
+        )
+        .into();
     }
     let n = state.counter.fetch_add(1, Ordering::Relaxed);
-    {
-        let mut stats = lock(&state.stats);
-        *stats
-            .accepted_per_token
-            .entry(token.to_owned())
-            .or_default() += 1;
-        stats.fcm_accepted += 1;
-        *stats.accepted_per_second.entry(now).or_default() += 1;
+    count_accepted(state, token, now, false, None);
+    let mut body = Vec::with_capacity(64 + project.len());
+    body.extend_from_slice(b"{\"name\":");
+    let name = format!("projects/{project}/messages/0:{n}");
+    if serde_json::to_writer(&mut body, &name).is_err() {
+        return Answer::Other(respond(StatusCode::INTERNAL_SERVER_ERROR, &[], Value::Null));
     }
-    respond(
-        StatusCode::OK,
-        &[],
-        json!({"name": format!("projects/{project}/messages/0:{n}")}),
-    )
+    body.push(b'}');
+    Answer::Accepted(ok(None, Bytes::from(body)))
 }
 
 /// Google's token endpoint for the JWT-bearer grant.
-fn oauth(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
+fn oauth(state: &State, body: &[u8]) -> Reply {
     let invalid = |why: &str| {
         count_error(state, "invalid_grant");
         respond(
@@ -900,4 +1298,68 @@ fn oauth(state: &State, body: &[u8]) -> Response<Full<Bytes>> {
         &[],
         json!({"access_token": value, "expires_in": ttl, "token_type": "Bearer"}),
     )
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+
+    fn slow_fcm_accepts(body: &[u8]) -> bool {
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return false;
+        };
+        let Some(message) = v.get("message").and_then(Value::as_object) else {
+            return false;
+        };
+        let Some(token) = message.get("token").and_then(Value::as_str) else {
+            return false;
+        };
+        let data_ok = message.get("data").is_none_or(|d| {
+            d.as_object()
+                .is_some_and(|m| m.values().all(Value::is_string))
+        });
+        !token.is_empty()
+            && token.len() <= 4096
+            && data_ok
+            && serde_json::to_vec(message).map_or(0, |b| b.len()) <= 4096
+    }
+
+    #[test]
+    fn fast_checks_never_accept_what_the_full_parse_refuses() {
+        let fcm: &[&str] = &[
+            r#"{"message":{"token":"t","data":{"a":"b"}}}"#,
+            r#"{"message":{"token":"t"}}"#,
+            r#"{"message":{"token":"t","data":null}}"#,
+            r#"{"message":{"token":"t","data":{"a":1}}}"#,
+            r#"{"message":{"token":"t","data":["a"]}}"#,
+            r#"{"message":["t"]}"#,
+            r#"[{"token":"t"}]"#,
+            r#"{"message":{"token":""}}"#,
+            r#"{"message":{"token":5}}"#,
+            r#"{"message":{"token":"t","token":"u"}}"#,
+            r#"{"message":{"token":"t\u0041"}}"#,
+            r#"{"message":{"token":"t"},"message":{}}"#,
+            r#"{"message":{"token":"t"}} x"#,
+            r#"{"message":{"token":"t","x":[1e15,2e15,-3e15]}}"#,
+        ];
+        for body in fcm {
+            let fast = fcm_fast(body.as_bytes()).is_some();
+            assert!(!fast || slow_fcm_accepts(body.as_bytes()), "{body}");
+        }
+        assert_eq!(fcm_fast(fcm[0].as_bytes()), Some("t"));
+        let apns: &[(&str, bool)] = &[
+            (r#"{"aps":{"alert":"x"},"meridian":{"id":"1"}}"#, true),
+            (r#"{"aps":{}}"#, true),
+            (r#"{"aps":1}"#, false),
+            (r#"{"aps":null}"#, false),
+            (r#"[{"aps":{}}]"#, false),
+            (r#"{"other":{}}"#, false),
+            (r#"{"aps":{},"aps":{}}"#, true),
+            (r#"{"aps":{}} trailing"#, false),
+            (r#"{"aps":{"a":"\u00e9"}}"#, true),
+        ];
+        for (body, expected) in apns {
+            assert_eq!(apns_body_ok(body.as_bytes()), *expected, "{body}");
+        }
+    }
 }
