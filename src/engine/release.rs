@@ -6,6 +6,9 @@ use crate::campaign::PlanSchedule;
 use crate::planner::{self, PlanRequest, ZoneCount};
 use crate::store::{NewSlot, Store};
 
+/// Slots of one campaign occurrence released in one transaction.
+const RELEASE_BATCH: usize = 32;
+
 impl<S: Store> Engine<S> {
     /// Releases every due slot this instance wins; returns how many. The due slots
     /// of one campaign occurrence are released together (many zones are often due
@@ -24,6 +27,10 @@ impl<S: Store> Engine<S> {
         for group in
             due.chunk_by(|a, b| a.campaign_id == b.campaign_id && a.occurrence == b.occurrence)
         {
+            // A bounded batch per campaign and pass keeps each transaction short, so
+            // another campaign's slot that comes due meanwhile is released within
+            // a batch's time, not after the whole of a large release.
+            let group = &group[..group.len().min(RELEASE_BATCH)];
             let first = &group[0];
             let Some(ctx) = self.campaign_ctx(first.campaign_id, &first.definition.0) else {
                 continue;
