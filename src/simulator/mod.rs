@@ -915,53 +915,31 @@ fn apns_body_ok(body: &[u8]) -> bool {
             .is_ok_and(|v| v.get("aps").is_some_and(Value::is_object))
 }
 
-/// Accepts any JSON object and keeps nothing.
-struct AnyObject;
+/// A JSON object whose values all deserialize as `T`; keeps nothing. With
+/// `IgnoredAny`, any object; with `&str`, an object of strings without escapes
+/// (FCM `data`).
+struct ObjectOf<T>(std::marker::PhantomData<T>);
 
-impl<'de> Deserialize<'de> for AnyObject {
+type AnyObject = ObjectOf<serde::de::IgnoredAny>;
+type PlainStrings<'a> = ObjectOf<&'a str>;
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOf<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = AnyObject;
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = ObjectOf<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("an object")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut m: A,
-            ) -> Result<AnyObject, A::Error> {
-                while m
-                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-                    .is_some()
-                {}
-                Ok(AnyObject)
+            ) -> Result<ObjectOf<T>, A::Error> {
+                while m.next_entry::<serde::de::IgnoredAny, T>()?.is_some() {}
+                Ok(ObjectOf(std::marker::PhantomData))
             }
         }
-        d.deserialize_map(V)
-    }
-}
-
-/// An object whose values are all strings without escapes (FCM `data`); keeps nothing.
-#[derive(Default)]
-struct PlainStrings;
-
-impl<'de> Deserialize<'de> for PlainStrings {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = PlainStrings;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("an object of strings")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<PlainStrings, A::Error> {
-                while m.next_entry::<serde::de::IgnoredAny, &'de str>()?.is_some() {}
-                Ok(PlainStrings)
-            }
-        }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
