@@ -95,6 +95,8 @@ fn default_worker_id() -> String {
 
 /// A campaign ready to send: its validated definition and pacing.
 struct CampaignCtx {
+    /// The stored definition this was built from: the cache key's check.
+    source: serde_json::Value,
     campaign: ValidCampaign,
     app: AppConfig,
     collapse_key: String,
@@ -301,10 +303,10 @@ impl<S: Store> Engine<S> {
             .campaigns
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(c) = cache.get(&campaign_id) {
-            if serde_json::to_value(&c.campaign.definition).ok().as_ref() == Some(definition) {
-                return Some(c.clone());
-            }
+        // Compared with what it was built from (no serialization per chunk), so an
+        // edited definition is rebuilt and an unchanged one keeps its throttle.
+        if let Some(c) = cache.get(&campaign_id).filter(|c| c.source == *definition) {
+            return Some(c.clone());
         }
         let def: CampaignDefinition = match serde_json::from_value(definition.clone()) {
             Ok(d) => d,
@@ -333,6 +335,7 @@ impl<S: Store> Engine<S> {
             .and_then(NonZeroU32::new)
             .map(Pacer::per_minute);
         let ctx = Arc::new(CampaignCtx {
+            source: definition.clone(),
             campaign,
             app,
             collapse_key: format!("campaign-{campaign_id}"),
