@@ -253,10 +253,8 @@ macro_rules! shared_dispatch_methods {
                     .find(|(_, z)| all || z == zone)
                     .map(|(id, _)| *id)
             };
-            let (recipients, binds) = match zones {
-                Zones::Among(list) => $crate::store::segment::recipients_among_sql(self.kind(), segment, list),
-                _ => $crate::store::segment::recipients_sql(self.kind(), segment, None),
-            };
+            let (recipients, binds) =
+                $crate::store::segment::recipients_where_sql(self.kind(), segment, zones, None);
             let n = binds.len();
             // Per zone, buckets of `chunk_size` consecutive device ids: each chunk is a
             // key range, numbered within its slot.

@@ -120,16 +120,8 @@ pub fn recipients_in_range_sql(
     recipients_where_sql(kind, segment, zone.into(), range)
 }
 
-/// The recipients in any of `zones` (one query to release many slots at once).
-pub fn recipients_among_sql(
-    kind: DatabaseKind,
-    segment: &Segment<'_>,
-    zones: &[String],
-) -> (String, Vec<Bind>) {
-    recipients_where_sql(kind, segment, Zones::Among(zones), None)
-}
-
-fn recipients_where_sql(
+/// The recipients in `zones`, limited to device ids in `range` (inclusive).
+pub fn recipients_where_sql(
     kind: DatabaseKind,
     segment: &Segment<'_>,
     zones: Zones<'_>,
