@@ -715,3 +715,81 @@ storage_tests!(
     audience_zones_apply_every_rule,
     campaigns_save_idempotently_and_lock_when_running,
 );
+
+/// SQLite cannot alter a CHECK, so `0003` rebuilds `deliveries` and
+/// `delivery_events`: rows written under `0002` must survive it, history included,
+/// and the cascade from deliveries to their history must still hold.
+#[tokio::test]
+async fn sqlite_rebuild_in_0003_keeps_deliveries_and_history() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mut before = sqlx::migrate!("migrations/sqlite");
+    before.migrations = std::borrow::Cow::Owned(
+        before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 3)
+            .cloned()
+            .collect(),
+    );
+    before.run(&pool).await.unwrap();
+    let t = "2026-11-23T10:00:00+00:00";
+    for sql in [
+        "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', $1, $1)",
+        "INSERT INTO devices (app_id, install_id, platform, token, created_at, updated_at) VALUES ('a', 'i', 'ios', 't', $1, $1)",
+        "INSERT INTO deliveries (app_id, request_id, device_id, status, created_at, updated_at, sent_at) \
+         VALUES ('a', 'r', 1, 'sent', $1, $1, $1)",
+        "INSERT INTO delivery_events (delivery_id, status, attempt, at) VALUES (1, 'sent', 1, $1)",
+    ] {
+        sqlx::query(sql).bind(t).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let store = meridian::store::SqliteStore::connect(&meridian::config::DatabaseConfig {
+        url: format!("sqlite://{}", file.display()),
+        ..meridian::config::DatabaseConfig::default()
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store.close().await;
+    let pool = SqlitePoolOptions::new()
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&file)
+                .foreign_keys(true),
+        )
+        .await
+        .unwrap();
+    let kept: (String, Option<String>, i64) = sqlx::query_as(
+        "SELECT d.status, d.sent_at, (SELECT COUNT(*) FROM delivery_events e WHERE e.delivery_id = d.id) \
+         FROM deliveries d WHERE d.id = 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, ("sent".to_owned(), Some(t.to_owned()), 1));
+    sqlx::query("UPDATE deliveries SET status = 'suppressed' WHERE id = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM deliveries WHERE id = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0, "history still cascades with its delivery");
+}
