@@ -198,10 +198,13 @@ async fn main() {
                 sqlx::query("ANALYZE").execute(&mut c).await.unwrap();
             })
             .await;
-            sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)")
-                .execute(&mut c)
-                .await
-                .unwrap();
+            // MERIDIAN_E2E_KEEP=1 keeps the database for a look at what was written.
+            if std::env::var_os("MERIDIAN_E2E_KEEP").is_none() {
+                sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)")
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }
         }
         _ => {
             let url = format!("sqlite://{}", p("e2e.db").display());
@@ -320,10 +323,10 @@ where
     println!("scheduled in {:.1} s", t.elapsed().as_secs_f64());
     let settings = EngineSettings {
         worker_id: "bench".into(),
-        chunk_size: 1000,
-        chunks_in_flight: 8,
-        sends_per_chunk: 128,
-        flush_every: 500,
+        chunk_size: arg("--chunk").and_then(|v| v.parse().ok()).unwrap_or(1000),
+        chunks_in_flight: arg("--chunks").and_then(|v| v.parse().ok()).unwrap_or(8),
+        sends_per_chunk: arg("--sends").and_then(|v| v.parse().ok()).unwrap_or(128),
+        flush_every: arg("--flush").and_then(|v| v.parse().ok()).unwrap_or(500),
         ..EngineSettings::default()
     };
     let engine = Engine::new(
@@ -413,8 +416,24 @@ where
         pick(0.99),
         pick(1.0)
     );
+    // Split into due → released (the release loop) and released → first send
+    // (leasing and reading the chunk).
+    let parts: Vec<(i64, i64)> = store
+        .slots(small)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|s| {
+            let released = s.released_at?;
+            let sent = s.first_sent_at?;
+            Some((
+                (released - s.fire_at).num_milliseconds(),
+                (sent - released).num_milliseconds(),
+            ))
+        })
+        .collect();
     println!(
-        "scheduler lag of a slot due while sending: {:?} ms",
+        "scheduler lag of a slot due while sending: {:?} ms (due → released, released → first send: {parts:?} ms)",
         lag(small).await
     );
     let stats: serde_json::Value = reqwest::Client::builder()

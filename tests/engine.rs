@@ -129,14 +129,38 @@ impl<S: Store> Rig<S> {
             (Platform::Android, false) => format!("fcm-token-{n}"),
             (Platform::Android, true) => format!("dead-fcm-{n}"),
         };
+        self.register(&user, platform, &token, zone).await;
+        self.store
+            .set_subscriptions("shop", &user, &[("marketing", true)], self.clock.now())
+            .await
+            .unwrap();
+        token
+    }
+
+    /// A campaign's slot counts summed over its slots, by kind.
+    async fn counts_by_kind(&self, id: i64) -> BTreeMap<String, i64> {
+        let mut counts = BTreeMap::new();
+        for (_, kind, n) in self.store.slot_counts(id).await.unwrap() {
+            *counts.entry(kind).or_default() += n;
+        }
+        counts
+    }
+
+    /// Registers a user who never opted in to anything, with one Android device.
+    async fn unsubscribed(&self, user: &str, zone: &str) {
+        self.register(user, Platform::Android, &format!("fcm-{user}"), zone)
+            .await;
+    }
+
+    async fn register(&self, user: &str, platform: Platform, token: &str, zone: &str) {
         self.store
             .upsert_device(
                 &DeviceUpsert {
                     app_id: "shop",
-                    user_external_id: Some(&user),
+                    user_external_id: Some(user),
                     install_id: None,
                     platform,
-                    token: &token,
+                    token,
                     timezone: Some(zone),
                     locale: None,
                     primary: false,
@@ -145,11 +169,6 @@ impl<S: Store> Rig<S> {
             )
             .await
             .unwrap();
-        self.store
-            .set_subscriptions("shop", &user, &[("marketing", true)], self.clock.now())
-            .await
-            .unwrap();
-        token
     }
 
     async fn schedule(&self, key: &str, schedule: &str) -> i64 {
@@ -161,7 +180,12 @@ impl<S: Store> Rig<S> {
             "key = \"{key}\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hello\"\nbody = \"World\"\n\
              [audience]\ntopics = [\"{topic}\"]\n[schedule]\n{schedule}\n"
         );
-        let def = parse_toml("t.toml", &text).unwrap();
+        self.save(&text).await
+    }
+
+    /// Prepares and saves a campaign definition; returns its id.
+    async fn save(&self, text: &str) -> i64 {
+        let def = parse_toml("t.toml", text).unwrap();
         let prepared = definitions::prepare(&*self.store, &self.config, &def, self.clock.now())
             .await
             .unwrap();
@@ -208,22 +232,7 @@ async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
         tokens.push(rig.device(n, zone, platform, false).await);
     }
     // One user never opted in to marketing: left out, and counted as such.
-    rig.store
-        .upsert_device(
-            &DeviceUpsert {
-                app_id: "shop",
-                user_external_id: Some("no-opt-in"),
-                install_id: None,
-                platform: Platform::Android,
-                token: "fcm-no-opt-in",
-                timezone: Some("UTC"),
-                locale: None,
-                primary: false,
-            },
-            rig.clock.now(),
-        )
-        .await
-        .unwrap();
+    rig.unsubscribed("no-opt-in", "UTC").await;
     let id = rig.schedule("now", "type = \"now\"").await;
     let engine = rig.engine("worker-a", 25);
     let report = engine.run_until_idle().await.unwrap();
@@ -240,14 +249,7 @@ async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
         BTreeMap::from([("sent".to_owned(), 120)])
     );
     assert_eq!(rig.accepted("fcm-no-opt-in"), 0);
-    let counts: BTreeMap<String, i64> = rig
-        .store
-        .slot_counts(id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, k, n)| (k, n))
-        .collect();
+    let counts = rig.counts_by_kind(id).await;
     assert_eq!(counts["recipients"], 120);
     assert_eq!(counts["excluded:opted_out"], 1);
     assert_eq!(counts["excluded:segment"], 0);
@@ -780,22 +782,7 @@ async fn zones_due_together_keep_their_own_counts<S: Store + Clone>(db: &TestDb<
     }
     rig.device(12, "Europe/Paris", Platform::Android, true)
         .await;
-    rig.store
-        .upsert_device(
-            &DeviceUpsert {
-                app_id: "shop",
-                user_external_id: Some("not-opted-in"),
-                install_id: None,
-                platform: Platform::Android,
-                token: "fcm-not-opted-in",
-                timezone: Some("Europe/Paris"),
-                locale: None,
-                primary: false,
-            },
-            rig.clock.now(),
-        )
-        .await
-        .unwrap();
+    rig.unsubscribed("not-opted-in", "Europe/Paris").await;
     let id = rig
         .schedule("nine", "type = \"local\"\nat = \"2026-12-01T09:00\"")
         .await;
@@ -824,7 +811,29 @@ async fn zones_due_together_keep_their_own_counts<S: Store + Clone>(db: &TestDb<
     assert_eq!(statuses.get("token_invalid"), Some(&1));
 }
 
+/// An audience that names its users is counted against those users: the rest of
+/// the app is not "left out by the segment".
+async fn a_user_list_is_counted_against_the_users_it_names<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 30, 12, 0)).await;
+    for n in 0..6 {
+        rig.device(n, "UTC", Platform::Ios, false).await;
+    }
+    rig.unsubscribed("user-9", "UTC").await;
+    let text = "key = \"listed\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hi\"\n\
+                body = \"You\"\n[audience]\ntopics = [\"marketing\"]\nusers = [\"user-1\", \"user-2\", \"user-9\"]\n\
+                [schedule]\ntype = \"now\"\n";
+    let id = rig.save(text).await;
+    rig.engine("a", 10).run_until_idle().await.unwrap();
+    let counts = rig.counts_by_kind(id).await;
+    assert_eq!(counts["recipients"], 2, "{counts:?}");
+    assert_eq!(counts["excluded:opted_out"], 1, "{counts:?}");
+    assert_eq!(counts["excluded:segment"], 0, "{counts:?}");
+    assert_eq!(counts["excluded:no_device"], 0, "{counts:?}");
+    assert_eq!(rig.sim.stats().total_accepted(), 2);
+}
+
 storage_tests!(
+    a_user_list_is_counted_against_the_users_it_names,
     zones_due_together_keep_their_own_counts,
     a_new_slot_is_not_queued_behind_a_large_one,
     frequency_caps_suppress_and_count,

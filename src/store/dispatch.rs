@@ -225,6 +225,24 @@ macro_rules! shared_dispatch_methods {
                     "slots released together must share campaign and occurrence".to_owned(),
                 ));
             }
+            // Who was left out and why, per zone: read before the write transaction
+            // (a snapshot at release like the rest), so counting a large zone never
+            // holds SQLite's one writer.
+            let all_due = slots.iter().any(|s| s.zone == $crate::planner::ALL_ZONES);
+            let due_zones: Vec<String> = slots.iter().map(|s| s.zone.clone()).collect();
+            let count_zones = if all_due { Zones::Any } else { Zones::Among(&due_zones) };
+            let (sql, binds) = $crate::store::segment::zone_population_sql(self.kind(), segment, count_zones);
+            let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql);
+            for b in binds {
+                q = Self::bind_segment(q, b);
+            }
+            let population = q.fetch_all(&self.read).await?;
+            let (sql, binds) = $crate::store::segment::opted_out_sql(self.kind(), segment, count_zones);
+            let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
+            for b in binds {
+                q = Self::bind_segment(q, b);
+            }
+            let opted_out = q.fetch_all(&self.read).await?;
             let ids: Vec<i64> = slots.iter().map(|s| s.slot_id).collect();
             let mut tx = self.write.begin().await?;
             let claim = format!(
@@ -302,13 +320,8 @@ macro_rules! shared_dispatch_methods {
                 .await?;
             }
             // Who was left out and why, next to how many were in, per slot.
-            let (sql, binds) = $crate::store::segment::zone_population_sql(self.kind(), segment.app_id, zones);
-            let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql);
-            for b in binds {
-                q = Self::bind_segment(q, b);
-            }
             let mut active: std::collections::BTreeMap<i64, i64> = Default::default();
-            for (zone, kind, n) in q.fetch_all(&mut *tx).await? {
+            for (zone, kind, n) in population {
                 let Some(slot) = slot_of(&zone) else { continue };
                 let c = counts.entry(slot).or_default();
                 match kind.as_str() {
@@ -317,12 +330,7 @@ macro_rules! shared_dispatch_methods {
                     _ => *c.entry("excluded:no_device").or_default() += n,
                 }
             }
-            let (sql, binds) = $crate::store::segment::opted_out_sql(self.kind(), segment, zones);
-            let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
-            for b in binds {
-                q = Self::bind_segment(q, b);
-            }
-            for (zone, n) in q.fetch_all(&mut *tx).await? {
+            for (zone, n) in opted_out {
                 if let Some(slot) = slot_of(&zone) {
                     *counts.entry(slot).or_default().entry("excluded:opted_out").or_default() += n;
                 }
@@ -427,8 +435,8 @@ macro_rules! shared_dispatch_methods {
             )
             .unwrap_or_else(|| "CAST(NULL AS TEXT)".to_owned());
             let sql = format!(
-                "SELECT r.device_id, r.user_id, d.token, d.platform, d.locale, {capped} AS capped FROM ({recipients}) r \
-                 JOIN devices d ON d.id = r.device_id {join} WHERE {filter} ORDER BY r.device_id"
+                "SELECT r.device_id, r.user_id, r.token, r.platform, r.locale, {capped} AS capped FROM ({recipients}) r \
+                 {join} WHERE {filter} ORDER BY r.device_id"
             );
             let mut q = sqlx::query_as::<_, $crate::store::Recipient>(&sql);
             for b in binds {
@@ -443,6 +451,9 @@ macro_rules! shared_dispatch_methods {
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<u64, $crate::store::StoreError> {
             use $crate::state::{DeliveryStatus, StateMachine};
+            if Self::ONE_WRITER && w.deliveries.iter().all(|d| d.status == DeliveryStatus::Sent) {
+                return self.record_sent_chunk(w, now).await;
+            }
             let mut tx = self.write.begin().await?;
             let lock = format!(
                 "SELECT id FROM slot_chunks WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'{}",
@@ -769,6 +780,54 @@ macro_rules! shared_dispatch_helpers {
             .execute(&mut **tx)
             .await?;
             Ok(())
+        }
+
+        /// A batch of a chunk's outcomes that are all `sent` (no history row, no dead
+        /// token) as one statement with the lease check inside it: with one writer,
+        /// nothing can take the lease between the check and the insert, and the
+        /// write connection is not held across the round trips of a transaction.
+        async fn record_sent_chunk(
+            &self,
+            w: &$crate::store::ChunkWrite<'_>,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<u64, $crate::store::StoreError> {
+            let rows = $crate::store::dispatch::new_delivery_rows(w.deliveries, Self::time_json);
+            let source = Self::json_rows("$6", $crate::store::dispatch::NEW_DELIVERY_COLUMNS);
+            let insert = format!(
+                "INSERT INTO deliveries (app_id, campaign_id, slot_id, occurrence, user_id, device_id, status, attempts, \
+                   provider_id, created_at, updated_at, sent_at) \
+                 SELECT $1, $2, $3, $4, x.user_id, x.device_id, x.status, 1, x.provider_id, $5, $5, $5 \
+                 FROM {source} WHERE EXISTS (SELECT 1 FROM slot_chunks c WHERE c.id = $7 AND c.attempt = $8 \
+                   AND c.lease_owner = $9 AND c.state = 'leased') \
+                 ON CONFLICT (campaign_id, occurrence, device_id) DO NOTHING"
+            );
+            let done = sqlx::query(&insert)
+                .bind(w.app_id)
+                .bind(w.chunk.campaign_id)
+                .bind(w.chunk.slot_id)
+                .bind(w.occurrence)
+                .bind(now)
+                .bind(Self::json_arg(rows))
+                .bind(w.chunk.id)
+                .bind(w.chunk.attempt)
+                .bind(w.worker)
+                .execute(&self.write)
+                .await?;
+            if done.rows_affected() == 0 {
+                // Nothing written: every device already had its delivery, or the lease is gone.
+                let held: Option<i64> = sqlx::query_scalar(
+                    "SELECT id FROM slot_chunks WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
+                )
+                .bind(w.chunk.id)
+                .bind(w.chunk.attempt)
+                .bind(w.worker)
+                .fetch_optional(&self.write)
+                .await?;
+                if held.is_none() {
+                    return Err($crate::store::StoreError::LeaseLost { what: format!("chunk {}", w.chunk.id) });
+                }
+            }
+            Ok(done.rows_affected())
         }
 
         /// Ends a chunk's lease, fenced by owner and attempt: `done`, or back to `pending`.

@@ -74,8 +74,8 @@ impl Builder {
     }
 }
 
-/// SQL selecting the segment's recipients as `(device_id, user_id, zone)`, where
-/// `zone` is the device's zone, else the user's, else `''`.
+/// SQL selecting the segment's recipients as `(device_id, user_id, zone, token,
+/// platform, locale)`, where `zone` is the device's zone, else the user's, else `''`.
 /// With `zone = Some(z)` only the recipients in that zone.
 pub fn recipients_sql(
     kind: DatabaseKind,
@@ -156,6 +156,7 @@ pub fn recipients_where_sql(
         user_conds.push(cond);
     }
     if !audience.users.is_empty() {
+        user_conds.push(format!("u.app_id = {app}"));
         user_conds.push(b.in_list("u.external_id", audience.users.clone()));
     }
     if !audience.attributes.is_empty() || !audience.users.is_empty() {
@@ -208,12 +209,23 @@ pub fn recipients_where_sql(
     } else {
         format!(" WHERE {}", device_conds.join(" AND "))
     };
+    // The user row is read only when a condition needs it: at a few index probes per
+    // recipient, every join left out counts.
+    // An explicit list of users is an inner join, so the query can start from the
+    // users' (app_id, external_id) index instead of scanning the app's devices.
+    let users = if !audience.users.is_empty() {
+        " JOIN users u ON u.id = d.user_id"
+    } else if !audience.attributes.is_empty() {
+        " LEFT JOIN users u ON u.id = d.user_id"
+    } else {
+        ""
+    };
     let sql = format!(
-        "SELECT c.device_id, c.user_id, c.zone FROM (\
-         SELECT d.id AS device_id, d.user_id, d.platform, \
+        "SELECT c.device_id, c.user_id, c.zone, c.token, c.platform, c.locale FROM (\
+         SELECT d.id AS device_id, d.user_id, d.platform, d.token, d.locale, \
          lower(replace(d.locale, '_', '-')) AS locale_tag, \
          d.zone \
-         FROM devices d LEFT JOIN users u ON u.id = d.user_id \
+         FROM devices d{users} \
          WHERE d.app_id = {app} AND d.state = 'active'{zone_cond}{user_where}) c{device_where}"
     );
     (sql, b.binds)
@@ -247,8 +259,21 @@ pub fn opted_out_sql(
         binds: Vec::new(),
     };
     let app = b.text(segment.app_id);
-    let in_zone = b.zone_cond("d.zone", zones);
-    let conds = topic_conds(&mut b, &segment.topics);
+    let mut in_zone = b.zone_cond("d.zone", zones);
+    in_zone.push_str(&listed_devices(&mut b, segment));
+    // One probe of the subscription per device: an `EXISTS` under `NOT` is planned
+    // as a hash of every subscription of the topic, once per release batch.
+    let conds: Vec<String> = segment
+        .topics
+        .iter()
+        .map(|t| {
+            let p = b.text(t.name);
+            let default = if t.default_subscribed { "TRUE" } else { "FALSE" };
+            format!(
+                "COALESCE((SELECT s.opted_in FROM subscriptions s WHERE s.user_id = d.user_id AND s.topic = {p}), {default})"
+            )
+        })
+        .collect();
     let opted_out = if conds.is_empty() {
         "FALSE".to_owned()
     } else {
@@ -263,21 +288,33 @@ pub fn opted_out_sql(
     )
 }
 
+/// ` AND …` keeping the devices of an audience's explicit user list, or nothing:
+/// such an audience is counted against the users it names, not the whole app.
+fn listed_devices(b: &mut Builder, segment: &Segment<'_>) -> String {
+    if segment.audience.users.is_empty() {
+        return String::new();
+    }
+    let app = b.text(segment.app_id);
+    let listed = b.in_list("l.external_id", segment.audience.users.clone());
+    format!(" AND d.user_id IN (SELECT l.id FROM users l WHERE l.app_id = {app} AND {listed})")
+}
+
 /// SQL counting, per zone in `zones`, the app's active and invalid devices and its
 /// users without an active device (a user with no zone is in zone `''`).
 /// Rows `(zone, kind, n)` with kind `active`, `invalid_token` or `no_device`.
 pub fn zone_population_sql(
     kind: DatabaseKind,
-    app_id: &str,
+    segment: &Segment<'_>,
     zones: Zones<'_>,
 ) -> (String, Vec<Bind>) {
     let mut b = Builder {
         kind,
         binds: Vec::new(),
     };
-    let app = b.text(app_id);
-    let devices = b.zone_cond("d.zone", zones);
-    let users = match zones {
+    let app = b.text(segment.app_id);
+    let mut devices = b.zone_cond("d.zone", zones);
+    devices.push_str(&listed_devices(&mut b, segment));
+    let mut users = match zones {
         Zones::Any => String::new(),
         Zones::One("") => " AND u.timezone IS NULL".to_owned(),
         Zones::One(z) => format!(" AND u.timezone = {}", b.text(z)),
@@ -290,13 +327,33 @@ pub fn zone_population_sql(
             }
         }
     };
+    if !segment.audience.users.is_empty() {
+        users.push_str(&format!(
+            " AND {}",
+            b.in_list("u.external_id", segment.audience.users.clone())
+        ));
+    }
+    // Each part reads only the batch's zones through its own index (the active and
+    // the invalid devices by zone, users by zone, then one probe of the user's
+    // devices), so a release batch costs its zones' population, not the app's.
+    let no_device = match kind {
+        DatabaseKind::Postgres => {
+            "LEFT JOIN LATERAL (SELECT 1 AS has FROM devices d WHERE d.user_id = u.id AND d.state = 'active' LIMIT 1) x \
+             ON TRUE WHERE x.has IS NULL AND"
+        }
+        DatabaseKind::Sqlite => {
+            "WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.state = 'active') AND"
+        }
+    };
     (
         format!(
-            "SELECT d.zone, CASE WHEN d.state = 'active' THEN 'active' ELSE 'invalid_token' END, COUNT(*) \
-             FROM devices d WHERE d.app_id = {app}{devices} GROUP BY d.zone, d.state \
+            "SELECT d.zone, 'active', COUNT(*) FROM devices d \
+             WHERE d.app_id = {app} AND d.state = 'active'{devices} GROUP BY d.zone \
              UNION ALL \
-             SELECT COALESCE(u.timezone, ''), 'no_device', COUNT(*) FROM users u WHERE u.app_id = {app}{users} \
-             AND NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.state = 'active') \
+             SELECT d.zone, 'invalid_token', COUNT(*) FROM devices d \
+             WHERE d.app_id = {app} AND d.state = 'invalid'{devices} GROUP BY d.zone \
+             UNION ALL \
+             SELECT COALESCE(u.timezone, ''), 'no_device', COUNT(*) FROM users u {no_device} u.app_id = {app}{users} \
              GROUP BY COALESCE(u.timezone, '')"
         ),
         b.binds,

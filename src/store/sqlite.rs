@@ -33,6 +33,8 @@ pub(crate) fn sqlite_time(t: DateTime<Utc>) -> String {
 }
 
 impl SqliteStore {
+    /// SQLite has one write connection: a statement runs alone.
+    const ONE_WRITER: bool = true;
     const FOR_UPDATE: &'static str = "";
 
     /// SQLite has one writer (this process's single write connection), so the
@@ -103,7 +105,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(cfg.busy_timeout)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // The worker thread stops at a full row buffer until the async side,
+            // sharing a busy runtime, drains it; at the default of 50 a chunk's
+            // recipient query spent most of its time waiting there.
+            .row_buffer_size(2048);
         let file = options.get_filename();
         if file != Path::new(":memory:") {
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
