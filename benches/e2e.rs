@@ -452,6 +452,19 @@ where
         .map(|m| m.values().filter_map(|v| v.as_u64()).max().unwrap_or(0))
         .unwrap_or(0);
     println!("most sends accepted by the simulator in one second: {busiest}");
+    // Seconds in order, in thousands: stalls show as dips.
+    let timeline: Vec<String> = stats["accepted_per_second"]
+        .as_object()
+        .map(|m| {
+            let mut secs: Vec<(i64, u64)> = m
+                .iter()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_u64()?)))
+                .collect();
+            secs.sort_unstable();
+            secs.iter().map(|(_, n)| format!("{}", n / 1000)).collect()
+        })
+        .unwrap_or_default();
+    println!("sends per second (thousands): {}", timeline.join(" "));
     store.close().await;
     sent as f64 / secs
 }
