@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view and the map of these modules.
 
+pub mod api;
 pub mod campaign;
 pub mod clock;
 pub mod config;

@@ -45,6 +45,32 @@ enum Command {
     Campaign(CampaignCommand),
     /// Run the provider simulator (APNs, FCM, OAuth) trusting the configured apps' keys.
     Simulate(SimulateArgs),
+    /// Manage API keys (one app each; the secret is printed once).
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
+}
+
+#[derive(Subcommand)]
+enum ApikeyCommand {
+    /// Create a key for an app and print its secret (shown only this once).
+    Create {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        name: String,
+    },
+    /// List an app's keys (prefix, name, created, revoked).
+    List {
+        #[arg(long)]
+        app: String,
+    },
+    /// Revoke an app's key by name.
+    Revoke {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -169,6 +195,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Simulate(args) => simulate(&config, args).await,
+        Command::Apikey(cmd) => {
+            let store = connect(&config).await?;
+            let result = with_store!(&store, s => {
+                let r = apikey_command(s, &config, cmd).await;
+                s.close().await;
+                r
+            });
+            result
+        }
         Command::Campaign(cmd) => {
             let store = connect(&config).await?;
             let result = with_store!(&store, s => {
@@ -177,6 +212,90 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 r
             });
             result
+        }
+    }
+}
+
+async fn apikey_command<S: Store>(
+    store: &S,
+    config: &Config,
+    cmd: ApikeyCommand,
+) -> Result<(), Failure> {
+    let clock = SystemClock;
+    let app = match &cmd {
+        ApikeyCommand::Create { app, .. }
+        | ApikeyCommand::List { app }
+        | ApikeyCommand::Revoke { app, .. } => app.clone(),
+    };
+    if !config.apps.contains_key(&app) {
+        let known: Vec<&String> = config.apps.keys().collect();
+        return Err(Failure::Input(format!(
+            "--app: {app:?} is not a configured app (configured: {known:?})"
+        )));
+    }
+    store.migrate().await.context("migrating")?;
+    definitions::sync_apps(store, config, clock.now()).await?;
+    match cmd {
+        ApikeyCommand::Create { name, .. } => {
+            if name.is_empty() || name.chars().count() > 100 {
+                return Err(Failure::Input("--name: must be 1 to 100 characters".into()));
+            }
+            let key = meridian::api::keys::generate().map_err(|e| Failure::Runtime(e.into()))?;
+            let stored = store
+                .create_api_key(
+                    &meridian::store::NewApiKey {
+                        app_id: &app,
+                        name: &name,
+                        prefix: &key.prefix,
+                        hash: &key.hash,
+                    },
+                    clock.now(),
+                )
+                .await;
+            match stored {
+                Ok(_) => {
+                    println!("{}", key.secret);
+                    eprintln!("API key {name:?} for app {app:?} created; the secret above is not shown again.");
+                    Ok(())
+                }
+                Err(meridian::store::StoreError::Conflict { .. }) => Err(Failure::Input(format!(
+                    "--name: app {app:?} already has a key named {name:?} (names are not reused, even once revoked)"
+                ))),
+                Err(e) => Err(Failure::Runtime(e.into())),
+            }
+        }
+        ApikeyCommand::List { .. } => {
+            let keys = store
+                .api_keys(&app)
+                .await
+                .map_err(|e| Failure::Runtime(e.into()))?;
+            println!("PREFIX        NAME                 CREATED                    REVOKED");
+            for k in keys {
+                println!(
+                    "{:<13} {:<20} {:<26} {}",
+                    format!("{}…", k.prefix),
+                    k.name,
+                    k.created_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    k.revoked_at.map_or("-".to_owned(), |t| t
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                );
+            }
+            Ok(())
+        }
+        ApikeyCommand::Revoke { name, .. } => {
+            if store
+                .revoke_api_key(&app, &name, clock.now())
+                .await
+                .map_err(|e| Failure::Runtime(e.into()))?
+            {
+                println!("API key {name:?} of app {app:?} revoked");
+                Ok(())
+            } else {
+                Err(Failure::Input(format!(
+                    "--name: app {app:?} has no live key named {name:?}"
+                )))
+            }
         }
     }
 }
@@ -289,6 +408,26 @@ async fn serve<S: Store + Clone>(store: S, config: Config) -> Result<(), Failure
     } else {
         None
     };
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
+    let api_addr = listener
+        .local_addr()
+        .map_or_else(|_| config.server.listen.to_string(), |a| a.to_string());
+    let api = meridian::api::router(meridian::api::ApiState {
+        store: store.clone(),
+        config: config.clone(),
+        clock: Arc::new(SystemClock),
+    });
+    let api_stop = Arc::new(tokio::sync::Notify::new());
+    let api_server = tokio::spawn({
+        let stop = api_stop.clone();
+        async move {
+            axum::serve(listener, api)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
+        }
+    });
     let wake = Arc::new(tokio::sync::Notify::new());
     let runner = engine.clone().map(|e| {
         let wake = wake.clone();
@@ -298,9 +437,11 @@ async fn serve<S: Store + Clone>(store: S, config: Config) -> Result<(), Failure
         message = "Meridian is running.",
         database = %redact_url(&config.database.url),
         engine = config.engine.enabled,
+        api = %api_addr,
     );
     shutdown_signal().await;
     tracing::info!(message = "Shutting down: finishing sends in flight.", grace = ?config.engine.shutdown_grace);
+    api_stop.notify_one();
     if let Some(e) = &engine {
         e.stop();
         wake.notify_waiters();
@@ -312,6 +453,9 @@ async fn serve<S: Store + Clone>(store: S, config: Config) -> Result<(), Failure
         {
             tracing::warn!(message = "Grace period over with sends in flight; their leases will expire and be taken over.");
         }
+    }
+    if let Ok(Err(error)) = api_server.await {
+        tracing::warn!(message = "The API server stopped with an error.", %error);
     }
     store.close().await;
     tracing::info!(message = "Stopped.");

@@ -234,3 +234,36 @@ fn migrate_creates_the_sqlite_file() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(sb.dir.path().join("m.db").exists());
 }
+
+#[test]
+fn api_keys_are_created_once_listed_and_revoked() {
+    let sb = Sandbox::new();
+    let created = sb.run(&["apikey", "create", "--app", "shop", "--name", "backend"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let secret = stdout(&created).trim().to_owned();
+    assert!(secret.starts_with("mrd_") && secret.len() == 47, "{secret}");
+    assert!(stderr(&created).contains("not shown again"));
+
+    let again = sb.run(&["apikey", "create", "--app", "shop", "--name", "backend"]);
+    assert_eq!(again.status.code(), Some(2));
+    assert_eq!(stderr(&again).lines().count(), 1, "{}", stderr(&again));
+    assert!(stderr(&again).contains("--name"), "{}", stderr(&again));
+
+    let list = sb.run(&["apikey", "list", "--app", "shop"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let text = stdout(&list);
+    assert!(
+        text.contains(&secret[..12]) && text.contains("backend"),
+        "{text}"
+    );
+    assert!(!text.contains(&secret), "the secret is never shown again");
+
+    let revoked = sb.run(&["apikey", "revoke", "--app", "shop", "--name", "backend"]);
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    let twice = sb.run(&["apikey", "revoke", "--app", "shop", "--name", "backend"]);
+    assert_eq!(twice.status.code(), Some(2));
+
+    let unknown = sb.run(&["apikey", "create", "--app", "nope", "--name", "x"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("--app"), "{}", stderr(&unknown));
+}

@@ -150,6 +150,8 @@ impl Setup {
             r#"
 [database]
 url = "{db_url}"
+[server]
+listen = "127.0.0.1:0"
 [campaigns]
 dir = "{campaigns}"
 [engine]

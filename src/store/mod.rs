@@ -50,6 +50,26 @@ pub enum StoreError {
     LeaseLost { what: String },
 }
 
+/// An API key to store: the secret itself never reaches the database.
+#[derive(Debug, Clone)]
+pub struct NewApiKey<'a> {
+    pub app_id: &'a str,
+    pub name: &'a str,
+    pub prefix: &'a str,
+    pub hash: &'a str,
+}
+
+/// A stored API key, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ApiKeyRecord {
+    pub id: i64,
+    pub app_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
 /// A tenant, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppRecord {
@@ -244,6 +264,40 @@ pub trait Store: Send + Sync + 'static {
         choices: &[(&str, bool)],
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// A user's explicit topic choices, by topic; `None` when the user does not exist.
+    fn subscriptions(
+        &self,
+        app_id: &str,
+        external_id: &str,
+    ) -> impl Future<Output = Result<Option<Vec<(String, bool)>>, StoreError>> + Send;
+
+    /// Stores a new API key (its hash); a key of the same name, even revoked, is a conflict.
+    fn create_api_key(
+        &self,
+        key: &NewApiKey<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// The app a live key (by hash) belongs to.
+    fn api_key_app(
+        &self,
+        hash: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// An app's keys, live and revoked, oldest first.
+    fn api_keys(
+        &self,
+        app_id: &str,
+    ) -> impl Future<Output = Result<Vec<ApiKeyRecord>, StoreError>> + Send;
+
+    /// Revokes an app's live key by name; false when there is none.
+    fn revoke_api_key(
+        &self,
+        app_id: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Recipients of the segment per zone.
     fn audience_zones(

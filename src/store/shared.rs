@@ -223,6 +223,77 @@ macro_rules! shared_store_methods {
             Ok(())
         }
 
+        async fn subscriptions(
+            &self,
+            app_id: &str,
+            external_id: &str,
+        ) -> Result<Option<Vec<(String, bool)>>, $crate::store::StoreError> {
+            let user_id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE app_id = $1 AND external_id = $2")
+                .bind(app_id)
+                .bind(external_id)
+                .fetch_optional(&self.read)
+                .await?;
+            let Some(user_id) = user_id else { return Ok(None) };
+            Ok(Some(
+                sqlx::query_as("SELECT topic, opted_in FROM subscriptions WHERE user_id = $1 ORDER BY topic")
+                    .bind(user_id)
+                    .fetch_all(&self.read)
+                    .await?,
+            ))
+        }
+
+        async fn create_api_key(
+            &self,
+            key: &$crate::store::NewApiKey<'_>,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<i64, $crate::store::StoreError> {
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO api_keys (app_id, name, prefix, key_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT DO NOTHING RETURNING id",
+            )
+            .bind(key.app_id)
+            .bind(key.name)
+            .bind(key.prefix)
+            .bind(key.hash)
+            .bind(now)
+            .fetch_optional(&self.write)
+            .await?;
+            id.ok_or_else(|| $crate::store::StoreError::Conflict { key: key.name.to_owned() })
+        }
+
+        async fn api_key_app(&self, hash: &str) -> Result<Option<String>, $crate::store::StoreError> {
+            Ok(sqlx::query_scalar("SELECT app_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+                .bind(hash)
+                .fetch_optional(&self.read)
+                .await?)
+        }
+
+        async fn api_keys(&self, app_id: &str) -> Result<Vec<$crate::store::ApiKeyRecord>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(
+                "SELECT id, app_id, name, prefix, created_at, revoked_at FROM api_keys WHERE app_id = $1 ORDER BY id",
+            )
+            .bind(app_id)
+            .fetch_all(&self.read)
+            .await?)
+        }
+
+        async fn revoke_api_key(
+            &self,
+            app_id: &str,
+            name: &str,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, $crate::store::StoreError> {
+            let done = sqlx::query(
+                "UPDATE api_keys SET revoked_at = $3 WHERE app_id = $1 AND name = $2 AND revoked_at IS NULL",
+            )
+            .bind(app_id)
+            .bind(name)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
         async fn audience_zones(
             &self,
             segment: &$crate::store::Segment<'_>,

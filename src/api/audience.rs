@@ -1,0 +1,335 @@
+//! Users, devices and subscriptions.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState, AppKey, Body};
+use crate::campaign::Platform;
+use crate::store::{DeviceUpsert, Store, UserUpsert};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UserBody {
+    pub phone: Option<String>,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeviceBody {
+    pub platform: Platform,
+    pub token: String,
+    pub user_id: Option<String>,
+    pub install_id: Option<String>,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+    #[serde(default)]
+    pub primary: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceView {
+    pub token: String,
+    pub platform: String,
+    pub state: String,
+    pub primary: bool,
+    pub install_id: Option<String>,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+}
+
+/// An external id: 1–256 characters, no control characters.
+pub fn check_external_id(field: &str, id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.chars().count() > 256 || id.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            field,
+            "must be 1 to 256 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A phone number in E.164 (`+` and 7–15 digits), from the forms people write:
+/// spaces, dashes, dots and parentheses are dropped; `00` becomes `+`.
+pub fn normalize_phone(raw: &str) -> Option<String> {
+    let kept: String = raw
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    let digits = kept.strip_prefix('+').or_else(|| kept.strip_prefix("00"))?;
+    let ok = (7..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    ok.then(|| format!("+{digits}"))
+}
+
+/// A device token as the provider issues it: APNs tokens are hex (64 digits today,
+/// longer allowed), FCM registration tokens are printable ASCII without spaces.
+pub fn check_token(platform: Platform, token: &str) -> Result<(), ApiError> {
+    let ok = match platform {
+        Platform::Ios => {
+            (64..=200).contains(&token.len())
+                && token.len() % 2 == 0
+                && token.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        Platform::Android => {
+            (1..=4096).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic())
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "token",
+            match platform {
+                Platform::Ios => "an APNs token is 64 or more hex digits",
+                Platform::Android => "an FCM token is 1 to 4096 printable characters",
+            },
+        ))
+    }
+}
+
+fn check_zone(zone: Option<&str>) -> Result<(), ApiError> {
+    match zone {
+        Some(z) if crate::zone::parse_zone(z).is_none() => Err(ApiError::field(
+            "timezone",
+            format!("{z:?} is not an IANA time zone"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_locale(locale: Option<&str>) -> Result<(), ApiError> {
+    match locale {
+        Some(l)
+            if l.is_empty()
+                || l.len() > 35
+                || !l
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            Err(ApiError::field(
+                "locale",
+                "expected a language tag such as \"en-US\"",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `PUT /v1/users/{external_id}`: creates or updates a user; absent fields keep
+/// what is stored.
+pub async fn put_user<S: Store>(
+    State(st): State<ApiState<S>>,
+    AppKey(app): AppKey,
+    Path(external_id): Path<String>,
+    Body(body): Body<UserBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_external_id("externalId", &external_id)?;
+    check_zone(body.timezone.as_deref())?;
+    check_locale(body.locale.as_deref())?;
+    let phone = match body.phone.as_deref() {
+        Some(raw) => Some(normalize_phone(raw).ok_or_else(|| {
+            ApiError::field(
+                "phone",
+                "expected an E.164 number such as \"+4915112345678\"",
+            )
+        })?),
+        None => None,
+    };
+    let attributes = body.attributes.map(serde_json::Value::Object);
+    st.store
+        .upsert_user(
+            &UserUpsert {
+                app_id: &app,
+                external_id: &external_id,
+                phone: phone.as_deref(),
+                timezone: body.timezone.as_deref(),
+                locale: body.locale.as_deref(),
+                attributes: attributes.as_ref(),
+            },
+            st.clock.now(),
+        )
+        .await?;
+    Ok(Json(serde_json::json!({
+        "externalId": external_id, "phone": phone, "timezone": body.timezone, "locale": body.locale,
+    })))
+}
+
+/// `POST /v1/devices`: registers or refreshes a device; a token that was invalid
+/// becomes active again.
+pub async fn post_device<S: Store>(
+    State(st): State<ApiState<S>>,
+    AppKey(app): AppKey,
+    Body(body): Body<DeviceBody>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_token(body.platform, &body.token)?;
+    check_zone(body.timezone.as_deref())?;
+    check_locale(body.locale.as_deref())?;
+    match (&body.user_id, &body.install_id) {
+        (None, None) => {
+            return Err(ApiError::field(
+                "userId",
+                "a userId or an installId is required",
+            ))
+        }
+        (Some(u), _) => check_external_id("userId", u)?,
+        (None, Some(i)) => check_external_id("installId", i)?,
+    }
+    if let Some(i) = &body.install_id {
+        check_external_id("installId", i)?;
+    }
+    if body.primary && body.user_id.is_none() {
+        return Err(ApiError::field(
+            "primary",
+            "only a user's device can be primary",
+        ));
+    }
+    let record = st
+        .store
+        .upsert_device(
+            &DeviceUpsert {
+                app_id: &app,
+                user_external_id: body.user_id.as_deref(),
+                install_id: body.install_id.as_deref(),
+                platform: body.platform,
+                token: &body.token,
+                timezone: body.timezone.as_deref(),
+                locale: body.locale.as_deref(),
+                primary: body.primary,
+            },
+            st.clock.now(),
+        )
+        .await?;
+    Ok(Json(DeviceView {
+        token: record.token,
+        platform: record.platform,
+        state: record.state.to_string(),
+        primary: record.is_primary,
+        install_id: record.install_id,
+        timezone: record.timezone,
+        locale: record.locale,
+    }))
+}
+
+/// `DELETE /v1/devices/{token}`: the app unregistered the device. The row stays,
+/// invalid, so the message history that names it stays whole.
+pub async fn delete_device<S: Store>(
+    State(st): State<ApiState<S>>,
+    AppKey(app): AppKey,
+    Path(token): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let device = st
+        .store
+        .device_by_token(&app, &token)
+        .await?
+        .ok_or_else(|| ApiError::not_found("device"))?;
+    st.store
+        .invalidate_device(device.id, "unregistered", st.clock.now())
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /v1/users/{external_id}/subscriptions`: `{ "topic": true|false, … }`.
+pub async fn put_subscriptions<S: Store>(
+    State(st): State<ApiState<S>>,
+    AppKey(app): AppKey,
+    Path(external_id): Path<String>,
+    Body(body): Body<BTreeMap<String, bool>>,
+) -> Result<impl IntoResponse, ApiError> {
+    let topics = &st.config.apps[&app].topics;
+    if let Some(unknown) = body.keys().find(|t| !topics.contains_key(*t)) {
+        let known: Vec<&str> = topics.keys().map(String::as_str).collect();
+        return Err(ApiError::field(
+            unknown,
+            format!("unknown topic; this app's topics are {known:?}"),
+        ));
+    }
+    let choices: Vec<(&str, bool)> = body.iter().map(|(t, v)| (t.as_str(), *v)).collect();
+    st.store
+        .set_subscriptions(&app, &external_id, &choices, st.clock.now())
+        .await?;
+    effective_subscriptions(&st, &app, &external_id).await
+}
+
+/// `GET /v1/users/{external_id}/subscriptions`: every topic of the app with the
+/// user's choice, or the topic's default where the user made none.
+pub async fn get_subscriptions<S: Store>(
+    State(st): State<ApiState<S>>,
+    AppKey(app): AppKey,
+    Path(external_id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    effective_subscriptions(&st, &app, &external_id).await
+}
+
+async fn effective_subscriptions<S: Store>(
+    st: &ApiState<S>,
+    app: &str,
+    external_id: &str,
+) -> Result<Json<BTreeMap<String, bool>>, ApiError> {
+    let chosen: BTreeMap<String, bool> = st
+        .store
+        .subscriptions(app, external_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("user {external_id:?}")))?
+        .into_iter()
+        .collect();
+    Ok(Json(
+        st.config.apps[app]
+            .topics
+            .iter()
+            .map(|(t, c)| {
+                (
+                    t.clone(),
+                    chosen.get(t).copied().unwrap_or(c.default_subscribed),
+                )
+            })
+            .collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_are_normalised_to_e164() {
+        assert_eq!(
+            normalize_phone("+49 151 1234-5678").as_deref(),
+            Some("+4915112345678")
+        );
+        assert_eq!(
+            normalize_phone("0049 (151) 12345678").as_deref(),
+            Some("+4915112345678")
+        );
+        assert_eq!(
+            normalize_phone("+1.415.555.0100").as_deref(),
+            Some("+14155550100")
+        );
+        assert_eq!(normalize_phone("015112345678"), None, "no country code");
+        assert_eq!(normalize_phone("+0151123456"), None);
+        assert_eq!(normalize_phone("+12"), None);
+        assert_eq!(normalize_phone("+1234567890123456"), None, "16 digits");
+        assert_eq!(normalize_phone("+49abc1234567"), None);
+    }
+
+    #[test]
+    fn tokens_are_checked_per_platform() {
+        assert!(check_token(Platform::Ios, &"ab".repeat(32)).is_ok());
+        assert!(check_token(Platform::Ios, &"ab".repeat(16)).is_err());
+        assert!(check_token(Platform::Ios, &"zz".repeat(32)).is_err());
+        assert!(check_token(Platform::Android, "fcm:APA91b-x_y").is_ok());
+        assert!(check_token(Platform::Android, "has space").is_err());
+        assert!(check_token(Platform::Android, "").is_err());
+        let e = check_token(Platform::Ios, "x").unwrap_err();
+        assert!(e.message.starts_with("token: "), "{e:?}");
+    }
+}

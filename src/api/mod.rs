@@ -1,0 +1,198 @@
+//! The REST API: partners' backends register users and devices and manage their
+//! subscriptions. Every route but health answers only to an app's API key, and
+//! sees only that app's data.
+
+pub mod audience;
+pub mod keys;
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::Router;
+use serde::de::DeserializeOwned;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+/// Largest request body accepted (bulk imports have their own route).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// What every handler reaches: the store, the configuration and the clock.
+pub struct ApiState<S> {
+    pub store: Arc<S>,
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl<S> Clone for ApiState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            config: self.config.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+/// The API's routes.
+pub fn router<S: Store>(state: ApiState<S>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/users/{external_id}", put(audience::put_user::<S>))
+        .route(
+            "/v1/users/{external_id}/subscriptions",
+            put(audience::put_subscriptions::<S>).get(audience::get_subscriptions::<S>),
+        )
+        .route("/v1/devices", post(audience::post_device::<S>))
+        .route(
+            "/v1/devices/{token}",
+            axum::routing::delete(audience::delete_device::<S>),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Every error answer: a status, a stable `error` code and a human `message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A 400 naming the field and what was wrong with it.
+    pub fn field(field: &str, problem: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{field}: {problem}"),
+        )
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.code, "message": self.message});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { what } => Self::not_found(what),
+            StoreError::Invalid(message) => {
+                Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+            }
+            StoreError::Conflict { key } => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{key} changed concurrently; try again"),
+            ),
+            other => {
+                tracing::error!(message = "Storage failed while serving a request.", error = %other);
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "storage is unavailable; try again",
+                )
+            }
+        }
+    }
+}
+
+/// The app whose API key authenticated the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppKey(pub String);
+
+impl<S: Store> FromRequestParts<ApiState<S>> for AppKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        let unauthorized = |message: &str| {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message.to_owned())
+        };
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
+        let secret = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| unauthorized("Authorization must be Bearer <api key>"))?;
+        match state.store.api_key_app(&keys::hash(secret)).await? {
+            // A key of an app no longer configured opens nothing.
+            Some(app) if state.config.apps.contains_key(&app) => Ok(Self(app)),
+            _ => Err(unauthorized("unknown or revoked API key")),
+        }
+    }
+}
+
+/// A JSON body whose rejections are [`ApiError`]s naming the field.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(r: JsonRejection) -> ApiError {
+    let status = r.status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "bad_request",
+    };
+    // axum's text is "Failed to deserialize the JSON body into the target type:
+    // <path>: <problem>"; the part after the first colon names the field.
+    let text = r.body_text();
+    let message = text
+        .split_once(": ")
+        .map_or(text.as_str(), |(_, rest)| rest)
+        .to_owned();
+    ApiError::new(
+        if status == StatusCode::UNPROCESSABLE_ENTITY {
+            StatusCode::BAD_REQUEST
+        } else {
+            status
+        },
+        code,
+        message,
+    )
+}

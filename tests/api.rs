@@ -1,0 +1,439 @@
+//! The REST API through real HTTP, on SQLite and on Postgres: keys, tenancy,
+//! users, devices and subscriptions, and their bad inputs.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::TestDb;
+use meridian::api::{self, keys, ApiState};
+use meridian::clock::{Clock, SystemClock};
+use meridian::config::Config;
+use meridian::definitions;
+use meridian::state::DeviceState;
+use meridian::store::{NewApiKey, Store};
+use serde_json::{json, Value};
+
+const CONFIG: &str = r#"
+[apps.shop]
+default_timezone = "UTC"
+[apps.shop.topics]
+marketing = { default_subscribed = false }
+news = { default_subscribed = true }
+[apps.other]
+default_timezone = "UTC"
+[apps.other.topics]
+marketing = { default_subscribed = false }
+"#;
+
+struct Api<S> {
+    base: String,
+    http: reqwest::Client,
+    store: Arc<S>,
+    shop: String,
+    other: String,
+}
+
+impl<S: Store> Api<S> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+impl<S: Store> Api<S> {
+    async fn shop_device(&self, token: &str) -> meridian::store::DeviceRecord {
+        self.store
+            .device_by_token("shop", token)
+            .await
+            .unwrap()
+            .expect("the device is stored")
+    }
+}
+
+async fn key_for<S: Store>(store: &S, app: &str, name: &str) -> String {
+    let k = keys::generate().unwrap();
+    store
+        .create_api_key(
+            &NewApiKey {
+                app_id: app,
+                name,
+                prefix: &k.prefix,
+                hash: &k.hash,
+            },
+            SystemClock.now(),
+        )
+        .await
+        .unwrap();
+    k.secret
+}
+
+async fn start<S: Store + Clone>(db: &TestDb<S>) -> Api<S> {
+    let config: Config = toml::from_str(CONFIG).unwrap();
+    config.validate().unwrap();
+    definitions::sync_apps(&db.store, &config, SystemClock.now())
+        .await
+        .unwrap();
+    let store = Arc::new(db.store.clone());
+    let router = api::router(ApiState {
+        store: store.clone(),
+        config: Arc::new(config),
+        clock: Arc::new(SystemClock),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Api {
+        base,
+        http: reqwest::Client::new(),
+        shop: key_for(&*store, "shop", "backend").await,
+        other: key_for(&*store, "other", "backend").await,
+        store,
+    }
+}
+
+fn ios_token(n: u8) -> String {
+    format!("{n:02x}").repeat(32)
+}
+
+/// No key, a wrong key and a revoked key are all 401 with a JSON body.
+async fn every_route_needs_a_live_key<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let (status, _) = api.call("GET", "/health", None, None).await;
+    assert_eq!(status, 200);
+    for (key, why) in [(None, "missing"), (Some("mrd_not-a-key"), "wrong")] {
+        for (method, path) in [
+            ("PUT", "/v1/users/u1"),
+            ("GET", "/v1/users/u1/subscriptions"),
+            ("POST", "/v1/devices"),
+            ("DELETE", "/v1/devices/abc"),
+        ] {
+            let (status, body) = api.call(method, path, key, Some(json!({}))).await;
+            assert_eq!(status, 401, "{why} key on {method} {path}: {body}");
+            assert_eq!(body["error"], "unauthorized", "{body}");
+            assert!(body["message"].is_string());
+        }
+    }
+    let (status, _) = api
+        .call("PUT", "/v1/users/u1", Some(&api.shop), Some(json!({})))
+        .await;
+    assert_eq!(status, 200);
+    assert!(api
+        .store
+        .revoke_api_key("shop", "backend", SystemClock.now())
+        .await
+        .unwrap());
+    let (status, body) = api
+        .call("PUT", "/v1/users/u1", Some(&api.shop), Some(json!({})))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+}
+
+/// A user, a device and subscriptions, read back with defaults filled in.
+async fn users_devices_and_subscriptions<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let key = Some(api.shop.as_str());
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/users/user-42",
+            key,
+            Some(json!({"phone": "+49 151 1234-5678", "timezone": "Asia/Kathmandu", "locale": "de-DE",
+                        "attributes": {"tier": "gold"}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["phone"], "+4915112345678");
+    let token = ios_token(7);
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/devices",
+            key,
+            Some(json!({"platform": "ios", "token": token, "userId": "user-42", "primary": true})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["state"].as_str(), body["primary"].as_bool()),
+        (Some("active"), Some(true))
+    );
+    let (status, body) = api
+        .call("GET", "/v1/users/user-42/subscriptions", key, None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"marketing": false, "news": true}),
+        "topic defaults"
+    );
+    let (status, body) = api
+        .call(
+            "PUT",
+            "/v1/users/user-42/subscriptions",
+            key,
+            Some(json!({"marketing": true, "news": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"marketing": true, "news": false}));
+    let (_, body) = api
+        .call("GET", "/v1/users/user-42/subscriptions", key, None)
+        .await;
+    assert_eq!(body, json!({"marketing": true, "news": false}));
+
+    // Unregistering keeps the row (history) but no campaign will use it; registering
+    // the token again brings it back.
+    let (status, _) = api
+        .call("DELETE", &format!("/v1/devices/{token}"), key, None)
+        .await;
+    assert_eq!(status, 204);
+    let device = api.shop_device(&token).await;
+    assert_eq!(device.state, DeviceState::Invalid);
+    assert_eq!(device.invalid_reason.as_deref(), Some("unregistered"));
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/devices",
+            key,
+            Some(json!({"platform": "ios", "token": token, "userId": "user-42"})),
+        )
+        .await;
+    assert_eq!((status, body["state"].as_str()), (200, Some("active")));
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/devices",
+            key,
+            Some(json!({"platform": "android", "token": "fcm-anon", "installId": "iid-1"})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["installId"].as_str()),
+        (200, Some("iid-1")),
+        "{body}"
+    );
+}
+
+/// One app's key sees and changes nothing of another app.
+async fn an_app_key_sees_only_its_app<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let token = ios_token(9);
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/devices",
+            Some(&api.shop),
+            Some(json!({"platform": "ios", "token": token, "userId": "alice"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let other = Some(api.other.as_str());
+    let (status, body) = api
+        .call("GET", "/v1/users/alice/subscriptions", other, None)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/v1/users/alice/subscriptions",
+            other,
+            Some(json!({"marketing": true})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = api
+        .call("DELETE", &format!("/v1/devices/{token}"), other, None)
+        .await;
+    assert_eq!(status, 404);
+    let device = api.shop_device(&token).await;
+    assert_eq!(
+        device.state,
+        DeviceState::Active,
+        "untouched by the other app"
+    );
+    // The same external id in the other app is a different user.
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/v1/users/alice",
+            other,
+            Some(json!({"timezone": "UTC"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, body) = api
+        .call("GET", "/v1/users/alice/subscriptions", other, None)
+        .await;
+    assert_eq!(body, json!({"marketing": false}));
+    let (_, body) = api
+        .call(
+            "GET",
+            "/v1/users/alice/subscriptions",
+            Some(&api.shop),
+            None,
+        )
+        .await;
+    assert_eq!(body, json!({"marketing": false, "news": true}));
+}
+
+/// Bad input: 4xx with a JSON body naming the field, and nothing written.
+async fn bad_input_is_named_and_changes_nothing<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let key = Some(api.shop.as_str());
+    let cases: Vec<(&str, &str, Value, u16, &str)> = vec![
+        (
+            "PUT",
+            "/v1/users/u1",
+            json!({"timezone": "Mars/Olympus"}),
+            400,
+            "timezone",
+        ),
+        ("PUT", "/v1/users/u1", json!({"phone": "12"}), 400, "phone"),
+        (
+            "PUT",
+            "/v1/users/u1",
+            json!({"locale": "de DE"}),
+            400,
+            "locale",
+        ),
+        (
+            "PUT",
+            "/v1/users/u1",
+            json!({"timezon": "UTC"}),
+            400,
+            "timezon",
+        ),
+        (
+            "PUT",
+            "/v1/users/u1",
+            json!({"attributes": [1, 2]}),
+            400,
+            "attributes",
+        ),
+        (
+            "POST",
+            "/v1/devices",
+            json!({"platform": "ios", "token": "abc", "userId": "u1"}),
+            400,
+            "token",
+        ),
+        (
+            "POST",
+            "/v1/devices",
+            json!({"platform": "windows", "token": "abc", "userId": "u1"}),
+            400,
+            "platform",
+        ),
+        (
+            "POST",
+            "/v1/devices",
+            json!({"platform": "android", "token": "t"}),
+            400,
+            "userId",
+        ),
+        (
+            "POST",
+            "/v1/devices",
+            json!({"platform": "android", "token": "t", "installId": "i", "primary": true}),
+            400,
+            "primary",
+        ),
+        (
+            "POST",
+            "/v1/devices",
+            json!({"platform": 5, "token": "t", "userId": "u1"}),
+            400,
+            "platform",
+        ),
+        (
+            "PUT",
+            "/v1/users/u1/subscriptions",
+            json!({"sms": true}),
+            400,
+            "sms",
+        ),
+        (
+            "PUT",
+            "/v1/users/u1/subscriptions",
+            json!({"marketing": "yes"}),
+            400,
+            "marketing",
+        ),
+    ];
+    for (method, path, body, want, field) in cases {
+        let (status, answer) = api.call(method, path, key, Some(body.clone())).await;
+        assert_eq!(status, want, "{method} {path} {body}: {answer}");
+        assert_eq!(answer["error"], "bad_request", "{answer}");
+        let message = answer["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(field),
+            "{body} → {message:?} should name {field}"
+        );
+    }
+    assert_eq!(
+        api.store.subscriptions("shop", "u1").await.unwrap(),
+        None,
+        "no user written"
+    );
+    assert_eq!(
+        api.store.device_by_token("shop", "t").await.unwrap(),
+        None,
+        "no device written"
+    );
+
+    // Not JSON, and too large.
+    let res = api
+        .http
+        .put(format!("{}/v1/users/u1", api.base))
+        .bearer_auth(&api.shop)
+        .body("timezone=UTC")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 415);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "unsupported_media_type");
+    let huge = json!({"attributes": {"blob": "x".repeat(api::BODY_LIMIT + 1)}});
+    let (status, body) = api.call("PUT", "/v1/users/u1", key, Some(huge)).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{body}"
+    );
+    let (status, body) = api.call("GET", "/v1/nothing", key, None).await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+}
+
+storage_tests!(
+    every_route_needs_a_live_key,
+    users_devices_and_subscriptions,
+    an_app_key_sees_only_its_app,
+    bad_input_is_named_and_changes_nothing,
+);
