@@ -126,6 +126,8 @@ async fn every_route_needs_a_live_key<S: Store + Clone>(db: &TestDb<S>) {
             ("GET", "/v1/users/u1/subscriptions"),
             ("POST", "/v1/devices"),
             ("DELETE", "/v1/devices/abc"),
+            ("GET", "/v1/messages/1"),
+            ("POST", "/v1/receipts"),
         ] {
             let (status, body) = api.call(method, path, key, Some(json!({}))).await;
             assert_eq!(status, 401, "{why} key on {method} {path}: {body}");
@@ -431,7 +433,112 @@ async fn bad_input_is_named_and_changes_nothing<S: Store + Clone>(db: &TestDb<S>
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 }
 
+/// A message's history, with receipts from the app moving it forward (and only
+/// forward), visible only to its own app.
+async fn a_message_shows_its_history_and_takes_receipts<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let shop = Some(api.shop.as_str());
+    let token = ios_token(3);
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/devices",
+            shop,
+            Some(json!({"platform": "ios", "token": token, "userId": "u1"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // A delivery as the engine records one sent on its first attempt (id 1 in a fresh database).
+    db.raw(&format!(
+        "INSERT INTO deliveries (app_id, request_id, user_id, device_id, status, attempts, provider_id, \
+           created_at, updated_at, sent_at) \
+         SELECT 'shop', 'req-1', user_id, id, 'sent', 1, 'apns-id-1', '2026-11-23T09:00:00+00:00', \
+           '2026-11-23T09:00:01+00:00', '2026-11-23T09:00:01+00:00' FROM devices WHERE token = '{token}'"
+    ))
+    .await
+    .unwrap();
+    let (status, body) = api.call("GET", "/v1/messages/1", shop, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["status"].as_str(), body["userId"].as_str()),
+        (Some("sent"), Some("u1"))
+    );
+    let steps = |body: &Value| -> Vec<String> {
+        body["history"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|s| s["status"].as_str().unwrap_or("?").to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(steps(&body), ["queued", "sent"]);
+    assert_eq!(body["history"][1]["detail"], "apns-id-1");
+
+    let other = Some(api.other.as_str());
+    let (status, _) = api.call("GET", "/v1/messages/1", other, None).await;
+    assert_eq!(status, 404, "another app's message");
+    let (status, _) = api
+        .call(
+            "POST",
+            "/v1/receipts",
+            other,
+            Some(json!({"messageId": 1, "status": "opened"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    for (receipt, recorded) in [
+        ("delivered", true),
+        ("opened", true),
+        ("delivered", false),
+        ("opened", false),
+    ] {
+        let (status, body) = api
+            .call(
+                "POST",
+                "/v1/receipts",
+                shop,
+                Some(json!({"messageId": 1, "status": receipt})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["recorded"], recorded, "{receipt}: {body}");
+    }
+    let (_, body) = api.call("GET", "/v1/messages/1", shop, None).await;
+    assert_eq!(body["status"], "opened");
+    assert_eq!(steps(&body), ["queued", "sent", "delivered", "opened"]);
+
+    for bad in [
+        json!({"messageId": 1, "status": "read"}),
+        json!({"messageId": "x", "status": "opened"}),
+        json!({"status": "opened"}),
+    ] {
+        let (status, body) = api
+            .call("POST", "/v1/receipts", shop, Some(bad.clone()))
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_request")),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = api
+        .call(
+            "POST",
+            "/v1/receipts",
+            shop,
+            Some(json!({"messageId": 99, "status": "opened"})),
+        )
+        .await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, body) = api.call("GET", "/v1/messages/abc", shop, None).await;
+    assert_eq!(status, 400, "{body}");
+}
+
 storage_tests!(
+    a_message_shows_its_history_and_takes_receipts,
     every_route_needs_a_live_key,
     users_devices_and_subscriptions,
     an_app_key_sees_only_its_app,

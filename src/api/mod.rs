@@ -4,6 +4,7 @@
 
 pub mod audience;
 pub mod keys;
+pub mod messages;
 
 use std::sync::Arc;
 
@@ -54,6 +55,8 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
             "/v1/devices/{token}",
             axum::routing::delete(audience::delete_device::<S>),
         )
+        .route("/v1/messages/{id}", get(messages::get_message::<S>))
+        .route("/v1/receipts", post(messages::post_receipt::<S>))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)

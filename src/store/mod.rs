@@ -517,11 +517,66 @@ pub trait Store: Send + Sync + 'static {
         campaign_id: i64,
     ) -> impl Future<Output = Result<std::collections::BTreeMap<String, i64>, StoreError>> + Send;
 
+    /// One of an app's messages with its recorded events, oldest first.
+    fn message(
+        &self,
+        app_id: &str,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<(MessageRecord, Vec<MessageEvent>)>, StoreError>> + Send;
+
+    /// A receipt from the app (`delivered`, `opened`, `dismissed`) for one of its
+    /// messages: moves the status forward along the delivery state machine and
+    /// appends the step to the history. `NotFound` for another app's message.
+    fn record_receipt(
+        &self,
+        app_id: &str,
+        id: i64,
+        status: crate::state::DeliveryStatus,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<ReceiptOutcome, StoreError>> + Send;
+
     /// A delivery's recorded history: (status, attempt, detail).
     fn delivery_history(
         &self,
         delivery_id: i64,
     ) -> impl Future<Output = Result<Vec<(String, i32, Option<String>)>, StoreError>> + Send;
+}
+
+/// One message (delivery) as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MessageRecord {
+    pub id: i64,
+    pub campaign_id: Option<i64>,
+    pub request_id: Option<String>,
+    pub user_external_id: Option<String>,
+    pub token: Option<String>,
+    pub platform: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub provider_id: Option<String>,
+    pub error_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// One recorded status change of a message.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MessageEvent {
+    pub status: String,
+    pub attempt: i32,
+    pub detail: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// What a receipt did to a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// The status moved forward and the history has a new step.
+    Recorded,
+    /// Nothing changed: the message is already there or further (receipts can
+    /// arrive twice or out of order).
+    Unchanged,
 }
 
 /// A store of either kind, chosen by the configured URL.

@@ -242,6 +242,66 @@ macro_rules! shared_store_methods {
             ))
         }
 
+        async fn message(
+            &self,
+            app_id: &str,
+            id: i64,
+        ) -> Result<Option<($crate::store::MessageRecord, Vec<$crate::store::MessageEvent>)>, $crate::store::StoreError> {
+            // No foreign keys on deliveries (see 0004): user and device are left joins.
+            let record: Option<$crate::store::MessageRecord> = sqlx::query_as(
+                "SELECT d.id, d.campaign_id, d.request_id, u.external_id AS user_external_id, v.token, v.platform, \
+                   d.status, d.attempts, d.provider_id, d.error_reason, d.created_at, d.updated_at, d.sent_at \
+                 FROM deliveries d LEFT JOIN users u ON u.id = d.user_id LEFT JOIN devices v ON v.id = d.device_id \
+                 WHERE d.id = $1 AND d.app_id = $2",
+            )
+            .bind(id)
+            .bind(app_id)
+            .fetch_optional(&self.read)
+            .await?;
+            let Some(record) = record else { return Ok(None) };
+            let events = sqlx::query_as(
+                "SELECT status, attempt, detail, at FROM delivery_events WHERE delivery_id = $1 ORDER BY id",
+            )
+            .bind(id)
+            .fetch_all(&self.read)
+            .await?;
+            Ok(Some((record, events)))
+        }
+
+        async fn record_receipt(
+            &self,
+            app_id: &str,
+            id: i64,
+            status: $crate::state::DeliveryStatus,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<$crate::store::ReceiptOutcome, $crate::store::StoreError> {
+            use $crate::state::{DeliveryStatus, StateMachine};
+            let mut tx = self.write.begin().await?;
+            let lock = format!("SELECT status FROM deliveries WHERE id = $1 AND app_id = $2{}", Self::FOR_UPDATE);
+            let current: Option<String> = sqlx::query_scalar(&lock)
+                .bind(id)
+                .bind(app_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(current) = current else {
+                return Err($crate::store::StoreError::NotFound { what: format!("message {id}") });
+            };
+            let current = DeliveryStatus::parse(&current)?;
+            if current.check_transition(status).is_err() {
+                return Ok($crate::store::ReceiptOutcome::Unchanged);
+            }
+            sqlx::query("UPDATE deliveries SET status = $3, updated_at = $4 WHERE id = $1 AND status = $2")
+                .bind(id)
+                .bind(current.as_str())
+                .bind(status.as_str())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            Self::insert_events(&mut tx, &[(id, status.as_str().to_owned(), 0, Some("receipt".to_owned()))], now).await?;
+            tx.commit().await?;
+            Ok($crate::store::ReceiptOutcome::Recorded)
+        }
+
         async fn create_api_key(
             &self,
             key: &$crate::store::NewApiKey<'_>,

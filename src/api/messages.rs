@@ -1,0 +1,195 @@
+//! Messages: one delivery with its whole status history, and receipts from the app.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiState, AppKey, Body};
+use crate::state::{DeliveryStatus, StateMachine};
+use crate::store::{MessageEvent, MessageRecord, ReceiptOutcome, Store};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub status: String,
+    pub at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The whole history of a message. Steps the row implies are filled in: every
+/// message was queued when its row was made, and a message sent on its first
+/// attempt has no `sent` event of its own (only `sent_at`).
+pub fn history(record: &MessageRecord, events: &[MessageEvent]) -> Vec<Step> {
+    let mut steps = vec![Step {
+        status: DeliveryStatus::Queued.as_str().to_owned(),
+        at: record.created_at,
+        attempt: None,
+        detail: None,
+    }];
+    let sent_recorded = events.iter().any(|e| e.status == "sent");
+    if let (Some(at), false) = (record.sent_at, sent_recorded) {
+        steps.push(Step {
+            status: DeliveryStatus::Sent.as_str().to_owned(),
+            at,
+            attempt: Some(1),
+            detail: record.provider_id.clone(),
+        });
+    }
+    steps.extend(events.iter().map(|e| Step {
+        status: e.status.clone(),
+        at: e.at,
+        attempt: (e.attempt > 0).then_some(e.attempt),
+        detail: e.detail.clone(),
+    }));
+    // Stable: an implied step and a recorded one at the same instant keep their order.
+    steps.sort_by_key(|s| s.at);
+    steps
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageView {
+    pub id: i64,
+    pub campaign_id: Option<i64>,
+    pub request_id: Option<String>,
+    pub user_id: Option<String>,
+    pub token: Option<String>,
+    pub platform: Option<String>,
+    pub status: String,
+    pub attempts: i32,
+    pub provider_id: Option<String>,
+    pub reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub history: Vec<Step>,
+}
+
+/// `GET /v1/messages/{id}`.
+pub async fn get_message<S: Store>(
+    State(st): State<ApiState<S>>,
+    AppKey(app): AppKey,
+    Path(id): Path<String>,
+) -> Result<Json<MessageView>, ApiError> {
+    let id: i64 = id
+        .parse()
+        .map_err(|_| ApiError::field("id", "a message id is a number"))?;
+    let (r, events) = st
+        .store
+        .message(&app, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("message {id}")))?;
+    let history = history(&r, &events);
+    Ok(Json(MessageView {
+        id: r.id,
+        campaign_id: r.campaign_id,
+        request_id: r.request_id,
+        user_id: r.user_external_id,
+        token: r.token,
+        platform: r.platform,
+        status: r.status,
+        attempts: r.attempts,
+        provider_id: r.provider_id,
+        reason: r.error_reason,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+        history,
+    }))
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    Delivered,
+    Opened,
+    Dismissed,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReceiptBody {
+    pub message_id: i64,
+    pub status: ReceiptKind,
+}
+
+/// `POST /v1/receipts`: the app reports what happened on the device. A status
+/// only moves forward; a repeated or late receipt changes nothing and says so.
+pub async fn post_receipt<S: Store>(
+    State(st): State<ApiState<S>>,
+    AppKey(app): AppKey,
+    Body(body): Body<ReceiptBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let status = match body.status {
+        ReceiptKind::Delivered => DeliveryStatus::Delivered,
+        ReceiptKind::Opened => DeliveryStatus::Opened,
+        ReceiptKind::Dismissed => DeliveryStatus::Dismissed,
+    };
+    let outcome = st
+        .store
+        .record_receipt(&app, body.message_id, status, st.clock.now())
+        .await?;
+    Ok(Json(serde_json::json!({
+        "messageId": body.message_id,
+        "recorded": outcome == ReceiptOutcome::Recorded,
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn record(sent_at: Option<DateTime<Utc>>) -> MessageRecord {
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap();
+        MessageRecord {
+            id: 1,
+            campaign_id: Some(1),
+            request_id: None,
+            user_external_id: None,
+            token: None,
+            platform: None,
+            status: "sent".into(),
+            attempts: 1,
+            provider_id: Some("apns-1".into()),
+            error_reason: None,
+            created_at: t0,
+            updated_at: t0,
+            sent_at,
+        }
+    }
+
+    fn event(status: &str, secs: i64) -> MessageEvent {
+        MessageEvent {
+            status: status.into(),
+            attempt: 0,
+            detail: None,
+            at: Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
+                + chrono::TimeDelta::seconds(secs),
+        }
+    }
+
+    #[test]
+    fn implied_steps_are_filled_in_once() {
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap();
+        let steps = history(&record(Some(t0)), &[event("opened", 60)]);
+        let names: Vec<&str> = steps.iter().map(|s| s.status.as_str()).collect();
+        assert_eq!(names, ["queued", "sent", "opened"]);
+        assert_eq!(steps[1].detail.as_deref(), Some("apns-1"));
+
+        // Retried, then sent: the `sent` event is recorded, not implied again.
+        let later = t0 + chrono::TimeDelta::seconds(30);
+        let steps = history(
+            &record(Some(later)),
+            &[event("retry", 1), event("sent", 30)],
+        );
+        let names: Vec<&str> = steps.iter().map(|s| s.status.as_str()).collect();
+        assert_eq!(names, ["queued", "retry", "sent"]);
+
+        let steps = history(&record(None), &[event("failed", 1)]);
+        let names: Vec<&str> = steps.iter().map(|s| s.status.as_str()).collect();
+        assert_eq!(names, ["queued", "failed"]);
+    }
+}
