@@ -537,7 +537,95 @@ async fn a_message_shows_its_history_and_takes_receipts<S: Store + Clone>(db: &T
     assert_eq!(status, 400, "{body}");
 }
 
+/// The message history lists newest first, filters, and pages by cursor.
+async fn messages_are_listed_newest_first_by_page<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let shop = Some(api.shop.as_str());
+    for (n, user) in [(1u8, "ann"), (2, "bob")] {
+        let (status, _) = api
+            .call(
+                "POST",
+                "/v1/devices",
+                shop,
+                Some(json!({"platform": "ios", "token": ios_token(n), "userId": user})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    // ids 1..=3: ann sent, bob failed, ann sent (an hour later).
+    for (user, status, hour) in [
+        ("ann", "sent", 9),
+        ("bob", "failed", 9),
+        ("ann", "sent", 10),
+    ] {
+        db.raw(&format!(
+            "INSERT INTO deliveries (app_id, request_id, user_id, device_id, status, attempts, created_at, updated_at) \
+             SELECT 'shop', 'req', u.id, v.id, '{status}', 1, '2026-11-23T{hour:02}:00:00+00:00', \
+               '2026-11-23T{hour:02}:00:00+00:00' \
+             FROM users u JOIN devices v ON v.user_id = u.id WHERE u.external_id = '{user}'"
+        ))
+        .await
+        .unwrap();
+    }
+    let ids = |body: &Value| -> Vec<i64> {
+        body["messages"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|m| m["id"].as_i64()).collect())
+            .unwrap_or_default()
+    };
+    let (status, page1) = api.call("GET", "/v1/messages?limit=2", shop, None).await;
+    assert_eq!(status, 200, "{page1}");
+    assert_eq!(ids(&page1), [3, 2]);
+    let cursor = page1["nextCursor"].as_str().unwrap().to_owned();
+    let (_, page2) = api
+        .call(
+            "GET",
+            &format!("/v1/messages?limit=2&cursor={cursor}"),
+            shop,
+            None,
+        )
+        .await;
+    assert_eq!(ids(&page2), [1]);
+    assert!(page2["nextCursor"].is_null(), "{page2}");
+    let (_, body) = api.call("GET", "/v1/messages?user=ann", shop, None).await;
+    assert_eq!(ids(&body), [3, 1]);
+    let (_, body) = api
+        .call("GET", "/v1/messages?status=failed", shop, None)
+        .await;
+    assert_eq!(ids(&body), [2]);
+    assert_eq!(body["messages"][0]["userId"], "bob");
+    let (_, body) = api
+        .call("GET", "/v1/messages?since=2026-11-23T09:30:00Z", shop, None)
+        .await;
+    assert_eq!(ids(&body), [3]);
+    let (_, body) = api
+        .call("GET", "/v1/messages", Some(&api.other), None)
+        .await;
+    assert_eq!(ids(&body), Vec::<i64>::new(), "another app sees none");
+    for (query, field) in [
+        ("status=read", "status"),
+        ("limit=0", "limit"),
+        ("cursor=x", "cursor"),
+        ("colour=red", "colour"),
+        ("since=yesterday", ""),
+    ] {
+        let (status, body) = api
+            .call("GET", &format!("/v1/messages?{query}"), shop, None)
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("bad_request")),
+            "{query}: {body}"
+        );
+        assert!(
+            body["message"].as_str().unwrap_or_default().contains(field),
+            "{query}: {body}"
+        );
+    }
+}
+
 storage_tests!(
+    messages_are_listed_newest_first_by_page,
     a_message_shows_its_history_and_takes_receipts,
     every_route_needs_a_live_key,
     users_devices_and_subscriptions,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState, AppKey, Body};
 use crate::state::{DeliveryStatus, StateMachine};
-use crate::store::{MessageEvent, MessageRecord, ReceiptOutcome, Store};
+use crate::store::{MessageEvent, MessageFilter, MessageRecord, ReceiptOutcome, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -65,6 +65,7 @@ pub struct MessageView {
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Step>,
 }
 
@@ -82,8 +83,86 @@ pub async fn get_message<S: Store>(
         .message(&app, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("message {id}")))?;
-    let history = history(&r, &events);
-    Ok(Json(MessageView {
+    let steps = history(&r, &events);
+    Ok(Json(view(r, steps)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub user: Option<String>,
+    pub campaign: Option<i64>,
+    pub status: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Most messages one page holds.
+pub const MAX_PAGE: i64 = 500;
+
+/// `GET /v1/messages?user=&campaign=&status=&since=&cursor=&limit=`: an app's
+/// messages, newest first. `nextCursor` (the last id of the page) asks for the
+/// page after; it is absent on the last page.
+pub async fn list_messages<S: Store>(
+    State(st): State<ApiState<S>>,
+    AppKey(app): AppKey,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|r| {
+        let text = r.body_text();
+        let message = text
+            .split_once(": ")
+            .map_or(text.as_str(), |(_, m)| m)
+            .to_owned();
+        ApiError::new(axum::http::StatusCode::BAD_REQUEST, "bad_request", message)
+    })?;
+    let status = match q.status.as_deref() {
+        Some(s) => Some(
+            DeliveryStatus::parse(s)
+                .map_err(|_| ApiError::field("status", format!("{s:?} is not a message status")))?,
+        ),
+        None => None,
+    };
+    let before_id =
+        match q.cursor.as_deref() {
+            Some(c) => Some(c.parse::<i64>().map_err(|_| {
+                ApiError::field("cursor", "use the nextCursor of the previous page")
+            })?),
+            None => None,
+        };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let page = st
+        .store
+        .messages(
+            &app,
+            &MessageFilter {
+                user_external_id: q.user.as_deref(),
+                campaign_id: q.campaign,
+                status,
+                since: q.since,
+                before_id,
+                limit,
+            },
+        )
+        .await?;
+    let next = (page.len() as i64 == limit)
+        .then(|| page.last().map(|m| m.id.to_string()))
+        .flatten();
+    let messages: Vec<MessageView> = page.into_iter().map(|r| view(r, Vec::new())).collect();
+    Ok(Json(
+        serde_json::json!({"messages": messages, "nextCursor": next}),
+    ))
+}
+
+fn view(r: MessageRecord, history: Vec<Step>) -> MessageView {
+    MessageView {
         id: r.id,
         campaign_id: r.campaign_id,
         request_id: r.request_id,
@@ -97,7 +176,7 @@ pub async fn get_message<S: Store>(
         created_at: r.created_at,
         updated_at: r.updated_at,
         history,
-    }))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -55,6 +55,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
             "/v1/devices/{token}",
             axum::routing::delete(audience::delete_device::<S>),
         )
+        .route("/v1/messages", get(messages::list_messages::<S>))
         .route("/v1/messages/{id}", get(messages::get_message::<S>))
         .route("/v1/receipts", post(messages::post_receipt::<S>))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })

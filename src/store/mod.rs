@@ -524,6 +524,13 @@ pub trait Store: Send + Sync + 'static {
         id: i64,
     ) -> impl Future<Output = Result<Option<(MessageRecord, Vec<MessageEvent>)>, StoreError>> + Send;
 
+    /// A page of an app's messages, newest first.
+    fn messages(
+        &self,
+        app_id: &str,
+        filter: &MessageFilter<'_>,
+    ) -> impl Future<Output = Result<Vec<MessageRecord>, StoreError>> + Send;
+
     /// A receipt from the app (`delivered`, `opened`, `dismissed`) for one of its
     /// messages: moves the status forward along the delivery state machine and
     /// appends the step to the history. `NotFound` for another app's message.
@@ -558,6 +565,18 @@ pub struct MessageRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// Which of an app's messages to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter<'a> {
+    pub user_external_id: Option<&'a str>,
+    pub campaign_id: Option<i64>,
+    pub status: Option<crate::state::DeliveryStatus>,
+    pub since: Option<DateTime<Utc>>,
+    /// Only messages with a smaller id (the cursor of the previous page).
+    pub before_id: Option<i64>,
+    pub limit: i64,
 }
 
 /// One recorded status change of a message.

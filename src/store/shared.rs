@@ -62,6 +62,13 @@ pub(super) const SLOT_COLUMNS: &str =
     "id, campaign_id, occurrence, zone, fire_at, disposition, state, \
     planned_count, released_at, first_sent_at";
 
+/// A message as the API shows it. No foreign keys on deliveries (see 0004): user
+/// and device are left joins.
+pub(super) const MESSAGE_SELECT: &str =
+    "SELECT d.id, d.campaign_id, d.request_id, u.external_id AS user_external_id, v.token, v.platform, \
+       d.status, d.attempts, d.provider_id, d.error_reason, d.created_at, d.updated_at, d.sent_at \
+     FROM deliveries d LEFT JOIN users u ON u.id = d.user_id LEFT JOIN devices v ON v.id = d.device_id";
+
 macro_rules! shared_store_methods {
     () => {
         async fn ping(&self) -> Result<(), $crate::store::StoreError> {
@@ -242,18 +249,50 @@ macro_rules! shared_store_methods {
             ))
         }
 
+        async fn messages(
+            &self,
+            app_id: &str,
+            f: &$crate::store::MessageFilter<'_>,
+        ) -> Result<Vec<$crate::store::MessageRecord>, $crate::store::StoreError> {
+            use $crate::state::StateMachine;
+            use $crate::store::segment::Bind;
+            let mut binds = vec![Bind::Text(app_id.to_owned())];
+            let mut sql = format!("{} WHERE d.app_id = $1", $crate::store::shared::MESSAGE_SELECT);
+            let param = |b: Bind, binds: &mut Vec<Bind>| {
+                binds.push(b);
+                format!("${}", binds.len())
+            };
+            if let Some(user) = f.user_external_id {
+                let p = param(Bind::Text(user.to_owned()), &mut binds);
+                sql.push_str(&format!(" AND d.user_id = (SELECT id FROM users WHERE app_id = $1 AND external_id = {p})"));
+            }
+            if let Some(c) = f.campaign_id {
+                sql.push_str(&format!(" AND d.campaign_id = {}", param(Bind::Int(c), &mut binds)));
+            }
+            if let Some(st) = f.status {
+                sql.push_str(&format!(" AND d.status = {}", param(Bind::Text(st.as_str().to_owned()), &mut binds)));
+            }
+            if let Some(t) = f.since {
+                sql.push_str(&format!(" AND d.created_at >= {}", param(Bind::Time(t), &mut binds)));
+            }
+            if let Some(id) = f.before_id {
+                sql.push_str(&format!(" AND d.id < {}", param(Bind::Int(id), &mut binds)));
+            }
+            sql.push_str(&format!(" ORDER BY d.id DESC LIMIT {}", param(Bind::Int(f.limit), &mut binds)));
+            let mut q = sqlx::query_as::<_, $crate::store::MessageRecord>(&sql);
+            for b in binds {
+                q = Self::bind_segment(q, b);
+            }
+            Ok(q.fetch_all(&self.read).await?)
+        }
+
         async fn message(
             &self,
             app_id: &str,
             id: i64,
         ) -> Result<Option<($crate::store::MessageRecord, Vec<$crate::store::MessageEvent>)>, $crate::store::StoreError> {
-            // No foreign keys on deliveries (see 0004): user and device are left joins.
-            let record: Option<$crate::store::MessageRecord> = sqlx::query_as(
-                "SELECT d.id, d.campaign_id, d.request_id, u.external_id AS user_external_id, v.token, v.platform, \
-                   d.status, d.attempts, d.provider_id, d.error_reason, d.created_at, d.updated_at, d.sent_at \
-                 FROM deliveries d LEFT JOIN users u ON u.id = d.user_id LEFT JOIN devices v ON v.id = d.device_id \
-                 WHERE d.id = $1 AND d.app_id = $2",
-            )
+            let sql = format!("{} WHERE d.id = $1 AND d.app_id = $2", $crate::store::shared::MESSAGE_SELECT);
+            let record: Option<$crate::store::MessageRecord> = sqlx::query_as(&sql)
             .bind(id)
             .bind(app_id)
             .fetch_optional(&self.read)
