@@ -319,6 +319,66 @@ async fn sigkill_mid_dispatch_then_restart_serves_everyone_with_bounded_duplicat
     );
 }
 
+/// `meridian serve` answers the REST API on `server.listen` with a key created by
+/// `meridian apikey create`, and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_the_api_with_a_cli_key() {
+    let setup = setup(0).await;
+    let db = format!("sqlite://{}", path(setup.dir.path(), "api.db").display());
+    let config = setup.serve_config("api", &db);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&config, text).unwrap();
+    let created = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .arg("--config")
+        .arg(&config)
+        .args(["apikey", "create", "--app", "shop", "--name", "backend"])
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let key = String::from_utf8_lossy(&created.stdout).trim().to_owned();
+    let mut daemon = setup.serve(&config);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/health")).send().await {
+            if r.status().is_success() {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let put = |key: &str| {
+        http.put(format!("{base}/v1/users/u-api"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({"timezone": "Asia/Kathmandu"}))
+            .send()
+    };
+    assert_eq!(put(&key).await.unwrap().status().as_u16(), 200);
+    assert_eq!(put("mrd_wrong").await.unwrap().status().as_u16(), 401);
+    daemon.signal("-TERM");
+    let status = daemon
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits within the grace period");
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_restart_finishes_with_no_duplicates() {
     let setup = setup(40).await;
