@@ -162,53 +162,37 @@ impl<S: Store> Engine<S> {
                     }
                 })
                 .buffer_unordered(self.settings.sends_per_chunk.max(1));
-            // Sends go on while a batch is being written: on SQLite a flush waits its
-            // turn for the one write connection, and a chunk that stopped sending
-            // meanwhile would leave the providers idle. Batches that fill up during a
-            // flush are written together by the next one.
+            // A flush holds up this chunk's sends on purpose: what a kill can duplicate
+            // is bounded by the sends in flight plus one batch not yet written.
             let mut batch = Vec::with_capacity(self.settings.flush_every);
-            let mut flushing: Option<futures::future::BoxFuture<'_, Result<usize, StoreError>>> =
-                None;
             let mut recorded = 0;
             let mut given_back = false;
-            let mut sends_done = false;
             let mut noted = false;
-            loop {
-                tokio::select! {
-                    r = async {
-                        match flushing.as_mut() {
-                            Some(f) => f.await,
-                            None => std::future::pending().await,
-                        }
-                    }, if flushing.is_some() =>
-                    {
-                        flushing = None;
-                        recorded += r?;
-                        if !noted {
-                            noted = self.note_first_send(slot.slot_id, &first_send).await?;
-                        }
-                    }
-                    item = sends.next(), if !sends_done => match item {
-                        None => sends_done = true,
-                        Some(None) => given_back = true,
-                        Some(Some((r, d))) => batch.push(NewDelivery {
-                            device_id: r.device_id,
-                            user_id: r.user_id,
-                            status: d.status,
-                            provider_id: d.provider_id,
-                            error_reason: d.reason,
-                            next_attempt_at: d.next_attempt_at,
-                        }),
-                    },
-                    else => break,
+            while let Some(item) = sends.next().await {
+                match item {
+                    None => given_back = true,
+                    Some((r, d)) => batch.push(NewDelivery {
+                        device_id: r.device_id,
+                        user_id: r.user_id,
+                        status: d.status,
+                        provider_id: d.provider_id,
+                        error_reason: d.reason,
+                        next_attempt_at: d.next_attempt_at,
+                    }),
                 }
-                let full = batch.len() >= self.settings.flush_every;
-                if flushing.is_none() && !batch.is_empty() && (full || sends_done) {
+                if batch.len() >= self.settings.flush_every {
                     let rows = std::mem::take(&mut batch);
-                    let (chunk, app_id, occurrence) = (&chunk, &app_id, &slot.occurrence);
-                    flushing = Some(Box::pin(self.flush_chunk(chunk, app_id, occurrence, rows)));
+                    recorded += self
+                        .flush_chunk(&chunk, &app_id, &slot.occurrence, rows)
+                        .await?;
+                    if !noted {
+                        noted = self.note_first_send(slot.slot_id, &first_send).await?;
+                    }
                 }
             }
+            recorded += self
+                .flush_chunk(&chunk, &app_id, &slot.occurrence, batch)
+                .await?;
             if !noted {
                 self.note_first_send(slot.slot_id, &first_send).await?;
             }
