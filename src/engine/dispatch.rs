@@ -181,17 +181,14 @@ impl<S: Store> Engine<S> {
                     }),
                 }
                 if batch.len() >= self.settings.flush_every {
-                    let rows = std::mem::take(&mut batch);
                     recorded += self
-                        .flush_chunk(&chunk, &app_id, &slot.occurrence, rows)
+                        .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
                         .await?;
-                    if !noted {
-                        noted = self.note_first_send(slot.slot_id, &first_send).await?;
-                    }
+                    noted = noted || self.note_first_send(slot.slot_id, &first_send).await?;
                 }
             }
             recorded += self
-                .flush_chunk(&chunk, &app_id, &slot.occurrence, batch)
+                .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
                 .await?;
             if !noted {
                 self.note_first_send(slot.slot_id, &first_send).await?;
@@ -243,11 +240,12 @@ impl<S: Store> Engine<S> {
         chunk: &LeasedChunk,
         app_id: &str,
         occurrence: &str,
-        batch: Vec<NewDelivery>,
+        batch: &mut Vec<NewDelivery>,
     ) -> Result<usize, StoreError> {
         if batch.is_empty() {
             return Ok(0);
         }
+        let n = batch.len();
         self.store
             .record_chunk(
                 &ChunkWrite {
@@ -255,12 +253,13 @@ impl<S: Store> Engine<S> {
                     worker: &self.settings.worker_id,
                     app_id,
                     occurrence,
-                    deliveries: &batch,
+                    deliveries: batch,
                 },
                 self.now(),
             )
             .await?;
-        Ok(batch.len())
+        batch.clear();
+        Ok(n)
     }
 
     /// Sends leased delivery rows (retries) and records their outcomes.
