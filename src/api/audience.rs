@@ -174,15 +174,14 @@ pub async fn post_device<S: Store>(
     check_token(body.platform, &body.token)?;
     check_zone(body.timezone.as_deref())?;
     check_locale(body.locale.as_deref())?;
-    match (&body.user_id, &body.install_id) {
-        (None, None) => {
-            return Err(ApiError::field(
-                "userId",
-                "a userId or an installId is required",
-            ))
-        }
-        (Some(u), _) => check_external_id("userId", u)?,
-        (None, Some(i)) => check_external_id("installId", i)?,
+    if body.user_id.is_none() && body.install_id.is_none() {
+        return Err(ApiError::field(
+            "userId",
+            "a userId or an installId is required",
+        ));
+    }
+    if let Some(u) = &body.user_id {
+        check_external_id("userId", u)?;
     }
     if let Some(i) = &body.install_id {
         check_external_id("installId", i)?;
