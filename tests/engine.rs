@@ -832,7 +832,69 @@ async fn a_user_list_is_counted_against_the_users_it_names<S: Store + Clone>(db:
     assert_eq!(rig.sim.stats().total_accepted(), 2);
 }
 
+/// A chunk whose write-back fails gives its lease back at once, and the chunks
+/// sent beside it finish and are recorded instead of being dropped mid-flight.
+async fn a_failed_chunk_does_not_strand_its_siblings<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    let mut tokens = Vec::new();
+    for n in 0..80 {
+        tokens.push(rig.device(n, "UTC", Platform::Android, false).await);
+    }
+    let poisoned = "fcm-token-30";
+    // The database itself refuses one device's delivery row, failing one chunk's write.
+    if db.url.starts_with("sqlite:") {
+        db.raw(&format!(
+            "CREATE TRIGGER poison BEFORE INSERT ON deliveries \
+             WHEN (SELECT token FROM devices WHERE id = NEW.device_id) = '{poisoned}' \
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END"
+        ))
+        .await
+        .unwrap();
+    } else {
+        db.raw(&format!(
+            "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+             IF EXISTS (SELECT 1 FROM devices WHERE id = NEW.device_id AND token = '{poisoned}') \
+             THEN RAISE EXCEPTION 'poisoned'; END IF; RETURN NEW; END $$"
+        ))
+        .await
+        .unwrap();
+        db.raw("CREATE TRIGGER poison BEFORE INSERT ON deliveries FOR EACH ROW EXECUTE FUNCTION poison()")
+            .await
+            .unwrap();
+    }
+    let id = rig.schedule("poison", "type = \"now\"").await;
+    // Four chunks of 20, all in flight together.
+    let engine = rig.engine("worker-a", 20);
+    assert_eq!(engine.settings().chunks_in_flight, 4);
+    let failed = engine.step().await;
+    assert!(failed.is_err(), "{failed:?}");
+    // The three healthy chunks were recorded in that same pass.
+    assert_eq!(
+        rig.store.delivery_counts(id).await.unwrap().get("sent"),
+        Some(&60)
+    );
+    if db.url.starts_with("sqlite:") {
+        db.raw("DROP TRIGGER poison").await.unwrap();
+    } else {
+        db.raw("DROP TRIGGER poison ON deliveries").await.unwrap();
+    }
+    // No time passes: the failed chunk is leasable again without waiting for expiry.
+    let report = engine.run_until_idle().await.unwrap();
+    assert_eq!(report.sent, 20, "{report:?}");
+    assert_eq!(rig.state("poison").await, CampaignState::Completed);
+    assert_eq!(
+        rig.store.delivery_counts(id).await.unwrap(),
+        BTreeMap::from([("sent".to_owned(), 80)])
+    );
+    // Only the failed chunk's sends, never recorded, went out twice.
+    let twice: Vec<&String> = tokens.iter().filter(|t| rig.accepted(t) == 2).collect();
+    assert_eq!(twice.len(), 20, "{twice:?}");
+    assert!(twice.iter().any(|t| *t == poisoned));
+    assert!(tokens.iter().all(|t| (1..=2).contains(&rig.accepted(t))));
+}
+
 storage_tests!(
+    a_failed_chunk_does_not_strand_its_siblings,
     a_user_list_is_counted_against_the_users_it_names,
     zones_due_together_keep_their_own_counts,
     a_new_slot_is_not_queued_behind_a_large_one,

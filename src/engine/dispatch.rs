@@ -26,10 +26,23 @@ impl<S: Store> Engine<S> {
             recorded += self.send_rows(rows).await?;
         }
         // Keep `chunks_in_flight` chunks going: lease another as soon as one finishes,
-        // so one slow chunk never holds the others back.
+        // so one slow chunk never holds the others back. A chunk that fails stops new
+        // leases but not its siblings: they finish and are recorded, and the pass
+        // reports the first failure afterwards (dropping them would strand their
+        // leases until they expire).
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut leased = 0;
         let mut exhausted = false;
+        let mut failed: Option<EngineError> = None;
+        let mut settle = |r: Result<usize, EngineError>, exhausted: &mut bool| match r {
+            Ok(n) => recorded += n,
+            Err(e) => {
+                *exhausted = true;
+                if failed.is_none() {
+                    failed = Some(e);
+                }
+            }
+        };
         loop {
             if !exhausted && !self.is_stopping() && in_flight.len() < self.settings.chunks_in_flight
             {
@@ -43,23 +56,31 @@ impl<S: Store> Engine<S> {
                 // hold SQLite's one write connection until it is polled again).
                 let chunks = loop {
                     tokio::select! {
-                        r = &mut lease => break r?,
-                        Some(r) = in_flight.next(), if !in_flight.is_empty() => recorded += r?,
+                        r = &mut lease => break r,
+                        Some(r) = in_flight.next(), if !in_flight.is_empty() => settle(r, &mut exhausted),
                     }
                 };
-                if chunks.is_empty() {
-                    exhausted = true;
-                }
-                for c in chunks {
-                    leased += 1;
-                    in_flight.push(self.process_chunk(c));
+                match chunks {
+                    Ok(chunks) => {
+                        if chunks.is_empty() {
+                            exhausted = true;
+                        }
+                        for c in chunks {
+                            leased += 1;
+                            in_flight.push(self.process_chunk(c));
+                        }
+                    }
+                    Err(e) => settle(Err(e.into()), &mut exhausted),
                 }
                 continue;
             }
             match in_flight.next().await {
-                Some(r) => recorded += r?,
+                Some(r) => settle(r, &mut exhausted),
                 None => break,
             }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         Ok((retried, leased, recorded))
     }
@@ -231,7 +252,14 @@ impl<S: Store> Engine<S> {
                 tracing::warn!(message = "Lease lost; another worker owns the chunk now.", %what);
                 Ok(0)
             }
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                // Give the chunk back now rather than at lease expiry; its unflushed
+                // sends are what a retake may repeat (the documented duplicate bound).
+                if let Err(error) = self.store.return_chunk(&chunk, worker, self.now()).await {
+                    tracing::warn!(message = "Cannot give a failed chunk back; it waits for its lease to lapse.", chunk_id = chunk.id, %error);
+                }
+                Err(e.into())
+            }
         }
     }
 
