@@ -405,6 +405,17 @@ impl CampaignDefinition {
 }
 
 impl Message {
+    /// Checks a message on its own (a transactional push has no campaign around it).
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errs = ValidationErrors(Vec::new());
+        self.check(&mut errs);
+        if errs.0.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+
     fn check(&self, errs: &mut ValidationErrors) {
         if self.title.trim().is_empty() {
             errs.push("message.title", "must not be empty");

@@ -82,14 +82,46 @@ impl Default for DatabaseConfig {
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Limits of `POST /v1/push`, per API key.
+    #[serde(default)]
+    pub push: PushLimits,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            push: PushLimits::default(),
         }
     }
+}
+
+/// The partner contract's limits on transactional pushes, per API key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushLimits {
+    /// Ids (user ids and install ids together) in one request.
+    #[serde(default = "default_push_max_ids")]
+    pub max_ids: usize,
+    /// Requests per minute; the next one is answered 429 with Retry-After.
+    #[serde(default = "default_push_per_minute")]
+    pub requests_per_minute: u32,
+}
+
+impl Default for PushLimits {
+    fn default() -> Self {
+        Self {
+            max_ids: default_push_max_ids(),
+            requests_per_minute: default_push_per_minute(),
+        }
+    }
+}
+
+fn default_push_max_ids() -> usize {
+    1000
+}
+fn default_push_per_minute() -> u32 {
+    10
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -524,6 +556,15 @@ impl Config {
         }
         if e.max_attempts == 0 {
             return Err(invalid("engine.max_attempts", "must be at least 1"));
+        }
+        if self.server.push.max_ids == 0 {
+            return Err(invalid("server.push.max_ids", "must be at least 1"));
+        }
+        if self.server.push.requests_per_minute == 0 {
+            return Err(invalid(
+                "server.push.requests_per_minute",
+                "must be at least 1",
+            ));
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));

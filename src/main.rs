@@ -414,11 +414,12 @@ async fn serve<S: Store + Clone>(store: S, config: Config) -> Result<(), Failure
     let api_addr = listener
         .local_addr()
         .map_or_else(|_| config.server.listen.to_string(), |a| a.to_string());
-    let api = meridian::api::router(meridian::api::ApiState {
-        store: store.clone(),
-        config: config.clone(),
-        clock: Arc::new(SystemClock),
-    });
+    let mut api_state =
+        meridian::api::ApiState::new(store.clone(), config.clone(), Arc::new(SystemClock));
+    if let Some(e) = &engine {
+        api_state = api_state.with_rows_queued(e.rows_queued());
+    }
+    let api = meridian::api::router(api_state);
     let api_stop = Arc::new(tokio::sync::Notify::new());
     let api_server = tokio::spawn({
         let stop = api_stop.clone();

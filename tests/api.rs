@@ -94,11 +94,11 @@ async fn start<S: Store + Clone>(db: &TestDb<S>) -> Api<S> {
         .await
         .unwrap();
     let store = Arc::new(db.store.clone());
-    let router = api::router(ApiState {
-        store: store.clone(),
-        config: Arc::new(config),
-        clock: Arc::new(SystemClock),
-    });
+    let router = api::router(ApiState::new(
+        store.clone(),
+        Arc::new(config),
+        Arc::new(SystemClock),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -624,7 +624,113 @@ async fn messages_are_listed_newest_first_by_page<S: Store + Clone>(db: &TestDb<
     }
 }
 
+/// `POST /v1/push` answers in the partner contract's shapes: field errors in Joi's
+/// words, the app without providers "unavailable", the 11th request of a minute
+/// 429 with Retry-After; nothing is queued by any of them.
+async fn push_speaks_the_partner_contract<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let key = Some(api.shop.as_str());
+    let msg = json!({"title": "Order shipped", "summary": "On its way"});
+    let push = |key: Option<&str>, body: Value| {
+        let api = &api;
+        let key = key.map(str::to_owned);
+        async move {
+            api.call("POST", "/v1/push", key.as_deref(), Some(body))
+                .await
+        }
+    };
+    let (status, body) = push(key, json!({"userIds": "u1", "message": msg})).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        json!({"error": "Bad Request", "message": "child \"userIds\" fails because [\"userIds\" must be an array]"})
+    );
+    let ids: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
+    let (status, body) = push(key, json!({"userIds": ids, "message": msg})).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("less than or equal to 1000 items"),
+        "{body}"
+    );
+    let (status, body) = push(
+        key,
+        json!({"userIds": ["u1"], "message": msg, "topic": "promo"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("Bad Request")),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("[marketing, news]"),
+        "{body}"
+    );
+    let res = api
+        .http
+        .post(format!("{}/v1/push", api.base))
+        .bearer_auth(&api.shop)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"error": "Bad Request", "message": "Invalid request payload JSON format"})
+    );
+    // Valid, but the app has no APNs or FCM credentials configured.
+    let (status, body) = push(key, json!({"userIds": ["u1"], "message": msg})).await;
+    assert_eq!(
+        (status, body),
+        (
+            503,
+            json!({"success": false, "error": "Integration is unavailable"})
+        )
+    );
+    let (status, _) = push(None, json!({"userIds": ["u1"], "message": msg})).await;
+    assert_eq!(status, 401);
+    // Five requests so far; five more are allowed this minute, the next is refused.
+    for _ in 0..5 {
+        let (status, _) = push(key, json!({"userIds": ["u1"], "message": msg})).await;
+        assert_eq!(status, 503);
+    }
+    let res = api
+        .http
+        .post(format!("{}/v1/push", api.base))
+        .bearer_auth(&api.shop)
+        .json(&json!({"userIds": ["u1"], "message": msg}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 429);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    assert_eq!(
+        res.json::<Value>().await.unwrap(),
+        json!({"success": false, "error": "Too Many Requests"})
+    );
+    // The quota is the key's, not the app's.
+    let fresh = key_for(&*api.store, "shop", "second").await;
+    let (status, _) = push(Some(&fresh), json!({"userIds": ["u1"], "message": msg})).await;
+    assert_eq!(status, 503);
+    let (_, listed) = api.call("GET", "/v1/messages", key, None).await;
+    assert_eq!(listed["messages"], json!([]), "nothing was queued");
+}
+
 storage_tests!(
+    push_speaks_the_partner_contract,
     messages_are_listed_newest_first_by_page,
     a_message_shows_its_history_and_takes_receipts,
     every_route_needs_a_live_key,

@@ -196,6 +196,66 @@ impl<S: Store> Rig<S> {
             .id
     }
 
+    /// Serves the API on this rig's store, config and clock; returns its base URL
+    /// and an API key of the shop.
+    async fn api(&self, engine: Option<&Engine<S>>) -> (String, String) {
+        let k = meridian::api::keys::generate().unwrap();
+        self.store
+            .create_api_key(
+                &meridian::store::NewApiKey {
+                    app_id: "shop",
+                    name: "backend",
+                    prefix: &k.prefix,
+                    hash: &k.hash,
+                },
+                self.clock.now(),
+            )
+            .await
+            .unwrap();
+        let mut state = meridian::api::ApiState::new(
+            self.store.clone(),
+            self.config.clone(),
+            Arc::new(self.clock.clone()),
+        );
+        if let Some(e) = engine {
+            state = state.with_rows_queued(e.rows_queued());
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = meridian::api::router(state);
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (base, k.secret)
+    }
+
+    async fn device_of(
+        &self,
+        user: Option<&str>,
+        install: Option<&str>,
+        token: &str,
+        primary: bool,
+    ) {
+        self.store
+            .upsert_device(
+                &DeviceUpsert {
+                    app_id: "shop",
+                    user_external_id: user,
+                    install_id: install,
+                    platform: if token.len() == 64 {
+                        Platform::Ios
+                    } else {
+                        Platform::Android
+                    },
+                    token,
+                    timezone: None,
+                    locale: None,
+                    primary,
+                },
+                self.clock.now(),
+            )
+            .await
+            .unwrap();
+    }
+
     fn accepted(&self, token: &str) -> u64 {
         self.sim
             .stats()
@@ -888,12 +948,227 @@ async fn a_failed_chunk_does_not_strand_its_siblings<S: Store + Clone>(db: &Test
     );
     // Only the failed chunk's sends, never recorded, went out twice.
     let twice: Vec<&String> = tokens.iter().filter(|t| rig.accepted(t) == 2).collect();
-    assert_eq!(twice.len(), 20, "{twice:?}");
+    assert_eq!(
+        twice.len(),
+        20,
+        "{twice:?} {:?} {:?}",
+        rig.sim.stats(),
+        report
+    );
     assert!(twice.iter().any(|t| *t == poisoned));
     assert!(tokens.iter().all(|t| (1..=2).contains(&rig.accepted(t))));
 }
 
+async fn post(
+    base: &str,
+    key: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let res = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.json().await.unwrap())
+}
+
+async fn get(base: &str, key: &str, path: &str) -> serde_json::Value {
+    let res = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    res.json().await.unwrap()
+}
+
+/// A transactional push reaches users by external id, by phone (an id of digits
+/// that is no external id) and by install id, each active device once, through
+/// the same leased pipeline and history as campaigns.
+async fn a_push_reaches_users_by_id_phone_and_install<S: Store + Clone>(db: &TestDb<S>) {
+    use meridian::store::UserUpsert;
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    let ios = format!("{:064x}", 42);
+    rig.device_of(Some("user-42"), None, &ios, true).await;
+    rig.device_of(Some("user-42"), None, "fcm-42-tablet", false)
+        .await;
+    rig.device_of(Some("u-phone"), None, "fcm-phone", false)
+        .await;
+    rig.device_of(None, Some("iid-1"), "fcm-anon", false).await;
+    rig.device_of(Some("stale"), None, "fcm-stale", false).await;
+    let now = rig.clock.now();
+    for (user, phone) in [("u-phone", Some("+79999999999")), ("nodevice", None)] {
+        rig.store
+            .upsert_user(
+                &UserUpsert {
+                    app_id: "shop",
+                    external_id: user,
+                    phone,
+                    timezone: None,
+                    locale: None,
+                    attributes: None,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    let stale = rig
+        .store
+        .device_by_token("shop", "fcm-stale")
+        .await
+        .unwrap()
+        .unwrap();
+    rig.store
+        .invalidate_device(stale.id, "Unregistered", now)
+        .await
+        .unwrap();
+    let engine = rig.engine("worker-a", 100);
+    let (base, key) = rig.api(None).await;
+    let message =
+        serde_json::json!({"title": "Order shipped", "summary": "Your order 1234 is on its way"});
+    let (status, body) = post(
+        &base,
+        &key,
+        "/v1/push",
+        serde_json::json!({
+            "userIds": ["79999999999", "user-42", "ghost", "nodevice", "stale"],
+            "installIds": ["iid-1", "iid-ghost"],
+            "message": message, "deeplink": "shop://orders/1234", "topic": "promo",
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["success"], true);
+    assert_eq!(body["accepted"], 4, "{body}");
+    assert_eq!(body["unknown"], serde_json::json!(["ghost", "iid-ghost"]));
+    let request_id = body["requestId"].as_str().unwrap().to_owned();
+    assert!(request_id.starts_with("req_"), "{request_id}");
+    let report = engine.run_until_idle().await.unwrap();
+    assert_eq!((report.retried, report.sent), (4, 4), "{report:?}");
+    for t in [ios.as_str(), "fcm-42-tablet", "fcm-phone", "fcm-anon"] {
+        assert_eq!(rig.accepted(t), 1, "{t}");
+    }
+    assert_eq!(rig.accepted("fcm-stale"), 0);
+    let listed = get(&base, &key, "/v1/messages?user=user-42").await;
+    let messages = listed["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{listed}");
+    for m in messages {
+        assert_eq!(m["status"], "sent", "{m}");
+        assert_eq!(m["requestId"], request_id.as_str(), "{m}");
+    }
+    let by_request = get(&base, &key, &format!("/v1/messages?request={request_id}")).await;
+    assert_eq!(
+        by_request["messages"].as_array().unwrap().len(),
+        4,
+        "{by_request}"
+    );
+    let one = get(&base, &key, &format!("/v1/messages/{}", messages[0]["id"])).await;
+    let steps: Vec<&str> = one["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["queued", "sent"], "{one}");
+
+    // Only the primary device; and a topic the user never opted in to reaches no one.
+    let (_, body) = post(
+        &base,
+        &key,
+        "/v1/push",
+        serde_json::json!({
+        "userIds": ["user-42"], "message": message, "devices": "primary"}),
+    )
+    .await;
+    assert_eq!(body["accepted"], 1, "{body}");
+    let (_, body) = post(
+        &base,
+        &key,
+        "/v1/push",
+        serde_json::json!({
+        "userIds": ["user-42"], "message": message, "topic": "marketing"}),
+    )
+    .await;
+    assert_eq!(
+        (body["accepted"].clone(), body["unknown"].clone()),
+        (serde_json::json!(0), serde_json::json!([])),
+        "{body}"
+    );
+    engine.run_until_idle().await.unwrap();
+    assert_eq!(rig.accepted(&ios), 2);
+    assert_eq!(rig.accepted("fcm-42-tablet"), 1);
+}
+
+/// The running engine sends a push at once, even while a campaign's chunk is
+/// being sent (here held back by its throttle of one send a minute).
+async fn a_push_is_not_queued_behind_campaign_traffic<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    let mut tokens = Vec::new();
+    for n in 0..5 {
+        tokens.push(rig.device(n, "UTC", Platform::Android, false).await);
+    }
+    rig.device_of(Some("vip"), None, "fcm-vip", false).await;
+    rig.save(
+        "key = \"slow\"\napp = \"shop\"\nstatus = \"scheduled\"\nthrottle_per_minute = 1\n\
+         [message]\ntitle = \"Hello\"\nbody = \"World\"\n[audience]\ntopics = [\"marketing\"]\n\
+         [schedule]\ntype = \"now\"\n",
+    )
+    .await;
+    let engine = Arc::new(rig.engine("worker-a", 100));
+    let (base, key) = rig.api(Some(&engine)).await;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let runner = tokio::spawn({
+        let engine = engine.clone();
+        let wake = wake.clone();
+        async move { engine.run(wake).await }
+    });
+    // The campaign's one chunk is leased and has sent its first message.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while rig.sim.stats().total_accepted() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the campaign never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, body) = post(
+        &base,
+        &key,
+        "/v1/push",
+        serde_json::json!({
+        "userIds": ["vip"], "message": {"title": "Code", "summary": "123456"}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (200, serde_json::json!(1)),
+        "{body}"
+    );
+    while rig.accepted("fcm-vip") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the push waited behind the campaign"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let campaign_sent: u64 = tokens.iter().map(|t| rig.accepted(t)).sum();
+    assert_eq!(campaign_sent, 1, "the throttled campaign is still sending");
+    engine.stop();
+    wake.notify_waiters();
+    tokio::time::timeout(std::time::Duration::from_secs(20), runner)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 storage_tests!(
+    a_push_reaches_users_by_id_phone_and_install,
+    a_push_is_not_queued_behind_campaign_traffic,
     a_failed_chunk_does_not_strand_its_siblings,
     a_user_list_is_counted_against_the_users_it_names,
     zones_due_together_keep_their_own_counts,

@@ -92,6 +92,8 @@ pub async fn get_message<S: Store>(
 pub struct ListQuery {
     pub user: Option<String>,
     pub campaign: Option<i64>,
+    /// A transactional push's `requestId`.
+    pub request: Option<String>,
     pub status: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub cursor: Option<String>,
@@ -101,7 +103,7 @@ pub struct ListQuery {
 /// Most messages one page holds.
 pub const MAX_PAGE: i64 = 500;
 
-/// `GET /v1/messages?user=&campaign=&status=&since=&cursor=&limit=`: an app's
+/// `GET /v1/messages?user=&campaign=&request=&status=&since=&cursor=&limit=`: an app's
 /// messages, newest first. `nextCursor` (the last id of the page) asks for the
 /// page after; it is absent on the last page.
 pub async fn list_messages<S: Store>(
@@ -145,6 +147,7 @@ pub async fn list_messages<S: Store>(
             &MessageFilter {
                 user_external_id: q.user.as_deref(),
                 campaign_id: q.campaign,
+                request_id: q.request.as_deref(),
                 status,
                 since: q.since,
                 before_id,

@@ -5,6 +5,7 @@
 pub mod audience;
 pub mod keys;
 pub mod messages;
+pub mod push;
 
 use std::sync::Arc;
 
@@ -24,11 +25,36 @@ use crate::store::{Store, StoreError};
 /// Largest request body accepted (bulk imports have their own route).
 pub const BODY_LIMIT: usize = 1024 * 1024;
 
-/// What every handler reaches: the store, the configuration and the clock.
+/// What every handler reaches: the store, the configuration and the clock, the
+/// push quota, and (in `serve`) the engine's signal that rows were queued.
 pub struct ApiState<S> {
     pub store: Arc<S>,
     pub config: Arc<Config>,
     pub clock: Arc<dyn Clock>,
+    pub push_quota: Arc<push::PushQuota>,
+    pub rows_queued: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl<S> ApiState<S> {
+    pub fn new(store: Arc<S>, config: Arc<Config>, clock: Arc<dyn Clock>) -> Self {
+        let push_quota = Arc::new(push::PushQuota::new(
+            config.server.push.requests_per_minute,
+            clock.clone(),
+        ));
+        Self {
+            store,
+            config,
+            clock,
+            push_quota,
+            rows_queued: None,
+        }
+    }
+
+    /// Wakes the engine's row loop when a push is queued.
+    pub fn with_rows_queued(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.rows_queued = Some(notify);
+        self
+    }
 }
 
 impl<S> Clone for ApiState<S> {
@@ -37,6 +63,8 @@ impl<S> Clone for ApiState<S> {
             store: self.store.clone(),
             config: self.config.clone(),
             clock: self.clock.clone(),
+            push_quota: self.push_quota.clone(),
+            rows_queued: self.rows_queued.clone(),
         }
     }
 }
@@ -58,6 +86,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/messages", get(messages::list_messages::<S>))
         .route("/v1/messages/{id}", get(messages::get_message::<S>))
         .route("/v1/receipts", post(messages::post_receipt::<S>))
+        .route("/v1/push", post(push::post_push::<S>))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -133,7 +162,14 @@ impl From<StoreError> for ApiError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppKey(pub String);
 
-impl<S: Store> FromRequestParts<ApiState<S>> for AppKey {
+/// The app and the key itself (its hash), for limits kept per key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyOf {
+    pub app: String,
+    pub key_hash: String,
+}
+
+impl<S: Store> FromRequestParts<ApiState<S>> for KeyOf {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -154,11 +190,23 @@ impl<S: Store> FromRequestParts<ApiState<S>> for AppKey {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .ok_or_else(|| unauthorized("Authorization must be Bearer <api key>"))?;
-        match state.store.api_key_app(&keys::hash(secret)).await? {
+        let key_hash = keys::hash(secret);
+        match state.store.api_key_app(&key_hash).await? {
             // A key of an app no longer configured opens nothing.
-            Some(app) if state.config.apps.contains_key(&app) => Ok(Self(app)),
+            Some(app) if state.config.apps.contains_key(&app) => Ok(Self { app, key_hash }),
             _ => Err(unauthorized("unknown or revoked API key")),
         }
+    }
+}
+
+impl<S: Store> FromRequestParts<ApiState<S>> for AppKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self(KeyOf::from_request_parts(parts, state).await?.app))
     }
 }
 

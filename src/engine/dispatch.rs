@@ -1,9 +1,12 @@
 //! Leasing work, sending it, and writing outcomes back in batches.
 
+use std::collections::HashMap;
+
 use futures::StreamExt;
 
 use super::outcome::{decide, Decision};
 use super::{platform_of, Engine, EngineError};
+use crate::campaign::Message;
 use crate::provider::app::Push;
 use crate::provider::Outcome;
 use crate::state::DeliveryStatus;
@@ -12,19 +15,38 @@ use crate::store::{
 };
 
 impl<S: Store> Engine<S> {
-    /// Leases and sends retry rows, then chunks; returns (rows, chunks, outcomes recorded).
+    /// Leases and sends delivery rows, then chunks; returns (rows, chunks, outcomes recorded).
     pub(super) async fn dispatch(&self) -> Result<(usize, usize, usize), EngineError> {
+        let (rows, from_rows) = self.dispatch_rows().await?;
+        let (chunks, from_chunks) = self.dispatch_chunks().await?;
+        Ok((rows, chunks, from_rows + from_chunks))
+    }
+
+    /// Leases and sends one batch of delivery rows (transactional pushes first, then
+    /// retries due); returns (rows leased, outcomes recorded).
+    pub(super) async fn dispatch_rows(&self) -> Result<(usize, usize), EngineError> {
         let now = self.now();
-        let worker = &self.settings.worker_id;
         let rows = self
             .store
-            .lease_deliveries(worker, now, now + self.settings.lease, 500)
+            .lease_deliveries(
+                &self.settings.worker_id,
+                now,
+                now + self.settings.lease,
+                500,
+            )
             .await?;
-        let retried = rows.len();
-        let mut recorded = 0;
-        if !rows.is_empty() {
-            recorded += self.send_rows(rows).await?;
+        let leased = rows.len();
+        if leased == 0 {
+            return Ok((0, 0));
         }
+        Ok((leased, self.send_rows(rows).await?))
+    }
+
+    /// Leases and sends chunks of released slots until none is left; returns
+    /// (chunks leased, outcomes recorded).
+    pub(super) async fn dispatch_chunks(&self) -> Result<(usize, usize), EngineError> {
+        let worker = &self.settings.worker_id;
+        let mut recorded = 0;
         // Keep `chunks_in_flight` chunks going: lease another as soon as one finishes,
         // so one slow chunk never holds the others back. A chunk that fails stops new
         // leases but not its siblings: they finish and are recorded, and the pass
@@ -34,17 +56,19 @@ impl<S: Store> Engine<S> {
         let mut leased = 0;
         let mut exhausted = false;
         let mut failed: Option<EngineError> = None;
-        let mut settle = |r: Result<usize, EngineError>, exhausted: &mut bool| match r {
-            Ok(n) => recorded += n,
+        let settle = |r: Result<usize, EngineError>,
+                      recorded: &mut usize,
+                      failed: &mut Option<EngineError>| match r {
+            Ok(n) => *recorded += n,
             Err(e) => {
-                *exhausted = true;
-                if failed.is_none() {
-                    failed = Some(e);
-                }
+                failed.get_or_insert(e);
             }
         };
         loop {
-            if !exhausted && !self.is_stopping() && in_flight.len() < self.settings.chunks_in_flight
+            if !exhausted
+                && failed.is_none()
+                && !self.is_stopping()
+                && in_flight.len() < self.settings.chunks_in_flight
             {
                 let now = self.now();
                 let want = (self.settings.chunks_in_flight - in_flight.len()) as i64;
@@ -57,7 +81,7 @@ impl<S: Store> Engine<S> {
                 let chunks = loop {
                     tokio::select! {
                         r = &mut lease => break r,
-                        Some(r) = in_flight.next(), if !in_flight.is_empty() => settle(r, &mut exhausted),
+                        Some(r) = in_flight.next(), if !in_flight.is_empty() => settle(r, &mut recorded, &mut failed),
                     }
                 };
                 match chunks {
@@ -65,24 +89,29 @@ impl<S: Store> Engine<S> {
                         if chunks.is_empty() {
                             exhausted = true;
                         }
+                        // After a failure while leasing, what was just leased goes back
+                        // (it may be the failed chunk itself), as a future of its own:
+                        // awaiting it here could wait on SQLite's one write connection
+                        // held by a chunk in flight that is not being polled.
+                        let give_back = failed.is_some();
                         for c in chunks {
-                            leased += 1;
-                            in_flight.push(self.process_chunk(c));
+                            leased += usize::from(!give_back);
+                            in_flight.push(self.take_chunk(c, give_back));
                         }
                     }
-                    Err(e) => settle(Err(e.into()), &mut exhausted),
+                    Err(e) => settle(Err(e.into()), &mut recorded, &mut failed),
                 }
                 continue;
             }
             match in_flight.next().await {
-                Some(r) => settle(r, &mut exhausted),
+                Some(r) => settle(r, &mut recorded, &mut failed),
                 None => break,
             }
         }
         if let Some(e) = failed {
             return Err(e);
         }
-        Ok((retried, leased, recorded))
+        Ok((leased, recorded))
     }
 
     /// Records when the chunk's first send left, once there was one; returns whether it did.
@@ -98,6 +127,17 @@ impl<S: Store> Engine<S> {
             }
             None => Ok(false),
         }
+    }
+
+    /// Sends a leased chunk, or gives it straight back.
+    async fn take_chunk(&self, chunk: LeasedChunk, give_back: bool) -> Result<usize, EngineError> {
+        if give_back {
+            self.store
+                .return_chunk(&chunk, &self.settings.worker_id, self.now())
+                .await?;
+            return Ok(0);
+        }
+        self.process_chunk(chunk).await
     }
 
     /// Sends a chunk's recipients and records each outcome; returns how many were recorded.
@@ -147,7 +187,11 @@ impl<S: Store> Engine<S> {
                             return Some((r, d));
                         }
                         if let Some(t) = &ctx.throttle {
-                            t.ready().await;
+                            // A throttled send not yet started gives way to a stop.
+                            tokio::select! {
+                                _ = t.ready() => {}
+                                _ = self.until_stopped() => return None,
+                            }
                         }
                         let now = self.now();
                         if expires_at.is_some_and(|e| now > e) {
@@ -293,9 +337,11 @@ impl<S: Store> Engine<S> {
     /// Sends leased delivery rows (retries) and records their outcomes.
     async fn send_rows(&self, rows: Vec<LeasedDelivery>) -> Result<usize, EngineError> {
         let mut updates = Vec::with_capacity(rows.len());
+        let pushes = self.push_messages(&rows).await?;
+        let pushes = &pushes;
         let sends = futures::stream::iter(rows)
             .map(|row| async move {
-                let decision = self.attempt_row(&row).await;
+                let decision = self.attempt_row(&row, pushes).await;
                 (row, decision)
             })
             .buffer_unordered(self.settings.sends_per_chunk.max(1));
@@ -321,7 +367,39 @@ impl<S: Store> Engine<S> {
         Ok(recorded)
     }
 
-    async fn attempt_row(&self, row: &LeasedDelivery) -> Decision {
+    /// The messages of the transactional pushes among `rows`, each read once.
+    async fn push_messages(
+        &self,
+        rows: &[LeasedDelivery],
+    ) -> Result<HashMap<String, Result<PushCtx, String>>, StoreError> {
+        let mut ids: Vec<String> = rows.iter().filter_map(|r| r.request_id.clone()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let stored = self.store.push_messages(&ids).await?;
+        Ok(stored
+            .into_iter()
+            .map(|p| {
+                let ctx = serde_json::from_value::<Message>(p.message.0)
+                    .map(|message| PushCtx {
+                        expires_at: message
+                            .ttl
+                            .and_then(|ttl| chrono::TimeDelta::from_std(ttl).ok())
+                            .map(|ttl| p.created_at + ttl),
+                        message,
+                    })
+                    .map_err(|e| format!("stored push message does not parse: {e}"));
+                (p.id, ctx)
+            })
+            .collect())
+    }
+
+    /// One attempt of a leased row: a transactional push's delivery (its message
+    /// from `pushes`) or a campaign's retry (its campaign's message).
+    async fn attempt_row(
+        &self,
+        row: &LeasedDelivery,
+        pushes: &HashMap<String, Result<PushCtx, String>>,
+    ) -> Decision {
         let fail = |status, reason: &str| Decision {
             status,
             provider_id: None,
@@ -331,28 +409,50 @@ impl<S: Store> Engine<S> {
         if row.device_state != "active" {
             return fail(DeliveryStatus::TokenInvalid, "device token was invalidated");
         }
-        let slot = match row.slot_id {
-            Some(id) => self.store.slot_info(id).await.ok().flatten(),
-            None => None,
-        };
-        let Some(slot) = slot else {
-            return fail(DeliveryStatus::Failed, "no message for this delivery");
-        };
-        let Some(ctx) = self.campaign_ctx(slot.campaign_id, &slot.definition.0) else {
-            return fail(DeliveryStatus::Failed, "campaign definition is not valid");
+        let campaign;
+        let (message, collapse_key, expires_at, throttle) = match &row.request_id {
+            Some(id) => match pushes.get(id) {
+                Some(Ok(p)) => (
+                    &p.message,
+                    p.message.collapse_key.as_deref(),
+                    p.expires_at,
+                    None,
+                ),
+                Some(Err(e)) => return fail(DeliveryStatus::Failed, e),
+                None => return fail(DeliveryStatus::Failed, "no message for this delivery"),
+            },
+            None => {
+                let slot = match row.slot_id {
+                    Some(id) => self.store.slot_info(id).await.ok().flatten(),
+                    None => None,
+                };
+                let Some(slot) = slot else {
+                    return fail(DeliveryStatus::Failed, "no message for this delivery");
+                };
+                let Some(ctx) = self.campaign_ctx(slot.campaign_id, &slot.definition.0) else {
+                    return fail(DeliveryStatus::Failed, "campaign definition is not valid");
+                };
+                campaign = ctx;
+                let message = &campaign.campaign.definition.message;
+                let expires_at = message
+                    .ttl
+                    .and_then(|ttl| chrono::TimeDelta::from_std(ttl).ok())
+                    .map(|ttl| slot.fire_at + ttl);
+                (
+                    message,
+                    Some(campaign.collapse_key.as_str()),
+                    expires_at,
+                    campaign.throttle.as_ref(),
+                )
+            }
         };
         let Some(providers) = self.providers_for(&row.app_id) else {
             return fail(DeliveryStatus::Failed, "app is not configured");
         };
-        let message = &ctx.campaign.definition.message;
-        let expires_at = message
-            .ttl
-            .and_then(|ttl| chrono::TimeDelta::from_std(ttl).ok())
-            .map(|ttl| slot.fire_at + ttl);
         if expires_at.is_some_and(|e| self.now() > e) {
             return fail(DeliveryStatus::Expired, "TTL passed before sending");
         }
-        if let Some(t) = &ctx.throttle {
+        if let Some(t) = throttle {
             t.ready().await;
         }
         let outcome: Outcome = providers
@@ -362,7 +462,7 @@ impl<S: Store> Engine<S> {
                 token: &row.token,
                 locale: row.locale.as_deref(),
                 message,
-                collapse_key: Some(&ctx.collapse_key),
+                collapse_key,
                 expires_at,
             })
             .await;
@@ -376,4 +476,10 @@ impl<S: Store> Engine<S> {
             fastrand::f64(),
         )
     }
+}
+
+/// A transactional push's message, parsed once per batch of rows.
+pub(super) struct PushCtx {
+    message: Message,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }

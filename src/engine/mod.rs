@@ -139,6 +139,16 @@ pub struct Engine<S> {
     settings: EngineSettings,
     campaigns: Mutex<HashMap<i64, Arc<CampaignCtx>>>,
     stopping: Arc<AtomicBool>,
+    /// Wakes what waits on a throttle when `stop` is called.
+    stopped: tokio::sync::Notify,
+    rows_queued: Arc<tokio::sync::Notify>,
+}
+
+/// What a dispatch loop leases.
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    Chunks,
+    Rows,
 }
 
 impl<S: Store> Engine<S> {
@@ -163,6 +173,8 @@ impl<S: Store> Engine<S> {
             settings,
             campaigns: Mutex::new(HashMap::new()),
             stopping: Arc::new(AtomicBool::new(false)),
+            stopped: tokio::sync::Notify::new(),
+            rows_queued: Arc::new(tokio::sync::Notify::new()),
         })
     }
 
@@ -174,6 +186,17 @@ impl<S: Store> Engine<S> {
     /// started are given back, in-flight ones finish and are recorded.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.stopped.notify_waiters();
+    }
+
+    /// Resolves once `stop` has been called.
+    async fn until_stopped(&self) {
+        // Created before the check, so a `stop` in between is not missed.
+        let notified = self.stopped.notified();
+        if self.is_stopping() {
+            return;
+        }
+        notified.await;
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -214,16 +237,25 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Runs until `stop` is called. Releasing (and completing) and dispatching are
-    /// two loops, so a slot that comes due while a large one is being sent is
-    /// released on time, and its first chunk leased next (chunks go by their place
-    /// in their slot). `wake` interrupts the sleeps (shutdown, new work).
+    /// Runs until `stop` is called. Releasing (and completing), sending chunks and
+    /// sending delivery rows are three loops: a slot that comes due while a large
+    /// one is being sent is released on time and its first chunk leased next
+    /// (chunks go by their place in their slot), and a transactional push is sent
+    /// at once instead of after the campaign traffic in flight. `wake` interrupts
+    /// the sleeps (shutdown, new work).
     pub async fn run(&self, wake: Arc<tokio::sync::Notify>) {
         let released = tokio::sync::Notify::new();
         tokio::join!(
             self.release_loop(&wake, &released),
-            self.dispatch_loop(&wake, &released)
+            self.dispatch_loop(Work::Chunks, &wake, &released),
+            self.dispatch_loop(Work::Rows, &wake, &self.rows_queued),
         );
+    }
+
+    /// Notified when delivery rows were queued (a transactional push), so the rows
+    /// loop leases them now rather than at its next tick.
+    pub fn rows_queued(&self) -> Arc<tokio::sync::Notify> {
+        self.rows_queued.clone()
     }
 
     /// Sleeps until the next due slot (at most the tick) between passes; a database
@@ -263,21 +295,30 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// Leases and sends while there is work; otherwise waits for a release, the
-    /// tick (retries coming due) or `wake`.
-    async fn dispatch_loop(&self, wake: &tokio::sync::Notify, released: &tokio::sync::Notify) {
+    /// Leases and sends while there is work; otherwise waits for `more` (a release,
+    /// or a push queued), the tick (retries coming due) or `wake`.
+    async fn dispatch_loop(
+        &self,
+        work: Work,
+        wake: &tokio::sync::Notify,
+        more: &tokio::sync::Notify,
+    ) {
         let mut failures = 0u32;
         while !self.is_stopping() {
-            match self.dispatch().await {
-                Ok((rows, chunks, _)) => {
+            let pass = match work {
+                Work::Chunks => self.dispatch_chunks().await,
+                Work::Rows => self.dispatch_rows().await,
+            };
+            match pass {
+                Ok((leased, _)) => {
                     failures = 0;
-                    if rows + chunks > 0 {
+                    if leased > 0 {
                         continue;
                     }
                 }
                 Err(error) => {
                     failures += 1;
-                    tracing::error!(message = "Dispatch failed; retrying.", %error, failures);
+                    tracing::error!(message = "Dispatch failed; retrying.", ?work, %error, failures);
                 }
             }
             let sleep = if failures > 0 {
@@ -287,7 +328,7 @@ impl<S: Store> Engine<S> {
             };
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
-                _ = released.notified() => {}
+                _ = more.notified() => {}
                 _ = wake.notified() => {}
             }
         }

@@ -93,6 +93,7 @@ pub struct LeasedDelivery {
     pub app_id: String,
     pub campaign_id: Option<i64>,
     pub slot_id: Option<i64>,
+    pub request_id: Option<String>,
     pub device_id: i64,
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
@@ -556,7 +557,7 @@ macro_rules! shared_dispatch_methods {
                 return Ok(vec![]);
             }
             let sql = format!(
-                "SELECT d.id, d.app_id, d.campaign_id, d.slot_id, d.device_id, d.attempts, d.created_at, \
+                "SELECT d.id, d.app_id, d.campaign_id, d.slot_id, d.request_id, d.device_id, d.attempts, d.created_at, \
                         v.token, v.platform, v.locale, v.state AS device_state \
                  FROM deliveries d JOIN devices v ON v.id = d.device_id WHERE d.id {} ORDER BY d.id",
                 Self::ID_IN

@@ -542,6 +542,20 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<ReceiptOutcome, StoreError>> + Send;
 
+    /// Queues a transactional push: stores its message and one `queued` delivery
+    /// per reachable device, in one transaction, so a request is all or nothing.
+    fn queue_push(
+        &self,
+        push: &NewPush<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<PushQueued, StoreError>> + Send;
+
+    /// The stored messages of transactional pushes: (request id, message, created at).
+    fn push_messages(
+        &self,
+        request_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<PushMessage>, StoreError>> + Send;
+
     /// A delivery's recorded history: (status, attempt, detail).
     fn delivery_history(
         &self,
@@ -567,11 +581,48 @@ pub struct MessageRecord {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
+/// A transactional push to queue (`POST /v1/push`).
+#[derive(Debug, Clone)]
+pub struct NewPush<'a> {
+    pub app_id: &'a str,
+    pub request_id: &'a str,
+    /// The message as `campaign::Message` serializes it.
+    pub message: &'a serde_json::Value,
+    /// External ids, each with the phone number it is tried as when no external id
+    /// matches (ids of digits only).
+    pub users: &'a [(String, Option<String>)],
+    pub install_ids: &'a [String],
+    /// Only users this topic reaches (opted in, or not opted out of a default one).
+    pub topic: Option<TopicRule<'a>>,
+    /// One device per user: the primary one, else the most recently registered.
+    pub primary_only: bool,
+    /// Leased ahead of lower priorities (campaign retries are 0).
+    pub priority: i16,
+}
+
+/// What `queue_push` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushQueued {
+    /// Deliveries queued (one per device).
+    pub deliveries: u64,
+    /// Ids, in request order, that matched no user or install.
+    pub unknown: Vec<String>,
+}
+
+/// A transactional push's stored message.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PushMessage {
+    pub id: String,
+    pub message: sqlx::types::Json<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
 /// Which of an app's messages to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct MessageFilter<'a> {
     pub user_external_id: Option<&'a str>,
     pub campaign_id: Option<i64>,
+    pub request_id: Option<&'a str>,
     pub status: Option<crate::state::DeliveryStatus>,
     pub since: Option<DateTime<Utc>>,
     /// Only messages with a smaller id (the cursor of the previous page).

@@ -269,6 +269,9 @@ macro_rules! shared_store_methods {
             if let Some(c) = f.campaign_id {
                 sql.push_str(&format!(" AND d.campaign_id = {}", param(Bind::Int(c), &mut binds)));
             }
+            if let Some(r) = f.request_id {
+                sql.push_str(&format!(" AND d.request_id = {}", param(Bind::Text(r.to_owned()), &mut binds)));
+            }
             if let Some(st) = f.status {
                 sql.push_str(&format!(" AND d.status = {}", param(Bind::Text(st.as_str().to_owned()), &mut binds)));
             }
@@ -339,6 +342,121 @@ macro_rules! shared_store_methods {
             Self::insert_events(&mut tx, &[(id, status.as_str().to_owned(), 0, Some("receipt".to_owned()))], now).await?;
             tx.commit().await?;
             Ok($crate::store::ReceiptOutcome::Recorded)
+        }
+
+        async fn queue_push(
+            &self,
+            p: &$crate::store::NewPush<'_>,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<$crate::store::PushQueued, $crate::store::StoreError> {
+            let ids: Vec<serde_json::Value> = p
+                .users
+                .iter()
+                .map(|(ext, phone)| serde_json::json!({"kind": "user", "ext": ext, "phone": phone}))
+                .chain(p.install_ids.iter().map(|ext| serde_json::json!({"kind": "install", "ext": ext})))
+                .enumerate()
+                .map(|(ord, mut v)| {
+                    v["ord"] = serde_json::json!(ord);
+                    v
+                })
+                .collect();
+            let rows = Self::json_rows("$2", &[("ord", "bigint"), ("kind", "text"), ("ext", "text"), ("phone", "text")]);
+            // Users by external id, else (digits only) by phone; installs by install id.
+            let resolve = format!(
+                "SELECT x.ord, u.id AS user_id, CAST(NULL AS BIGINT) AS device_id FROM {rows} \
+                   JOIN users u ON u.app_id = $1 AND u.external_id = x.ext WHERE x.kind = 'user' \
+                 UNION ALL \
+                 SELECT x.ord, u.id, CAST(NULL AS BIGINT) FROM {rows} JOIN users u ON u.app_id = $1 AND u.phone = x.phone \
+                   WHERE x.kind = 'user' AND x.phone IS NOT NULL \
+                   AND NOT EXISTS (SELECT 1 FROM users e WHERE e.app_id = $1 AND e.external_id = x.ext) \
+                 UNION ALL \
+                 SELECT x.ord, CAST(NULL AS BIGINT), v.id FROM {rows} JOIN devices v ON v.app_id = $1 AND v.install_id = x.ext \
+                   WHERE x.kind = 'install'"
+            );
+            let mut tx = self.write.begin().await?;
+            let matched: Vec<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(&resolve)
+                .bind(p.app_id)
+                .bind(Self::json_arg(serde_json::Value::from(ids)))
+                .fetch_all(&mut *tx)
+                .await?;
+            let known: std::collections::HashSet<i64> = matched.iter().map(|m| m.0).collect();
+            let unknown: Vec<String> = p
+                .users
+                .iter()
+                .map(|(ext, _)| ext)
+                .chain(p.install_ids.iter())
+                .enumerate()
+                .filter(|(ord, _)| !known.contains(&(*ord as i64)))
+                .map(|(_, ext)| ext.clone())
+                .collect();
+            let users: std::collections::BTreeSet<i64> = matched.iter().filter_map(|m| m.1).collect();
+            let devices: std::collections::BTreeSet<i64> = matched.iter().filter_map(|m| m.2).collect();
+            sqlx::query("INSERT INTO push_requests (id, app_id, topic, message, created_at) VALUES ($1, $2, $3, $4, $5)")
+                .bind(p.request_id)
+                .bind(p.app_id)
+                .bind(p.topic.as_ref().map(|t| t.name))
+                .bind(Self::json_arg(p.message.clone()))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            let one_per_user = if p.primary_only {
+                " AND v.id = (SELECT q.id FROM devices q WHERE q.user_id = v.user_id AND q.state = 'active' \
+                   ORDER BY q.is_primary DESC, q.updated_at DESC, q.id DESC LIMIT 1)"
+            } else {
+                ""
+            };
+            let topic = match &p.topic {
+                Some(_) => " AND COALESCE((SELECT s.opted_in FROM subscriptions s \
+                   WHERE s.user_id = v.user_id AND s.topic = $7), $8)",
+                None => " AND $7 IS NULL AND $8 IS NULL",
+            };
+            let insert = format!(
+                "INSERT INTO deliveries (app_id, request_id, user_id, device_id, priority, status, attempts, \
+                   next_attempt_at, created_at, updated_at) \
+                 SELECT v.app_id, $2, v.user_id, v.id, $3, 'queued', 0, $4, $4, $4 FROM devices v \
+                 WHERE v.app_id = $1 AND v.state = 'active' \
+                   AND ((v.user_id IN (SELECT x.id FROM {users}){one_per_user}) \
+                        OR v.id IN (SELECT x.id FROM {devices})){topic}",
+                users = Self::json_rows("$5", &[("id", "bigint")]),
+                devices = Self::json_rows("$6", &[("id", "bigint")]),
+            );
+            let as_rows = |ids: &std::collections::BTreeSet<i64>| {
+                Self::json_arg(serde_json::Value::from(
+                    ids.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
+                ))
+            };
+            let queued = sqlx::query(&insert)
+                .bind(p.app_id)
+                .bind(p.request_id)
+                .bind(p.priority)
+                .bind(now)
+                .bind(as_rows(&users))
+                .bind(as_rows(&devices))
+                .bind(p.topic.as_ref().map(|t| t.name))
+                .bind(p.topic.as_ref().map(|t| t.default_subscribed))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            tx.commit().await?;
+            Ok($crate::store::PushQueued { deliveries: queued, unknown })
+        }
+
+        async fn push_messages(
+            &self,
+            request_ids: &[String],
+        ) -> Result<Vec<$crate::store::PushMessage>, $crate::store::StoreError> {
+            if request_ids.is_empty() {
+                return Ok(vec![]);
+            }
+            let sql = format!(
+                "SELECT id, message, created_at FROM push_requests WHERE id IN (SELECT x.id FROM {})",
+                Self::json_rows("$1", &[("id", "text")])
+            );
+            let ids: Vec<serde_json::Value> = request_ids.iter().map(|id| serde_json::json!({"id": id})).collect();
+            Ok(sqlx::query_as(&sql)
+                .bind(Self::json_arg(serde_json::Value::from(ids)))
+                .fetch_all(&self.read)
+                .await?)
         }
 
         async fn create_api_key(

@@ -1,0 +1,532 @@
+//! `POST /v1/push`: a partner's personal push, sent now. Its answers keep the
+//! partner contract's exact shapes (a hapi/Joi service before us), so they differ
+//! from the other routes' `{"error": code, "message": …}`.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use super::{ApiState, KeyOf};
+use crate::campaign::Message;
+use crate::clock::Clock;
+use crate::config::{AppConfig, PushLimits};
+use crate::store::{NewPush, Store, TopicRule};
+
+/// Deliveries of transactional pushes are leased ahead of campaign retries (0).
+pub const PUSH_PRIORITY: i16 = 10;
+
+/// A validated push request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PushRequest {
+    pub user_ids: Vec<String>,
+    pub install_ids: Vec<String>,
+    pub message: Message,
+    pub topic: Option<String>,
+    pub primary_only: bool,
+}
+
+/// Requests per minute per API key, on the engine's clock (so tests can move it).
+pub struct PushQuota {
+    limiter: governor::RateLimiter<
+        String,
+        governor::state::keyed::HashMapStateStore<String>,
+        QuotaClock,
+        governor::middleware::NoOpMiddleware<std::time::Duration>,
+    >,
+    clock: QuotaClock,
+}
+
+#[derive(Clone)]
+struct QuotaClock(Arc<dyn Clock>);
+
+impl governor::clock::Clock for QuotaClock {
+    type Instant = std::time::Duration;
+
+    fn now(&self) -> std::time::Duration {
+        (self.0.now() - chrono::DateTime::UNIX_EPOCH)
+            .to_std()
+            .unwrap_or_default()
+    }
+}
+
+impl PushQuota {
+    pub fn new(per_minute: u32, clock: Arc<dyn Clock>) -> Self {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        let clock = QuotaClock(clock);
+        Self {
+            limiter: governor::RateLimiter::hashmap_with_clock(
+                governor::Quota::per_minute(per_minute),
+                clock.clone(),
+            ),
+            clock,
+        }
+    }
+
+    /// `Err(seconds to wait)` when the key has used its requests of the minute.
+    fn check(&self, key: &str) -> Result<(), u64> {
+        self.limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(&self.clock));
+                wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+            })
+    }
+}
+
+/// The contract's answers.
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    answer(
+        StatusCode::BAD_REQUEST,
+        json!({"error": "Bad Request", "message": message.into()}),
+    )
+}
+
+fn unavailable() -> Response {
+    answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"success": false, "error": "Integration is unavailable"}),
+    )
+}
+
+pub async fn post_push<S: Store>(
+    State(st): State<ApiState<S>>,
+    key: KeyOf,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(wait) = st.push_quota.check(&key.key_hash) {
+        let mut r = answer(
+            StatusCode::TOO_MANY_REQUESTS,
+            json!({"success": false, "error": "Too Many Requests"}),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
+        return r;
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return answer(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "Request Entity Too Large",
+                       "message": format!("Payload content length greater than maximum allowed: {}", super::BODY_LIMIT)}),
+            )
+        }
+        Err(r) => return bad_request(r.body_text()),
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return answer(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            json!({"error": "Unsupported Media Type", "message": "Content-Type must be application/json"}),
+        );
+    }
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return bad_request("Invalid request payload JSON format");
+    };
+    let Some(app) = st.config.app(&key.app) else {
+        return unavailable();
+    };
+    let request = match parse(&value, &st.config.server.push, app) {
+        Ok(r) => r,
+        Err(message) => return bad_request(message),
+    };
+    if app.apns.is_none() && app.fcm.is_none() {
+        return unavailable();
+    }
+    let Ok(request_id) = request_id() else {
+        return unavailable();
+    };
+    let Ok(message) = serde_json::to_value(&request.message) else {
+        return unavailable();
+    };
+    let users: Vec<(String, Option<String>)> = request
+        .user_ids
+        .iter()
+        .map(|id| (id.clone(), phone_of(id)))
+        .collect();
+    let topic = request.topic.as_deref().and_then(|t| {
+        app.topics.get(t).map(|c| TopicRule {
+            name: t,
+            default_subscribed: c.default_subscribed,
+            cap: None,
+        })
+    });
+    let queued = st
+        .store
+        .queue_push(
+            &NewPush {
+                app_id: &key.app,
+                request_id: &request_id,
+                message: &message,
+                users: &users,
+                install_ids: &request.install_ids,
+                topic,
+                primary_only: request.primary_only,
+                priority: PUSH_PRIORITY,
+            },
+            st.clock.now(),
+        )
+        .await;
+    match queued {
+        Ok(q) => {
+            if let Some(wake) = &st.rows_queued {
+                wake.notify_one();
+            }
+            answer(
+                StatusCode::OK,
+                json!({"success": true, "requestId": request_id, "accepted": q.deliveries, "unknown": q.unknown}),
+            )
+        }
+        Err(error) => {
+            tracing::error!(message = "Cannot queue a push.", %error);
+            unavailable()
+        }
+    }
+}
+
+/// `req_` and 16 random bytes in hex.
+fn request_id() -> Result<String, super::keys::RandomError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| super::keys::RandomError)?;
+    Ok(format!(
+        "req_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ))
+}
+
+/// The phone number an id of digits only is tried as when no external id matches.
+fn phone_of(id: &str) -> Option<String> {
+    if id.bytes().all(|b| b.is_ascii_digit()) {
+        super::audience::normalize_phone(&format!("+{id}"))
+    } else {
+        None
+    }
+}
+
+/// Validates a request the way the contract's Joi schema did, with its messages:
+/// `child "userIds" fails because ["userIds" must be an array]`.
+pub fn parse(body: &Value, limits: &PushLimits, app: &AppConfig) -> Result<PushRequest, String> {
+    let Some(obj) = body.as_object() else {
+        return Err("\"value\" must be an object".to_owned());
+    };
+    const KEYS: [&str; 10] = [
+        "userIds",
+        "installIds",
+        "message",
+        "deeplink",
+        "url",
+        "topic",
+        "devices",
+        "ttl",
+        "data",
+        "collapseKey",
+    ];
+    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(format!("\"{k}\" is not allowed"));
+    }
+    let user_ids = ids(obj, "userIds", limits.max_ids)?;
+    let install_ids = ids(obj, "installIds", limits.max_ids)?;
+    if user_ids.is_empty() && install_ids.is_empty() {
+        return Err("\"value\" must contain at least one of [userIds, installIds]".to_owned());
+    }
+    if user_ids.len() + install_ids.len() > limits.max_ids {
+        return Err(format!(
+            "\"value\" must contain at most {} ids in userIds and installIds together",
+            limits.max_ids
+        ));
+    }
+    let m = match obj.get("message") {
+        None => return Err(child("message", "\"message\" is required")),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(child("message", "\"message\" must be an object")),
+    };
+    let in_message = |e: String| child("message", &e);
+    if let Some(k) = m
+        .keys()
+        .find(|k| !["title", "summary", "image"].contains(&k.as_str()))
+    {
+        return Err(in_message(format!("\"{k}\" is not allowed")));
+    }
+    let title = string(m, "title", true).map_err(in_message)?;
+    let summary = string(m, "summary", true).map_err(in_message)?;
+    let image = string(m, "image", false).map_err(in_message)?;
+    if image.as_deref().is_some_and(|i| !is_http(i)) {
+        return Err(in_message(child(
+            "image",
+            "\"image\" must be a valid uri with a scheme matching the http|https pattern",
+        )));
+    }
+    let deeplink = string(obj, "deeplink", false)?;
+    if deeplink
+        .as_deref()
+        .is_some_and(|d| url::Url::parse(d).is_err())
+    {
+        return Err(child("deeplink", "\"deeplink\" must be a valid uri"));
+    }
+    let url = string(obj, "url", false)?;
+    if url.as_deref().is_some_and(|u| !is_http(u)) {
+        return Err(child(
+            "url",
+            "\"url\" must be a valid uri with a scheme matching the http|https pattern",
+        ));
+    }
+    let topic = string(obj, "topic", false)?;
+    if let Some(t) = &topic {
+        if !app.topics.contains_key(t) {
+            let names: Vec<&str> = app.topics.keys().map(String::as_str).collect();
+            return Err(child(
+                "topic",
+                &format!("\"topic\" must be one of [{}]", names.join(", ")),
+            ));
+        }
+    }
+    let primary_only = match string(obj, "devices", false)?.as_deref() {
+        None | Some("all") => false,
+        Some("primary") => true,
+        Some(_) => {
+            return Err(child(
+                "devices",
+                "\"devices\" must be one of [primary, all]",
+            ))
+        }
+    };
+    let ttl = match obj.get("ttl") {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(s) if s <= 2_419_200 => Some(std::time::Duration::from_secs(s)),
+            Some(_) => {
+                return Err(child(
+                    "ttl",
+                    "\"ttl\" must be less than or equal to 2419200",
+                ))
+            }
+            None => return Err(child("ttl", "\"ttl\" must be a non-negative integer")),
+        },
+    };
+    let data = match obj.get("data") {
+        None => BTreeMap::new(),
+        Some(Value::Object(d)) => {
+            if let Some((k, _)) = d.iter().find(|(_, v)| !v.is_string()) {
+                return Err(child(
+                    "data",
+                    &child(k, &format!("\"{k}\" must be a string")),
+                ));
+            }
+            d.clone().into_iter().collect()
+        }
+        Some(_) => return Err(child("data", "\"data\" must be an object")),
+    };
+    let message = Message {
+        title: title.unwrap_or_default(),
+        body: summary.unwrap_or_default(),
+        image,
+        deeplink,
+        url,
+        data,
+        ttl,
+        collapse_key: string(obj, "collapseKey", false)?,
+        ..Message::default()
+    };
+    // What the campaign model checks too (e.g. the APNs 4 KB payload).
+    message
+        .validate()
+        .map_err(|e| format!("\"value\" fails because [{e}]"))?;
+    Ok(PushRequest {
+        user_ids,
+        install_ids,
+        message,
+        topic,
+        primary_only,
+    })
+}
+
+fn child(key: &str, reason: &str) -> String {
+    format!("child \"{key}\" fails because [{reason}]")
+}
+
+fn is_http(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+}
+
+/// An optional (or required) non-empty string field.
+fn string(obj: &Map<String, Value>, key: &str, required: bool) -> Result<Option<String>, String> {
+    match obj.get(key) {
+        None if required => Err(child(key, &format!("\"{key}\" is required"))),
+        None => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => {
+            Err(child(key, &format!("\"{key}\" is not allowed to be empty")))
+        }
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(child(key, &format!("\"{key}\" must be a string"))),
+    }
+}
+
+/// An optional array of ids: non-empty strings of at most 256 characters.
+fn ids(obj: &Map<String, Value>, key: &str, max: usize) -> Result<Vec<String>, String> {
+    let items = match obj.get(key) {
+        None => return Ok(vec![]),
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(child(key, &format!("\"{key}\" must be an array"))),
+    };
+    if items.len() > max {
+        return Err(child(
+            key,
+            &format!("\"{key}\" must contain less than or equal to {max} items"),
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let at = |reason: &str| {
+                child(
+                    key,
+                    &format!("\"{key}\" at position {i} fails because [\"{i}\" {reason}]"),
+                )
+            };
+            match v {
+                Value::String(s) if s.is_empty() => Err(at("is not allowed to be empty")),
+                Value::String(s) if s.chars().count() > 256 => Err(at(
+                    "length must be less than or equal to 256 characters long",
+                )),
+                Value::String(s) => Ok(s.clone()),
+                _ => Err(at("must be a string")),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app() -> AppConfig {
+        toml::from_str(
+            "default_timezone = \"UTC\"\n[topics]\nmarketing = { default_subscribed = false }\ntransactional = { default_subscribed = true }\n",
+        )
+        .unwrap()
+    }
+
+    fn check(body: Value) -> Result<PushRequest, String> {
+        parse(&body, &PushLimits::default(), &app())
+    }
+
+    fn ok() -> Value {
+        json!({"userIds": ["79999999999", "user-42"], "installIds": ["iid-1"],
+               "message": {"title": "Order shipped", "summary": "Your order 1234 is on its way", "image": "https://cdn.example.com/a.png"},
+               "deeplink": "shop://orders/1234", "topic": "transactional", "devices": "primary"})
+    }
+
+    #[test]
+    fn the_contract_example_is_accepted() {
+        let r = check(ok()).unwrap();
+        assert_eq!(r.user_ids, ["79999999999", "user-42"]);
+        assert_eq!(r.install_ids, ["iid-1"]);
+        assert_eq!(r.message.title, "Order shipped");
+        assert_eq!(r.message.body, "Your order 1234 is on its way");
+        assert_eq!(r.message.deeplink.as_deref(), Some("shop://orders/1234"));
+        assert_eq!(r.topic.as_deref(), Some("transactional"));
+        assert!(r.primary_only);
+    }
+
+    #[test]
+    fn errors_name_the_field_in_the_contract_words() {
+        let cases = [
+            (json!({"userIds": "u1"}), "child \"userIds\" fails because [\"userIds\" must be an array]"),
+            (json!({"userIds": ["u", 7], "message": {"title": "t", "summary": "s"}}),
+             "child \"userIds\" fails because [\"userIds\" at position 1 fails because [\"1\" must be a string]]"),
+            (json!({"message": {"title": "t", "summary": "s"}}),
+             "\"value\" must contain at least one of [userIds, installIds]"),
+            (json!({"userIds": ["u"]}), "child \"message\" fails because [\"message\" is required]"),
+            (json!({"userIds": ["u"], "message": {"summary": "s"}}),
+             "child \"message\" fails because [child \"title\" fails because [\"title\" is required]]"),
+            (json!({"userIds": ["u"], "message": {"title": "", "summary": "s"}}),
+             "child \"message\" fails because [child \"title\" fails because [\"title\" is not allowed to be empty]]"),
+            (json!({"userIds": ["u"], "message": {"title": "t", "summary": "s", "image": "ftp://x"}}),
+             "child \"message\" fails because [child \"image\" fails because [\"image\" must be a valid uri with a scheme matching the http|https pattern]]"),
+            (json!({"userIds": ["u"], "message": {"title": "t", "summary": "s"}, "topic": "news"}),
+             "child \"topic\" fails because [\"topic\" must be one of [marketing, transactional]]"),
+            (json!({"userIds": ["u"], "message": {"title": "t", "summary": "s"}, "devices": "one"}),
+             "child \"devices\" fails because [\"devices\" must be one of [primary, all]]"),
+            (json!({"userIds": ["u"], "message": {"title": "t", "summary": "s"}, "extra": 1}),
+             "\"extra\" is not allowed"),
+            (json!({"userIds": ["u"], "message": {"title": "t", "summary": "s"}, "data": {"n": 1}}),
+             "child \"data\" fails because [child \"n\" fails because [\"n\" must be a string]]"),
+            (json!([1]), "\"value\" must be an object"),
+        ];
+        for (body, want) in cases {
+            assert_eq!(check(body.clone()).unwrap_err(), want, "{body}");
+        }
+    }
+
+    #[test]
+    fn at_most_max_ids_in_all() {
+        let ids: Vec<String> = (0..1001).map(|i| format!("u{i}")).collect();
+        let body = json!({"userIds": ids, "message": {"title": "t", "summary": "s"}});
+        assert_eq!(
+            check(body).unwrap_err(),
+            "child \"userIds\" fails because [\"userIds\" must contain less than or equal to 1000 items]"
+        );
+        let ids: Vec<String> = (0..600).map(|i| format!("u{i}")).collect();
+        let body =
+            json!({"userIds": ids, "installIds": ids, "message": {"title": "t", "summary": "s"}});
+        assert!(check(body).unwrap_err().contains("at most 1000 ids"));
+        let ids: Vec<String> = (0..1000).map(|i| format!("u{i}")).collect();
+        let body = json!({"userIds": ids, "message": {"title": "t", "summary": "s"}});
+        assert_eq!(check(body).unwrap().user_ids.len(), 1000);
+    }
+
+    #[test]
+    fn the_apns_limit_applies_to_pushes_too() {
+        let body =
+            json!({"userIds": ["u"], "message": {"title": "t", "summary": "x".repeat(5000)}});
+        let e = check(body).unwrap_err();
+        assert!(e.contains("APNs payload"), "{e}");
+    }
+
+    #[test]
+    fn only_digit_ids_are_tried_as_phones() {
+        assert_eq!(phone_of("79999999999").as_deref(), Some("+79999999999"));
+        assert_eq!(phone_of("user-42"), None);
+        assert_eq!(phone_of("123"), None);
+    }
+
+    #[test]
+    fn the_quota_refuses_the_eleventh_request_of_a_minute() {
+        let clock = crate::clock::ManualClock::new(
+            chrono::DateTime::UNIX_EPOCH + chrono::TimeDelta::days(20_000),
+        );
+        let quota = PushQuota::new(10, Arc::new(clock.clone()));
+        for _ in 0..10 {
+            assert_eq!(quota.check("k1"), Ok(()));
+        }
+        let wait = quota.check("k1").unwrap_err();
+        assert!((1..=6).contains(&wait), "{wait}");
+        assert_eq!(quota.check("k2"), Ok(()), "keys have their own quota");
+        clock.advance(chrono::TimeDelta::seconds(6));
+        assert_eq!(quota.check("k1"), Ok(()));
+        assert!(quota.check("k1").is_err());
+    }
+}
