@@ -343,6 +343,39 @@ async fn twenty_thousand_rows_in_one_import<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(users["user-19999"]["attributes"], json!({"n": 19999}));
 }
 
+/// A body declared larger than the import limit is refused before any of it is
+/// read (a raw request: no client sends 256 MiB in a test).
+async fn an_oversized_body_is_refused_up_front<S: Store + Clone>(db: &TestDb<S>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::new(db).await;
+    let addr = server
+        .url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap();
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/users:import HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: text/csv\r\ncontent-length: {}\r\nconnection: close\r\n\r\nexternal_id\n",
+        server.keys["shop"],
+        api::import::IMPORT_BODY_LIMIT + 1
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let read = conn.read_to_string(&mut answer);
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("answered without waiting for the body")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.contains(r#""error":"payload_too_large""#),
+        "{answer}"
+    );
+    assert!(answer.contains("body: larger than 256 MiB"), "{answer}");
+}
+
 /// The batched write does what one upsert per row would, in order: a user
 /// listed twice gets the later row's fields over the earlier one's.
 async fn a_batch_writes_like_one_upsert_per_row<S: Store + Clone>(db: &TestDb<S>) {
@@ -409,5 +442,6 @@ storage_tests!(
     a_second_import_updates_existing_users,
     imports_need_a_format_a_key_and_stay_in_the_keys_app,
     twenty_thousand_rows_in_one_import,
+    an_oversized_body_is_refused_up_front,
     a_batch_writes_like_one_upsert_per_row,
 );
