@@ -48,6 +48,26 @@ enum Command {
     /// Manage API keys (one app each; the secret is printed once).
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+    /// Bulk-load data into an app.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Create or update users from an NDJSON or CSV file, row by row as `POST
+    /// /v1/users:import` does. Exits 0 when every row was accepted, 1 when some
+    /// were rejected (or the database failed), 2 when the file, its CSV header or
+    /// the app cannot be used.
+    Users {
+        file: PathBuf,
+        /// The users' app [default: the only configured app]
+        #[arg(long)]
+        app: Option<String>,
+        /// ndjson or csv [default: from the extension: .ndjson, .jsonl, .csv]
+        #[arg(long)]
+        format: Option<meridian::import::Format>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -204,6 +224,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             });
             result
         }
+        Command::Import(ImportCommand::Users { file, app, format }) => {
+            let store = connect(&config).await?;
+            let result = with_store!(&store, s => {
+                let r = import_users(s, &config, &file, app, format).await;
+                s.close().await;
+                r
+            });
+            result
+        }
         Command::Campaign(cmd) => {
             let store = connect(&config).await?;
             let result = with_store!(&store, s => {
@@ -227,12 +256,7 @@ async fn apikey_command<S: Store>(
         | ApikeyCommand::List { app }
         | ApikeyCommand::Revoke { app, .. } => app.clone(),
     };
-    if !config.apps.contains_key(&app) {
-        let known: Vec<&String> = config.apps.keys().collect();
-        return Err(Failure::Input(format!(
-            "--app: {app:?} is not a configured app (configured: {known:?})"
-        )));
-    }
+    check_app(config, &app)?;
     store.migrate().await.context("migrating")?;
     definitions::sync_apps(store, config, clock.now()).await?;
     match cmd {
@@ -296,6 +320,122 @@ async fn apikey_command<S: Store>(
                     "--name: app {app:?} has no live key named {name:?}"
                 )))
             }
+        }
+    }
+}
+
+fn check_app(config: &Config, app: &str) -> Result<(), Failure> {
+    if config.apps.contains_key(app) {
+        return Ok(());
+    }
+    let known: Vec<&String> = config.apps.keys().collect();
+    Err(Failure::Input(format!(
+        "--app: {app:?} is not a configured app (configured: {known:?})"
+    )))
+}
+
+/// `import users`: reads the file in chunks (a progress bar on a terminal),
+/// prints the counts and the first rejected rows.
+async fn import_users<S: Store>(
+    store: &S,
+    config: &Config,
+    file: &std::path::Path,
+    app: Option<String>,
+    format: Option<meridian::import::Format>,
+) -> Result<(), Failure> {
+    use meridian::import::{self, ImportError};
+    use tokio::io::AsyncReadExt;
+    let only = config.apps.keys().next().filter(|_| config.apps.len() == 1);
+    let app = match (app, only) {
+        (Some(app), _) => app,
+        (None, Some(only)) => only.clone(),
+        (None, None) => {
+            let known: Vec<&String> = config.apps.keys().collect();
+            return Err(Failure::Input(format!(
+                "--app: required, several apps are configured ({known:?})"
+            )));
+        }
+    };
+    check_app(config, &app)?;
+    let name = file.display();
+    let format = format
+        .or_else(|| import::Format::from_path(file))
+        .ok_or_else(|| {
+            Failure::Input(format!(
+            "--format: the extension of {name} names no format; add --format ndjson or --format csv"
+        ))
+        })?;
+    let input = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| Failure::Input(format!("{name}: {e}")))?;
+    let size = input.metadata().await.map_or(0, |m| m.len());
+    store.migrate().await.context("migrating")?;
+    definitions::sync_apps(store, config, SystemClock.now()).await?;
+    let chunks = futures::stream::unfold(Some(input), |input| async move {
+        let mut input = input?;
+        let mut buf = vec![0; 256 * 1024];
+        match input.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), Some(input)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(size);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg}")
+        {
+            bar.set_style(style);
+        }
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let result = import::run(store, &app, format, &SystemClock, chunks, |read, done| {
+        bar.set_position(read);
+        bar.set_message(format!(
+            "{} accepted, {} rejected",
+            done.accepted, done.rejected
+        ));
+    })
+    .await;
+    bar.finish_and_clear();
+    let report = |s: &import::Summary| {
+        println!("{name}: {} accepted, {} rejected", s.accepted, s.rejected);
+        for e in &s.errors {
+            eprintln!("line {}: {}", e.line, e.message);
+        }
+        let unlisted = s.rejected.saturating_sub(s.errors.len() as u64);
+        if unlisted > 0 {
+            eprintln!("… and {unlisted} more rejected rows");
+        }
+    };
+    match result {
+        Ok(summary) if summary.rejected == 0 => {
+            report(&summary);
+            Ok(())
+        }
+        Ok(summary) => {
+            report(&summary);
+            Err(Failure::Runtime(anyhow::anyhow!(
+                "{} of {} rows rejected",
+                summary.rejected,
+                summary.rejected + summary.accepted
+            )))
+        }
+        Err(e @ ImportError::Header(_)) => Err(Failure::Input(format!("{name}: {e}"))),
+        Err(ImportError::Read { source, done }) => {
+            report(&done);
+            Err(Failure::Input(format!("{name}: reading failed: {source}")))
+        }
+        Err(ImportError::Store { source, done }) => {
+            report(&done);
+            Err(Failure::Runtime(
+                anyhow::Error::new(source).context("writing users"),
+            ))
         }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::TestDb;
-use meridian::api::{self, keys, ApiState};
+use meridian::api::{self, keys};
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::Config;
 use meridian::definitions;
@@ -94,14 +94,7 @@ async fn start<S: Store + Clone>(db: &TestDb<S>) -> Api<S> {
         .await
         .unwrap();
     let store = Arc::new(db.store.clone());
-    let router = api::router(ApiState::new(
-        store.clone(),
-        Arc::new(config),
-        Arc::new(SystemClock),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    let base = common::serve_api(store.clone(), config).await;
     Api {
         base,
         http: reqwest::Client::new(),

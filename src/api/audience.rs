@@ -125,6 +125,73 @@ fn check_locale(locale: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
+/// A user as `PUT /v1/users/{external_id}` and the bulk import write it, after
+/// every check: the phone in E.164, the zone and locale known good.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedUser {
+    pub external_id: String,
+    pub phone: Option<String>,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+    pub attributes: Option<serde_json::Value>,
+}
+
+impl CheckedUser {
+    /// Checks one user; `id_field` names the external id as the input spells it
+    /// (`externalId` in JSON, `external_id` in a CSV header).
+    pub fn check(id_field: &str, external_id: String, body: UserBody) -> Result<Self, ApiError> {
+        check_external_id(id_field, &external_id)?;
+        check_zone(body.timezone.as_deref())?;
+        check_locale(body.locale.as_deref())?;
+        let phone = match body.phone.as_deref() {
+            Some(raw) => Some(normalize_phone(raw).ok_or_else(|| {
+                ApiError::field(
+                    "phone",
+                    "expected an E.164 number such as \"+4915112345678\"",
+                )
+            })?),
+            None => None,
+        };
+        let attributes = body.attributes.map(serde_json::Value::Object);
+        // Postgres cannot store U+0000 in jsonb: refused here, it would fail the
+        // whole write (and a bulk import's whole batch) as a storage error.
+        if attributes.as_ref().is_some_and(has_nul) {
+            return Err(ApiError::field(
+                "attributes",
+                "must not contain the NUL character (\\u0000)",
+            ));
+        }
+        Ok(Self {
+            external_id,
+            phone,
+            timezone: body.timezone,
+            locale: body.locale,
+            attributes,
+        })
+    }
+
+    /// The store's view of this user, in `app_id`.
+    pub fn upsert<'a>(&'a self, app_id: &'a str) -> UserUpsert<'a> {
+        UserUpsert {
+            app_id,
+            external_id: &self.external_id,
+            phone: self.phone.as_deref(),
+            timezone: self.timezone.as_deref(),
+            locale: self.locale.as_deref(),
+            attributes: self.attributes.as_ref(),
+        }
+    }
+}
+
+fn has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 /// `PUT /v1/users/{external_id}`: creates or updates a user; absent fields keep
 /// what is stored.
 pub async fn put_user<S: Store>(
@@ -133,34 +200,12 @@ pub async fn put_user<S: Store>(
     Path(external_id): Path<String>,
     Body(body): Body<UserBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    check_external_id("externalId", &external_id)?;
-    check_zone(body.timezone.as_deref())?;
-    check_locale(body.locale.as_deref())?;
-    let phone = match body.phone.as_deref() {
-        Some(raw) => Some(normalize_phone(raw).ok_or_else(|| {
-            ApiError::field(
-                "phone",
-                "expected an E.164 number such as \"+4915112345678\"",
-            )
-        })?),
-        None => None,
-    };
-    let attributes = body.attributes.map(serde_json::Value::Object);
+    let user = CheckedUser::check("externalId", external_id, body)?;
     st.store
-        .upsert_user(
-            &UserUpsert {
-                app_id: &app,
-                external_id: &external_id,
-                phone: phone.as_deref(),
-                timezone: body.timezone.as_deref(),
-                locale: body.locale.as_deref(),
-                attributes: attributes.as_ref(),
-            },
-            st.clock.now(),
-        )
+        .upsert_user(&user.upsert(&app), st.clock.now())
         .await?;
     Ok(Json(serde_json::json!({
-        "externalId": external_id, "phone": phone, "timezone": body.timezone, "locale": body.locale,
+        "externalId": user.external_id, "phone": user.phone, "timezone": user.timezone, "locale": user.locale,
     })))
 }
 
@@ -318,6 +363,35 @@ mod tests {
         assert_eq!(normalize_phone("+12"), None);
         assert_eq!(normalize_phone("+1234567890123456"), None, "16 digits");
         assert_eq!(normalize_phone("+49abc1234567"), None);
+    }
+
+    #[test]
+    fn a_checked_user_has_its_phone_normalised_and_no_nul() {
+        let body = |attributes: serde_json::Value| UserBody {
+            phone: Some("0049 151 12345678".into()),
+            timezone: Some("Europe/Berlin".into()),
+            locale: None,
+            attributes: attributes.as_object().cloned(),
+        };
+        let user = CheckedUser::check(
+            "externalId",
+            "u1".into(),
+            body(serde_json::json!({"a": [1]})),
+        )
+        .unwrap();
+        assert_eq!(user.phone.as_deref(), Some("+4915112345678"));
+        let upsert = user.upsert("shop");
+        assert_eq!((upsert.app_id, upsert.external_id), ("shop", "u1"));
+        for nul in [
+            serde_json::json!({"a": ["x\u{0}"]}),
+            serde_json::json!({"\u{0}": 1}),
+        ] {
+            let e = CheckedUser::check("externalId", "u1".into(), body(nul)).unwrap_err();
+            assert!(e.message.starts_with("attributes: "), "{e:?}");
+        }
+        let e = CheckedUser::check("external_id", String::new(), body(serde_json::json!({})))
+            .unwrap_err();
+        assert!(e.message.starts_with("external_id: "), "{e:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! sees only that app's data.
 
 pub mod audience;
+pub mod import;
 pub mod keys;
 pub mod messages;
 pub mod push;
@@ -74,6 +75,8 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/v1/users/{external_id}", put(audience::put_user::<S>))
+        // Streams its body under its own limit (`import::IMPORT_BODY_LIMIT`).
+        .route("/v1/users:import", post(import::import_users::<S>))
         .route(
             "/v1/users/{external_id}/subscriptions",
             put(audience::put_subscriptions::<S>).get(audience::get_subscriptions::<S>),

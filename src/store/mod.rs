@@ -89,6 +89,40 @@ pub struct UserUpsert<'a> {
     pub attributes: Option<&'a Value>,
 }
 
+impl UserUpsert<'_> {
+    /// The users as JSON rows for one set-based batch upsert, one row per app and
+    /// external id: a user listed twice gets the later row's fields over the
+    /// earlier one's, as if the two were written one after the other.
+    fn json_rows(users: &[UserUpsert<'_>]) -> Value {
+        let mut merged: Vec<UserUpsert<'_>> = Vec::with_capacity(users.len());
+        let mut seen = std::collections::HashMap::with_capacity(users.len());
+        for u in users {
+            match seen.entry((u.app_id, u.external_id)) {
+                std::collections::hash_map::Entry::Occupied(at) => {
+                    let m: &mut UserUpsert<'_> = &mut merged[*at.get()];
+                    m.phone = u.phone.or(m.phone);
+                    m.timezone = u.timezone.or(m.timezone);
+                    m.locale = u.locale.or(m.locale);
+                    m.attributes = u.attributes.or(m.attributes);
+                }
+                std::collections::hash_map::Entry::Vacant(at) => {
+                    at.insert(merged.len());
+                    merged.push(u.clone());
+                }
+            }
+        }
+        merged
+            .iter()
+            .map(|u| {
+                serde_json::json!({
+                    "app_id": u.app_id, "external_id": u.external_id, "phone": u.phone,
+                    "timezone": u.timezone, "locale": u.locale, "attributes": u.attributes,
+                })
+            })
+            .collect()
+    }
+}
+
 /// A device to register or refresh. Registering a known token reactivates it.
 #[derive(Debug, Clone)]
 pub struct DeviceUpsert<'a> {
@@ -235,6 +269,15 @@ pub trait Store: Send + Sync + 'static {
         user: &UserUpsert<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// Creates or updates many users in one transaction of a few set-based
+    /// statements, each as [`Store::upsert_user`] would (a user listed twice as if
+    /// its rows came one after the other). Returns how many rows were given.
+    fn upsert_users(
+        &self,
+        users: &[UserUpsert<'_>],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     fn upsert_device(
         &self,

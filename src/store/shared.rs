@@ -15,6 +15,52 @@ pub(super) const USER_UPSERT: &str = "\
         updated_at = excluded.updated_at \
     RETURNING id";
 
+/// The JSON rows of a batch of users (see `UserUpsert::json_rows`).
+pub(super) const USER_BATCH_COLUMNS: &[(&str, &str)] = &[
+    ("app_id", "text"),
+    ("external_id", "text"),
+    ("phone", "text"),
+    ("timezone", "text"),
+    ("locale", "text"),
+    ("attributes", "jsonb"),
+];
+
+/// Batch upsert, step 1 (`$1` the rows as `source`, `$2` now): users not stored
+/// yet are created. Inserting before updating leaves no gap in which another
+/// writer's insert could win and drop this batch's values.
+pub(super) fn user_batch_insert(source: &str) -> String {
+    format!(
+        "INSERT INTO users (app_id, external_id, phone, timezone, locale, attributes, created_at, updated_at) \
+         SELECT x.app_id, x.external_id, x.phone, x.timezone, x.locale, COALESCE(x.attributes, '{{}}'), $2, $2 \
+         FROM {source} WHERE TRUE \
+         ON CONFLICT (app_id, external_id) DO NOTHING"
+    )
+}
+
+/// Batch upsert, step 2: every row of the batch is applied as `USER_UPSERT`
+/// would, absent fields keeping what is stored.
+pub(super) fn user_batch_update(source: &str) -> String {
+    format!(
+        "UPDATE users SET phone = COALESCE(x.phone, users.phone), \
+             timezone = COALESCE(x.timezone, users.timezone), \
+             locale = COALESCE(x.locale, users.locale), \
+             attributes = COALESCE(x.attributes, users.attributes), \
+             updated_at = $2 \
+         FROM {source} WHERE users.app_id = x.app_id AND users.external_id = x.external_id"
+    )
+}
+
+/// Batch upsert, step 3 (only `$1`): `USER_DEVICES_ZONE` for the users whose row
+/// set a zone.
+pub(super) fn user_batch_devices_zone(source: &str) -> String {
+    format!(
+        "UPDATE devices SET zone = COALESCE((SELECT u.timezone FROM users u WHERE u.id = devices.user_id), '') \
+         WHERE timezone IS NULL AND user_id IN ( \
+             SELECT u.id FROM users u JOIN {source} ON u.app_id = x.app_id AND u.external_id = x.external_id \
+             WHERE x.timezone IS NOT NULL)"
+    )
+}
+
 /// A user's zone is their devices' zone unless a device reports its own.
 pub(super) const USER_DEVICES_ZONE: &str = "\
     UPDATE devices SET zone = COALESCE((SELECT u.timezone FROM users u WHERE u.id = devices.user_id), '') \
@@ -122,6 +168,31 @@ macro_rules! shared_store_methods {
             }
             tx.commit().await?;
             Ok(id)
+        }
+
+        async fn upsert_users(
+            &self,
+            users: &[$crate::store::UserUpsert<'_>],
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<u64, $crate::store::StoreError> {
+            use $crate::store::shared::{user_batch_devices_zone, user_batch_insert, user_batch_update};
+            if users.is_empty() {
+                return Ok(0);
+            }
+            let rows = $crate::store::UserUpsert::json_rows(users);
+            let source = Self::json_rows("$1", $crate::store::shared::USER_BATCH_COLUMNS);
+            let mut tx = self.write.begin().await?;
+            for sql in [user_batch_insert(&source), user_batch_update(&source)] {
+                sqlx::query(&sql).bind(Self::json_arg(rows.clone())).bind(now).execute(&mut *tx).await?;
+            }
+            if users.iter().any(|u| u.timezone.is_some()) {
+                sqlx::query(&user_batch_devices_zone(&source))
+                    .bind(Self::json_arg(rows))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(users.len() as u64)
         }
 
         async fn upsert_device(

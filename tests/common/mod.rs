@@ -2,8 +2,10 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
-use meridian::config::DatabaseConfig;
+use meridian::clock::SystemClock;
+use meridian::config::{Config, DatabaseConfig};
 use meridian::store::{PgStore, SqliteStore, Store};
 use sqlx::Connection;
 
@@ -121,6 +123,21 @@ impl<S: Store> TestDb<S> {
             }
         }
     }
+}
+
+/// Serves the REST API over `store` on a free loopback port; its base URL.
+pub async fn serve_api<S: Store>(store: Arc<S>, config: Config) -> String {
+    let router = meridian::api::router(meridian::api::ApiState::new(
+        store,
+        Arc::new(config),
+        Arc::new(SystemClock),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a free port");
+    let base = format!("http://{}", listener.local_addr().expect("bound address"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    base
 }
 
 /// Runs each listed `async fn NAME<S: Store>(db: &TestDb<S>)` once on SQLite and once on Postgres.
