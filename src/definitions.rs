@@ -12,7 +12,7 @@ use crate::campaign::{
 };
 use crate::config::{AppConfig, Config};
 use crate::planner::{self, Plan, PlanError, PlanRequest};
-use crate::state::CampaignState;
+use crate::state::{CampaignState, StateError, StateMachine};
 use crate::store::{
     AppRecord, CampaignRecord, CampaignSave, NewSlot, SaveOutcome, Segment, Store, StoreError,
     TopicRule,
@@ -278,6 +278,16 @@ pub async fn resume<S: Store>(
     } else {
         CampaignState::Scheduled
     };
+    // The table lets a draft become scheduled too; that is scheduling (with a
+    // plan), not resuming.
+    if c.state != CampaignState::Paused {
+        return Err(StateError::NotAllowed {
+            machine: CampaignState::MACHINE,
+            from: c.state.as_str(),
+            to: to.as_str(),
+        }
+        .into());
+    }
     store.set_campaign_state(c.id, c.state, to, now).await?;
     Ok(to)
 }
