@@ -8,7 +8,7 @@ pub mod messages;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -173,6 +173,46 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+/// A query string whose rejections are [`ApiError`]s naming the parameter.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(r: QueryRejection) -> ApiError {
+    // "Failed to deserialize query string: <problem naming the parameter>".
+    let text = r.body_text();
+    let message = text
+        .split_once(": ")
+        .map_or(text.as_str(), |(_, m)| m)
+        .to_owned();
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Most items one page holds.
+pub const MAX_PAGE: i64 = 500;
+
+/// A page size from `limit` (100 when absent), within 1..=[`MAX_PAGE`].
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::field(
+            "limit",
+            format!("between 1 and {MAX_PAGE}"),
+        ))
     }
 }
 
