@@ -3,6 +3,8 @@
 //! sees only that app's data.
 
 pub mod audience;
+pub mod campaigns;
+pub mod idempotency;
 pub mod keys;
 pub mod messages;
 
@@ -58,6 +60,17 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/messages", get(messages::list_messages::<S>))
         .route("/v1/messages/{id}", get(messages::get_message::<S>))
         .route("/v1/receipts", post(messages::post_receipt::<S>))
+        .route(
+            "/v1/campaigns",
+            post(campaigns::create::<S>).get(campaigns::list::<S>),
+        )
+        .route("/v1/campaigns:preview", post(campaigns::preview::<S>))
+        .route(
+            "/v1/campaigns/{id}",
+            get(campaigns::get::<S>).patch(campaigns::edit::<S>),
+        )
+        .route("/v1/campaigns/{id}/slots", get(campaigns::slots::<S>))
+        .route("/v1/campaigns/{id}/{action}", post(campaigns::act::<S>))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
