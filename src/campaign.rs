@@ -781,6 +781,30 @@ pub fn parse_toml(path: &str, text: &str) -> Result<CampaignDefinition, Definiti
     })
 }
 
+/// Reads the JSON form of a definition (the API's). A problem names its field
+/// the way validation does (`message.buttons[0].id`), so every 400 reads alike.
+pub fn from_json(value: serde_json::Value) -> Result<CampaignDefinition, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let problem = e.inner().to_string();
+        let parent = (path != ".").then_some(path.as_str());
+        // serde reports a missing field at its parent: name the field itself.
+        match problem
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            Some(name) => FieldError {
+                field: parent.map_or(name.to_owned(), |p| format!("{p}.{name}")),
+                message: "is required".to_owned(),
+            },
+            None => FieldError {
+                field: parent.unwrap_or("body").to_owned(),
+                message: problem,
+            },
+        }
+    })
+}
+
 /// Folds a multi-line parser message (toml prints a source excerpt) into one line.
 fn one_line(s: &str) -> String {
     let mut out = String::new();
@@ -928,6 +952,34 @@ mod tests {
         assert!(w.contains(NaiveTime::from_hms_opt(7, 59, 0).unwrap()));
         assert!(!w.contains(NaiveTime::from_hms_opt(8, 0, 0).unwrap()));
         assert!(!w.contains(NaiveTime::from_hms_opt(12, 0, 0).unwrap()));
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let ok = serde_json::json!({"key": "k", "app": "shop", "message": {"title": "t", "body": "b", "ttl": "1h"},
+                                    "audience": {}, "schedule": {"type": "now"}});
+        assert_eq!(
+            from_json(ok.clone()).map(|d| d.message.ttl),
+            Ok(Some(Duration::from_secs(3600)))
+        );
+        let field = |patch: serde_json::Value| {
+            let mut v = ok.clone();
+            for (k, x) in patch.as_object().into_iter().flatten() {
+                v[k] = x.clone();
+            }
+            from_json(v).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let missing = field(serde_json::json!({"message": {"body": "b"}}));
+        assert_eq!(missing, Err("message.title: is required".to_owned()));
+        let unknown = field(serde_json::json!({"colour": "red"})).unwrap_err();
+        assert!(unknown.contains("colour"), "{unknown}");
+        let typed = field(serde_json::json!({"throttle_per_minute": "fast"})).unwrap_err();
+        assert!(typed.starts_with("throttle_per_minute: "), "{typed}");
+        let nested = field(
+            serde_json::json!({"message": {"title": "t", "body": "b", "buttons": [{"id": 1, "label": "x"}]}}),
+        );
+        assert!(nested.unwrap_err().starts_with("message.buttons[0].id: "));
+        assert_eq!(from_json(serde_json::json!("x")).unwrap_err().field, "body");
     }
 
     #[test]

@@ -1,18 +1,18 @@
 //! Applying campaign definitions: validate, plan against the audience's zones,
-//! and save definition and slots together. Used by `campaign apply`, by `serve`
-//! for the files in `campaigns/`, and later by the API.
+//! and save definition and slots together; and the lifecycle actions. Used by
+//! `campaign apply`, by `serve` for the files in `campaigns/`, and by the API.
 
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
 use crate::campaign::{
-    parse_toml, AppContext, CampaignDefinition, DefinitionError, DesiredStatus, ValidCampaign,
-    ValidationErrors,
+    from_json, parse_toml, AppContext, CampaignDefinition, DefinitionError, DesiredStatus,
+    FieldError, ValidCampaign, ValidationErrors,
 };
 use crate::config::{AppConfig, Config};
 use crate::planner::{self, Plan, PlanError, PlanRequest};
-use crate::state::CampaignState;
+use crate::state::{CampaignState, StateError, StateMachine};
 use crate::store::{
     AppRecord, CampaignRecord, CampaignSave, NewSlot, SaveOutcome, Segment, Store, StoreError,
     TopicRule,
@@ -32,13 +32,27 @@ pub enum ApplyError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The action does not apply to the campaign's state (`cannot pause a draft campaign`).
+    #[error("cannot {action} a {state} campaign")]
+    Transition {
+        action: &'static str,
+        state: CampaignState,
+    },
+    /// Creating a key that exists with another definition (edits go by id).
+    #[error("key: campaign {key:?} already exists (id {id}) with a different definition")]
+    Exists { key: String, id: i64 },
 }
 
 impl ApplyError {
     /// Whether the caller's input is at fault (as opposed to the database).
     pub fn is_input(&self) -> bool {
         match self {
-            Self::Invalid(_) | Self::Definition(_) | Self::UnknownApp(_) | Self::Plan(_) => true,
+            Self::Invalid(_)
+            | Self::Definition(_)
+            | Self::UnknownApp(_)
+            | Self::Plan(_)
+            | Self::Transition { .. }
+            | Self::Exists { .. } => true,
             Self::Store(e) => matches!(e, StoreError::NotEditable { .. } | StoreError::State(_)),
         }
     }
@@ -97,6 +111,24 @@ fn app_of<'c>(config: &'c Config, def: &CampaignDefinition) -> Result<&'c AppCon
         .ok_or_else(|| ApplyError::UnknownApp(def.app.clone()))
 }
 
+/// Checks a definition against its app's configuration. No I/O.
+fn validate<'c>(
+    config: &'c Config,
+    def: &CampaignDefinition,
+) -> Result<(&'c AppConfig, ValidCampaign), ApplyError> {
+    let app = app_of(config, def)?;
+    let campaign = def.validate(&AppContext {
+        app_id: &def.app,
+        topics: app.topic_names(),
+    })?;
+    Ok((app, campaign))
+}
+
+/// Whether a stored campaign already has exactly this definition.
+fn unchanged(def: &CampaignDefinition, existing: &CampaignRecord) -> bool {
+    serde_json::to_value(def).ok().as_ref() == Some(&existing.definition.0)
+}
+
 /// Validates a definition and, when it is to be scheduled, plans its slots. Reads only.
 pub async fn prepare<S: Store>(
     store: &S,
@@ -104,14 +136,9 @@ pub async fn prepare<S: Store>(
     def: &CampaignDefinition,
     now: DateTime<Utc>,
 ) -> Result<Prepared, ApplyError> {
-    let app = app_of(config, def)?;
-    let campaign = def.validate(&AppContext {
-        app_id: &def.app,
-        topics: app.topic_names(),
-    })?;
+    let (app, campaign) = validate(config, def)?;
     if let Some(existing) = store.campaign(&def.app, &def.key).await? {
-        let unchanged = serde_json::to_value(def).ok().as_ref() == Some(&existing.definition.0);
-        if !existing.state.is_editable() && !unchanged {
+        if !existing.state.is_editable() && !unchanged(def, &existing) {
             return Err(StoreError::NotEditable {
                 key: def.key.clone(),
                 state: existing.state,
@@ -278,6 +305,16 @@ pub async fn resume<S: Store>(
     } else {
         CampaignState::Scheduled
     };
+    // The table lets a draft become scheduled too; that is scheduling (with a
+    // plan), not resuming.
+    if c.state != CampaignState::Paused {
+        return Err(StateError::NotAllowed {
+            machine: CampaignState::MACHINE,
+            from: c.state.as_str(),
+            to: to.as_str(),
+        }
+        .into());
+    }
     store.set_campaign_state(c.id, c.state, to, now).await?;
     Ok(to)
 }
@@ -289,4 +326,223 @@ pub async fn cancel<S: Store>(
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
     store.cancel_campaign(c.id, c.state, now).await
+}
+
+/// Creates a campaign from its definition (the API's create). The same key with
+/// the same definition is left as it is (`Unchanged`, like re-applying a file);
+/// with another definition it is refused: edits go through [`edit`], by id.
+pub async fn create<S: Store>(
+    store: &S,
+    config: &Config,
+    def: &CampaignDefinition,
+    now: DateTime<Utc>,
+) -> Result<Applied, ApplyError> {
+    match store.campaign(&def.app, &def.key).await? {
+        Some(existing) if unchanged(def, &existing) => Ok(Applied {
+            record: existing,
+            outcome: SaveOutcome::Unchanged,
+            plan: None,
+        }),
+        Some(existing) => {
+            // A bad definition is a 400 whether or not its key is taken.
+            validate(config, def)?;
+            Err(ApplyError::Exists {
+                key: def.key.clone(),
+                id: existing.id,
+            })
+        }
+        None => {
+            let prepared = prepare(store, config, def, now).await?;
+            save(store, prepared, now).await
+        }
+    }
+}
+
+/// The definition a campaign was stored with.
+pub fn stored_definition(c: &CampaignRecord) -> Result<CampaignDefinition, ApplyError> {
+    from_json(c.definition.0.clone()).map_err(|e| {
+        ApplyError::Store(StoreError::Invalid(format!(
+            "campaign {}: its stored definition no longer reads ({e})",
+            c.id
+        )))
+    })
+}
+
+/// Edits a campaign by a JSON merge patch (RFC 7396) of its definition and
+/// re-plans its slots, while it is editable. Key and app cannot change: the key
+/// is what `save` finds the campaign by, and the app is the caller's.
+pub async fn edit<S: Store>(
+    store: &S,
+    config: &Config,
+    c: &CampaignRecord,
+    patch: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<Applied, ApplyError> {
+    if !c.state.is_editable() {
+        return Err(StoreError::NotEditable {
+            key: c.key.clone(),
+            state: c.state,
+        }
+        .into());
+    }
+    let mut doc = c.definition.0.clone();
+    merge_patch(&mut doc, patch);
+    let def = from_json(doc).map_err(|e| ValidationErrors(vec![e]))?;
+    let fixed = [
+        (
+            "key",
+            def.key != c.key,
+            "cannot change (create a new campaign instead)",
+        ),
+        ("app", def.app != c.app_id, "cannot change"),
+    ];
+    let errors: Vec<FieldError> = fixed
+        .into_iter()
+        .filter(|(_, changed, _)| *changed)
+        .map(|(field, _, message)| FieldError {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(ValidationErrors(errors).into());
+    }
+    let prepared = prepare(store, config, &def, now).await?;
+    save(store, prepared, now).await
+}
+
+/// RFC 7396: objects merge member by member, `null` removes a member, anything
+/// else replaces what was there.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    let serde_json::Value::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = serde_json::Value::Object(serde_json::Map::new());
+    }
+    if let serde_json::Value::Object(doc) = target {
+        for (name, value) in members {
+            if value.is_null() {
+                doc.remove(name);
+            } else {
+                merge_patch(
+                    doc.entry(name.clone()).or_insert(serde_json::Value::Null),
+                    value,
+                );
+            }
+        }
+    }
+}
+
+/// A lifecycle request on a campaign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Schedule,
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl Action {
+    pub const ALL: [Self; 4] = [Self::Schedule, Self::Pause, Self::Resume, Self::Cancel];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Schedule => "schedule",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Cancel => "cancel",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Whether a campaign in `from` admits the action. The moves are the state
+    /// table's; this adds what each verb means: scheduling plans an editable
+    /// campaign, resuming continues a paused one only.
+    pub fn admits(self, from: CampaignState) -> bool {
+        match self {
+            Self::Schedule => from.is_editable() && from.can_become(CampaignState::Scheduled),
+            Self::Pause => from.can_become(CampaignState::Paused),
+            Self::Resume => from == CampaignState::Paused,
+            Self::Cancel => from.can_become(CampaignState::Cancelled),
+        }
+    }
+}
+
+/// Applies a lifecycle action; returns the state the campaign is in after it.
+/// Scheduling plans the slots against the audience as it is `now`.
+pub async fn act<S: Store>(
+    store: &S,
+    config: &Config,
+    c: &CampaignRecord,
+    action: Action,
+    now: DateTime<Utc>,
+) -> Result<CampaignState, ApplyError> {
+    if !action.admits(c.state) {
+        return Err(ApplyError::Transition {
+            action: action.as_str(),
+            state: c.state,
+        });
+    }
+    match action {
+        Action::Schedule => {
+            let mut def = stored_definition(c)?;
+            def.status = DesiredStatus::Scheduled;
+            let prepared = prepare(store, config, &def, now).await?;
+            Ok(save(store, prepared, now).await?.record.state)
+        }
+        Action::Pause => Ok(pause(store, c, now).await?),
+        Action::Resume => Ok(resume(store, c, now).await?),
+        Action::Cancel => {
+            cancel(store, c, now).await?;
+            Ok(CampaignState::Cancelled)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc_7396() {
+        let mut doc = json!({"a": "b", "c": {"d": "e", "f": "g"}, "list": [1, 2]});
+        merge_patch(
+            &mut doc,
+            &json!({"a": "z", "c": {"f": null, "h": 1}, "list": [3], "new": {"x": 1}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"a": "z", "c": {"d": "e", "h": 1}, "list": [3], "new": {"x": 1}})
+        );
+        merge_patch(&mut doc, &json!("whole"));
+        assert_eq!(doc, json!("whole"));
+    }
+
+    #[test]
+    fn actions_follow_the_state_table() {
+        use CampaignState::*;
+        let admitted = |a: Action| -> Vec<CampaignState> {
+            CampaignState::ALL
+                .iter()
+                .copied()
+                .filter(|s| a.admits(*s))
+                .collect()
+        };
+        assert_eq!(admitted(Action::Schedule), [Draft]);
+        assert_eq!(admitted(Action::Pause), [Scheduled, Running]);
+        assert_eq!(admitted(Action::Resume), [Paused]);
+        assert_eq!(
+            admitted(Action::Cancel),
+            [Draft, Scheduled, Running, Paused]
+        );
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+        }
+    }
 }

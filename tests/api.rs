@@ -3,62 +3,13 @@
 
 mod common;
 
-use std::sync::Arc;
-
+use common::api::{key_for, start, Api};
 use common::TestDb;
-use meridian::api::{self, keys};
+use meridian::api;
 use meridian::clock::{Clock, SystemClock};
-use meridian::config::Config;
-use meridian::definitions;
 use meridian::state::DeviceState;
-use meridian::store::{NewApiKey, Store};
+use meridian::store::Store;
 use serde_json::{json, Value};
-
-const CONFIG: &str = r#"
-[apps.shop]
-default_timezone = "UTC"
-[apps.shop.topics]
-marketing = { default_subscribed = false }
-news = { default_subscribed = true }
-[apps.other]
-default_timezone = "UTC"
-[apps.other.topics]
-marketing = { default_subscribed = false }
-"#;
-
-struct Api<S> {
-    base: String,
-    http: reqwest::Client,
-    store: Arc<S>,
-    shop: String,
-    other: String,
-}
-
-impl<S: Store> Api<S> {
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        let text = res.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-}
 
 impl<S: Store> Api<S> {
     async fn shop_device(&self, token: &str) -> meridian::store::DeviceRecord {
@@ -67,40 +18,6 @@ impl<S: Store> Api<S> {
             .await
             .unwrap()
             .expect("the device is stored")
-    }
-}
-
-async fn key_for<S: Store>(store: &S, app: &str, name: &str) -> String {
-    let k = keys::generate().unwrap();
-    store
-        .create_api_key(
-            &NewApiKey {
-                app_id: app,
-                name,
-                prefix: &k.prefix,
-                hash: &k.hash,
-            },
-            SystemClock.now(),
-        )
-        .await
-        .unwrap();
-    k.secret
-}
-
-async fn start<S: Store + Clone>(db: &TestDb<S>) -> Api<S> {
-    let config: Config = toml::from_str(CONFIG).unwrap();
-    config.validate().unwrap();
-    definitions::sync_apps(&db.store, &config, SystemClock.now())
-        .await
-        .unwrap();
-    let store = Arc::new(db.store.clone());
-    let base = common::serve_api(store.clone(), config).await;
-    Api {
-        base,
-        http: reqwest::Client::new(),
-        shop: key_for(&*store, "shop", "backend").await,
-        other: key_for(&*store, "other", "backend").await,
-        store,
     }
 }
 
@@ -602,18 +519,8 @@ async fn messages_are_listed_newest_first_by_page<S: Store + Clone>(db: &TestDb<
         ("colour=red", "colour"),
         ("since=yesterday", ""),
     ] {
-        let (status, body) = api
-            .call("GET", &format!("/v1/messages?{query}"), shop, None)
+        api.bad_request("GET", &format!("/v1/messages?{query}"), shop, None, field)
             .await;
-        assert_eq!(
-            (status, body["error"].as_str()),
-            (400, Some("bad_request")),
-            "{query}: {body}"
-        );
-        assert!(
-            body["message"].as_str().unwrap_or_default().contains(field),
-            "{query}: {body}"
-        );
     }
 }
 

@@ -5,7 +5,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, AppKey, Body};
+use super::{page_limit, ApiError, ApiState, AppKey, Body, Query};
 use crate::state::{DeliveryStatus, StateMachine};
 use crate::store::{MessageEvent, MessageFilter, MessageRecord, ReceiptOutcome, Store};
 
@@ -100,25 +100,14 @@ pub struct ListQuery {
     pub limit: Option<i64>,
 }
 
-/// Most messages one page holds.
-pub const MAX_PAGE: i64 = 500;
-
 /// `GET /v1/messages?user=&campaign=&request=&status=&since=&cursor=&limit=`: an app's
 /// messages, newest first. `nextCursor` (the last id of the page) asks for the
 /// page after; it is absent on the last page.
 pub async fn list_messages<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
-    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let axum::extract::Query(q) = query.map_err(|r| {
-        let text = r.body_text();
-        let message = text
-            .split_once(": ")
-            .map_or(text.as_str(), |(_, m)| m)
-            .to_owned();
-        ApiError::new(axum::http::StatusCode::BAD_REQUEST, "bad_request", message)
-    })?;
     let status = match q.status.as_deref() {
         Some(s) => Some(
             DeliveryStatus::parse(s)
@@ -133,13 +122,7 @@ pub async fn list_messages<S: Store>(
             })?),
             None => None,
         };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::field(
-            "limit",
-            format!("between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let limit = page_limit(q.limit)?;
     let page = st
         .store
         .messages(

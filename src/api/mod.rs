@@ -3,6 +3,8 @@
 //! sees only that app's data.
 
 pub mod audience;
+pub mod campaigns;
+pub mod idempotency;
 pub mod import;
 pub mod keys;
 pub mod messages;
@@ -10,7 +12,7 @@ pub mod push;
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
@@ -90,6 +92,17 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/messages/{id}", get(messages::get_message::<S>))
         .route("/v1/receipts", post(messages::post_receipt::<S>))
         .route("/v1/push", post(push::post_push::<S>))
+        .route(
+            "/v1/campaigns",
+            post(campaigns::create::<S>).get(campaigns::list::<S>),
+        )
+        .route("/v1/campaigns:preview", post(campaigns::preview::<S>))
+        .route(
+            "/v1/campaigns/{id}",
+            get(campaigns::get::<S>).patch(campaigns::edit::<S>),
+        )
+        .route("/v1/campaigns/{id}/slots", get(campaigns::slots::<S>))
+        .route("/v1/campaigns/{id}/{action}", post(campaigns::act::<S>))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -224,6 +237,46 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rejection) => Err(json_rejection(rejection)),
         }
+    }
+}
+
+/// A query string whose rejections are [`ApiError`]s naming the parameter.
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, St: Send + Sync> FromRequestParts<St> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            Err(rejection) => Err(query_rejection(rejection)),
+        }
+    }
+}
+
+fn query_rejection(r: QueryRejection) -> ApiError {
+    // "Failed to deserialize query string: <problem naming the parameter>".
+    let text = r.body_text();
+    let message = text
+        .split_once(": ")
+        .map_or(text.as_str(), |(_, m)| m)
+        .to_owned();
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Most items one page holds.
+pub const MAX_PAGE: i64 = 500;
+
+/// A page size from `limit` (100 when absent), within 1..=[`MAX_PAGE`].
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::field(
+            "limit",
+            format!("between 1 and {MAX_PAGE}"),
+        ))
     }
 }
 

@@ -15,12 +15,14 @@ use crate::config::{DatabaseConfig, DatabaseKind};
 use crate::planner::{Disposition, ZoneCount};
 use crate::state::{CampaignState, DeviceState, SlotState, StateError};
 
+mod api;
 pub mod dispatch;
 mod postgres;
 pub mod segment;
 mod shared;
 mod sqlite;
 
+pub use api::{CampaignFilter, ClaimOutcome, ClaimTimes, IdempotencyKey};
 pub use dispatch::{
     ChunkWrite, DeliveryUpdate, DueSlot, LeasedChunk, LeasedDelivery, NewDelivery, Recipient,
     Released, SlotInfo,
@@ -392,6 +394,44 @@ pub trait Store: Send + Sync + 'static {
     fn campaign_transitions(
         &self,
     ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+
+    // ---- the API's campaign routes (src/store/api.rs) ----
+
+    /// One of an app's campaigns by id; `None` for an unknown id or another app's.
+    fn campaign_by_id(
+        &self,
+        app_id: &str,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<CampaignRecord>, StoreError>> + Send;
+
+    /// A page of an app's campaigns, newest first.
+    fn campaign_page(
+        &self,
+        app_id: &str,
+        filter: &CampaignFilter,
+    ) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
+
+    /// Claims an idempotency key for a request (dropping the app's expired keys),
+    /// or says what became of an earlier request with that key.
+    fn claim_idempotency_key(
+        &self,
+        key: &IdempotencyKey<'_>,
+        times: ClaimTimes,
+    ) -> impl Future<Output = Result<ClaimOutcome, StoreError>> + Send;
+
+    /// Keeps a claimed key's successful answer for replay.
+    fn finish_idempotency_key(
+        &self,
+        key: &IdempotencyKey<'_>,
+        status: u16,
+        response: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Drops an unfinished claim (its request failed), so a retry runs again.
+    fn release_idempotency_key(
+        &self,
+        key: &IdempotencyKey<'_>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     // ---- the engine (src/store/dispatch.rs) ----
 

@@ -7,6 +7,7 @@ use sqlx::postgres::{PgArguments, PgConnectOptions, PgPoolOptions};
 use sqlx::query::QueryAs;
 use sqlx::{PgPool, Postgres, Transaction};
 
+use super::api::api_store_methods;
 use super::dispatch::{shared_dispatch_helpers, shared_dispatch_methods};
 use super::segment::Bind;
 use super::shared::shared_store_methods;
@@ -165,4 +166,5 @@ impl Store for PgStore {
 
     shared_store_methods!();
     shared_dispatch_methods!();
+    api_store_methods!();
 }

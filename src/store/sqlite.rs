@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, SqlitePool, Transaction};
 
+use super::api::api_store_methods;
 use super::dispatch::{shared_dispatch_helpers, shared_dispatch_methods};
 use super::segment::Bind;
 use super::shared::shared_store_methods;
@@ -182,4 +183,5 @@ impl Store for SqliteStore {
 
     shared_store_methods!();
     shared_dispatch_methods!();
+    api_store_methods!();
 }

@@ -9,6 +9,8 @@ use meridian::config::{Config, DatabaseConfig};
 use meridian::store::{PgStore, SqliteStore, Store};
 use sqlx::Connection;
 
+pub mod api;
+
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A migrated store on its own database, and the URL to reach that database directly.
