@@ -271,6 +271,82 @@ pub struct AppConfig {
     pub apns: Option<ApnsConfig>,
     #[serde(default)]
     pub fcm: Option<FcmConfig>,
+    /// Where every status change of the app's messages is POSTed, in signed batches.
+    #[serde(default)]
+    pub webhook: Option<HookConfig>,
+    /// The channel a transactional push falls back to (e.g. the partner's SMS
+    /// gateway) when push cannot reach the user; a topic's own wins.
+    #[serde(default)]
+    pub fallback: Option<HookConfig>,
+}
+
+impl AppConfig {
+    /// The fallback channel of a push with this topic (or none).
+    pub fn fallback_for(&self, topic: Option<&str>) -> Option<&HookConfig> {
+        topic
+            .and_then(|t| self.topics.get(t))
+            .and_then(|t| t.fallback.as_ref())
+            .or(self.fallback.as_ref())
+    }
+}
+
+/// An outgoing HTTP hook: a status webhook or a fallback channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookConfig {
+    pub url: String,
+    /// File holding the HMAC-SHA256 key the `X-Meridian-Signature` header is made with.
+    pub secret_file: PathBuf,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts before a batch (webhook) or a fallback is given up.
+    #[serde(default = "default_hook_attempts")]
+    pub max_attempts: u32,
+    /// Status changes per POST (webhooks).
+    #[serde(default = "default_hook_batch")]
+    pub batch_size: u32,
+    /// Fallbacks only: also fall back when a sent push has no `delivered` (or later)
+    /// receipt this long after it was sent.
+    #[serde(default, with = "humantime_serde")]
+    pub no_receipt_after: Option<Duration>,
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_hook_attempts() -> u32 {
+    10
+}
+fn default_hook_batch() -> u32 {
+    100
+}
+
+impl HookConfig {
+    fn check(&self, key: &str, fallback: bool) -> Result<(), ConfigError> {
+        check_base_url(&format!("{key}.url"), &self.url)?;
+        check_file(&format!("{key}.secret_file"), &self.secret_file)?;
+        if let Some(ca) = &self.ca_file {
+            check_file(&format!("{key}.ca_file"), ca)?;
+        }
+        if self.max_attempts == 0 {
+            return Err(invalid(format!("{key}.max_attempts"), "must be at least 1"));
+        }
+        if !(1..=1000).contains(&self.batch_size) {
+            return Err(invalid(
+                format!("{key}.batch_size"),
+                "must be between 1 and 1000",
+            ));
+        }
+        if !fallback && self.no_receipt_after.is_some() {
+            return Err(invalid(
+                format!("{key}.no_receipt_after"),
+                "only a fallback channel waits for receipts",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -284,6 +360,9 @@ pub struct TopicConfig {
     /// (e.g. 2 marketing pushes per 24 h); capped recipients are suppressed, and counted.
     #[serde(default)]
     pub cap: Option<FrequencyCap>,
+    /// This topic's own fallback channel (instead of the app's).
+    #[serde(default)]
+    pub fallback: Option<HookConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -607,6 +686,17 @@ impl Config {
                     }
                 }
             }
+            for (topic, t) in &app.topics {
+                if let Some(f) = &t.fallback {
+                    f.check(&key(&format!("topics.{topic}.fallback")), true)?;
+                }
+            }
+            if let Some(w) = &app.webhook {
+                w.check(&key("webhook"), false)?;
+            }
+            if let Some(f) = &app.fallback {
+                f.check(&key("fallback"), true)?;
+            }
             if let Some(apns) = &app.apns {
                 check_base_url(&key("apns.base_url"), &apns.base_url)?;
                 if apns.bundle_id.trim().is_empty() {
@@ -760,6 +850,44 @@ mod tests {
             ))
             .unwrap_err()
             .to_string();
+            assert!(err.starts_with(key), "{err}");
+        }
+    }
+
+    #[test]
+    fn hooks_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s");
+        std::fs::write(&secret, "k").unwrap();
+        let s = secret.display();
+        let c = from_toml(&format!(
+            "[apps.shop.webhook]\nurl = \"https://h.example/status\"\nsecret_file = \"{s}\"\n\
+             [apps.shop.fallback]\nurl = \"https://sms.example/send\"\nsecret_file = \"{s}\"\nno_receipt_after = \"10m\"\n\
+             [apps.shop.topics.otp.fallback]\nurl = \"https://otp.example/send\"\nsecret_file = \"{s}\"\n"
+        ))
+        .unwrap();
+        let app = &c.apps["shop"];
+        assert_eq!(app.webhook.as_ref().unwrap().batch_size, 100);
+        assert_eq!(
+            app.fallback_for(Some("otp")).unwrap().url,
+            "https://otp.example/send"
+        );
+        assert_eq!(
+            app.fallback_for(None).unwrap().url,
+            "https://sms.example/send"
+        );
+        assert_eq!(
+            app.fallback_for(Some("other")).unwrap().url,
+            "https://sms.example/send"
+        );
+        let cases = [
+            (format!("[apps.shop.webhook]\nurl = \"ftp://x\"\nsecret_file = \"{s}\""), "apps.shop.webhook.url"),
+            ("[apps.shop.webhook]\nurl = \"https://x\"\nsecret_file = \"/nonexistent\"".to_owned(), "apps.shop.webhook.secret_file"),
+            (format!("[apps.shop.webhook]\nurl = \"https://x\"\nsecret_file = \"{s}\"\nno_receipt_after = \"1m\""), "apps.shop.webhook.no_receipt_after"),
+            (format!("[apps.shop.fallback]\nurl = \"https://x\"\nsecret_file = \"{s}\"\nmax_attempts = 0"), "apps.shop.fallback.max_attempts"),
+        ];
+        for (text, key) in cases {
+            let err = from_toml(&text).unwrap_err().to_string();
             assert!(err.starts_with(key), "{err}");
         }
     }

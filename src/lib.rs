@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod definitions;
 pub mod engine;
+pub mod hooks;
 pub mod import;
 pub mod payload;
 pub mod planner;

@@ -29,6 +29,12 @@ struct Rig<S: Store> {
 }
 
 async fn rig<S: Store + Clone>(db: &TestDb<S>, start: DateTime<Utc>) -> Rig<S> {
+    rig_with(db, start, "").await
+}
+
+/// A rig whose config ends with `extra` (more tables of the shop app); `{dir}` in
+/// it is the rig's temporary directory.
+async fn rig_with<S: Store + Clone>(db: &TestDb<S>, start: DateTime<Utc>, extra: &str) -> Rig<S> {
     let clock = ManualClock::new(start);
     let dir = tempfile::tempdir().unwrap();
     let p8 = jwt::generate_p8().unwrap();
@@ -56,6 +62,7 @@ async fn rig<S: Store + Clone>(db: &TestDb<S>, start: DateTime<Utc>) -> Rig<S> {
     let base = sim.tls_url().unwrap();
     let path = |n: &str| dir.path().join(n);
     std::fs::write(path("key.p8"), &p8).unwrap();
+    std::fs::write(path("hook.secret"), HOOK_SECRET).unwrap();
     std::fs::write(path("ca.pem"), &sim.ca_pem).unwrap();
     let sa = serde_json::json!({
         "project_id": "p", "client_email": "m@p.iam.gserviceaccount.com",
@@ -80,7 +87,9 @@ ca_file = "{ca}"
 service_account_file = "{sa}"
 base_url = "{base}"
 ca_file = "{ca}"
+{extra}
 "#,
+        extra = extra.replace("{dir}", &dir.path().display().to_string()),
         key = path("key.p8").display(),
         ca = path("ca.pem").display(),
         sa = path("sa.json").display(),
@@ -227,6 +236,24 @@ impl<S: Store> Rig<S> {
         (base, k.secret)
     }
 
+    /// Registers (or updates) a user with a phone number.
+    async fn user(&self, external_id: &str, phone: Option<&str>) {
+        self.store
+            .upsert_user(
+                &meridian::store::UserUpsert {
+                    app_id: "shop",
+                    external_id,
+                    phone,
+                    timezone: None,
+                    locale: None,
+                    attributes: None,
+                },
+                self.clock.now(),
+            )
+            .await
+            .unwrap();
+    }
+
     async fn device_of(
         &self,
         user: Option<&str>,
@@ -272,6 +299,70 @@ impl<S: Store> Rig<S> {
             .unwrap()
             .unwrap()
             .state
+    }
+}
+
+/// The HMAC key of the rig's hooks (`{dir}/hook.secret`).
+const HOOK_SECRET: &str = "hook-s3cret";
+
+/// A partner's endpoint: records what it is sent and answers 503 to the next
+/// `fail_next` requests.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, serde_json::Value)>>>,
+    fail_next: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Receiver {
+    async fn start() -> (Self, String) {
+        use std::sync::atomic::Ordering;
+        let r = Self::default();
+        let state = r.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        let failing = state
+                            .fail_next
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                            .is_ok();
+                        if failing {
+                            return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let signature =
+                            headers[meridian::hooks::SIGNATURE_HEADER].to_str().unwrap();
+                        // Signed at the rig's manual clock: checked against the header's own time.
+                        let t: i64 = signature[2..signature.find(',').unwrap()].parse().unwrap();
+                        let signed_at = DateTime::from_timestamp(t, 0).unwrap();
+                        assert!(meridian::hooks::verify(
+                            HOOK_SECRET.as_bytes(),
+                            signature,
+                            &body,
+                            signed_at,
+                            std::time::Duration::from_secs(1),
+                        ));
+                        let json = serde_json::from_slice(&body).unwrap();
+                        state.got.lock().unwrap().push((headers, json));
+                        axum::http::StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (r, url)
+    }
+
+    fn bodies(&self) -> Vec<serde_json::Value> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 }
 
@@ -574,6 +665,7 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         app_id: "shop",
         occurrence: &slot.occurrence,
         deliveries: std::slice::from_ref(&delivery),
+        events: false,
     };
     let stale = s.record_chunk(&write(&a[0], "a"), later).await;
     assert!(
@@ -990,7 +1082,6 @@ async fn get(base: &str, key: &str, path: &str) -> serde_json::Value {
 /// that is no external id) and by install id, each active device once, through
 /// the same leased pipeline and history as campaigns.
 async fn a_push_reaches_users_by_id_phone_and_install<S: Store + Clone>(db: &TestDb<S>) {
-    use meridian::store::UserUpsert;
     let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
     let ios = format!("{:064x}", 42);
     rig.device_of(Some("user-42"), None, &ios, true).await;
@@ -1000,22 +1091,8 @@ async fn a_push_reaches_users_by_id_phone_and_install<S: Store + Clone>(db: &Tes
         .await;
     rig.device_of(None, Some("iid-1"), "fcm-anon", false).await;
     rig.device_of(Some("stale"), None, "fcm-stale", false).await;
-    let now = rig.clock.now();
     for (user, phone) in [("u-phone", Some("+79999999999")), ("nodevice", None)] {
-        rig.store
-            .upsert_user(
-                &UserUpsert {
-                    app_id: "shop",
-                    external_id: user,
-                    phone,
-                    timezone: None,
-                    locale: None,
-                    attributes: None,
-                },
-                now,
-            )
-            .await
-            .unwrap();
+        rig.user(user, phone).await;
     }
     let stale = rig
         .store
@@ -1024,7 +1101,7 @@ async fn a_push_reaches_users_by_id_phone_and_install<S: Store + Clone>(db: &Tes
         .unwrap()
         .unwrap();
     rig.store
-        .invalidate_device(stale.id, "Unregistered", now)
+        .invalidate_device(stale.id, "Unregistered", rig.clock.now())
         .await
         .unwrap();
     let engine = rig.engine("worker-a", 100);
@@ -1166,7 +1243,232 @@ async fn a_push_is_not_queued_behind_campaign_traffic<S: Store + Clone>(db: &Tes
         .unwrap();
 }
 
+/// Every status change of an app's messages reaches its webhook, signed, in
+/// batches of `batch_size`, oldest first; a refused batch is retried later.
+async fn status_changes_reach_the_webhook_in_signed_batches<S: Store + Clone>(db: &TestDb<S>) {
+    let (receiver, url) = Receiver::start().await;
+    let extra = format!(
+        "[apps.shop.webhook]\nurl = \"{url}\"\nsecret_file = \"{{dir}}/hook.secret\"\nbatch_size = 3\n"
+    );
+    let rig = rig_with(db, at(2026, 11, 23, 10, 0), &extra).await;
+    let a = rig.device(1, "UTC", Platform::Android, false).await;
+    rig.device(2, "UTC", Platform::Android, true).await;
+    rig.schedule("hello", "type = \"now\"").await;
+    let engine = rig.engine("worker-a", 100);
+    let (base, key) = rig.api(Some(&engine)).await;
+    let (status, body) = post(
+        &base,
+        &key,
+        "/v1/push",
+        serde_json::json!({
+        "userIds": ["user-1"], "message": {"title": "Code", "summary": "123456"}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    engine.run_until_idle().await.unwrap();
+    assert_eq!(rig.accepted(&a), 2);
+    let listed = get(
+        &base,
+        &key,
+        &format!(
+            "/v1/messages?request={}",
+            body["requestId"].as_str().unwrap()
+        ),
+    )
+    .await;
+    let push_id = listed["messages"][0]["id"].as_i64().unwrap();
+    let (status, _) = post(
+        &base,
+        &key,
+        "/v1/receipts",
+        serde_json::json!({"messageId": push_id, "status": "opened"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The endpoint is down for the first attempt: nothing is lost, it comes later.
+    receiver
+        .fail_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let first = engine.deliver_hooks().await.unwrap();
+    assert_eq!(
+        (first.events_sent, first.events_failed),
+        (0, 3),
+        "{first:?}"
+    );
+    let early = engine.deliver_hooks().await.unwrap();
+    assert_eq!(
+        early.events_sent, 0,
+        "nothing overtakes the batch waiting for its retry"
+    );
+    rig.clock.advance(TimeDelta::seconds(6));
+    let later = engine.deliver_hooks().await.unwrap();
+    // queued (push), sent (campaign), token_invalid (campaign), sent (push), opened (push).
+    assert_eq!(later.events_sent, 5, "{later:?}");
+    let bodies = receiver.bodies();
+    assert_eq!(bodies.len(), 2, "batches of at most 3: {bodies:?}");
+    let events: Vec<serde_json::Value> = bodies
+        .iter()
+        .flat_map(|b| {
+            assert_eq!(b["app"], "shop");
+            b["events"].as_array().unwrap().clone()
+        })
+        .collect();
+    let ids: Vec<i64> = events.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    let mut seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let kind = if e["requestId"].is_string() {
+                "push"
+            } else {
+                "campaign"
+            };
+            (kind.to_owned(), e["status"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    seen.sort();
+    let want: Vec<(String, String)> = [
+        ("campaign", "sent"),
+        ("campaign", "token_invalid"),
+        ("push", "opened"),
+        ("push", "queued"),
+        ("push", "sent"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(seen, want);
+    assert!(events
+        .iter()
+        .any(|e| e["messageId"] == push_id && e["status"] == "opened" && e["userId"] == "user-1"));
+    // Taken once: nothing is sent again.
+    assert_eq!(engine.deliver_hooks().await.unwrap().events_sent, 0);
+    assert_eq!(receiver.bodies().len(), 2);
+}
+
+/// A transactional push falls back to the partner's channel, once per user and
+/// push: at once for a user with no device, after the send for one whose every
+/// token is dead, after `no_receipt_after` for one sent but never confirmed, never
+/// for one who opened it; each fallback is a step in the message's history.
+async fn a_push_falls_back_once_when_push_cannot_reach<S: Store + Clone>(db: &TestDb<S>) {
+    let (receiver, url) = Receiver::start().await;
+    let extra = format!(
+        "[apps.shop.fallback]\nurl = \"{url}\"\nsecret_file = \"{{dir}}/hook.secret\"\nno_receipt_after = \"10m\"\n"
+    );
+    let rig = rig_with(db, at(2026, 11, 23, 10, 0), &extra).await;
+    rig.device(1, "UTC", Platform::Android, true).await; // user-1: a dead token
+    rig.device(2, "UTC", Platform::Android, false).await; // user-2: sent, never confirmed
+    rig.device(3, "UTC", Platform::Android, false).await; // user-3: opens it
+    for (user, phone) in [
+        ("user-1", Some("+4915100000001")),
+        ("user-2", Some("+4915100000002")),
+        ("user-3", Some("+4915100000003")),
+        ("nodevice", Some("+4915100000004")),
+        ("nophone", None),
+    ] {
+        rig.user(user, phone).await;
+    }
+    let engine = rig.engine("worker-a", 100);
+    let (base, key) = rig.api(Some(&engine)).await;
+    let (status, body) = post(
+        &base,
+        &key,
+        "/v1/push",
+        serde_json::json!({
+        "userIds": ["user-1", "user-2", "user-3", "nodevice", "nophone"],
+        "message": {"title": "Order shipped", "summary": "On its way"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let request_id = body["requestId"].as_str().unwrap().to_owned();
+    // The gateway is down at first: the fallback is retried, not lost.
+    receiver
+        .fail_next
+        .store(1, std::sync::atomic::Ordering::SeqCst);
+    let first = engine.deliver_hooks().await.unwrap();
+    assert_eq!(
+        (first.fallbacks_sent, first.fallbacks_failed),
+        (0, 1),
+        "nophone fails at once: {first:?}"
+    );
+    engine.run_until_idle().await.unwrap();
+    let listed = get(&base, &key, "/v1/messages?user=user-3").await;
+    let opened = listed["messages"][0]["id"].as_i64().unwrap();
+    post(
+        &base,
+        &key,
+        "/v1/receipts",
+        serde_json::json!({"messageId": opened, "status": "opened"}),
+    )
+    .await;
+    rig.clock.advance(TimeDelta::seconds(6));
+    let second = engine.deliver_hooks().await.unwrap();
+    assert_eq!(
+        (second.fallbacks_found, second.fallbacks_sent),
+        (1, 2),
+        "{second:?}"
+    );
+    let phones = |r: &Receiver| {
+        let mut p: Vec<String> = r
+            .bodies()
+            .iter()
+            .map(|b| b["phone"].as_str().unwrap().to_owned())
+            .collect();
+        p.sort();
+        p
+    };
+    assert_eq!(phones(&receiver), ["+4915100000001", "+4915100000004"]);
+    let b = &receiver.bodies()[0];
+    assert_eq!(b["title"], "Order shipped");
+    assert_eq!(b["text"], "On its way");
+    assert_eq!(b["requestId"], request_id.as_str());
+    let reasons: Vec<String> = receiver
+        .bodies()
+        .iter()
+        .map(|b| b["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        reasons.contains(&"no_active_device".to_owned())
+            && reasons.contains(&"all_tokens_invalid".to_owned()),
+        "{reasons:?}"
+    );
+    // user-2 was sent but has not confirmed: after ten minutes it falls back too.
+    rig.clock.advance(TimeDelta::minutes(11));
+    let third = engine.deliver_hooks().await.unwrap();
+    assert_eq!(
+        (third.fallbacks_found, third.fallbacks_sent),
+        (1, 1),
+        "{third:?}"
+    );
+    assert_eq!(
+        phones(&receiver),
+        ["+4915100000001", "+4915100000002", "+4915100000004"]
+    );
+    // Never twice.
+    rig.clock.advance(TimeDelta::hours(1));
+    let again = engine.deliver_hooks().await.unwrap();
+    assert_eq!(
+        (again.fallbacks_found, again.fallbacks_sent),
+        (0, 0),
+        "{again:?}"
+    );
+    assert_eq!(receiver.bodies().len(), 3);
+    // The step is in the history of the dead-token message.
+    let dead = get(&base, &key, "/v1/messages?user=user-1").await;
+    let id = dead["messages"][0]["id"].as_i64().unwrap();
+    let one = get(&base, &key, &format!("/v1/messages/{id}")).await;
+    let steps: Vec<&str> = one["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["queued", "token_invalid", "fallback_sent"], "{one}");
+}
+
 storage_tests!(
+    status_changes_reach_the_webhook_in_signed_batches,
+    a_push_falls_back_once_when_push_cannot_reach,
     a_push_reaches_users_by_id_phone_and_install,
     a_push_is_not_queued_behind_campaign_traffic,
     a_failed_chunk_does_not_strand_its_siblings,

@@ -194,7 +194,13 @@ pub async fn post_receipt<S: Store>(
     };
     let outcome = st
         .store
-        .record_receipt(&app, body.message_id, status, st.clock.now())
+        .record_receipt(
+            &app,
+            body.message_id,
+            status,
+            st.config.app(&app).is_some_and(|a| a.webhook.is_some()),
+            st.clock.now(),
+        )
         .await?;
     Ok(Json(serde_json::json!({
         "messageId": body.message_id,

@@ -170,6 +170,7 @@ pub async fn post_push<S: Store>(
             cap: None,
         })
     });
+    let fallback = app.fallback_for(request.topic.as_deref());
     let queued = st
         .store
         .queue_push(
@@ -182,6 +183,9 @@ pub async fn post_push<S: Store>(
                 topic,
                 primary_only: request.primary_only,
                 priority: PUSH_PRIORITY,
+                events: app.webhook.is_some(),
+                fallback: fallback.is_some(),
+                no_receipt_after: fallback.and_then(|f| f.no_receipt_after),
             },
             st.clock.now(),
         )

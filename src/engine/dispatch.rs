@@ -326,6 +326,7 @@ impl<S: Store> Engine<S> {
                     app_id,
                     occurrence,
                     deliveries: batch,
+                    events: self.has_webhook(app_id),
                 },
                 self.now(),
             )
@@ -355,6 +356,7 @@ impl<S: Store> Engine<S> {
                 provider_id: d.provider_id,
                 error_reason: d.reason,
                 next_attempt_at: d.next_attempt_at,
+                events: self.has_webhook(&row.app_id),
             });
         }
         let mut recorded = 0;

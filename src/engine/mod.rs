@@ -23,6 +23,7 @@ use crate::provider::{Pacer, ProviderError, RetryPolicy};
 use crate::store::{Segment, Store, StoreError};
 
 mod dispatch;
+mod hooks;
 pub mod outcome;
 mod release;
 
@@ -32,7 +33,11 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Provider(#[from] ProviderError),
+    #[error(transparent)]
+    Hook(#[from] crate::hooks::HookError),
 }
+
+pub use hooks::HooksReport;
 
 /// How the engine works; defaults suit one instance on a small machine.
 #[derive(Debug, Clone)]
@@ -142,6 +147,7 @@ pub struct Engine<S> {
     /// Wakes what waits on a throttle when `stop` is called.
     stopped: tokio::sync::Notify,
     rows_queued: Arc<tokio::sync::Notify>,
+    hooks: hooks::Hooks,
 }
 
 /// What a dispatch loop leases.
@@ -149,6 +155,7 @@ pub struct Engine<S> {
 enum Work {
     Chunks,
     Rows,
+    Hooks,
 }
 
 impl<S: Store> Engine<S> {
@@ -165,6 +172,7 @@ impl<S: Store> Engine<S> {
                 Arc::new(AppProviders::from_config(id, app, clock.clone())?),
             );
         }
+        let hooks = hooks::Hooks::from_config(&config)?;
         Ok(Self {
             store,
             config,
@@ -175,6 +183,7 @@ impl<S: Store> Engine<S> {
             stopping: Arc::new(AtomicBool::new(false)),
             stopped: tokio::sync::Notify::new(),
             rows_queued: Arc::new(tokio::sync::Notify::new()),
+            hooks,
         })
     }
 
@@ -249,6 +258,11 @@ impl<S: Store> Engine<S> {
             self.release_loop(&wake, &released),
             self.dispatch_loop(Work::Chunks, &wake, &released),
             self.dispatch_loop(Work::Rows, &wake, &self.rows_queued),
+            async {
+                if self.has_hooks() {
+                    self.dispatch_loop(Work::Hooks, &wake, &wake).await;
+                }
+            },
         );
     }
 
@@ -308,6 +322,8 @@ impl<S: Store> Engine<S> {
             let pass = match work {
                 Work::Chunks => self.dispatch_chunks().await,
                 Work::Rows => self.dispatch_rows().await,
+                // Hooks are delivered every tick (their pass drains what is due).
+                Work::Hooks => self.deliver_hooks().await.map(|_| (0, 0)),
             };
             match pass {
                 Ok((leased, _)) => {
@@ -384,6 +400,11 @@ impl<S: Store> Engine<S> {
         });
         cache.insert(campaign_id, ctx.clone());
         Some(ctx)
+    }
+
+    /// Whether the app's status changes go to a webhook (its outbox).
+    fn has_webhook(&self, app: &str) -> bool {
+        self.config.app(app).is_some_and(|a| a.webhook.is_some())
     }
 
     fn providers_for(&self, app: &str) -> Option<Arc<AppProviders>> {

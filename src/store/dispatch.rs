@@ -84,6 +84,8 @@ pub struct ChunkWrite<'a> {
     pub app_id: &'a str,
     pub occurrence: &'a str,
     pub deliveries: &'a [NewDelivery],
+    /// The app has a status webhook: each written status also goes to its outbox.
+    pub events: bool,
 }
 
 /// A delivery row leased for another attempt (retries, transactional pushes).
@@ -113,6 +115,8 @@ pub struct DeliveryUpdate {
     pub provider_id: Option<String>,
     pub error_reason: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The row's app has a status webhook: the change also goes to its outbox.
+    pub events: bool,
 }
 
 pub(super) fn new_delivery_rows(
@@ -452,7 +456,7 @@ macro_rules! shared_dispatch_methods {
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<u64, $crate::store::StoreError> {
             use $crate::state::{DeliveryStatus, StateMachine};
-            if Self::ONE_WRITER && w.deliveries.iter().all(|d| d.status == DeliveryStatus::Sent) {
+            if Self::ONE_WRITER && !w.events && w.deliveries.iter().all(|d| d.status == DeliveryStatus::Sent) {
                 return self.record_sent_chunk(w, now).await;
             }
             let mut tx = self.write.begin().await?;
@@ -497,6 +501,10 @@ macro_rules! shared_dispatch_methods {
                 .map(|(id, status, reason)| (*id, status.clone(), 1, reason.clone()))
                 .collect();
             Self::insert_events(&mut tx, &events, now).await?;
+            if w.events {
+                let ids: Vec<i64> = written.iter().map(|(id, _, _)| *id).collect();
+                Self::outbox_deliveries(&mut tx, &ids, now).await?;
+            }
             let dead: Vec<(i64, String)> = w
                 .deliveries
                 .iter()
@@ -602,6 +610,12 @@ macro_rules! shared_dispatch_methods {
                 .map(|u| (u.id, u.status.to_string(), u.attempts, u.error_reason.clone()))
                 .collect();
             Self::insert_events(&mut tx, &events, now).await?;
+            let hooked: Vec<i64> = updates
+                .iter()
+                .filter(|u| u.events && changed_set.contains(&u.id))
+                .map(|u| u.id)
+                .collect();
+            Self::outbox_deliveries(&mut tx, &hooked, now).await?;
             let dead: Vec<(i64, String)> = updates
                 .iter()
                 .filter(|u| changed_set.contains(&u.id) && u.status == DeliveryStatus::TokenInvalid)
@@ -757,6 +771,29 @@ macro_rules! shared_dispatch_methods {
 macro_rules! shared_dispatch_helpers {
     ($db:ty) => {
         /// Appends history rows: (delivery id, status, attempt, detail).
+        /// Queues the current status of these deliveries for their app's webhook.
+        async fn outbox_deliveries(
+            tx: &mut sqlx::Transaction<'_, $db>,
+            ids: &[i64],
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<(), $crate::store::StoreError> {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let rows: serde_json::Value = ids.iter().map(|id| serde_json::json!({"id": id})).collect();
+            let source = Self::json_rows("$2", &[("id", "bigint")]);
+            sqlx::query(&format!(
+                "INSERT INTO webhook_outbox (app_id, delivery_id, request_id, user_id, status, detail, at, next_attempt_at) \
+                 SELECT d.app_id, d.id, d.request_id, d.user_id, d.status, d.error_reason, $1, $1 \
+                 FROM deliveries d WHERE d.id IN (SELECT x.id FROM {source})"
+            ))
+            .bind(now)
+            .bind(Self::json_arg(rows))
+            .execute(&mut **tx)
+            .await?;
+            Ok(())
+        }
+
         async fn insert_events(
             tx: &mut sqlx::Transaction<'_, $db>,
             events: &[(i64, String, i32, Option<String>)],

@@ -17,6 +17,7 @@ use crate::state::{CampaignState, DeviceState, SlotState, StateError};
 
 mod api;
 pub mod dispatch;
+pub(crate) mod hooks;
 mod postgres;
 pub mod segment;
 mod shared;
@@ -27,6 +28,7 @@ pub use dispatch::{
     ChunkWrite, DeliveryUpdate, DueSlot, LeasedChunk, LeasedDelivery, NewDelivery, Recipient,
     Released, SlotInfo,
 };
+pub use hooks::{FallbackOutcome, LeasedFallback, OutboxEvent};
 pub use postgres::PgStore;
 pub use segment::{Segment, TopicRule};
 pub use sqlite::SqliteStore;
@@ -622,6 +624,7 @@ pub trait Store: Send + Sync + 'static {
         app_id: &str,
         id: i64,
         status: crate::state::DeliveryStatus,
+        events: bool,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<ReceiptOutcome, StoreError>> + Send;
 
@@ -632,6 +635,63 @@ pub trait Store: Send + Sync + 'static {
         push: &NewPush<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<PushQueued, StoreError>> + Send;
+
+    /// Leases the oldest status changes waiting for the app's webhook.
+    fn lease_outbox(
+        &self,
+        app_id: &str,
+        worker: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<OutboxEvent>, StoreError>> + Send;
+
+    /// Removes status changes the webhook took (still leased by `worker`).
+    fn ack_outbox(
+        &self,
+        worker: &str,
+        ids: &[i64],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Puts status changes the webhook refused back for a later attempt, or marks
+    /// them dead after `max_attempts`.
+    fn retry_outbox(
+        &self,
+        worker: &str,
+        ids: &[i64],
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+        max_attempts: i32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Queues a fallback for each user of a push (queued since `since`) that
+    /// push did not reach: every delivery final and none sent, or sent with no
+    /// receipt within the push's receipt timeout. Returns how many were queued.
+    fn sweep_fallbacks(
+        &self,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    fn lease_fallbacks(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LeasedFallback>, StoreError>> + Send;
+
+    /// Writes a fallback attempt's outcome, fenced by worker and attempt; a final
+    /// one becomes a step in the history of the user's messages of the push.
+    /// Returns false when the lease was lost.
+    fn finish_fallback(
+        &self,
+        fallback: &LeasedFallback,
+        worker: &str,
+        outcome: &FallbackOutcome,
+        events: bool,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The stored messages of transactional pushes: (request id, message, created at).
     fn push_messages(
@@ -681,6 +741,13 @@ pub struct NewPush<'a> {
     pub primary_only: bool,
     /// Leased ahead of lower priorities (campaign retries are 0).
     pub priority: i16,
+    /// The app has a status webhook: the queued messages go to its outbox.
+    pub events: bool,
+    /// A fallback channel applies: users with no active device get a fallback now,
+    /// and the sweep watches the others' deliveries.
+    pub fallback: bool,
+    /// Also fall back when a sent push has no receipt this long after it was sent.
+    pub no_receipt_after: Option<std::time::Duration>,
 }
 
 /// What `queue_push` did.

@@ -9,6 +9,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::api::api_store_methods;
 use super::dispatch::{shared_dispatch_helpers, shared_dispatch_methods};
+use super::hooks::hook_store_methods;
 use super::segment::Bind;
 use super::shared::shared_store_methods;
 use super::{NewSlot, Store, StoreError};
@@ -76,6 +77,11 @@ impl PgStore {
     fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
         let cols: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
         format!("jsonb_to_recordset({param}) AS x({})", cols.join(", "))
+    }
+
+    /// SQL for the seconds from `earlier` to `later` (two timestamps).
+    fn seconds_between(later: &str, earlier: &str) -> String {
+        format!("EXTRACT(EPOCH FROM ({later} - {earlier}))")
     }
 
     fn time_json(t: DateTime<Utc>) -> serde_json::Value {
@@ -167,4 +173,5 @@ impl Store for PgStore {
     shared_store_methods!();
     shared_dispatch_methods!();
     api_store_methods!();
+    hook_store_methods!();
 }

@@ -386,6 +386,7 @@ macro_rules! shared_store_methods {
             app_id: &str,
             id: i64,
             status: $crate::state::DeliveryStatus,
+            events: bool,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<$crate::store::ReceiptOutcome, $crate::store::StoreError> {
             use $crate::state::{DeliveryStatus, StateMachine};
@@ -411,6 +412,9 @@ macro_rules! shared_store_methods {
                 .execute(&mut *tx)
                 .await?;
             Self::insert_events(&mut tx, &[(id, status.as_str().to_owned(), 0, Some("receipt".to_owned()))], now).await?;
+            if events {
+                Self::outbox_deliveries(&mut tx, &[id], now).await?;
+            }
             tx.commit().await?;
             Ok($crate::store::ReceiptOutcome::Recorded)
         }
@@ -462,14 +466,19 @@ macro_rules! shared_store_methods {
                 .collect();
             let users: std::collections::BTreeSet<i64> = matched.iter().filter_map(|m| m.1).collect();
             let devices: std::collections::BTreeSet<i64> = matched.iter().filter_map(|m| m.2).collect();
-            sqlx::query("INSERT INTO push_requests (id, app_id, topic, message, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(p.request_id)
-                .bind(p.app_id)
-                .bind(p.topic.as_ref().map(|t| t.name))
-                .bind(Self::json_arg(p.message.clone()))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO push_requests (id, app_id, topic, message, created_at, fallback, no_receipt_after_secs) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(p.request_id)
+            .bind(p.app_id)
+            .bind(p.topic.as_ref().map(|t| t.name))
+            .bind(Self::json_arg(p.message.clone()))
+            .bind(now)
+            .bind(p.fallback)
+            .bind(p.no_receipt_after.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
+            .execute(&mut *tx)
+            .await?;
             let one_per_user = if p.primary_only {
                 " AND v.id = (SELECT q.id FROM devices q WHERE q.user_id = v.user_id AND q.state = 'active' \
                    ORDER BY q.is_primary DESC, q.updated_at DESC, q.id DESC LIMIT 1)"
@@ -496,7 +505,7 @@ macro_rules! shared_store_methods {
                     ids.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
                 ))
             };
-            let queued = sqlx::query(&insert)
+            let queued: Vec<i64> = sqlx::query_scalar(&format!("{insert} RETURNING id"))
                 .bind(p.app_id)
                 .bind(p.request_id)
                 .bind(p.priority)
@@ -505,11 +514,31 @@ macro_rules! shared_store_methods {
                 .bind(as_rows(&devices))
                 .bind(p.topic.as_ref().map(|t| t.name))
                 .bind(p.topic.as_ref().map(|t| t.default_subscribed))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+                .fetch_all(&mut *tx)
+                .await?;
+            if p.events {
+                Self::outbox_deliveries(&mut tx, &queued, now).await?;
+            }
+            if p.fallback {
+                // Users push cannot reach at all fall back at once.
+                let sql = format!(
+                    "INSERT INTO fallbacks (app_id, request_id, user_id, reason, state, attempts, next_attempt_at, created_at, updated_at) \
+                     SELECT $1, $2, u.id, 'no_active_device', 'pending', 0, $3, $3, $3 FROM users u \
+                     WHERE u.id IN (SELECT x.id FROM {}) \
+                       AND NOT EXISTS (SELECT 1 FROM devices v WHERE v.user_id = u.id AND v.state = 'active') \
+                     ON CONFLICT (request_id, user_id) DO NOTHING",
+                    Self::json_rows("$4", &[("id", "bigint")])
+                );
+                sqlx::query(&sql)
+                    .bind(p.app_id)
+                    .bind(p.request_id)
+                    .bind(now)
+                    .bind(as_rows(&users))
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
-            Ok($crate::store::PushQueued { deliveries: queued, unknown })
+            Ok($crate::store::PushQueued { deliveries: queued.len() as u64, unknown })
         }
 
         async fn push_messages(

@@ -16,6 +16,7 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::api::api_store_methods;
 use super::dispatch::{shared_dispatch_helpers, shared_dispatch_methods};
+use super::hooks::hook_store_methods;
 use super::segment::Bind;
 use super::shared::shared_store_methods;
 use super::{NewSlot, Store, StoreError};
@@ -88,6 +89,11 @@ impl SqliteStore {
             .map(|(n, _)| format!("value ->> '{n}' AS {n}"))
             .collect();
         format!("(SELECT {} FROM json_each({param})) AS x", cols.join(", "))
+    }
+
+    /// SQL for the seconds from `earlier` to `later` (two timestamps).
+    fn seconds_between(later: &str, earlier: &str) -> String {
+        format!("((julianday({later}) - julianday({earlier})) * 86400.0)")
     }
 
     fn time_json(t: DateTime<Utc>) -> serde_json::Value {
@@ -184,4 +190,5 @@ impl Store for SqliteStore {
     shared_store_methods!();
     shared_dispatch_methods!();
     api_store_methods!();
+    hook_store_methods!();
 }

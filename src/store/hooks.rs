@@ -1,0 +1,269 @@
+//! Store methods of the outgoing hooks: the status webhook's outbox and the
+//! fallback channel's queue. Same SQL on both backends, expanded into each
+//! `impl Store` by `hook_store_methods!()`. Both queues lease like deliveries do:
+//! an owner, an attempt and an expiry, and every write-back fenced by them.
+
+use chrono::{DateTime, Utc};
+
+/// A status change waiting for its app's webhook.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxEvent {
+    pub id: i64,
+    pub delivery_id: Option<i64>,
+    pub request_id: Option<String>,
+    pub campaign_id: Option<i64>,
+    pub user_external_id: Option<String>,
+    pub status: String,
+    pub detail: Option<String>,
+    pub at: DateTime<Utc>,
+    pub attempts: i32,
+}
+
+/// A fallback leased for an attempt, with what the channel is sent.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LeasedFallback {
+    pub id: i64,
+    pub app_id: String,
+    pub request_id: String,
+    pub user_id: i64,
+    pub user_external_id: String,
+    pub phone: Option<String>,
+    pub reason: String,
+    pub attempts: i32,
+    pub topic: Option<String>,
+    pub message: sqlx::types::Json<serde_json::Value>,
+}
+
+/// Ids as JSON rows `{"id": …}`, for `json_rows(…, [("id", "bigint")])`.
+pub(super) fn id_rows(ids: &[i64]) -> serde_json::Value {
+    ids.iter().map(|id| serde_json::json!({"id": id})).collect()
+}
+
+/// How a fallback attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FallbackOutcome {
+    Sent,
+    Retry { at: DateTime<Utc>, error: String },
+    Failed { error: String },
+}
+
+macro_rules! hook_store_methods {
+    () => {
+        async fn lease_outbox(
+            &self,
+            app_id: &str,
+            worker: &str,
+            now: chrono::DateTime<chrono::Utc>,
+            until: chrono::DateTime<chrono::Utc>,
+            limit: i64,
+        ) -> Result<Vec<$crate::store::OutboxEvent>, $crate::store::StoreError> {
+            let lock = if Self::FOR_UPDATE.is_empty() { "" } else { " FOR UPDATE SKIP LOCKED" };
+            // In order: while a refused batch waits for its retry, the app's later
+            // changes wait behind it.
+            let ids: Vec<i64> = sqlx::query_scalar(&format!(
+                "UPDATE webhook_outbox SET state = 'leased', attempts = attempts + 1, lease_owner = $3, lease_expires_at = $4 \
+                 WHERE id IN (SELECT id FROM webhook_outbox WHERE app_id = $1 \
+                   AND ((state = 'pending' AND next_attempt_at <= $2) OR (state = 'leased' AND lease_expires_at < $2)) \
+                   AND NOT EXISTS (SELECT 1 FROM webhook_outbox b WHERE b.app_id = $1 AND b.state = 'pending' \
+                                   AND b.next_attempt_at > $2) \
+                   ORDER BY id LIMIT $5{lock}) \
+                 RETURNING id"
+            ))
+            .bind(app_id)
+            .bind(now)
+            .bind(worker)
+            .bind(until)
+            .bind(limit)
+            .fetch_all(&self.write)
+            .await?;
+            if ids.is_empty() {
+                return Ok(vec![]);
+            }
+            let sql = format!(
+                "SELECT o.id, o.delivery_id, o.request_id, d.campaign_id, u.external_id AS user_external_id, \
+                   o.status, o.detail, o.at, o.attempts \
+                 FROM webhook_outbox o LEFT JOIN deliveries d ON d.id = o.delivery_id \
+                   LEFT JOIN users u ON u.id = o.user_id \
+                 WHERE o.id IN (SELECT x.id FROM {}) ORDER BY o.id",
+                Self::json_rows("$1", &[("id", "bigint")])
+            );
+            let rows = $crate::store::hooks::id_rows(&ids);
+            Ok(sqlx::query_as(&sql).bind(Self::json_arg(rows)).fetch_all(&self.write).await?)
+        }
+
+        async fn ack_outbox(&self, worker: &str, ids: &[i64]) -> Result<u64, $crate::store::StoreError> {
+            let rows = $crate::store::hooks::id_rows(ids);
+            let sql = format!(
+                "DELETE FROM webhook_outbox WHERE id IN (SELECT x.id FROM {}) AND state = 'leased' AND lease_owner = $2",
+                Self::json_rows("$1", &[("id", "bigint")])
+            );
+            Ok(sqlx::query(&sql).bind(Self::json_arg(rows)).bind(worker).execute(&self.write).await?.rows_affected())
+        }
+
+        async fn retry_outbox(
+            &self,
+            worker: &str,
+            ids: &[i64],
+            next_attempt_at: chrono::DateTime<chrono::Utc>,
+            error: &str,
+            max_attempts: i32,
+        ) -> Result<u64, $crate::store::StoreError> {
+            let rows = $crate::store::hooks::id_rows(ids);
+            let sql = format!(
+                "UPDATE webhook_outbox SET state = CASE WHEN attempts >= $4 THEN 'dead' ELSE 'pending' END, \
+                   next_attempt_at = $3, last_error = $5, lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE id IN (SELECT x.id FROM {}) AND state = 'leased' AND lease_owner = $2",
+                Self::json_rows("$1", &[("id", "bigint")])
+            );
+            Ok(sqlx::query(&sql)
+                .bind(Self::json_arg(rows))
+                .bind(worker)
+                .bind(next_attempt_at)
+                .bind(max_attempts)
+                .bind(error)
+                .execute(&self.write)
+                .await?
+                .rows_affected())
+        }
+
+        async fn sweep_fallbacks(
+            &self,
+            now: chrono::DateTime<chrono::Utc>,
+            since: chrono::DateTime<chrono::Utc>,
+        ) -> Result<u64, $crate::store::StoreError> {
+            // A user of a push that falls back, whose deliveries of it are all
+            // final and none reached the device; or (with a receipt timeout) sent
+            // long enough ago with no receipt yet.
+            let sql = "\
+                INSERT INTO fallbacks (app_id, request_id, user_id, reason, state, attempts, next_attempt_at, created_at, updated_at) \
+                SELECT d.app_id, d.request_id, d.user_id, \
+                  CASE WHEN SUM(CASE WHEN d.status = 'sent' THEN 1 ELSE 0 END) > 0 THEN 'no_receipt' \
+                       WHEN SUM(CASE WHEN d.status = 'token_invalid' THEN 1 ELSE 0 END) = COUNT(*) THEN 'all_tokens_invalid' \
+                       ELSE 'provider_refused' END, \
+                  'pending', 0, $1, $1, $1 \
+                FROM push_requests p JOIN deliveries d ON d.request_id = p.id \
+                WHERE p.fallback AND p.created_at >= $2 AND d.user_id IS NOT NULL \
+                  AND NOT EXISTS (SELECT 1 FROM fallbacks f WHERE f.request_id = p.id AND f.user_id = d.user_id) \
+                GROUP BY d.app_id, d.request_id, d.user_id, p.no_receipt_after_secs \
+                HAVING SUM(CASE WHEN d.status IN ('queued', 'leased', 'retry', 'delivered', 'opened', 'dismissed') THEN 1 ELSE 0 END) = 0 \
+                  AND (SUM(CASE WHEN d.status = 'sent' THEN 1 ELSE 0 END) = 0 \
+                       OR (p.no_receipt_after_secs IS NOT NULL \
+                           AND SECONDS_SINCE_SENT >= p.no_receipt_after_secs)) \
+                ON CONFLICT (request_id, user_id) DO NOTHING";
+            let sql = sql.replace("SECONDS_SINCE_SENT", &Self::seconds_between("$1", "MAX(d.sent_at)"));
+            Ok(sqlx::query(&sql)
+                .bind(now)
+                .bind(since)
+                .execute(&self.write)
+                .await?
+                .rows_affected())
+        }
+
+        async fn lease_fallbacks(
+            &self,
+            worker: &str,
+            now: chrono::DateTime<chrono::Utc>,
+            until: chrono::DateTime<chrono::Utc>,
+            limit: i64,
+        ) -> Result<Vec<$crate::store::LeasedFallback>, $crate::store::StoreError> {
+            let lock = if Self::FOR_UPDATE.is_empty() { "" } else { " FOR UPDATE SKIP LOCKED" };
+            let ids: Vec<i64> = sqlx::query_scalar(&format!(
+                "UPDATE fallbacks SET state = 'leased', attempts = attempts + 1, lease_owner = $2, lease_expires_at = $3, updated_at = $1 \
+                 WHERE id IN (SELECT id FROM fallbacks \
+                   WHERE (state = 'pending' AND next_attempt_at <= $1) OR (state = 'leased' AND lease_expires_at < $1) \
+                   ORDER BY next_attempt_at, id LIMIT $4{lock}) \
+                 RETURNING id"
+            ))
+            .bind(now)
+            .bind(worker)
+            .bind(until)
+            .bind(limit)
+            .fetch_all(&self.write)
+            .await?;
+            if ids.is_empty() {
+                return Ok(vec![]);
+            }
+            let sql = format!(
+                "SELECT f.id, f.app_id, f.request_id, f.user_id, u.external_id AS user_external_id, u.phone, \
+                   f.reason, f.attempts, p.topic, p.message \
+                 FROM fallbacks f JOIN users u ON u.id = f.user_id JOIN push_requests p ON p.id = f.request_id \
+                 WHERE f.id IN (SELECT x.id FROM {}) ORDER BY f.id",
+                Self::json_rows("$1", &[("id", "bigint")])
+            );
+            let rows = $crate::store::hooks::id_rows(&ids);
+            Ok(sqlx::query_as(&sql).bind(Self::json_arg(rows)).fetch_all(&self.write).await?)
+        }
+
+        async fn finish_fallback(
+            &self,
+            f: &$crate::store::LeasedFallback,
+            worker: &str,
+            outcome: &$crate::store::FallbackOutcome,
+            events: bool,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<bool, $crate::store::StoreError> {
+            use $crate::store::FallbackOutcome;
+            let (state, next, error, step) = match outcome {
+                FallbackOutcome::Sent => ("sent", now, None, Some("fallback_sent")),
+                FallbackOutcome::Retry { at, error } => ("pending", *at, Some(error.as_str()), None),
+                FallbackOutcome::Failed { error } => ("failed", now, Some(error.as_str()), Some("fallback_failed")),
+            };
+            let mut tx = self.write.begin().await?;
+            let changed = sqlx::query(
+                "UPDATE fallbacks SET state = $4, next_attempt_at = $5, last_error = $6, lease_owner = NULL, \
+                   lease_expires_at = NULL, updated_at = $7 \
+                 WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'leased'",
+            )
+            .bind(f.id)
+            .bind(f.attempts)
+            .bind(worker)
+            .bind(state)
+            .bind(next)
+            .bind(error)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if changed == 0 {
+                return Ok(false);
+            }
+            if let Some(step) = step {
+                let detail = match error {
+                    Some(e) => format!("{}: {e}", f.reason),
+                    None => f.reason.clone(),
+                };
+                // The step joins the history of each of the user's messages of this push.
+                sqlx::query(
+                    "INSERT INTO delivery_events (delivery_id, status, attempt, detail, at) \
+                     SELECT d.id, $3, $4, $5, $6 FROM deliveries d WHERE d.request_id = $1 AND d.user_id = $2",
+                )
+                .bind(&f.request_id)
+                .bind(f.user_id)
+                .bind(step)
+                .bind(f.attempts)
+                .bind(&detail)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                if events {
+                    sqlx::query(
+                        "INSERT INTO webhook_outbox (app_id, request_id, user_id, status, detail, at, next_attempt_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                    )
+                    .bind(&f.app_id)
+                    .bind(&f.request_id)
+                    .bind(f.user_id)
+                    .bind(step)
+                    .bind(&detail)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(true)
+        }
+    };
+}
+
+pub(crate) use hook_store_methods;
