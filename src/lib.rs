@@ -9,6 +9,7 @@ pub mod config;
 pub mod definitions;
 pub mod engine;
 pub mod import;
+pub mod logging;
 pub mod notify;
 pub mod payload;
 pub mod planner;
