@@ -764,6 +764,12 @@ fn figment_message(e: &figment::Error) -> String {
     let mut e = e.clone();
     let key = e.path.join(".");
     e.path.clear();
+    // The value is quoted back; a URL put under the wrong key keeps its password out.
+    if let figment::error::Kind::InvalidType(figment::error::Actual::Str(v), _)
+    | figment::error::Kind::InvalidValue(figment::error::Actual::Str(v), _) = &mut e.kind
+    {
+        *v = redact_url(v);
+    }
     let mut msg = e.kind.to_string();
     if let Some(meta) = e.metadata.as_ref() {
         if let Some(src) = &meta.source {
@@ -898,6 +904,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("apps.shop.default_timezone: "), "{err}");
+    }
+
+    #[test]
+    fn a_misplaced_url_is_quoted_without_its_password() {
+        let e = from_toml("[database]\nmax_connections = \"postgres://u:secret@h/db\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("database.max_connections:"), "{e}");
+        assert!(e.contains("u:***@h") && !e.contains("secret"), "{e}");
     }
 
     #[test]

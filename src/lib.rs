@@ -10,6 +10,8 @@ pub mod definitions;
 pub mod engine;
 pub mod hooks;
 pub mod import;
+pub mod logging;
+pub mod notify;
 pub mod payload;
 pub mod planner;
 pub mod provider;

@@ -7,12 +7,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use meridian::clock::{Clock, SystemClock};
-use meridian::config::{redact_url, Config, LogFormat};
+use meridian::config::{redact_url, Config};
 use meridian::definitions::{self, ApplyError};
+use meridian::logging::{LevelChange, LogHandle};
+use meridian::notify::Notifier;
 use meridian::state::{CampaignState, SlotState, StateMachine};
 use meridian::store::{AnyStore, SaveOutcome, Store};
 use meridian::with_store;
-use tracing_subscriber::EnvFilter;
 
 /// glibc malloc spends a fifth of the send path in contention and consolidation.
 #[global_allocator]
@@ -201,9 +202,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Serve => {
-            init_logging(&config);
+            let log = meridian::logging::init(&config.log).context("setting up logging")?;
+            let daemon = Daemon::start(cli.config, log)?;
             let store = connect(&config).await?;
-            with_store!(store, s => serve(s, config).await)
+            with_store!(store, s => serve(s, config, daemon).await)
         }
         Command::Migrate => {
             let store = connect(&config).await?;
@@ -447,25 +449,6 @@ async fn connect(config: &Config) -> Result<AnyStore, Failure> {
         .map_err(Failure::Runtime)
 }
 
-fn init_logging(config: &Config) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match config.log.format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn check_config(config: &Config) {
     println!("database: {}", redact_url(&config.database.url));
     println!("  max_connections: {}", config.database.max_connections);
@@ -524,13 +507,110 @@ fn check_config(config: &Config) {
     println!("configuration OK");
 }
 
-async fn serve<S: Store + Clone>(store: S, config: Config) -> Result<(), Failure> {
+/// What `serve` holds besides the store and config: how it was started (to reload
+/// the same file), the log filter, its signals and the service manager, if any.
+struct Daemon {
+    config_path: Option<PathBuf>,
+    log: LogHandle,
+    signals: Signals,
+    notifier: Option<std::sync::Arc<Notifier>>,
+}
+
+impl Daemon {
+    /// Installs the signal handlers first: until then SIGHUP's default action
+    /// would end the process.
+    fn start(config_path: Option<PathBuf>, log: LogHandle) -> Result<Self, Failure> {
+        let signals = Signals::install().context("installing signal handlers")?;
+        let notifier = match Notifier::from_env() {
+            Ok(n) => n.map(std::sync::Arc::new),
+            Err(error) => {
+                tracing::warn!(message = "Not notifying the service manager.", %error);
+                None
+            }
+        };
+        Ok(Self {
+            config_path,
+            log,
+            signals,
+            notifier,
+        })
+    }
+
+    /// Tells the service manager, when there is one; failing to is logged, never fatal.
+    fn notify(&self, state: &str) {
+        if let Some(n) = &self.notifier {
+            if let Err(error) = n.notify(state) {
+                tracing::warn!(message = "Cannot notify the service manager.", %error);
+            }
+        }
+    }
+
+    fn status(&self, what: &str) {
+        self.notify(&format!("STATUS={what}"));
+    }
+}
+
+/// What a signal asks of the daemon.
+enum Signalled {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM and SIGINT stop, SIGHUP reloads.
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                term: signal(SignalKind::terminate())?,
+                hup: signal(SignalKind::hangup())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) -> Signalled {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => Signalled::Stop,
+                _ = tokio::signal::ctrl_c() => Signalled::Stop,
+                _ = self.hup.recv() => Signalled::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signalled::Stop
+        }
+    }
+}
+
+/// Runs the API and the engine until SIGTERM; tells a service manager what it is
+/// doing (sd_notify): `READY=1` once migrations are applied, the API listens and
+/// the release loop has turned once; `WATCHDOG=1` while that loop keeps turning.
+async fn serve<S: Store + Clone>(
+    store: S,
+    config: Config,
+    mut daemon: Daemon,
+) -> Result<(), Failure> {
     use meridian::engine::{Engine, EngineSettings};
     use std::sync::Arc;
     let clock = SystemClock;
     if config.database.migrate_on_start {
+        daemon.status("Applying database migrations");
         store.migrate().await.context("migrating")?;
     }
+    daemon.status("Applying campaign files");
     definitions::sync_apps(&store, &config, clock.now()).await?;
     apply_campaign_files(&store, &config).await?;
     let config = Arc::new(config);
@@ -569,6 +649,9 @@ async fn serve<S: Store + Clone>(store: S, config: Config) -> Result<(), Failure
                 .await
         }
     });
+    // Subscribed before the loop starts, so its first turn is seen.
+    let mut first_turn = engine.as_ref().map(|e| e.heartbeat());
+    let watchdog = start_watchdog(&daemon, &config, engine.as_deref());
     let wake = Arc::new(tokio::sync::Notify::new());
     let runner = engine.clone().map(|e| {
         let wake = wake.clone();
@@ -580,8 +663,44 @@ async fn serve<S: Store + Clone>(store: S, config: Config) -> Result<(), Failure
         engine = config.engine.enabled,
         api = %api_addr,
     );
-    shutdown_signal().await;
+    let running = format!(
+        "Running: API on {api_addr}, engine {}",
+        if engine.is_some() { "on" } else { "off" }
+    );
+    if first_turn.is_none() {
+        daemon.notify(&format!("READY=1\nSTATUS={running}"));
+    } else {
+        daemon.status("Starting the scheduler");
+    }
+    loop {
+        let turned = async {
+            match first_turn.as_mut() {
+                Some(rx) => {
+                    let _ = rx.changed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = turned => {
+                first_turn = None;
+                daemon.notify(&format!("READY=1\nSTATUS={running}"));
+            }
+            signal = daemon.signals.next() => match signal {
+                Signalled::Stop => break,
+                Signalled::Reload => {
+                    reload(store.as_ref(), &config, &daemon).await;
+                    let ready = if first_turn.is_none() { "READY=1\n" } else { "" };
+                    daemon.notify(&format!("{ready}STATUS={running}"));
+                }
+            },
+        }
+    }
     tracing::info!(message = "Shutting down: finishing sends in flight.", grace = ?config.engine.shutdown_grace);
+    daemon.notify("STOPPING=1\nSTATUS=Stopping: finishing sends in flight");
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     api_stop.notify_one();
     if let Some(e) = &engine {
         e.stop();
@@ -603,7 +722,70 @@ async fn serve<S: Store + Clone>(store: S, config: Config) -> Result<(), Failure
     Ok(())
 }
 
-async fn apply_campaign_files<S: Store>(store: &S, config: &Config) -> Result<(), Failure> {
+/// Feeds the service manager's watchdog when it asked for one (`WATCHDOG_USEC`):
+/// from the engine's release loop, so a stuck loop stops the pings and gets the
+/// service restarted; with the engine off, from a timer on the runtime that
+/// serves the API (a wedged runtime is caught, a stuck request is not).
+fn start_watchdog<S: Store>(
+    daemon: &Daemon,
+    config: &Config,
+    engine: Option<&meridian::engine::Engine<S>>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let notifier = daemon.notifier.clone()?;
+    let timeout = meridian::notify::watchdog_timeout()?;
+    if engine.is_some() && config.engine.tick >= timeout / 2 {
+        tracing::warn!(
+            message = "engine.tick is too long for the watchdog: an idle release loop may look stuck.",
+            tick = ?config.engine.tick,
+            watchdog = ?timeout,
+        );
+    }
+    let beats = engine.map(|e| e.heartbeat());
+    Some(tokio::spawn(meridian::notify::feed_watchdog(
+        timeout / 2,
+        beats,
+        move || {
+            if let Err(error) = notifier.notify("WATCHDOG=1") {
+                tracing::warn!(message = "Cannot notify the service manager.", %error);
+            }
+        },
+    )))
+}
+
+/// SIGHUP: the log level from the configuration file read again, and the campaign
+/// files applied again, while the API and the engine go on. A configuration that
+/// no longer loads is logged and the running one kept; other settings than
+/// `log.level` take effect at the next start (the engine and API hold them).
+async fn reload<S: Store>(store: &S, running: &Config, daemon: &Daemon) {
+    daemon.notify("RELOADING=1\nSTATUS=Reloading the log level and campaign files");
+    tracing::info!(message = "Reloading (SIGHUP).");
+    match Config::load(daemon.config_path.as_deref()) {
+        Ok(new) => {
+            match daemon.log.set_level(&new.log.level) {
+                Ok(LevelChange::Applied) => {
+                    tracing::info!(message = "Log level set.", level = %new.log.level)
+                }
+                Ok(LevelChange::KeptRustLog) => {
+                    tracing::info!(message = "Log level unchanged: RUST_LOG is set and wins.")
+                }
+                Err(error) => tracing::error!(message = "Log level not changed.", %error),
+            }
+            let mut unchanged = new.clone();
+            unchanged.log = running.log.clone();
+            if serde_json::to_value(&unchanged).ok() != serde_json::to_value(running).ok() {
+                tracing::warn!(message = "Settings other than log.level changed; they take effect at the next start.");
+            }
+        }
+        Err(error) => {
+            tracing::error!(message = "Configuration not reloaded; the running one is kept.", %error)
+        }
+    }
+    if let Err(error) = apply_campaign_files(store, running).await {
+        tracing::error!(message = "Campaign files not reloaded.", error = %format!("{error:#}"));
+    }
+}
+
+async fn apply_campaign_files<S: Store>(store: &S, config: &Config) -> anyhow::Result<()> {
     let clock = SystemClock;
     let files = definitions::files_in(&config.campaigns.dir)
         .with_context(|| format!("reading {}", config.campaigns.dir.display()))?;

@@ -1,6 +1,8 @@
 //! `meridian simulate` as ops run it, and one app's providers built from the
 //! same config file sending through it.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -21,20 +23,12 @@ impl Drop for Killed {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn simulate_trusts_the_configured_keys_and_providers_send_through_it() {
     let dir = tempfile::tempdir().unwrap();
     let p = |name: &str| dir.path().join(name);
     std::fs::write(p("AuthKey.p8"), jwt::generate_p8().unwrap()).unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let base = format!("https://127.0.0.1:{port}");
     let account = serde_json::json!({
         "type": "service_account",

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use futures::StreamExt;
+use tracing::Instrument;
 
 use super::outcome::{decide, Decision};
 use super::{platform_of, Engine, EngineError};
@@ -39,7 +40,8 @@ impl<S: Store> Engine<S> {
         if leased == 0 {
             return Ok((0, 0));
         }
-        Ok((leased, self.send_rows(rows).await?))
+        let span = tracing::info_span!("rows", rows = leased);
+        Ok((leased, self.send_rows(rows).instrument(span).await?))
     }
 
     /// Leases and sends chunks of released slots until none is left; returns
@@ -137,7 +139,14 @@ impl<S: Store> Engine<S> {
                 .await?;
             return Ok(0);
         }
-        self.process_chunk(chunk).await
+        let span = tracing::info_span!(
+            "chunk",
+            chunk_id = chunk.id,
+            campaign_id = chunk.campaign_id,
+            slot_id = chunk.slot_id,
+            attempt = chunk.attempt,
+        );
+        self.process_chunk(chunk).instrument(span).await
     }
 
     /// Sends a chunk's recipients and records each outcome; returns how many were recorded.
@@ -291,7 +300,10 @@ impl<S: Store> Engine<S> {
             _ = heartbeat => Ok(0),
         };
         match result {
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                tracing::debug!(message = "Chunk done.", recorded = n);
+                Ok(n)
+            }
             Err(StoreError::LeaseLost { what }) => {
                 tracing::warn!(message = "Lease lost; another worker owns the chunk now.", %what);
                 Ok(0)

@@ -148,6 +148,8 @@ pub struct Engine<S> {
     stopped: tokio::sync::Notify,
     rows_queued: Arc<tokio::sync::Notify>,
     hooks: hooks::Hooks,
+    /// Counts the release loop's turns (see [`Engine::heartbeat`]).
+    heartbeat: tokio::sync::watch::Sender<u64>,
 }
 
 /// What a dispatch loop leases.
@@ -184,7 +186,19 @@ impl<S: Store> Engine<S> {
             stopped: tokio::sync::Notify::new(),
             rows_queued: Arc::new(tokio::sync::Notify::new()),
             hooks,
+            heartbeat: tokio::sync::watch::channel(0).0,
         })
+    }
+
+    /// Moves on every turn of the release loop and every slot group it releases,
+    /// whether the pass succeeded or not: whoever supervises the process (systemd's
+    /// watchdog, through `main`) can tell a loop that turns from one that is stuck.
+    pub fn heartbeat(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.heartbeat.subscribe()
+    }
+
+    fn beat(&self) {
+        self.heartbeat.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -282,7 +296,9 @@ impl<S: Store> Engine<S> {
                 self.complete().await?;
                 Ok::<usize, EngineError>(n)
             };
-            match pass.await {
+            let result = pass.await;
+            self.beat();
+            match result {
                 Ok(n) => {
                     failures = 0;
                     if n > 0 {

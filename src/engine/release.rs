@@ -1,10 +1,13 @@
 //! Releasing due slots and completing finished work (and planning the next
 //! occurrence of recurring campaigns).
 
+use chrono::{DateTime, Utc};
+use tracing::Instrument;
+
 use super::{Engine, EngineError};
 use crate::campaign::PlanSchedule;
 use crate::planner::{self, PlanRequest, ZoneCount};
-use crate::store::{NewSlot, Store};
+use crate::store::{DueSlot, NewSlot, Store};
 
 /// Slots of one campaign occurrence released in one transaction.
 const RELEASE_BATCH: usize = 32;
@@ -32,37 +35,53 @@ impl<S: Store> Engine<S> {
             // a batch's time, not after the whole of a large release.
             let group = &group[..group.len().min(RELEASE_BATCH)];
             let first = &group[0];
-            let Some(ctx) = self.campaign_ctx(first.campaign_id, &first.definition.0) else {
-                continue;
-            };
-            let segment = ctx.segment();
-            let won = self
-                .store
-                .release_slots(
-                    group,
-                    &segment,
-                    self.settings.chunk_size,
-                    &self.settings.worker_id,
-                    now,
-                )
-                .await?;
-            released += won.len();
-            for (slot_id, r) in won {
-                let Some(slot) = group.iter().find(|s| s.slot_id == slot_id) else {
-                    continue;
-                };
-                tracing::info!(
-                    message = "Slot released.",
-                    campaign_id = slot.campaign_id,
-                    zone = %slot.zone,
-                    occurrence = %slot.occurrence,
-                    recipients = r.recipients,
-                    chunks = r.chunks,
-                    lag_ms = (now - slot.fire_at).num_milliseconds(),
-                );
-            }
+            let span = tracing::info_span!(
+                "release",
+                campaign_id = first.campaign_id,
+                occurrence = %first.occurrence,
+                zones = group.len(),
+            );
+            released += self.release_group(group, now).instrument(span).await?;
+            self.beat();
         }
         Ok(released)
+    }
+
+    /// Releases one batch of due slots of one campaign occurrence; returns how many
+    /// this instance won.
+    async fn release_group(
+        &self,
+        group: &[DueSlot],
+        now: DateTime<Utc>,
+    ) -> Result<usize, EngineError> {
+        let first = &group[0];
+        let Some(ctx) = self.campaign_ctx(first.campaign_id, &first.definition.0) else {
+            return Ok(0);
+        };
+        let segment = ctx.segment();
+        let won = self
+            .store
+            .release_slots(
+                group,
+                &segment,
+                self.settings.chunk_size,
+                &self.settings.worker_id,
+                now,
+            )
+            .await?;
+        for (slot_id, r) in &won {
+            let Some(slot) = group.iter().find(|s| s.slot_id == *slot_id) else {
+                continue;
+            };
+            tracing::info!(
+                message = "Slot released.",
+                zone = %slot.zone,
+                recipients = r.recipients,
+                chunks = r.chunks,
+                lag_ms = (now - slot.fire_at).num_milliseconds(),
+            );
+        }
+        Ok(won.len())
     }
 
     /// Completes slots and campaigns with nothing left pending; a recurring

@@ -25,6 +25,15 @@ enum Cleanup {
     Postgres { admin_url: String, name: String },
 }
 
+/// A port nothing listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 pub fn pg_url() -> String {
     std::env::var("MERIDIAN_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_URL.to_owned())
 }
