@@ -11,6 +11,7 @@ pub mod engine;
 pub mod hooks;
 pub mod import;
 pub mod logging;
+pub mod metrics;
 pub mod notify;
 pub mod payload;
 pub mod planner;

@@ -606,6 +606,8 @@ async fn serve<S: Store + Clone>(
     use meridian::engine::{Engine, EngineSettings};
     use std::sync::Arc;
     let clock = SystemClock;
+    // Before anything is recorded: the engine's first outcomes count too.
+    meridian::metrics::install();
     if config.database.migrate_on_start {
         daemon.status("Applying database migrations");
         store.migrate().await.context("migrating")?;

@@ -1466,7 +1466,61 @@ async fn a_push_falls_back_once_when_push_cannot_reach<S: Store + Clone>(db: &Te
     assert_eq!(steps, ["queued", "token_invalid", "fallback_sent"], "{one}");
 }
 
+/// `/metrics` answers Prometheus text with the families ops read: deliveries by
+/// status and provider, provider latency, retries by reason, invalidated tokens,
+/// scheduler lag, lease takeovers, queue depth, rate-limit waits, API requests.
+async fn metrics_expose_the_engine_and_the_api<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    rig.device(1, "UTC", Platform::Android, false).await;
+    rig.device(2, "UTC", Platform::Ios, false).await;
+    rig.device(3, "UTC", Platform::Android, true).await;
+    rig.schedule("hello", "type = \"now\"").await;
+    let engine = rig.engine("worker-a", 100);
+    let (base, key) = rig.api(Some(&engine)).await;
+    engine.run_until_idle().await.unwrap();
+    // A push the provider turns away once: a retry.
+    rig.sim.set_behaviour(Behaviour {
+        fail_next: 1,
+        fail_status: 503,
+        ..Behaviour::default()
+    });
+    post(
+        &base,
+        &key,
+        "/v1/push",
+        serde_json::json!({"userIds": ["user-1"], "message": {"title": "t", "summary": "s"}}),
+    )
+    .await;
+    engine.run_until_idle().await.unwrap();
+    get(&base, &key, "/v1/messages").await;
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "# TYPE meridian_deliveries_total counter",
+        "meridian_deliveries_total{status=\"sent\",provider=\"fcm\"}",
+        "meridian_deliveries_total{status=\"token_invalid\",provider=\"fcm\"}",
+        "meridian_deliveries_total{status=\"retry\",provider=",
+        "meridian_provider_request_duration_seconds_bucket{provider=\"fcm\",outcome=\"accepted\"",
+        "meridian_provider_request_duration_seconds_bucket{provider=\"apns\",outcome=",
+        "meridian_retries_total{reason=",
+        "meridian_tokens_invalidated_total{provider=\"fcm\"}",
+        "meridian_scheduler_lag_seconds_bucket",
+        "meridian_lease_takeovers_total",
+        "meridian_queue_depth{kind=\"chunks_pending\"}",
+        "meridian_queue_depth{kind=\"deliveries_retry\"}",
+        "meridian_rate_limit_waits_total{provider=\"apns\"}",
+        "meridian_api_requests_total{route=\"/v1/messages\",method=\"GET\",status=\"200\"}",
+    ] {
+        assert!(text.contains(family), "{family} missing from:\n{text}");
+    }
+}
+
 storage_tests!(
+    metrics_expose_the_engine_and_the_api,
     status_changes_reach_the_webhook_in_signed_batches,
     a_push_falls_back_once_when_push_cannot_reach,
     a_push_reaches_users_by_id_phone_and_install,

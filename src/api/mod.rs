@@ -74,8 +74,10 @@ impl<S> Clone for ApiState<S> {
 
 /// The API's routes.
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
+    crate::metrics::install();
     Router::new()
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics_page::<S>))
         .route("/v1/users/{external_id}", put(audience::put_user::<S>))
         // Streams its body under its own limit (`import::IMPORT_BODY_LIMIT`).
         .route("/v1/users:import", post(import::import_users::<S>))
@@ -103,9 +105,46 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         )
         .route("/v1/campaigns/{id}/slots", get(campaigns::slots::<S>))
         .route("/v1/campaigns/{id}/{action}", post(campaigns::act::<S>))
+        .route_layer(axum::middleware::from_fn(count_requests))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+}
+
+/// `GET /metrics`: Prometheus text, with the queue depths read now (no key: it
+/// holds counts only, and scrapers carry no API key).
+async fn metrics_page<S: Store>(
+    axum::extract::State(st): axum::extract::State<ApiState<S>>,
+) -> Response {
+    match st.store.queue_depth(st.clock.now()).await {
+        Ok(depths) => {
+            for (kind, n) in depths {
+                crate::metrics::queue_depth(kind, n);
+            }
+        }
+        Err(error) => tracing::warn!(message = "Cannot read queue depths for /metrics.", %error),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
+}
+
+/// Counts each request by its route's pattern (not its path: ids would explode
+/// the label set), method and status.
+async fn count_requests(req: Request, next: axum::middleware::Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = req.method().as_str().to_owned();
+    let response = next.run(req).await;
+    crate::metrics::api_request(route, method, response.status().as_u16());
+    response
 }
 
 /// Every error answer: a status, a stable `error` code and a human `message`.

@@ -97,6 +97,9 @@ impl<S: Store> Engine<S> {
                         // held by a chunk in flight that is not being polled.
                         let give_back = failed.is_some();
                         for c in chunks {
+                            if c.attempt > 1 {
+                                crate::metrics::lease_takeover();
+                            }
                             leased += usize::from(!give_back);
                             in_flight.push(self.take_chunk(c, give_back));
                         }
@@ -119,12 +122,15 @@ impl<S: Store> Engine<S> {
     /// Records when the chunk's first send left, once there was one; returns whether it did.
     async fn note_first_send(
         &self,
-        slot_id: i64,
+        slot: &crate::store::SlotInfo,
         first_send: &std::sync::OnceLock<chrono::DateTime<chrono::Utc>>,
     ) -> Result<bool, StoreError> {
         match first_send.get() {
             Some(at) => {
-                self.store.note_slot_sending(slot_id, *at).await?;
+                self.store.note_slot_sending(slot.slot_id, *at).await?;
+                if let Ok(lag) = (*at - slot.fire_at).to_std() {
+                    crate::metrics::scheduler_lag(lag);
+                }
                 Ok(true)
             }
             None => Ok(false),
@@ -245,27 +251,34 @@ impl<S: Store> Engine<S> {
             while let Some(item) = sends.next().await {
                 match item {
                     None => given_back = true,
-                    Some((r, d)) => batch.push(NewDelivery {
-                        device_id: r.device_id,
-                        user_id: r.user_id,
-                        status: d.status,
-                        provider_id: d.provider_id,
-                        error_reason: d.reason,
-                        next_attempt_at: d.next_attempt_at,
+                    Some((r, d)) => batch.push({
+                        crate::metrics::delivery(
+                            d.status,
+                            providers.provider_for(platform_of(&r.platform)),
+                            d.reason.as_deref(),
+                        );
+                        NewDelivery {
+                            device_id: r.device_id,
+                            user_id: r.user_id,
+                            status: d.status,
+                            provider_id: d.provider_id,
+                            error_reason: d.reason,
+                            next_attempt_at: d.next_attempt_at,
+                        }
                     }),
                 }
                 if batch.len() >= self.settings.flush_every {
                     recorded += self
                         .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
                         .await?;
-                    noted = noted || self.note_first_send(slot.slot_id, &first_send).await?;
+                    noted = noted || self.note_first_send(&slot, &first_send).await?;
                 }
             }
             recorded += self
                 .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
                 .await?;
             if !noted {
-                self.note_first_send(slot.slot_id, &first_send).await?;
+                self.note_first_send(&slot, &first_send).await?;
             }
             let now = self.now();
             if given_back {
@@ -360,6 +373,12 @@ impl<S: Store> Engine<S> {
             .buffer_unordered(self.settings.sends_per_chunk.max(1));
         let results: Vec<(LeasedDelivery, Decision)> = sends.collect().await;
         for (row, d) in results {
+            crate::metrics::delivery(
+                d.status,
+                self.providers_for(&row.app_id)
+                    .map_or("none", |p| p.provider_for(platform_of(&row.platform))),
+                d.reason.as_deref(),
+            );
             updates.push(DeliveryUpdate {
                 id: row.id,
                 attempts: row.attempts,

@@ -36,9 +36,13 @@ struct Paced<C> {
 }
 
 impl<C> Paced<C> {
-    async fn ready(&self) {
+    /// Takes a send slot of the pacer, counting the sends that had to wait.
+    async fn ready(&self, provider: &'static str) {
         if let Some(p) = &self.pacer {
-            p.ready().await;
+            if !p.try_take() {
+                crate::metrics::rate_limit_wait(provider);
+                p.ready().await;
+            }
         }
     }
 }
@@ -143,6 +147,14 @@ impl AppProviders {
         }
     }
 
+    /// Which provider a device of this platform is sent through (a metrics label).
+    pub fn provider_for(&self, platform: Platform) -> &'static str {
+        match (platform, &self.apns) {
+            (Platform::Ios, Some(_)) => "apns",
+            _ => "fcm",
+        }
+    }
+
     /// Sends through APNs (iOS, when configured) or FCM (Android, and iOS without APNs).
     pub async fn send(&self, push: &Push<'_>) -> Outcome {
         let message_id = apns_id_for(push.delivery_id);
@@ -159,8 +171,10 @@ impl AppProviders {
                         }
                     }
                 };
-                apns.ready().await;
-                apns.client
+                apns.ready("apns").await;
+                let started = std::time::Instant::now();
+                let outcome = apns
+                    .client
                     .send(&ApnsNotification {
                         device_token: push.token,
                         apns_id: &message_id,
@@ -172,7 +186,9 @@ impl AppProviders {
                         expiration: push.expires_at,
                         collapse_id: push.collapse_key,
                     })
-                    .await
+                    .await;
+                crate::metrics::provider_request("apns", &outcome, started.elapsed());
+                outcome
             }
             (platform, _, Some(fcm)) => {
                 let target = FcmTarget {
@@ -189,8 +205,11 @@ impl AppProviders {
                         }
                     }
                 };
-                fcm.ready().await;
-                fcm.client.send_json(body.into()).await
+                fcm.ready("fcm").await;
+                let started = std::time::Instant::now();
+                let outcome = fcm.client.send_json(body.into()).await;
+                crate::metrics::provider_request("fcm", &outcome, started.elapsed());
+                outcome
             }
             (platform, _, None) => Outcome::Rejected {
                 reason: format!("no provider configured for {} devices", platform.as_str()),

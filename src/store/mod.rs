@@ -693,6 +693,14 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
+    /// Work waiting, by kind (for the `meridian_queue_depth` gauge): chunks
+    /// pending and leased, delivery rows queued and waiting to retry, slots due,
+    /// webhook events and fallbacks not yet delivered.
+    fn queue_depth(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;
+
     /// The stored messages of transactional pushes: (request id, message, created at).
     fn push_messages(
         &self,

@@ -541,6 +541,24 @@ macro_rules! shared_store_methods {
             Ok($crate::store::PushQueued { deliveries: queued.len() as u64, unknown })
         }
 
+        async fn queue_depth(
+            &self,
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<Vec<(String, i64)>, $crate::store::StoreError> {
+            Ok(sqlx::query_as(
+                "SELECT 'chunks_pending', COUNT(*) FROM slot_chunks WHERE state = 'pending' \
+                 UNION ALL SELECT 'chunks_leased', COUNT(*) FROM slot_chunks WHERE state = 'leased' \
+                 UNION ALL SELECT 'deliveries_queued', COUNT(*) FROM deliveries WHERE status = 'queued' \
+                 UNION ALL SELECT 'deliveries_retry', COUNT(*) FROM deliveries WHERE status = 'retry' \
+                 UNION ALL SELECT 'slots_due', COUNT(*) FROM slots WHERE state = 'pending' AND fire_at <= $1 \
+                 UNION ALL SELECT 'webhook_events', COUNT(*) FROM webhook_outbox WHERE state <> 'dead' \
+                 UNION ALL SELECT 'fallbacks', COUNT(*) FROM fallbacks WHERE state IN ('pending', 'leased')",
+            )
+            .bind(now)
+            .fetch_all(&self.read)
+            .await?)
+        }
+
         async fn push_messages(
             &self,
             request_ids: &[String],
