@@ -586,6 +586,29 @@ async fn push_speaks_the_partner_contract<S: Store + Clone>(db: &TestDb<S>) {
         res.json::<Value>().await.unwrap(),
         json!({"error": "Bad Request", "message": "Invalid request payload JSON format"})
     );
+    // Over the body limit, and not JSON at all: refused before anything is read.
+    let raw = |content_type: &'static str, body: Vec<u8>| {
+        api.http
+            .post(format!("{}/v1/push", api.base))
+            .bearer_auth(&api.shop)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let res = raw("application/json", vec![b' '; 2 * 1024 * 1024])
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "Request Entity Too Large"
+    );
+    let res = raw("text/plain", b"{}".to_vec()).await.unwrap();
+    assert_eq!(res.status().as_u16(), 415);
+    assert_eq!(
+        res.json::<Value>().await.unwrap()["error"],
+        "Unsupported Media Type"
+    );
     // Valid, but the app has no APNs or FCM credentials configured.
     let (status, body) = push(key, json!({"userIds": ["u1"], "message": msg})).await;
     assert_eq!(
@@ -597,8 +620,8 @@ async fn push_speaks_the_partner_contract<S: Store + Clone>(db: &TestDb<S>) {
     );
     let (status, _) = push(None, json!({"userIds": ["u1"], "message": msg})).await;
     assert_eq!(status, 401);
-    // Five requests so far; five more are allowed this minute, the next is refused.
-    for _ in 0..5 {
+    // Seven requests so far; three more are allowed this minute, the next is refused.
+    for _ in 0..3 {
         let (status, _) = push(key, json!({"userIds": ["u1"], "message": msg})).await;
         assert_eq!(status, 503);
     }
