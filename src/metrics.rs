@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::provider::Outcome;
-use crate::state::DeliveryStatus;
+use crate::state::{DeliveryStatus, StateMachine};
 
 pub const DELIVERIES: &str = "meridian_deliveries_total";
 pub const PROVIDER_LATENCY: &str = "meridian_provider_request_duration_seconds";
@@ -95,7 +95,7 @@ fn describe() {
 
 /// An outcome decided for a message.
 pub fn delivery(status: DeliveryStatus, provider: &'static str, reason: Option<&str>) {
-    metrics::counter!(DELIVERIES, "status" => status.to_string(), "provider" => provider)
+    metrics::counter!(DELIVERIES, "status" => status.as_str(), "provider" => provider)
         .increment(1);
     match status {
         DeliveryStatus::Retry => {
