@@ -629,7 +629,65 @@ async fn push_speaks_the_partner_contract<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(listed["messages"], json!([]), "nothing was queued");
 }
 
+/// U+0000 anywhere in a push or a campaign is a 400 naming the field: Postgres
+/// takes it in neither text nor jsonb, so it was a 503 there (and stored on SQLite).
+async fn nul_characters_are_refused_by_name<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let shop = Some(api.shop.as_str());
+    let push = json!({"userIds": ["u1"], "message": {"title": "t", "summary": "s"}, "data": {"k": "\u{0}"}});
+    let (status, body) = api.call("POST", "/v1/push", shop, Some(push)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("message.data.k: must not contain the NUL"),
+        "{body}"
+    );
+    let campaign = |name: &str, users: Value| {
+        json!({"key": "k", "name": name, "message": {"title": "t", "body": "b"},
+               "audience": {"users": users}, "schedule": {"type": "now"}})
+    };
+    api.bad_request(
+        "POST",
+        "/v1/campaigns",
+        shop,
+        Some(campaign("a\u{0}", json!([]))),
+        "name: must not contain the NUL",
+    )
+    .await;
+    api.bad_request(
+        "POST",
+        "/v1/campaigns:preview",
+        shop,
+        Some(campaign("n", json!(["u\u{0}"]))),
+        "audience.users[0]: ",
+    )
+    .await;
+    let (status, made) = api
+        .call(
+            "POST",
+            "/v1/campaigns",
+            shop,
+            Some(campaign("n", json!([]))),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let path = format!("/v1/campaigns/{}", made["id"]);
+    api.bad_request(
+        "PATCH",
+        &path,
+        shop,
+        Some(json!({"message": {"title": "\u{0}"}})),
+        "message.title: ",
+    )
+    .await;
+    let (_, now) = api.call("GET", &path, shop, None).await;
+    assert_eq!(now, made, "a refused patch changes nothing");
+}
+
 storage_tests!(
+    nul_characters_are_refused_by_name,
     push_speaks_the_partner_contract,
     messages_are_listed_newest_first_by_page,
     a_message_shows_its_history_and_takes_receipts,

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
 use super::{ApiError, ApiState, AppKey, Body};
-use crate::campaign::Platform;
+use crate::campaign::{nul_at, Platform, NUL_REFUSED};
 use crate::store::{DeviceUpsert, Store, UserUpsert};
 
 /// A user's fields; an absent one keeps what is stored.
@@ -183,11 +183,8 @@ impl CheckedUser {
         let attributes = body.attributes.map(serde_json::Value::Object);
         // Postgres cannot store U+0000 in jsonb: refused here, it would fail the
         // whole write (and a bulk import's whole batch) as a storage error.
-        if attributes.as_ref().is_some_and(has_nul) {
-            return Err(ApiError::field(
-                "attributes",
-                "must not contain the NUL character (\\u0000)",
-            ));
+        if attributes.as_ref().and_then(|a| nul_at(a, "")).is_some() {
+            return Err(ApiError::field("attributes", NUL_REFUSED));
         }
         Ok(Self {
             external_id,
@@ -208,15 +205,6 @@ impl CheckedUser {
             locale: self.locale.as_deref(),
             attributes: self.attributes.as_ref(),
         }
-    }
-}
-
-fn has_nul(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(has_nul),
-        serde_json::Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
     }
 }
 

@@ -574,6 +574,10 @@ fn ids(obj: &Map<String, Value>, key: &str, max: usize) -> Result<Vec<String>, S
             };
             match v {
                 Value::String(s) if s.is_empty() => Err(at("is not allowed to be empty")),
+                // Postgres cannot take U+0000 in a text parameter: a 400, not a 503.
+                Value::String(s) if s.contains('\0') => {
+                    Err(at("must not contain the NUL character"))
+                }
                 Value::String(s) if s.chars().count() > 256 => Err(at(
                     "length must be less than or equal to 256 characters long",
                 )),
@@ -668,6 +672,10 @@ mod tests {
             (json!({"userIds": ["u"], "message": {"title": "t", "summary": "s"}, "data": {"n": 1}}),
              "child \"data\" fails because [child \"n\" fails because [\"n\" must be a string]]"),
             (json!([1]), "\"value\" must be an object"),
+            (json!({"installIds": ["a\u{0}"], "message": {"title": "t", "summary": "s"}}),
+             "child \"installIds\" fails because [\"installIds\" at position 0 fails because [\"0\" must not contain the NUL character]]"),
+            (json!({"userIds": ["u"], "message": {"title": "t", "summary": "s"}, "data": {"n": "\u{0}"}}),
+             "\"value\" fails because [message.data.n: must not contain the NUL character (\\u0000)]"),
         ];
         for (body, want) in cases {
             assert_eq!(check(body.clone()).unwrap_err(), want, "{body}");
