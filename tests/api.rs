@@ -629,8 +629,9 @@ async fn push_speaks_the_partner_contract<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(listed["messages"], json!([]), "nothing was queued");
 }
 
-/// U+0000 anywhere in a push or a campaign is a 400 naming the field: Postgres
-/// takes it in neither text nor jsonb, so it was a 503 there (and stored on SQLite).
+/// U+0000 anywhere in a push or a campaign is a 400 naming the field, and `%00`
+/// in a path or query a 400 naming which: Postgres takes it in neither text nor
+/// jsonb, so it was a 503 there (and stored on SQLite).
 async fn nul_characters_are_refused_by_name<S: Store + Clone>(db: &TestDb<S>) {
     let api = start(db).await;
     let shop = Some(api.shop.as_str());
@@ -684,6 +685,14 @@ async fn nul_characters_are_refused_by_name<S: Store + Clone>(db: &TestDb<S>) {
     .await;
     let (_, now) = api.call("GET", &path, shop, None).await;
     assert_eq!(now, made, "a refused patch changes nothing");
+    for (method, path, part) in [
+        ("GET", "/v1/messages?user=a%00", "query: "),
+        ("GET", "/v1/messages?request=%00", "query: "),
+        ("GET", "/v1/users/a%00/subscriptions", "path: "),
+        ("DELETE", "/v1/devices/a%00", "path: "),
+    ] {
+        api.bad_request(method, path, shop, None, part).await;
+    }
 }
 
 storage_tests!(

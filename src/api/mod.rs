@@ -98,13 +98,28 @@ pub fn routes<S: Store>() -> openapi::Routes<S> {
         .add(c::__path_act, c::act::<S>)
 }
 
-/// The API: [`routes`] with the fallback, the body limit and the state.
+/// The API: [`routes`] with the fallback, the body limit, the NUL guard and the state.
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
     routes::<S>()
         .into_router()
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_nul))
         .with_state(state)
+}
+
+/// A path or query holding `%00` is refused before any handler: Postgres takes
+/// U+0000 in no text parameter (an id or filter holding one was a 503 there).
+async fn refuse_nul(req: Request, next: axum::middleware::Next) -> Response {
+    let uri = req.uri();
+    let part = if uri.path().contains("%00") {
+        "path"
+    } else if uri.query().is_some_and(|q| q.contains("%00")) {
+        "query"
+    } else {
+        return next.run(req).await;
+    };
+    ApiError::field(part, "must not contain the NUL character (%00)").into_response()
 }
 
 /// Every error answer: a status, a stable `error` code and a human `message`.
