@@ -171,7 +171,8 @@ async fn the_document_is_openapi_3_1_and_whole<S: Store + Clone>(db: &TestDb<S>)
 
 /// The document lists exactly [`ROUTES`], and each of them is served where the
 /// document says: an operation that requires the bearer key is refused without
-/// one (401), a public one answers 200. Neither reaches the fallback.
+/// one (401), a public one answers 200, another method is a 405 allowing just
+/// the documented ones. None reaches the fallback.
 async fn every_route_is_listed_served_and_secured_as_documented<S: Store + Clone>(db: &TestDb<S>) {
     let (api, text) = fetch(db).await;
     let spec = oas3::from_json(&text).unwrap();
@@ -230,6 +231,38 @@ async fn every_route_is_listed_served_and_secured_as_documented<S: Store + Clone
                 (401, Some("unauthorized")),
                 "{name}"
             );
+        }
+    }
+
+    // Every other method on a documented path is a JSON 405 whose Allow header
+    // lists what the document lists (and HEAD with GET).
+    for (path, item) in spec.paths.iter().flatten() {
+        let documented: BTreeSet<String> = item
+            .methods()
+            .into_iter()
+            .map(|(m, _)| m.to_string())
+            .collect();
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            if documented.contains(method) {
+                continue;
+            }
+            let res = api
+                .request(method, &sample(path), None)
+                .send()
+                .await
+                .unwrap();
+            let name = format!("{method} {path}");
+            assert_eq!(res.status().as_u16(), 405, "{name}");
+            let allow: BTreeSet<String> = res.headers()["allow"]
+                .to_str()
+                .unwrap()
+                .split(',')
+                .map(|m| m.trim().to_owned())
+                .filter(|m| m != "HEAD")
+                .collect();
+            assert_eq!(allow, documented, "{name}");
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["error"], "method_not_allowed", "{name}: {body}");
         }
     }
 

@@ -98,11 +98,19 @@ pub fn routes<S: Store>() -> openapi::Routes<S> {
         .add(c::__path_act, c::act::<S>)
 }
 
-/// The API: [`routes`] with the fallback, the body limit, the NUL guard and the state.
+/// The API: [`routes`] with the fallbacks, the body limit, the NUL guard and the state.
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
     routes::<S>()
         .into_router()
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            let message = "the route does not take this method (see Allow)";
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                message,
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(refuse_nul))
         .with_state(state)

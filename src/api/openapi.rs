@@ -182,7 +182,7 @@ pub struct ErrorBody {
     /// A stable code: `bad_request`, `unauthorized`, `not_found`, `conflict`,
     /// `invalid_transition`, `not_editable`, `idempotency_mismatch`,
     /// `idempotency_in_progress`, `payload_too_large`, `unsupported_media_type`,
-    /// `unavailable`.
+    /// `method_not_allowed`, `unavailable`.
     #[schema(example = "bad_request")]
     pub error: Cow<'static, str>,
     /// What was wrong, naming the field or parameter first.
