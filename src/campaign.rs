@@ -112,7 +112,7 @@ pub enum Priority {
     Normal,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Platform {
     #[default]
@@ -366,10 +366,51 @@ fn parse_instant(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
+/// What a string holding U+0000 is told: Postgres stores it in neither text nor
+/// jsonb, so it is refused as input rather than failing the write.
+pub const NUL_REFUSED: &str = "must not contain the NUL character (\\u0000)";
+
+/// The field path (`message.data.k`, `audience.users[2]`) of the first string or
+/// member name in `value` that holds U+0000, below `at` (empty for the root).
+pub fn nul_at(value: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0').then(|| at.to_owned()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_at(v, &format!("{at}[{i}]"))),
+        Value::Object(members) => members.iter().find_map(|(k, v)| {
+            let here = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_at(v, &here)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Pushes the NUL refusal for the first such string of `v` (serialized) under `at`.
+fn check_nul(v: &impl Serialize, at: &str, errs: &mut ValidationErrors) {
+    if let Some(field) = serde_json::to_value(v)
+        .ok()
+        .and_then(|value| nul_at(&value, at))
+    {
+        errs.push(field, NUL_REFUSED);
+    }
+}
+
 impl CampaignDefinition {
     /// Checks every field and returns the typed campaign, or every problem at once.
     pub fn validate(&self, app: &AppContext<'_>) -> Result<ValidCampaign, ValidationErrors> {
         let mut errs = ValidationErrors(Vec::new());
+        check_nul(self, "", &mut errs);
         if !valid_key(&self.key) {
             errs.push(
                 "key",
@@ -408,6 +449,7 @@ impl Message {
     /// Checks a message on its own (a transactional push has no campaign around it).
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errs = ValidationErrors(Vec::new());
+        check_nul(self, "message", &mut errs);
         self.check(&mut errs);
         if errs.0.is_empty() {
             Ok(())
@@ -952,6 +994,29 @@ mod tests {
         assert!(w.contains(NaiveTime::from_hms_opt(7, 59, 0).unwrap()));
         assert!(!w.contains(NaiveTime::from_hms_opt(8, 0, 0).unwrap()));
         assert!(!w.contains(NaiveTime::from_hms_opt(12, 0, 0).unwrap()));
+    }
+
+    #[test]
+    fn nul_characters_are_refused_naming_the_field() {
+        let mut d = base();
+        d.message
+            .data
+            .insert("k".into(), serde_json::json!(["ok", "a\u{0}"]));
+        let e = d.validate(&ctx()).unwrap_err();
+        assert_eq!(
+            e.0[0].to_string(),
+            format!("message.data.k[1]: {NUL_REFUSED}")
+        );
+        let mut d = base();
+        d.audience.users = vec!["\u{0}".into()];
+        let e = d.validate(&ctx()).unwrap_err();
+        assert_eq!(e.0[0].field, "audience.users[0]");
+        let mut m = base().message;
+        m.title = "t\u{0}".into();
+        assert_eq!(m.validate().unwrap_err().0[0].field, "message.title");
+        let key = serde_json::json!({"a": {"b\u{0}": 1}});
+        assert_eq!(nul_at(&key, "").as_deref(), Some("a.b\u{0}"));
+        assert_eq!(nul_at(&serde_json::json!({"a": [1, "x"]}), ""), None);
     }
 
     #[test]

@@ -79,7 +79,8 @@ impl std::str::FromStr for Format {
 pub struct UnknownFormat(String);
 
 /// What an import did: rows written, rows refused, and the first refusals.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(as = ImportSummary)]
 pub struct Summary {
     pub accepted: u64,
     pub rejected: u64,
@@ -88,7 +89,7 @@ pub struct Summary {
 }
 
 /// A rejected row: its (first) line in the input and `field: problem`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LineError {
     pub line: u64,
     pub message: String,

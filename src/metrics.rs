@@ -95,8 +95,7 @@ fn describe() {
 
 /// An outcome decided for a message.
 pub fn delivery(status: DeliveryStatus, provider: &'static str, reason: Option<&str>) {
-    metrics::counter!(DELIVERIES, "status" => status.as_str(), "provider" => provider)
-        .increment(1);
+    metrics::counter!(DELIVERIES, "status" => status.as_str(), "provider" => provider).increment(1);
     match status {
         DeliveryStatus::Retry => {
             metrics::counter!(RETRIES, "reason" => retry_reason(reason.unwrap_or("unknown")))

@@ -587,8 +587,9 @@ async fn push_speaks_the_partner_contract<S: Store + Clone>(db: &TestDb<S>) {
         json!({"error": "Bad Request", "message": "Invalid request payload JSON format"})
     );
     // Over the body limit, and not JSON at all: refused before anything is read.
+    // A fresh connection each: the server closes one after refusing a body unread.
     let raw = |content_type: &'static str, body: Vec<u8>| {
-        api.http
+        reqwest::Client::new()
             .post(format!("{}/v1/push", api.base))
             .bearer_auth(&api.shop)
             .header("content-type", content_type)
@@ -652,7 +653,74 @@ async fn push_speaks_the_partner_contract<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(listed["messages"], json!([]), "nothing was queued");
 }
 
+/// U+0000 anywhere in a push or a campaign is a 400 naming the field, and `%00`
+/// in a path or query a 400 naming which: Postgres takes it in neither text nor
+/// jsonb, so it was a 503 there (and stored on SQLite).
+async fn nul_characters_are_refused_by_name<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let shop = Some(api.shop.as_str());
+    let push = json!({"userIds": ["u1"], "message": {"title": "t", "summary": "s"}, "data": {"k": "\u{0}"}});
+    let (status, body) = api.call("POST", "/v1/push", shop, Some(push)).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("message.data.k: must not contain the NUL"),
+        "{body}"
+    );
+    let campaign = |name: &str, users: Value| {
+        json!({"key": "k", "name": name, "message": {"title": "t", "body": "b"},
+               "audience": {"users": users}, "schedule": {"type": "now"}})
+    };
+    api.bad_request(
+        "POST",
+        "/v1/campaigns",
+        shop,
+        Some(campaign("a\u{0}", json!([]))),
+        "name: must not contain the NUL",
+    )
+    .await;
+    api.bad_request(
+        "POST",
+        "/v1/campaigns:preview",
+        shop,
+        Some(campaign("n", json!(["u\u{0}"]))),
+        "audience.users[0]: ",
+    )
+    .await;
+    let (status, made) = api
+        .call(
+            "POST",
+            "/v1/campaigns",
+            shop,
+            Some(campaign("n", json!([]))),
+        )
+        .await;
+    assert_eq!(status, 201, "{made}");
+    let path = format!("/v1/campaigns/{}", made["id"]);
+    api.bad_request(
+        "PATCH",
+        &path,
+        shop,
+        Some(json!({"message": {"title": "\u{0}"}})),
+        "message.title: ",
+    )
+    .await;
+    let (_, now) = api.call("GET", &path, shop, None).await;
+    assert_eq!(now, made, "a refused patch changes nothing");
+    for (method, path, part) in [
+        ("GET", "/v1/messages?user=a%00", "query: "),
+        ("GET", "/v1/messages?request=%00", "query: "),
+        ("GET", "/v1/users/a%00/subscriptions", "path: "),
+        ("DELETE", "/v1/devices/a%00", "path: "),
+    ] {
+        api.bad_request(method, path, shop, None, part).await;
+    }
+}
+
 storage_tests!(
+    nul_characters_are_refused_by_name,
     push_speaks_the_partner_contract,
     messages_are_listed_newest_first_by_page,
     a_message_shows_its_history_and_takes_receipts,

@@ -7,38 +7,66 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
 use super::{ApiError, ApiState, AppKey, Body};
-use crate::campaign::Platform;
+use crate::campaign::{nul_at, Platform, NUL_REFUSED};
 use crate::store::{DeviceUpsert, Store, UserUpsert};
 
-#[derive(Debug, Deserialize)]
+/// A user's fields; an absent one keeps what is stored.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UserBody {
+    /// A phone number as people write it; stored in E.164.
+    #[schema(example = "+49 151 1234 5678")]
     pub phone: Option<String>,
+    /// An IANA time zone.
+    #[schema(example = "Europe/Berlin")]
     pub timezone: Option<String>,
+    /// A language tag.
+    #[schema(example = "de-DE")]
     pub locale: Option<String>,
+    /// Free attributes for audience filters; replaces the stored ones.
+    #[schema(value_type = Option<Object>)]
     pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A user as stored.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub external_id: String,
+    /// In E.164.
+    pub phone: Option<String>,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+}
+
+/// A device to register; it needs a `userId` or an `installId`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeviceBody {
     pub platform: Platform,
+    /// APNs: 64 or more hex digits; FCM: 1–4096 printable characters.
     pub token: String,
+    /// The user's external id.
     pub user_id: Option<String>,
+    /// An anonymous install's id.
     pub install_id: Option<String>,
     pub timezone: Option<String>,
     pub locale: Option<String>,
+    /// The user's one device for `devices: primary` pushes.
     #[serde(default)]
     pub primary: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceView {
     pub token: String,
     pub platform: String,
+    /// `active`, or `invalid` once a provider refused the token or the app unregistered it.
     pub state: String,
     pub primary: bool,
     pub install_id: Option<String>,
@@ -155,11 +183,8 @@ impl CheckedUser {
         let attributes = body.attributes.map(serde_json::Value::Object);
         // Postgres cannot store U+0000 in jsonb: refused here, it would fail the
         // whole write (and a bulk import's whole batch) as a storage error.
-        if attributes.as_ref().is_some_and(has_nul) {
-            return Err(ApiError::field(
-                "attributes",
-                "must not contain the NUL character (\\u0000)",
-            ));
+        if attributes.as_ref().and_then(|a| nul_at(a, "")).is_some() {
+            return Err(ApiError::field("attributes", NUL_REFUSED));
         }
         Ok(Self {
             external_id,
@@ -183,34 +208,53 @@ impl CheckedUser {
     }
 }
 
-fn has_nul(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::String(s) => s.contains('\0'),
-        serde_json::Value::Array(items) => items.iter().any(has_nul),
-        serde_json::Value::Object(m) => m.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-        _ => false,
-    }
-}
-
 /// `PUT /v1/users/{external_id}`: creates or updates a user; absent fields keep
 /// what is stored.
+#[utoipa::path(
+    put,
+    path = "/v1/users/{external_id}",
+    tag = "audience",
+    operation_id = "putUser",
+    params(("external_id" = String, Path, description = "The app's id of the user, 1–256 characters")),
+    request_body = UserBody,
+    responses(
+        (status = 200, description = "The user as stored", body = UserView),
+        BodyRefusals,
+        KeyRefusals,
+    )
+)]
 pub async fn put_user<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
     Path(external_id): Path<String>,
     Body(body): Body<UserBody>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<UserView>, ApiError> {
     let user = CheckedUser::check("externalId", external_id, body)?;
     st.store
         .upsert_user(&user.upsert(&app), st.clock.now())
         .await?;
-    Ok(Json(serde_json::json!({
-        "externalId": user.external_id, "phone": user.phone, "timezone": user.timezone, "locale": user.locale,
-    })))
+    Ok(Json(UserView {
+        external_id: user.external_id,
+        phone: user.phone,
+        timezone: user.timezone,
+        locale: user.locale,
+    }))
 }
 
 /// `POST /v1/devices`: registers or refreshes a device; a token that was invalid
 /// becomes active again.
+#[utoipa::path(
+    post,
+    path = "/v1/devices",
+    tag = "audience",
+    operation_id = "postDevice",
+    request_body = DeviceBody,
+    responses(
+        (status = 200, description = "The device as stored", body = DeviceView),
+        BodyRefusals,
+        KeyRefusals,
+    )
+)]
 pub async fn post_device<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
@@ -266,6 +310,18 @@ pub async fn post_device<S: Store>(
 
 /// `DELETE /v1/devices/{token}`: the app unregistered the device. The row stays,
 /// invalid, so the message history that names it stays whole.
+#[utoipa::path(
+    delete,
+    path = "/v1/devices/{token}",
+    tag = "audience",
+    operation_id = "deleteDevice",
+    params(("token" = String, Path, description = "The device's token")),
+    responses(
+        (status = 204, description = "Unregistered"),
+        (status = 404, description = "No such device in this app", body = ErrorBody),
+        KeyRefusals,
+    )
+)]
 pub async fn delete_device<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
@@ -283,6 +339,20 @@ pub async fn delete_device<S: Store>(
 }
 
 /// `PUT /v1/users/{external_id}/subscriptions`: `{ "topic": true|false, … }`.
+#[utoipa::path(
+    put,
+    path = "/v1/users/{external_id}/subscriptions",
+    tag = "audience",
+    operation_id = "putSubscriptions",
+    params(("external_id" = String, Path, description = "The user's external id")),
+    request_body(content = BTreeMap<String, bool>, description = "Topic names of the app, each with whether the user wants it"),
+    responses(
+        (status = 200, description = "Every topic of the app with the user's choice or its default", body = BTreeMap<String, bool>),
+        (status = 404, description = "No such user", body = ErrorBody),
+        BodyRefusals,
+        KeyRefusals,
+    )
+)]
 pub async fn put_subscriptions<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
@@ -306,6 +376,18 @@ pub async fn put_subscriptions<S: Store>(
 
 /// `GET /v1/users/{external_id}/subscriptions`: every topic of the app with the
 /// user's choice, or the topic's default where the user made none.
+#[utoipa::path(
+    get,
+    path = "/v1/users/{external_id}/subscriptions",
+    tag = "audience",
+    operation_id = "getSubscriptions",
+    params(("external_id" = String, Path, description = "The user's external id")),
+    responses(
+        (status = 200, description = "Every topic of the app with the user's choice or its default", body = BTreeMap<String, bool>),
+        (status = 404, description = "No such user", body = ErrorBody),
+        KeyRefusals,
+    )
+)]
 pub async fn get_subscriptions<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,

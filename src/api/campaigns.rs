@@ -15,7 +15,11 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, IntoResponses, PartialSchema, ToSchema};
 
+use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
 use super::{idempotency, page_limit, ApiError, ApiState, AppKey, Body, Query};
 use crate::campaign::{from_json, CampaignDefinition, DesiredStatus, ValidationErrors};
 use crate::definitions::{self, Action, ApplyError};
@@ -69,8 +73,81 @@ pub fn definition_for(app: &str, mut body: Value) -> Result<CampaignDefinition, 
     from_json(body).map_err(|e| ValidationErrors(vec![e]).into())
 }
 
+/// The JSON form of a campaign definition, documented as an open object: a
+/// schema derived for the whole campaign model would put utoipa on every type of
+/// `campaign.rs`, which `campaign::from_json` already checks with errors naming
+/// the field. Its example is a valid definition (a test keeps it so).
+pub struct DefinitionSchema;
+
+impl DefinitionSchema {
+    /// Members a definition cannot do without.
+    pub const REQUIRED: [&'static str; 4] = ["key", "message", "audience", "schedule"];
+
+    pub fn example() -> Value {
+        serde_json::json!({
+            "key": "morning-digest-2030-12-01",
+            "name": "Morning digest",
+            "message": {"title": "Good morning", "body": "Today's picks", "ttl": "6h"},
+            "audience": {"topics": ["marketing"]},
+            "schedule": {"type": "local", "at": "2030-12-01T09:00", "missed": "skip"},
+        })
+    }
+}
+
+impl PartialSchema for DefinitionSchema {
+    fn schema() -> RefOr<Schema> {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "A campaign file's fields in JSON (see `campaigns/*.toml` and the README): \
+                 `key`, `name`, `status` (`draft` or `scheduled`), `message` (title, body, \
+                 image, buttons, deeplink or url, sound, badge, data, ttl, collapse_key, \
+                 priority, variants), `audience` (topics, platforms, locales, attributes, \
+                 users, devices), `schedule` (`now`, `at`, `local` with `missed`, `cron` with \
+                 `zone` and `until`), `quiet_hours`, `throttle_per_minute`. `app` may be left \
+                 out; it is the API key's. A wrong field is a 400 naming it.",
+            ));
+        let schema = Self::REQUIRED
+            .into_iter()
+            .fold(schema, |schema, member| schema.required(member));
+        schema
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .examples([Self::example()])
+            .into()
+    }
+}
+
+impl ToSchema for DefinitionSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CampaignDefinition".into()
+    }
+}
+
+/// A JSON merge patch (RFC 7396) of a definition.
+pub struct PatchSchema;
+
+impl PartialSchema for PatchSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "A JSON merge patch (RFC 7396) of the campaign's definition: members \
+                 replace, `null` removes. `key` and `app` cannot change.",
+            ))
+            .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+            .examples([serde_json::json!({"message": {"title": "New title"}})])
+            .into()
+    }
+}
+
+impl ToSchema for PatchSchema {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CampaignPatch".into()
+    }
+}
+
 /// A campaign in a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CampaignSummary {
     pub id: i64,
@@ -100,12 +177,14 @@ impl From<&CampaignRecord> for CampaignSummary {
 }
 
 /// One campaign: its definition and what it has done so far.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CampaignView {
     #[serde(flatten)]
     pub summary: CampaignSummary,
+    /// The tz database its slots were planned with.
     pub tzdata_version: Option<String>,
+    #[schema(value_type = DefinitionSchema)]
     pub definition: Value,
     /// Deliveries by status.
     pub deliveries: BTreeMap<String, i64>,
@@ -120,7 +199,7 @@ pub struct CampaignView {
 }
 
 /// Where and when a slot fires, on the UTC clock and on the local one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SlotTime {
     /// The recipients' zone the slot serves, `*` for everyone at once, `""` for
@@ -171,7 +250,7 @@ impl LocalZones {
 }
 
 /// One slot of a campaign's plan.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SlotView {
     pub id: i64,
@@ -267,6 +346,26 @@ struct IdParam {
     id: String,
 }
 
+/// The path's `{id}`, as documented (read as [`IdParam`], to name it in a 400).
+#[allow(dead_code)] // documentation only
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct CampaignId {
+    /// The campaign's id.
+    id: i64,
+}
+
+/// What a route addressing a campaign by `{id}` can answer besides its own answers.
+#[derive(IntoResponses)]
+pub enum CampaignIdRefusals {
+    /// The id is not a number.
+    #[response(status = 400)]
+    NotANumber(ErrorBody),
+    /// No such campaign in this app (or, for an action, no such action).
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+}
+
 /// The campaign named by the path's `{id}`, found only among the key's app's
 /// campaigns: another app's id is not found, and no handler can reach one.
 pub struct AppCampaign(pub CampaignRecord);
@@ -302,6 +401,28 @@ async fn reload<S: Store>(
 /// `POST /v1/campaigns`: creates a campaign (201). The same key with the same
 /// definition answers 200 and changes nothing; with another definition, 409.
 /// `Idempotency-Key` is honoured.
+#[utoipa::path(
+    post,
+    path = "/v1/campaigns",
+    tag = "campaigns",
+    operation_id = "createCampaign",
+    params(
+        ("Idempotency-Key" = Option<String>, Header,
+         description = "1–255 printable ASCII characters: the same key and request within 24 hours \
+                        answers the first answer again (`Idempotent-Replayed: true`)"),
+    ),
+    request_body = DefinitionSchema,
+    responses(
+        (status = 201, description = "Created", body = CampaignView),
+        (status = 200, description = "The same key with the same definition, which changes nothing, \
+                                      or a replayed answer", body = CampaignView),
+        (status = 409, description = "The key exists with another definition (`conflict`), or a request \
+                                      with this Idempotency-Key is still running", body = ErrorBody),
+        (status = 422, description = "The Idempotency-Key was used with another request", body = ErrorBody),
+        BodyRefusals,
+        KeyRefusals,
+    )
+)]
 pub async fn create<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
@@ -321,12 +442,36 @@ pub async fn create<S: Store>(
     .await
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only campaigns in this state.
+    #[param(value_type = Option<CampaignState>)]
     pub state: Option<String>,
+    /// The previous page's `nextCursor`.
     pub cursor: Option<String>,
+    /// Page size, 1–500 (100 when absent).
     pub limit: Option<i64>,
+}
+
+/// A page of campaigns, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CampaignPage {
+    pub campaigns: Vec<CampaignSummary>,
+    /// The `cursor` of the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A campaign's whole plan.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotsPage {
+    pub campaign_id: i64,
+    pub state: CampaignState,
+    pub tzdata_version: Option<String>,
+    pub slots: Vec<SlotView>,
 }
 
 const CURSOR_PREFIX: &str = "before:";
@@ -346,11 +491,23 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
 
 /// `GET /v1/campaigns?state=&cursor=&limit=`: the app's campaigns, newest first;
 /// `nextCursor` (opaque) asks for the next page and is null on the last.
+#[utoipa::path(
+    get,
+    path = "/v1/campaigns",
+    tag = "campaigns",
+    operation_id = "listCampaigns",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the app's campaigns, newest first", body = CampaignPage),
+        (status = 400, description = "A parameter is wrong; the message names it", body = ErrorBody),
+        KeyRefusals,
+    )
+)]
 pub async fn list<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CampaignPage>, ApiError> {
     let state = match q.state.as_deref() {
         Some(s) => Some(CampaignState::parse(s).map_err(|_| {
             let known: Vec<&str> = CampaignState::ALL.iter().map(|s| s.as_str()).collect();
@@ -374,13 +531,25 @@ pub async fn list<S: Store>(
     let next = (page.len() as i64 == limit)
         .then(|| page.last().map(|c| encode_cursor(c.id)))
         .flatten();
-    let campaigns: Vec<CampaignSummary> = page.iter().map(CampaignSummary::from).collect();
-    Ok(Json(
-        serde_json::json!({"campaigns": campaigns, "nextCursor": next}),
-    ))
+    Ok(Json(CampaignPage {
+        campaigns: page.iter().map(CampaignSummary::from).collect(),
+        next_cursor: next,
+    }))
 }
 
-/// `GET /v1/campaigns/{id}`.
+/// `GET /v1/campaigns/{id}`: a campaign with its counts and slots.
+#[utoipa::path(
+    get,
+    path = "/v1/campaigns/{id}",
+    tag = "campaigns",
+    operation_id = "getCampaign",
+    params(CampaignId),
+    responses(
+        (status = 200, description = "The campaign, its counts and its slots with recipients", body = CampaignView),
+        CampaignIdRefusals,
+        KeyRefusals,
+    )
+)]
 pub async fn get<S: Store>(
     State(st): State<ApiState<S>>,
     AppCampaign(c): AppCampaign,
@@ -391,6 +560,24 @@ pub async fn get<S: Store>(
 /// `PATCH /v1/campaigns/{id}`: a JSON merge patch (RFC 7396) of the definition,
 /// while the campaign is a draft or scheduled (nothing released); the slots are
 /// planned again. Otherwise 409 naming the state.
+#[utoipa::path(
+    patch,
+    path = "/v1/campaigns/{id}",
+    tag = "campaigns",
+    operation_id = "editCampaign",
+    params(CampaignId),
+    request_body(content(
+        (PatchSchema = "application/merge-patch+json"),
+        (PatchSchema = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "The campaign as edited, planned again", body = CampaignView),
+        (status = 404, description = "No such campaign in this app", body = ErrorBody),
+        (status = 409, description = "Not a draft or scheduled (`not_editable`)", body = ErrorBody),
+        BodyRefusals,
+        KeyRefusals,
+    )
+)]
 pub async fn edit<S: Store>(
     State(st): State<ApiState<S>>,
     AppCampaign(c): AppCampaign,
@@ -401,6 +588,23 @@ pub async fn edit<S: Store>(
 }
 
 /// `POST /v1/campaigns/{id}/schedule|pause|resume|cancel`.
+#[utoipa::path(
+    post,
+    path = "/v1/campaigns/{id}/{action}",
+    tag = "campaigns",
+    operation_id = "actOnCampaign",
+    params(
+        CampaignId,
+        ("action" = String, Path, description = "What to do",
+         pattern = "^(schedule|pause|resume|cancel)$"),
+    ),
+    responses(
+        (status = 200, description = "The campaign after the action", body = CampaignView),
+        CampaignIdRefusals,
+        (status = 409, description = "The campaign's state does not allow it (`invalid_transition`)", body = ErrorBody),
+        KeyRefusals,
+    )
+)]
 pub async fn act<S: Store>(
     State(st): State<ApiState<S>>,
     AppCampaign(c): AppCampaign,
@@ -413,21 +617,33 @@ pub async fn act<S: Store>(
 }
 
 /// `GET /v1/campaigns/{id}/slots`: the whole plan, empty zones included.
+#[utoipa::path(
+    get,
+    path = "/v1/campaigns/{id}/slots",
+    tag = "campaigns",
+    operation_id = "campaignSlots",
+    params(CampaignId),
+    responses(
+        (status = 200, description = "Every slot: due time in UTC and local, state, counts", body = SlotsPage),
+        CampaignIdRefusals,
+        KeyRefusals,
+    )
+)]
 pub async fn slots<S: Store>(
     State(st): State<ApiState<S>>,
     AppCampaign(c): AppCampaign,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SlotsPage>, ApiError> {
     let slots = slot_views(&st, &c).await?;
-    Ok(Json(serde_json::json!({
-        "campaignId": c.id,
-        "state": c.state,
-        "tzdataVersion": c.tzdata_version,
-        "slots": slots,
-    })))
+    Ok(Json(SlotsPage {
+        campaign_id: c.id,
+        state: c.state,
+        tzdata_version: c.tzdata_version,
+        slots,
+    }))
 }
 
 /// A slot as the planner would make it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PlannedSlotView {
     #[serde(flatten)]
@@ -437,7 +653,7 @@ pub struct PlannedSlotView {
 }
 
 /// What scheduling a definition now would plan.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Preview {
     pub key: String,
@@ -459,6 +675,18 @@ pub struct Preview {
 
 /// `POST /v1/campaigns:preview`: validates a definition and plans it as if
 /// scheduled now, against the audience as it is; writes nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/campaigns:preview",
+    tag = "campaigns",
+    operation_id = "previewCampaign",
+    request_body = DefinitionSchema,
+    responses(
+        (status = 200, description = "The plan and audience counts if scheduled now; nothing is saved", body = Preview),
+        BodyRefusals,
+        KeyRefusals,
+    )
+)]
 pub async fn preview<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
@@ -520,6 +748,21 @@ mod tests {
             &base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("after:1"),
         ] {
             assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_documented_example_is_a_valid_definition_and_its_required_members_are() {
+        let example = DefinitionSchema::example();
+        assert!(definition_for("shop", example.clone()).is_ok());
+        for member in DefinitionSchema::REQUIRED {
+            let mut without = example.clone();
+            without.as_object_mut().map(|m| m.remove(member));
+            let refused = definition_for("shop", without).map_err(|e| e.to_string());
+            assert!(
+                matches!(&refused, Err(m) if m.contains(member)),
+                "{member}: {refused:?}"
+            );
         }
     }
 

@@ -6,6 +6,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use futures::StreamExt;
 
+use super::openapi::{ErrorBody, KeyRefusals};
 use super::{ApiError, ApiState, AppKey};
 use crate::import::{self, Format, ImportError, Summary};
 use crate::store::Store;
@@ -26,6 +27,29 @@ pub enum BodyError {
 /// `POST /v1/users:import`: every row is checked as `PUT /v1/users/{id}` checks
 /// its body; the good ones are written into the key's app in batches, the bad
 /// ones counted and the first of them listed by line.
+#[utoipa::path(
+    post,
+    path = "/v1/users:import",
+    tag = "audience",
+    operation_id = "importUsers",
+    request_body(
+        description = "NDJSON (`{\"externalId\": …}` plus the fields of `PUT /v1/users/{external_id}`, a line each) \
+                       or CSV (a header with `external_id` and optional `phone`, `timezone`, `locale`; \
+                       other columns are string attributes); up to 256 MiB, read as it streams",
+        content(
+            (String = "application/x-ndjson"),
+            (String = "application/jsonl"),
+            (String = "text/csv"),
+        )
+    ),
+    responses(
+        (status = 200, description = "Rows written and rows refused, with the first 100 refusals by line", body = crate::import::Summary),
+        (status = 400, description = "A CSV header without `external_id`, or a body that could not be read", body = ErrorBody),
+        (status = 413, description = "A body over 256 MiB; the message says how many rows were written before", body = ErrorBody),
+        (status = 415, description = "A content type other than NDJSON or CSV", body = ErrorBody),
+        KeyRefusals,
+    )
+)]
 pub async fn import_users<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,

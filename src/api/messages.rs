@@ -4,12 +4,15 @@ use axum::extract::{Path, State};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
 use super::{page_limit, ApiError, ApiState, AppKey, Body, Query};
 use crate::state::{DeliveryStatus, StateMachine};
 use crate::store::{MessageEvent, MessageFilter, MessageRecord, ReceiptOutcome, Store};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One step of a message's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
     pub status: String,
@@ -50,7 +53,8 @@ pub fn history(record: &MessageRecord, events: &[MessageEvent]) -> Vec<Step> {
     steps
 }
 
-#[derive(Debug, Serialize)]
+/// One message (a delivery to one device).
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageView {
     pub id: i64,
@@ -65,11 +69,34 @@ pub struct MessageView {
     pub reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Every status it went through, oldest first (`GET /v1/messages/{id}` only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<Step>,
 }
 
-/// `GET /v1/messages/{id}`.
+/// A page of messages, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagePage {
+    pub messages: Vec<MessageView>,
+    /// The `cursor` of the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/messages/{id}`: a message with its status history.
+#[utoipa::path(
+    get,
+    path = "/v1/messages/{id}",
+    tag = "messages",
+    operation_id = "getMessage",
+    params(("id" = i64, Path, description = "The message's id")),
+    responses(
+        (status = 200, description = "The message with its history", body = MessageView),
+        (status = 400, description = "The id is not a number", body = ErrorBody),
+        (status = 404, description = "No such message in this app", body = ErrorBody),
+        KeyRefusals,
+    )
+)]
 pub async fn get_message<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
@@ -87,27 +114,46 @@ pub async fn get_message<S: Store>(
     Ok(Json(view(r, steps)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// A user's external id.
     pub user: Option<String>,
+    /// A campaign's id.
     pub campaign: Option<i64>,
     /// A transactional push's `requestId`.
     pub request: Option<String>,
+    /// A delivery status (`queued`, `sent`, `opened`, …).
     pub status: Option<String>,
+    /// Only messages created at or after this instant (RFC 3339).
     pub since: Option<DateTime<Utc>>,
+    /// The previous page's `nextCursor`.
     pub cursor: Option<String>,
+    /// Page size, 1–500 (100 when absent).
     pub limit: Option<i64>,
 }
 
 /// `GET /v1/messages?user=&campaign=&request=&status=&since=&cursor=&limit=`: an app's
 /// messages, newest first. `nextCursor` (the last id of the page) asks for the
-/// page after; it is absent on the last page.
+/// page after; it is null on the last page.
+#[utoipa::path(
+    get,
+    path = "/v1/messages",
+    tag = "messages",
+    operation_id = "listMessages",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the app's messages, newest first", body = MessagePage),
+        (status = 400, description = "A parameter is wrong; the message names it", body = ErrorBody),
+        KeyRefusals,
+    )
+)]
 pub async fn list_messages<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
     Query(q): Query<ListQuery>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MessagePage>, ApiError> {
     let status = match q.status.as_deref() {
         Some(s) => Some(
             DeliveryStatus::parse(s)
@@ -141,10 +187,10 @@ pub async fn list_messages<S: Store>(
     let next = (page.len() as i64 == limit)
         .then(|| page.last().map(|m| m.id.to_string()))
         .flatten();
-    let messages: Vec<MessageView> = page.into_iter().map(|r| view(r, Vec::new())).collect();
-    Ok(Json(
-        serde_json::json!({"messages": messages, "nextCursor": next}),
-    ))
+    Ok(Json(MessagePage {
+        messages: page.into_iter().map(|r| view(r, Vec::new())).collect(),
+        next_cursor: next,
+    }))
 }
 
 fn view(r: MessageRecord, history: Vec<Step>) -> MessageView {
@@ -165,7 +211,8 @@ fn view(r: MessageRecord, history: Vec<Step>) -> MessageView {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// What happened on the device.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptKind {
     Delivered,
@@ -173,20 +220,42 @@ pub enum ReceiptKind {
     Dismissed,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReceiptBody {
     pub message_id: i64,
     pub status: ReceiptKind,
 }
 
+/// Whether a receipt moved the message's status.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiptAnswer {
+    pub message_id: i64,
+    /// False for a repeated or late receipt, which changes nothing.
+    pub recorded: bool,
+}
+
 /// `POST /v1/receipts`: the app reports what happened on the device. A status
 /// only moves forward; a repeated or late receipt changes nothing and says so.
+#[utoipa::path(
+    post,
+    path = "/v1/receipts",
+    tag = "messages",
+    operation_id = "postReceipt",
+    request_body = ReceiptBody,
+    responses(
+        (status = 200, description = "Recorded, or not when it would move the status back", body = ReceiptAnswer),
+        (status = 404, description = "No such message in this app", body = ErrorBody),
+        BodyRefusals,
+        KeyRefusals,
+    )
+)]
 pub async fn post_receipt<S: Store>(
     State(st): State<ApiState<S>>,
     AppKey(app): AppKey,
     Body(body): Body<ReceiptBody>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ReceiptAnswer>, ApiError> {
     let status = match body.status {
         ReceiptKind::Delivered => DeliveryStatus::Delivered,
         ReceiptKind::Opened => DeliveryStatus::Opened,
@@ -202,10 +271,10 @@ pub async fn post_receipt<S: Store>(
             st.clock.now(),
         )
         .await?;
-    Ok(Json(serde_json::json!({
-        "messageId": body.message_id,
-        "recorded": outcome == ReceiptOutcome::Recorded,
-    })))
+    Ok(Json(ReceiptAnswer {
+        message_id: body.message_id,
+        recorded: outcome == ReceiptOutcome::Recorded,
+    }))
 }
 
 #[cfg(test)]

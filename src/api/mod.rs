@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod import;
 pub mod keys;
 pub mod messages;
+pub mod openapi;
 pub mod push;
 
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::Router;
 use serde::de::DeserializeOwned;
 
@@ -72,48 +72,64 @@ impl<S> Clone for ApiState<S> {
     }
 }
 
-/// The API's routes.
+/// The API's routes, each with its OpenAPI operation (see `openapi::Routes`).
+pub fn routes<S: Store>() -> openapi::Routes<S> {
+    use {audience as a, campaigns as c, messages as m};
+    openapi::Routes::new()
+        .add(openapi::__path_health, openapi::health)
+        .add(openapi::__path_openapi_json, openapi::openapi_json)
+        .add(__path_metrics_page, metrics_page::<S>)
+        .add(a::__path_put_user, a::put_user::<S>)
+        // Streams its body under its own limit (`import::IMPORT_BODY_LIMIT`).
+        .add(import::__path_import_users, import::import_users::<S>)
+        .add(a::__path_put_subscriptions, a::put_subscriptions::<S>)
+        .add(a::__path_get_subscriptions, a::get_subscriptions::<S>)
+        .add(a::__path_post_device, a::post_device::<S>)
+        .add(a::__path_delete_device, a::delete_device::<S>)
+        .add(m::__path_list_messages, m::list_messages::<S>)
+        .add(m::__path_get_message, m::get_message::<S>)
+        .add(m::__path_post_receipt, m::post_receipt::<S>)
+        .add(push::__path_post_push, push::post_push::<S>)
+        .add(c::__path_create, c::create::<S>)
+        .add(c::__path_list, c::list::<S>)
+        .add(c::__path_preview, c::preview::<S>)
+        .add(c::__path_get, c::get::<S>)
+        .add(c::__path_edit, c::edit::<S>)
+        .add(c::__path_slots, c::slots::<S>)
+        .add(c::__path_act, c::act::<S>)
+}
+
+/// The API: [`routes`] with the fallbacks, the body limit, the NUL guard and the state.
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
     crate::metrics::install();
-    Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(metrics_page::<S>))
-        .route("/v1/users/{external_id}", put(audience::put_user::<S>))
-        // Streams its body under its own limit (`import::IMPORT_BODY_LIMIT`).
-        .route("/v1/users:import", post(import::import_users::<S>))
-        .route(
-            "/v1/users/{external_id}/subscriptions",
-            put(audience::put_subscriptions::<S>).get(audience::get_subscriptions::<S>),
-        )
-        .route("/v1/devices", post(audience::post_device::<S>))
-        .route(
-            "/v1/devices/{token}",
-            axum::routing::delete(audience::delete_device::<S>),
-        )
-        .route("/v1/messages", get(messages::list_messages::<S>))
-        .route("/v1/messages/{id}", get(messages::get_message::<S>))
-        .route("/v1/receipts", post(messages::post_receipt::<S>))
-        .route("/v1/push", post(push::post_push::<S>))
-        .route(
-            "/v1/campaigns",
-            post(campaigns::create::<S>).get(campaigns::list::<S>),
-        )
-        .route("/v1/campaigns:preview", post(campaigns::preview::<S>))
-        .route(
-            "/v1/campaigns/{id}",
-            get(campaigns::get::<S>).patch(campaigns::edit::<S>),
-        )
-        .route("/v1/campaigns/{id}/slots", get(campaigns::slots::<S>))
-        .route("/v1/campaigns/{id}/{action}", post(campaigns::act::<S>))
+    routes::<S>()
+        .into_router()
         .route_layer(axum::middleware::from_fn(count_requests))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            let message = "the route does not take this method (see Allow)";
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                message,
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_nul))
         .with_state(state)
 }
 
 /// `GET /metrics`: Prometheus text, with the queue depths read now (no key: it
 /// holds counts only, and scrapers carry no API key).
-async fn metrics_page<S: Store>(
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "service",
+    operation_id = "metrics",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition (see docs/operations.md)", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics_page<S: Store>(
     axum::extract::State(st): axum::extract::State<ApiState<S>>,
 ) -> Response {
     match st.store.queue_depth(st.clock.now()).await {
@@ -145,6 +161,20 @@ async fn count_requests(req: Request, next: axum::middleware::Next) -> Response 
     let response = next.run(req).await;
     crate::metrics::api_request(route, method, response.status().as_u16());
     response
+}
+
+/// A path or query holding `%00` is refused before any handler: Postgres takes
+/// U+0000 in no text parameter (an id or filter holding one was a 503 there).
+async fn refuse_nul(req: Request, next: axum::middleware::Next) -> Response {
+    let uri = req.uri();
+    let part = if uri.path().contains("%00") {
+        "path"
+    } else if uri.query().is_some_and(|q| q.contains("%00")) {
+        "query"
+    } else {
+        return next.run(req).await;
+    };
+    ApiError::field(part, "must not contain the NUL character (%00)").into_response()
 }
 
 /// Every error answer: a status, a stable `error` code and a human `message`.
@@ -184,7 +214,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.code, "message": self.message});
+        let body = openapi::ErrorBody {
+            error: self.code.into(),
+            message: self.message,
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }

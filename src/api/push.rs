@@ -11,8 +11,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
 
+use super::openapi::ErrorBody;
 use super::{ApiState, KeyOf};
 use crate::campaign::Message;
 use crate::clock::Clock;
@@ -80,25 +85,195 @@ impl PushQuota {
     }
 }
 
+/// The request's members: what [`parse`] takes and [`PushBody`] documents.
+pub const FIELDS: [&str; 10] = [
+    "userIds",
+    "installIds",
+    "message",
+    "deeplink",
+    "url",
+    "topic",
+    "devices",
+    "ttl",
+    "data",
+    "collapseKey",
+];
+
+/// The members of its `message`.
+pub const MESSAGE_FIELDS: [&str; 3] = ["title", "summary", "image"];
+
+/// The request as documented; [`parse`] reads it from a `Value` itself, to
+/// answer in the contract's words (a test keeps the two alike).
+#[allow(dead_code)] // documentation only
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct PushBody {
+    /// Users by external id; an id of digits only that is no external id is
+    /// tried as a phone number. At most `server.push.max_ids` ids in all.
+    user_ids: Option<Vec<String>>,
+    /// Anonymous installs by install id.
+    install_ids: Option<Vec<String>>,
+    message: PushMessage,
+    /// A URI the app opens.
+    deeplink: Option<String>,
+    /// An http(s) URL.
+    url: Option<String>,
+    /// One of the app's topics: users who opted out are left out.
+    topic: Option<String>,
+    devices: Option<PushDevices>,
+    /// Seconds the providers keep trying, at most 2419200 (28 days).
+    #[schema(maximum = 2_419_200)]
+    ttl: Option<u32>,
+    /// String values the app receives with the push.
+    data: Option<BTreeMap<String, String>>,
+    collapse_key: Option<String>,
+}
+
+/// `primary`: one device per user; `all` (the default): every active device.
+#[allow(dead_code)] // documentation only
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub enum PushDevices {
+    Primary,
+    All,
+}
+
+/// The push's visible content.
+#[allow(dead_code)] // documentation only
+#[derive(ToSchema)]
+pub struct PushMessage {
+    title: String,
+    /// The body text.
+    summary: String,
+    /// An http(s) URL of an image.
+    image: Option<String>,
+}
+
+/// A push queued.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PushAccepted {
+    #[schema(schema_with = always_true)]
+    pub success: bool,
+    /// Names the push's messages (`GET /v1/messages?request=`).
+    #[schema(example = "req_0123456789abcdef0123456789abcdef")]
+    pub request_id: String,
+    /// Deliveries queued, one per device.
+    pub accepted: u64,
+    /// Ids, in request order, that matched no user or install.
+    pub unknown: Vec<String>,
+}
+
+/// A valid request not served: `Too Many Requests` (429), `Integration is
+/// unavailable` (503).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PushRefused {
+    #[schema(schema_with = always_false)]
+    pub success: bool,
+    #[schema(example = "Integration is unavailable")]
+    pub error: String,
+}
+
+/// A request refused in hapi's words: `Bad Request` (400), `Request Entity Too
+/// Large` (413), `Unsupported Media Type` (415).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ContractError {
+    #[schema(example = "Bad Request")]
+    pub error: String,
+    #[schema(example = "child \"userIds\" fails because [\"userIds\" must be an array]")]
+    pub message: String,
+}
+
+/// A 503's body: the contract's `Integration is unavailable`, or the common
+/// error body when storage failed before the request was read (checking the key).
+pub struct PushUnavailable;
+
+impl PartialSchema for PushUnavailable {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name(PushRefused::name()))
+            .item(Ref::from_schema_name(ErrorBody::name()))
+            .into()
+    }
+}
+
+impl ToSchema for PushUnavailable {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((PushRefused::name().into_owned(), PushRefused::schema()));
+        schemas.push((ErrorBody::name().into_owned(), ErrorBody::schema()));
+    }
+}
+
+fn always(value: bool) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::Boolean)
+        .enum_values(Some([value]))
+        .into()
+}
+
+fn always_true() -> RefOr<Schema> {
+    always(true)
+}
+
+fn always_false() -> RefOr<Schema> {
+    always(false)
+}
+
 /// The contract's answers.
-fn answer(status: StatusCode, body: Value) -> Response {
+fn answer(status: StatusCode, body: impl Serialize) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn bad_request(message: impl Into<String>) -> Response {
+fn refused(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     answer(
-        StatusCode::BAD_REQUEST,
-        json!({"error": "Bad Request", "message": message.into()}),
+        status,
+        ContractError {
+            error: error.to_owned(),
+            message: message.into(),
+        },
+    )
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    refused(StatusCode::BAD_REQUEST, "Bad Request", message)
+}
+
+fn not_served(status: StatusCode, error: &str) -> Response {
+    answer(
+        status,
+        PushRefused {
+            success: false,
+            error: error.to_owned(),
+        },
     )
 }
 
 fn unavailable() -> Response {
-    answer(
+    not_served(
         StatusCode::SERVICE_UNAVAILABLE,
-        json!({"success": false, "error": "Integration is unavailable"}),
+        "Integration is unavailable",
     )
 }
 
+/// `POST /v1/push`: a personal push to users or installs, queued to be sent now.
+#[utoipa::path(
+    post,
+    path = "/v1/push",
+    tag = "push",
+    operation_id = "push",
+    request_body = PushBody,
+    responses(
+        (status = 200, description = "Queued, one message per device", body = PushAccepted),
+        (status = 400, description = "Refused; the message names the member in Joi's words", body = ContractError),
+        (status = 413, description = "A body over 1 MiB", body = ContractError),
+        (status = 415, description = "A body that is not `application/json`", body = ContractError),
+        (status = 429, description = "Past `server.push.requests_per_minute` for this key",
+         body = PushRefused, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 401, description = "No key, or an unknown or revoked one", body = ErrorBody),
+        (status = 503, description = "The app has no provider configured, or storage is unavailable",
+         body = PushUnavailable),
+    )
+)]
 pub async fn post_push<S: Store>(
     State(st): State<ApiState<S>>,
     key: KeyOf,
@@ -106,10 +281,7 @@ pub async fn post_push<S: Store>(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Err(wait) = st.push_quota.check(&key.key_hash) {
-        let mut r = answer(
-            StatusCode::TOO_MANY_REQUESTS,
-            json!({"success": false, "error": "Too Many Requests"}),
-        );
+        let mut r = not_served(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(wait.max(1)));
         return r;
@@ -117,10 +289,13 @@ pub async fn post_push<S: Store>(
     let body = match body {
         Ok(b) => b,
         Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return answer(
+            return refused(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "Request Entity Too Large",
-                       "message": format!("Payload content length greater than maximum allowed: {}", super::BODY_LIMIT)}),
+                "Request Entity Too Large",
+                format!(
+                    "Payload content length greater than maximum allowed: {}",
+                    super::BODY_LIMIT
+                ),
             )
         }
         Err(r) => return bad_request(r.body_text()),
@@ -134,9 +309,10 @@ pub async fn post_push<S: Store>(
                 .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
         });
     if !is_json {
-        return answer(
+        return refused(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!({"error": "Unsupported Media Type", "message": "Content-Type must be application/json"}),
+            "Unsupported Media Type",
+            "Content-Type must be application/json",
         );
     }
     let Ok(value) = serde_json::from_slice::<Value>(&body) else {
@@ -197,7 +373,12 @@ pub async fn post_push<S: Store>(
             }
             answer(
                 StatusCode::OK,
-                json!({"success": true, "requestId": request_id, "accepted": q.deliveries, "unknown": q.unknown}),
+                PushAccepted {
+                    success: true,
+                    request_id,
+                    accepted: q.deliveries,
+                    unknown: q.unknown,
+                },
             )
         }
         Err(error) => {
@@ -235,19 +416,7 @@ pub fn parse(body: &Value, limits: &PushLimits, app: &AppConfig) -> Result<PushR
     let Some(obj) = body.as_object() else {
         return Err("\"value\" must be an object".to_owned());
     };
-    const KEYS: [&str; 10] = [
-        "userIds",
-        "installIds",
-        "message",
-        "deeplink",
-        "url",
-        "topic",
-        "devices",
-        "ttl",
-        "data",
-        "collapseKey",
-    ];
-    if let Some(k) = obj.keys().find(|k| !KEYS.contains(&k.as_str())) {
+    if let Some(k) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(format!("\"{k}\" is not allowed"));
     }
     let user_ids = ids(obj, "userIds", limits.max_ids)?;
@@ -267,10 +436,7 @@ pub fn parse(body: &Value, limits: &PushLimits, app: &AppConfig) -> Result<PushR
         Some(_) => return Err(child("message", "\"message\" must be an object")),
     };
     let in_message = |e: String| child("message", &e);
-    if let Some(k) = m
-        .keys()
-        .find(|k| !["title", "summary", "image"].contains(&k.as_str()))
-    {
+    if let Some(k) = m.keys().find(|k| !MESSAGE_FIELDS.contains(&k.as_str())) {
         return Err(in_message(format!("\"{k}\" is not allowed")));
     }
     let title = string(m, "title", true).map_err(in_message)?;
@@ -412,6 +578,10 @@ fn ids(obj: &Map<String, Value>, key: &str, max: usize) -> Result<Vec<String>, S
             };
             match v {
                 Value::String(s) if s.is_empty() => Err(at("is not allowed to be empty")),
+                // Postgres cannot take U+0000 in a text parameter: a 400, not a 503.
+                Value::String(s) if s.contains('\0') => {
+                    Err(at("must not contain the NUL character"))
+                }
                 Value::String(s) if s.chars().count() > 256 => Err(at(
                     "length must be less than or equal to 256 characters long",
                 )),
@@ -425,6 +595,33 @@ fn ids(obj: &Map<String, Value>, key: &str, max: usize) -> Result<Vec<String>, S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    /// The names of an object schema's properties and its required ones.
+    fn members<T: ToSchema>() -> (Vec<String>, Vec<String>) {
+        match T::schema() {
+            RefOr::T(Schema::Object(o)) => (o.properties.keys().cloned().collect(), o.required),
+            _ => panic!("{} is not an object schema", T::name()),
+        }
+    }
+
+    #[test]
+    fn the_documented_body_is_what_parse_reads() {
+        let sorted = |names: &[&str]| {
+            let mut v: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+            v.sort();
+            v
+        };
+        let (mut fields, required) = members::<PushBody>();
+        fields.sort();
+        assert_eq!(fields, sorted(&FIELDS));
+        assert_eq!(required, ["message"]);
+        let (mut fields, mut required) = members::<PushMessage>();
+        fields.sort();
+        required.sort();
+        assert_eq!(fields, sorted(&MESSAGE_FIELDS));
+        assert_eq!(required, ["summary", "title"]);
+    }
 
     fn app() -> AppConfig {
         toml::from_str(
@@ -479,6 +676,10 @@ mod tests {
             (json!({"userIds": ["u"], "message": {"title": "t", "summary": "s"}, "data": {"n": 1}}),
              "child \"data\" fails because [child \"n\" fails because [\"n\" must be a string]]"),
             (json!([1]), "\"value\" must be an object"),
+            (json!({"installIds": ["a\u{0}"], "message": {"title": "t", "summary": "s"}}),
+             "child \"installIds\" fails because [\"installIds\" at position 0 fails because [\"0\" must not contain the NUL character]]"),
+            (json!({"userIds": ["u"], "message": {"title": "t", "summary": "s"}, "data": {"n": "\u{0}"}}),
+             "\"value\" fails because [message.data.n: must not contain the NUL character (\\u0000)]"),
         ];
         for (body, want) in cases {
             assert_eq!(check(body.clone()).unwrap_err(), want, "{body}");

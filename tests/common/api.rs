@@ -109,7 +109,12 @@ pub async fn key_for<S: Store>(store: &S, app: &str, name: &str) -> String {
 
 /// Serves the API with [`CONFIG`].
 pub async fn start<S: Store + Clone>(db: &TestDb<S>) -> Api<S> {
-    let config: Config = toml::from_str(CONFIG).unwrap();
+    start_with(db, CONFIG).await
+}
+
+/// Serves the API with a configuration of apps `shop` and `other`.
+pub async fn start_with<S: Store + Clone>(db: &TestDb<S>, config: &str) -> Api<S> {
+    let config: Config = toml::from_str(config).unwrap();
     config.validate().unwrap();
     definitions::sync_apps(&db.store, &config, SystemClock.now())
         .await
