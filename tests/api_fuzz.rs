@@ -616,7 +616,44 @@ async fn edit_never_fails_and_a_refusal_changes_nothing<S: Store + Clone>(db: &T
     tally.check("PATCH /v1/campaigns/{id}");
 }
 
+/// A push reaches only the key's app: another app's users and installs, even with
+/// the same ids, are `unknown` to it and get nothing.
+async fn a_push_reaches_only_its_apps_users<S: Store + Clone>(db: &TestDb<S>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sa = dir.path().join("sa.json");
+    std::fs::write(&sa, "{}").unwrap();
+    let config = format!(
+        "{}[apps.other.fcm]\nservice_account_file = {:?}\n",
+        push_config(&sa),
+        sa.display().to_string()
+    );
+    let api = start_with(db, &config).await;
+    for (token, field, id) in [("fcm-o1", "userId", "o1"), ("fcm-oi", "installId", "iid-o")] {
+        let device = json!({"platform": "android", "token": token, field: id});
+        let (status, body) = api
+            .call("POST", "/v1/devices", Some(&api.other), Some(device))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let push = json!({"userIds": ["o1"], "installIds": ["iid-o"], "message": {"title": "t", "summary": "s"}});
+    let (status, body) = api
+        .call("POST", "/v1/push", Some(&api.shop), Some(push.clone()))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["accepted"], 0, "{body}");
+    assert_eq!(body["unknown"], json!(["o1", "iid-o"]));
+    let (status, body) = api
+        .call("POST", "/v1/push", Some(&api.other), Some(push))
+        .await;
+    assert_eq!(
+        (status, body["accepted"].clone()),
+        (200, json!(2)),
+        "{body}"
+    );
+}
+
 storage_tests!(
+    a_push_reaches_only_its_apps_users,
     push_never_fails_and_a_refusal_writes_nothing,
     create_never_fails_and_a_refusal_writes_nothing,
     preview_never_fails_and_writes_nothing,
