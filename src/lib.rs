@@ -15,6 +15,7 @@ pub mod notify;
 pub mod payload;
 pub mod planner;
 pub mod provider;
+pub mod service;
 pub mod simulator;
 pub mod state;
 pub mod store;

@@ -11,6 +11,7 @@ use meridian::config::{redact_url, Config};
 use meridian::definitions::{self, ApplyError};
 use meridian::logging::{LevelChange, LogHandle};
 use meridian::notify::Notifier;
+use meridian::service::{Service, ServiceError};
 use meridian::state::{CampaignState, SlotState, StateMachine};
 use meridian::store::{AnyStore, SaveOutcome, Store};
 use meridian::with_store;
@@ -603,7 +604,6 @@ async fn serve<S: Store + Clone>(
     config: Config,
     mut daemon: Daemon,
 ) -> Result<(), Failure> {
-    use meridian::engine::{Engine, EngineSettings};
     use std::sync::Arc;
     let clock = SystemClock;
     if config.database.migrate_on_start {
@@ -615,48 +615,15 @@ async fn serve<S: Store + Clone>(
     apply_campaign_files(&store, &config).await?;
     let config = Arc::new(config);
     let store = Arc::new(store);
-    let engine = if config.engine.enabled {
-        let settings = EngineSettings::from_config(&config.engine);
-        let engine = Engine::new(
-            store.clone(),
-            config.clone(),
-            Arc::new(SystemClock),
-            settings,
-        )
-        .map_err(|e| Failure::Input(e.to_string()))?;
-        Some(Arc::new(engine))
-    } else {
-        None
-    };
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
+    let mut service = Service::start(store.clone(), config.clone(), Arc::new(SystemClock))
         .await
-        .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
-    let api_addr = listener
-        .local_addr()
-        .map_or_else(|_| config.server.listen.to_string(), |a| a.to_string());
-    let mut api_state =
-        meridian::api::ApiState::new(store.clone(), config.clone(), Arc::new(SystemClock));
-    if let Some(e) = &engine {
-        api_state = api_state.with_rows_queued(e.rows_queued());
-    }
-    let api = meridian::api::router(api_state);
-    let api_stop = Arc::new(tokio::sync::Notify::new());
-    let api_server = tokio::spawn({
-        let stop = api_stop.clone();
-        async move {
-            axum::serve(listener, api)
-                .with_graceful_shutdown(async move { stop.notified().await })
-                .await
-        }
-    });
-    // Subscribed before the loop starts, so its first turn is seen.
-    let mut first_turn = engine.as_ref().map(|e| e.heartbeat());
-    let watchdog = start_watchdog(&daemon, &config, engine.as_deref());
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let runner = engine.clone().map(|e| {
-        let wake = wake.clone();
-        tokio::spawn(async move { e.run(wake).await })
-    });
+        .map_err(|e| match e {
+            ServiceError::Engine(e) => Failure::Input(e.to_string()),
+            listen @ ServiceError::Listen { .. } => Failure::Runtime(listen.into()),
+        })?;
+    let api_addr = service.api_addr.to_string();
+    let mut first_turn = service.take_first_turn();
+    let watchdog = start_watchdog(&daemon, &config, service.engine());
     tracing::info!(
         message = "Meridian is running.",
         database = %redact_url(&config.database.url),
@@ -665,7 +632,7 @@ async fn serve<S: Store + Clone>(
     );
     let running = format!(
         "Running: API on {api_addr}, engine {}",
-        if engine.is_some() { "on" } else { "off" }
+        if config.engine.enabled { "on" } else { "off" }
     );
     if first_turn.is_none() {
         daemon.notify(&format!("READY=1\nSTATUS={running}"));
@@ -701,22 +668,7 @@ async fn serve<S: Store + Clone>(
     if let Some(w) = watchdog {
         w.abort();
     }
-    api_stop.notify_one();
-    if let Some(e) = &engine {
-        e.stop();
-        wake.notify_waiters();
-    }
-    if let Some(runner) = runner {
-        if tokio::time::timeout(config.engine.shutdown_grace, runner)
-            .await
-            .is_err()
-        {
-            tracing::warn!(message = "Grace period over with sends in flight; their leases will expire and be taken over.");
-        }
-    }
-    if let Ok(Err(error)) = api_server.await {
-        tracing::warn!(message = "The API server stopped with an error.", %error);
-    }
+    service.stop(config.engine.shutdown_grace).await;
     store.close().await;
     tracing::info!(message = "Stopped.");
     Ok(())
