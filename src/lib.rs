@@ -7,6 +7,7 @@ pub mod campaign;
 pub mod clock;
 pub mod config;
 pub mod definitions;
+pub mod demo;
 pub mod engine;
 pub mod hooks;
 pub mod import;
