@@ -786,18 +786,15 @@ impl Progress {
         self.zones > 0 && self.completed == self.zones && self.push_settled == self.push_total
     }
 
+    /// Short enough for an 80-column terminal beside the bar.
     fn describe(&self, until_due: i64) -> String {
-        let zones = if self.released == 0 && until_due > 0 {
-            format!("first {} zones due in {until_due} s", self.zones)
-        } else {
-            format!(
-                "zones {}/{} released, {} done",
-                self.released, self.zones, self.completed
-            )
-        };
+        let push = format!("push {}/{}", self.push_sent, self.push_total);
+        if self.released == 0 && self.recorded == 0 && until_due > 0 {
+            return format!("{} zones due in {until_due} s, {push}", self.zones);
+        }
         format!(
-            "{zones} · sent {} · token_invalid {} · push {}/{} sent",
-            self.sent, self.invalid, self.push_sent, self.push_total
+            "{}/{} zones done, {} sent, {} invalid, {push}",
+            self.completed, self.zones, self.sent, self.invalid
         )
     }
 }
@@ -1090,7 +1087,7 @@ impl Console {
         }
         let bar = indicatif::ProgressBar::new(len);
         if let Ok(style) =
-            indicatif::ProgressStyle::with_template("{bar:24} {pos}/{len} {wide_msg}")
+            indicatif::ProgressStyle::with_template("{bar:14} {pos}/{len} {wide_msg}")
         {
             bar.set_style(style);
         }
@@ -1239,6 +1236,23 @@ mod tests {
                 crate::api::audience::check_token(*platform, token).unwrap();
             }
         }
+    }
+
+    #[test]
+    fn progress_fits_an_80_column_terminal_beside_the_bar() {
+        let mut p = Progress {
+            zones: 12,
+            recipients: 9_999,
+            push_total: 12,
+            ..Progress::default()
+        };
+        assert_eq!(p.describe(61), "12 zones due in 61 s, push 0/12");
+        (p.released, p.completed, p.recorded) = (12, 11, 9_999);
+        (p.sent, p.invalid, p.push_sent) = (9_000, 999, 12);
+        let text = p.describe(0);
+        assert_eq!(text, "11/12 zones done, 9000 sent, 999 invalid, push 12/12");
+        // "{bar:14} {pos}/{len} {wide_msg}"
+        assert!(14 + " 9999/9999 ".len() + text.chars().count() <= 80);
     }
 
     #[test]
