@@ -11,6 +11,7 @@ use meridian::config::{redact_url, Config};
 use meridian::definitions::{self, ApplyError};
 use meridian::logging::{LevelChange, LogHandle};
 use meridian::notify::Notifier;
+use meridian::service::{Service, ServiceError};
 use meridian::state::{CampaignState, SlotState, StateMachine};
 use meridian::store::{AnyStore, SaveOutcome, Store};
 use meridian::with_store;
@@ -52,6 +53,30 @@ enum Command {
     /// Bulk-load data into an app.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// A first run with nothing to set up: the provider simulator, a few thousand
+    /// users across many zones, a campaign at one local time in every zone and a
+    /// transactional push, on a fresh SQLite database in --dir. Ignores --config.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Where the demo's database, generated keys and configuration go; the
+    /// previous run's database is replaced.
+    #[arg(long, default_value = "demo-data")]
+    dir: PathBuf,
+    /// Users to seed.
+    #[arg(long, default_value_t = 3000)]
+    users: u32,
+    /// How long after the start the first zones are due (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    lead: std::time::Duration,
+    /// The REST API's address; port 0 takes a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// Keep the API and the simulator running after the summary, until Ctrl-C.
+    #[arg(long)]
+    keep_running: bool,
 }
 
 #[derive(Subcommand)]
@@ -195,8 +220,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    // The demo builds its own configuration; a config file does not concern it.
+    if let Command::Demo(args) = &cli.command {
+        return demo(args).await;
+    }
     let config = Config::load(cli.config.as_deref()).map_err(|e| Failure::Input(e.to_string()))?;
     match cli.command {
+        Command::Demo(args) => demo(&args).await,
         Command::CheckConfig => {
             check_config(&config);
             Ok(())
@@ -603,7 +633,6 @@ async fn serve<S: Store + Clone>(
     config: Config,
     mut daemon: Daemon,
 ) -> Result<(), Failure> {
-    use meridian::engine::{Engine, EngineSettings};
     use std::sync::Arc;
     let clock = SystemClock;
     // Before anything is recorded: the engine's first outcomes count too.
@@ -617,48 +646,15 @@ async fn serve<S: Store + Clone>(
     apply_campaign_files(&store, &config).await?;
     let config = Arc::new(config);
     let store = Arc::new(store);
-    let engine = if config.engine.enabled {
-        let settings = EngineSettings::from_config(&config.engine);
-        let engine = Engine::new(
-            store.clone(),
-            config.clone(),
-            Arc::new(SystemClock),
-            settings,
-        )
-        .map_err(|e| Failure::Input(e.to_string()))?;
-        Some(Arc::new(engine))
-    } else {
-        None
-    };
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
+    let mut service = Service::start(store.clone(), config.clone(), Arc::new(SystemClock))
         .await
-        .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
-    let api_addr = listener
-        .local_addr()
-        .map_or_else(|_| config.server.listen.to_string(), |a| a.to_string());
-    let mut api_state =
-        meridian::api::ApiState::new(store.clone(), config.clone(), Arc::new(SystemClock));
-    if let Some(e) = &engine {
-        api_state = api_state.with_rows_queued(e.rows_queued());
-    }
-    let api = meridian::api::router(api_state);
-    let api_stop = Arc::new(tokio::sync::Notify::new());
-    let api_server = tokio::spawn({
-        let stop = api_stop.clone();
-        async move {
-            axum::serve(listener, api)
-                .with_graceful_shutdown(async move { stop.notified().await })
-                .await
-        }
-    });
-    // Subscribed before the loop starts, so its first turn is seen.
-    let mut first_turn = engine.as_ref().map(|e| e.heartbeat());
-    let watchdog = start_watchdog(&daemon, &config, engine.as_deref());
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let runner = engine.clone().map(|e| {
-        let wake = wake.clone();
-        tokio::spawn(async move { e.run(wake).await })
-    });
+        .map_err(|e| match e {
+            ServiceError::Engine(e) => Failure::Input(e.to_string()),
+            listen @ ServiceError::Listen { .. } => Failure::Runtime(listen.into()),
+        })?;
+    let api_addr = service.api_addr.to_string();
+    let mut first_turn = service.take_first_turn();
+    let watchdog = start_watchdog(&daemon, &config, service.engine());
     tracing::info!(
         message = "Meridian is running.",
         database = %redact_url(&config.database.url),
@@ -667,7 +663,7 @@ async fn serve<S: Store + Clone>(
     );
     let running = format!(
         "Running: API on {api_addr}, engine {}",
-        if engine.is_some() { "on" } else { "off" }
+        if config.engine.enabled { "on" } else { "off" }
     );
     if first_turn.is_none() {
         daemon.notify(&format!("READY=1\nSTATUS={running}"));
@@ -703,22 +699,7 @@ async fn serve<S: Store + Clone>(
     if let Some(w) = watchdog {
         w.abort();
     }
-    api_stop.notify_one();
-    if let Some(e) = &engine {
-        e.stop();
-        wake.notify_waiters();
-    }
-    if let Some(runner) = runner {
-        if tokio::time::timeout(config.engine.shutdown_grace, runner)
-            .await
-            .is_err()
-        {
-            tracing::warn!(message = "Grace period over with sends in flight; their leases will expire and be taken over.");
-        }
-    }
-    if let Ok(Err(error)) = api_server.await {
-        tracing::warn!(message = "The API server stopped with an error.", %error);
-    }
+    service.stop(config.engine.shutdown_grace).await;
     store.close().await;
     tracing::info!(message = "Stopped.");
     Ok(())
@@ -849,6 +830,45 @@ async fn simulate(config: &Config, args: SimulateArgs) -> Result<(), Failure> {
     println!("simulator: stats at GET /_sim/stats, behaviour at PUT /_sim/behaviour; ready");
     shutdown_signal().await;
     Ok(())
+}
+
+/// `demo`: runs it to its summary, keeps it up until Ctrl-C when asked, then
+/// stops; exit 1 when the first zones were not delivered in time.
+async fn demo(args: &DemoArgs) -> Result<(), Failure> {
+    use meridian::demo::{self, DemoError};
+    let log = meridian::config::LogConfig {
+        level: "warn".to_owned(),
+        ..Default::default()
+    };
+    meridian::logging::init(&log).context("setting up logging")?;
+    let options = demo::Options {
+        dir: args.dir.clone(),
+        users: args.users,
+        lead: args.lead,
+        listen: args.listen,
+        keep_running: args.keep_running,
+        program: std::env::args()
+            .next()
+            .unwrap_or_else(|| "meridian".to_owned()),
+    };
+    let running = demo::run(&options, std::sync::Arc::new(SystemClock))
+        .await
+        .map_err(|e| match e {
+            DemoError::Option(message) => Failure::Input(message),
+            other => Failure::Runtime(other.into()),
+        })?;
+    if options.keep_running {
+        shutdown_signal().await;
+    }
+    let delivered = running.delivered;
+    running.stop().await;
+    if delivered {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(anyhow::anyhow!(
+            "the demo's first zones were not delivered in time"
+        )))
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,120 @@
+//! The REST API and the engine running together on one store: what `serve` and
+//! `demo` share, so the demo exercises exactly the daemon's startup and shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::{self, ApiState};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::engine::{Engine, EngineError, EngineSettings};
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The engine could not be set up (a provider's configuration, a hook's).
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("server.listen: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The API listening and, unless `engine.enabled = false`, the engine's loops
+/// running. Stop it with [`Service::stop`].
+pub struct Service<S> {
+    /// Where the API listens (the bound port when `server.listen` asked for 0).
+    pub api_addr: SocketAddr,
+    engine: Option<Arc<Engine<S>>>,
+    first_turn: Option<tokio::sync::watch::Receiver<u64>>,
+    wake: Arc<tokio::sync::Notify>,
+    api_stop: Arc<tokio::sync::Notify>,
+    api_server: tokio::task::JoinHandle<std::io::Result<()>>,
+    runner: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl<S: Store> Service<S> {
+    /// Builds the engine, binds `server.listen` and starts both. The store is
+    /// expected migrated and the apps synced.
+    pub async fn start(
+        store: Arc<S>,
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ServiceError> {
+        let engine = if config.engine.enabled {
+            let settings = EngineSettings::from_config(&config.engine);
+            let engine = Engine::new(store.clone(), config.clone(), clock.clone(), settings)?;
+            Some(Arc::new(engine))
+        } else {
+            None
+        };
+        let addr = config.server.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServiceError::Listen { addr, source })?;
+        let api_addr = listener.local_addr().unwrap_or(addr);
+        let mut api_state = ApiState::new(store, config, clock);
+        if let Some(e) = &engine {
+            api_state = api_state.with_rows_queued(e.rows_queued());
+        }
+        let router = api::router(api_state);
+        let api_stop = Arc::new(tokio::sync::Notify::new());
+        let api_server = tokio::spawn({
+            let stop = api_stop.clone();
+            async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { stop.notified().await })
+                    .await
+            }
+        });
+        // Subscribed before the loop starts, so its first turn is seen.
+        let first_turn = engine.as_ref().map(|e| e.heartbeat());
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let runner = engine.clone().map(|e| {
+            let wake = wake.clone();
+            tokio::spawn(async move { e.run(wake).await })
+        });
+        Ok(Self {
+            api_addr,
+            engine,
+            first_turn,
+            wake,
+            api_stop,
+            api_server,
+            runner,
+        })
+    }
+
+    pub fn engine(&self) -> Option<&Engine<S>> {
+        self.engine.as_deref()
+    }
+
+    /// Changes once the release loop has turned for the first time (taken once;
+    /// `None` with the engine off or when already taken).
+    pub fn take_first_turn(&mut self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        self.first_turn.take()
+    }
+
+    /// Stops accepting API requests, stops the engine (nothing new is released or
+    /// leased, sends not started are given back) and waits up to `grace` for the
+    /// sends in flight to be recorded; what is still in flight then is left to
+    /// lease expiry.
+    pub async fn stop(self, grace: Duration) {
+        self.api_stop.notify_one();
+        if let Some(e) = &self.engine {
+            e.stop();
+            self.wake.notify_waiters();
+        }
+        if let Some(runner) = self.runner {
+            if tokio::time::timeout(grace, runner).await.is_err() {
+                tracing::warn!(message = "Grace period over with sends in flight; their leases will expire and be taken over.");
+            }
+        }
+        if let Ok(Err(error)) = self.api_server.await {
+            tracing::warn!(message = "The API server stopped with an error.", %error);
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! `meridian demo` as a new user runs it: the built binary in an empty
+//! directory, with a short lead so the first zones come due in seconds.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meridian::config::DatabaseConfig;
+use meridian::store::{MessageFilter, SqliteStore, Store};
+
+/// What one run printed, and how it ended.
+struct Run {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `meridian demo ARGS` in `dir`, failing the test after `within`.
+fn demo(dir: &Path, args: &[&str], within: Duration) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .arg("demo")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .env_remove("MERIDIAN_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "meridian demo did not finish within {within:?}\nstdout:\n{}\nstderr:\n{}",
+                stdout.join().unwrap(),
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Run {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// The number after `label` in the line starting with `prefix` (`sent 538` → 538).
+fn count_after(stdout: &str, prefix: &str, label: &str) -> i64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in:\n{stdout}"));
+    let rest = line
+        .split(&format!("{label} "))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {label:?} in {line:?}"));
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {label:?} in {line:?}"))
+}
+
+/// One row of the per-zone table; `sent` and `invalid` are `-` (None) while pending.
+struct ZoneRow {
+    zone: String,
+    state: String,
+    recipients: i64,
+    sent: Option<i64>,
+    invalid: Option<i64>,
+}
+
+fn zone_rows(stdout: &str) -> Vec<ZoneRow> {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with("ZONE"));
+    let header = lines.next().expect("a per-zone table");
+    assert!(
+        header.contains("LOCAL DUE") && header.contains("SENT") && header.contains("INVALID"),
+        "{header}"
+    );
+    lines
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let n = words.len();
+            let num = |w: &str| w.parse::<i64>().ok();
+            ZoneRow {
+                zone: words[0].to_owned(),
+                state: words[4].trim_end_matches(',').to_owned(),
+                recipients: num(words[n - 4]).unwrap_or_else(|| panic!("recipients in {l:?}")),
+                sent: num(words[n - 3]),
+                invalid: num(words[n - 2]),
+            }
+        })
+        .collect()
+}
+
+async fn open(dir: &Path) -> SqliteStore {
+    let url = format!("sqlite://{}", dir.join("demo-data/demo.db").display());
+    SqliteStore::connect(&DatabaseConfig {
+        url,
+        ..DatabaseConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_demo_delivers_the_first_zones_and_says_where_to_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = demo(dir.path(), &["--lead", "3s"], Duration::from_secs(180));
+    assert!(
+        run.status.success(),
+        "{:?}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    let out = &run.stdout;
+
+    // Per zone: the first zones completed with sends, the others still to come.
+    let rows = zone_rows(out);
+    assert!(rows.len() >= 40, "{out}");
+    let done: Vec<_> = rows.iter().filter(|r| r.state == "completed").collect();
+    assert!(done.len() >= 3, "{out}");
+    for r in &done {
+        let (sent, invalid) = (r.sent.unwrap(), r.invalid.unwrap());
+        assert!(sent > 0, "{}: {out}", r.zone);
+        assert!(sent + invalid <= r.recipients, "{}: {out}", r.zone);
+    }
+    assert!(rows
+        .iter()
+        .any(|r| r.state == "pending" && r.sent.is_none() && r.recipients > 0));
+    let table_sent: i64 = done.iter().map(|r| r.sent.unwrap()).sum();
+    let table_invalid: i64 = done.iter().map(|r| r.invalid.unwrap()).sum();
+    assert!(
+        table_invalid > 0,
+        "dead tokens show as token_invalid: {out}"
+    );
+
+    // Per status, and the push sent through the REST API.
+    let sent = count_after(out, "Campaign deliveries by status:", "sent");
+    let invalid = count_after(out, "Campaign deliveries by status:", "token_invalid");
+    assert_eq!((sent, invalid), (table_sent, table_invalid));
+    assert!(
+        count_after(out, "Transactional push req_", "sent") > 0,
+        "{out}"
+    );
+    assert!(out.contains("unknown ids: no-such-user"), "{out}");
+
+    // Where to look next.
+    let api = out
+        .split_whitespace()
+        .find(|w| w.starts_with("http://127.0.0.1:"))
+        .expect("the API's URL")
+        .trim_end_matches(',');
+    assert!(out.contains(&format!("{api}/health")), "{out}");
+    assert!(out.contains(&format!("{api}/metrics")), "{out}");
+    assert!(out.contains("/v1/messages?request=req_"), "{out}");
+    assert!(out.contains("KEY=mrd_"), "{out}");
+    assert!(
+        out.contains("--config demo-data/meridian.toml campaign show demo-local-time"),
+        "{out}"
+    );
+
+    // The database holds what the summary said.
+    let store = open(dir.path()).await;
+    let campaigns = store.campaigns_by_key("demo-local-time").await.unwrap();
+    assert_eq!(campaigns.len(), 1);
+    let counts = store.delivery_counts(campaigns[0].id).await.unwrap();
+    assert_eq!(counts.get("sent"), Some(&sent), "{counts:?}");
+    assert_eq!(counts.get("token_invalid"), Some(&invalid), "{counts:?}");
+    let request = out
+        .split_whitespace()
+        .find(|w| w.starts_with("req_"))
+        .unwrap()
+        .trim_end_matches(',');
+    let pushed = store
+        .messages(
+            "demo",
+            &MessageFilter {
+                request_id: Some(request),
+                limit: 100,
+                ..MessageFilter::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!pushed.is_empty());
+    assert!(pushed
+        .iter()
+        .all(|m| m.status == "sent" || m.status == "token_invalid"));
+    store.close().await;
+
+    // Again in the same directory: a fresh database, the same population.
+    let again = demo(dir.path(), &["--lead", "2s"], Duration::from_secs(180));
+    assert!(again.status.success(), "{}\n{}", again.stdout, again.stderr);
+    let store = open(dir.path()).await;
+    let campaigns = store.campaigns(None).await.unwrap();
+    assert_eq!(campaigns.len(), 1);
+    assert_eq!(campaigns[0].id, 1);
+    let counts = store.delivery_counts(campaigns[0].id).await.unwrap();
+    assert_eq!(
+        counts.get("sent"),
+        Some(&count_after(
+            &again.stdout,
+            "Campaign deliveries by status:",
+            "sent"
+        ))
+    );
+    store.close().await;
+}
+
+#[test]
+fn a_bad_option_is_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = demo(dir.path(), &["--lead", "0s"], Duration::from_secs(30));
+    assert_eq!(run.status.code(), Some(2), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.trim(),
+        "error: --lead: must be between 1s and 1h"
+    );
+    assert!(!dir.path().join("demo-data").exists());
+}
