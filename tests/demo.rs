@@ -239,3 +239,65 @@ fn a_bad_option_is_one_line_and_exit_2() {
     );
     assert!(!dir.path().join("demo-data").exists());
 }
+
+/// After a demo run the API it printed serves `/metrics` with the families ops
+/// read (deliveries, provider latency, lag, queue depth, API requests, …); the
+/// demo keeps serving with `--keep-running` until SIGTERM.
+#[tokio::test]
+async fn metrics_are_exposed_after_a_demo_run() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["demo", "--lead", "3s", "--keep-running"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // The summary's `curl …/metrics` line comes once the first zones are delivered.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(url) = line
+                .trim()
+                .strip_prefix("curl ")
+                .filter(|u| u.ends_with("/metrics"))
+            {
+                let _ = tx.send(url.to_owned());
+            }
+        }
+    });
+    let url = rx.recv_timeout(Duration::from_secs(180));
+    let text = match &url {
+        Ok(url) => reqwest::get(url).await.unwrap().text().await.unwrap(),
+        Err(_) => String::new(),
+    };
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().unwrap();
+    let url = url.expect("the demo printed its /metrics URL");
+    assert!(status.success(), "{status:?}");
+    for family in [
+        "meridian_deliveries_total{status=\"sent\",provider=\"apns\"}",
+        "meridian_deliveries_total{status=\"token_invalid\",provider=",
+        "meridian_provider_request_duration_seconds_bucket{provider=\"fcm\",outcome=\"accepted\"",
+        "meridian_tokens_invalidated_total{provider=",
+        "meridian_scheduler_lag_seconds_count",
+        "meridian_lease_takeovers_total",
+        "meridian_queue_depth{kind=\"slots_due\"}",
+        "meridian_rate_limit_waits_total{provider=\"apns\"}",
+        "meridian_api_requests_total{route=\"/v1/push\",method=\"POST\",status=\"200\"}",
+    ] {
+        assert!(
+            text.contains(family),
+            "{family} missing from {url}:\n{text}"
+        );
+    }
+}
