@@ -58,7 +58,10 @@ impl<S: Store> Service<S> {
         let api_addr = listener.local_addr().unwrap_or(addr);
         let mut api_state = ApiState::new(store, config, clock);
         if let Some(e) = &engine {
-            api_state = api_state.with_rows_queued(e.rows_queued());
+            let probe = e.clone();
+            api_state = api_state
+                .with_rows_queued(e.rows_queued())
+                .with_scheduler(Arc::new(move || probe.ticking()));
         }
         let router = api::router(api_state);
         let api_stop = Arc::new(tokio::sync::Notify::new());

@@ -208,6 +208,15 @@ impl<S: Store> Rig<S> {
     /// Serves the API on this rig's store, config and clock; returns its base URL
     /// and an API key of the shop.
     async fn api(&self, engine: Option<&Engine<S>>) -> (String, String) {
+        self.api_probed(engine, None).await
+    }
+
+    /// `api`, with `/readyz` asking `scheduler` whether the engine turns.
+    async fn api_probed(
+        &self,
+        engine: Option<&Engine<S>>,
+        scheduler: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+    ) -> (String, String) {
         let k = meridian::api::keys::generate().unwrap();
         self.store
             .create_api_key(
@@ -228,6 +237,9 @@ impl<S: Store> Rig<S> {
         );
         if let Some(e) = engine {
             state = state.with_rows_queued(e.rows_queued());
+        }
+        if let Some(probe) = scheduler {
+            state = state.with_scheduler(probe);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
@@ -1521,7 +1533,70 @@ async fn metrics_expose_the_engine_and_the_api<S: Store + Clone>(db: &TestDb<S>)
     }
 }
 
+/// `/healthz` answers while the process does; `/readyz` only while the database
+/// answers and the scheduler has turned recently, and names what is not ready.
+async fn readiness_follows_the_database_and_the_scheduler<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    let engine = Arc::new(rig.engine("worker-a", 100));
+    let probe = engine.clone();
+    let (base, _) = rig
+        .api_probed(Some(&engine), Some(Arc::new(move || probe.ticking())))
+        .await;
+    let fetch = |path: &'static str| {
+        let url = format!("{base}{path}");
+        async move {
+            let res = reqwest::get(url).await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    assert_eq!(fetch("/healthz").await, (200, "ok".to_owned()));
+    let (status, body) = fetch("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("not_ready") && body.contains("has not turned yet"),
+        "{body}"
+    );
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let runner = tokio::spawn({
+        let engine = engine.clone();
+        let wake = wake.clone();
+        async move { engine.run(wake).await }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, body) = fetch("/readyz").await;
+        if status == 200 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!({"status": "ready", "database": "ok", "scheduler": "ok"})
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    engine.stop();
+    wake.notify_waiters();
+    runner.await.unwrap();
+    // A loop that stopped turning is no longer ready.
+    rig.clock.advance(TimeDelta::minutes(10));
+    let (status, body) = fetch("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("scheduler: the scheduler last turned 600 s ago"),
+        "{body}"
+    );
+    // Nor is one whose database is gone; the process still answers.
+    rig.store.close().await;
+    let (status, body) = fetch("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("database: "), "{body}");
+    assert_eq!(fetch("/healthz").await.0, 200);
+}
+
 storage_tests!(
+    readiness_follows_the_database_and_the_scheduler,
     metrics_expose_the_engine_and_the_api,
     status_changes_reach_the_webhook_in_signed_batches,
     a_push_falls_back_once_when_push_cannot_reach,

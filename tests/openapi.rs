@@ -19,6 +19,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/health"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("PUT", "/v1/users/{external_id}"),
     ("POST", "/v1/users:import"),
     ("GET", "/v1/users/{external_id}/subscriptions"),
@@ -39,7 +41,13 @@ const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Routes anyone may call.
-const PUBLIC: &[&str] = &["/health", "/openapi.json", "/metrics"];
+const PUBLIC: &[&str] = &[
+    "/health",
+    "/openapi.json",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+];
 
 async fn fetch<S: Store + Clone>(db: &TestDb<S>) -> (common::api::Api<S>, String) {
     let api = start(db).await;

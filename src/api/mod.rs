@@ -36,6 +36,8 @@ pub struct ApiState<S> {
     pub clock: Arc<dyn Clock>,
     pub push_quota: Arc<push::PushQuota>,
     pub rows_queued: Option<Arc<tokio::sync::Notify>>,
+    /// The engine's "ticking recently" probe for `/readyz` (none: engine off).
+    pub scheduler: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
 }
 
 impl<S> ApiState<S> {
@@ -50,7 +52,17 @@ impl<S> ApiState<S> {
             clock,
             push_quota,
             rows_queued: None,
+            scheduler: None,
         }
+    }
+
+    /// `/readyz` also requires the scheduler to be turning.
+    pub fn with_scheduler(
+        mut self,
+        probe: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    ) -> Self {
+        self.scheduler = Some(probe);
+        self
     }
 
     /// Wakes the engine's row loop when a push is queued.
@@ -68,6 +80,7 @@ impl<S> Clone for ApiState<S> {
             clock: self.clock.clone(),
             push_quota: self.push_quota.clone(),
             rows_queued: self.rows_queued.clone(),
+            scheduler: self.scheduler.clone(),
         }
     }
 }
@@ -79,6 +92,8 @@ pub fn routes<S: Store>() -> openapi::Routes<S> {
         .add(openapi::__path_health, openapi::health)
         .add(openapi::__path_openapi_json, openapi::openapi_json)
         .add(__path_metrics_page, metrics_page::<S>)
+        .add(__path_healthz, healthz)
+        .add(__path_readyz, readyz::<S>)
         .add(a::__path_put_user, a::put_user::<S>)
         // Streams its body under its own limit (`import::IMPORT_BODY_LIMIT`).
         .add(import::__path_import_users, import::import_users::<S>)
@@ -148,6 +163,76 @@ pub async fn metrics_page<S: Store>(
         crate::metrics::render(),
     )
         .into_response()
+}
+
+/// `GET /healthz`: the process is alive (it answers); nothing else is checked, so
+/// a supervisor restarts only a process that no longer answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "service",
+    operation_id = "healthz",
+    security(()),
+    responses((status = 200, description = "The process answers", body = String, content_type = "text/plain", example = "ok"))
+)]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// What `/readyz` found.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// `ready`
+    pub status: &'static str,
+    pub database: &'static str,
+    /// `ok`, or `disabled` when this instance runs no engine.
+    pub scheduler: &'static str,
+}
+
+/// `GET /readyz`: ready to serve — the database answers and the scheduler turned
+/// recently; otherwise 503 naming what is not ready (load balancers stop routing).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "service",
+    operation_id = "readyz",
+    security(()),
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: the database or the scheduler", body = openapi::ErrorBody),
+    )
+)]
+pub async fn readyz<S: Store>(
+    axum::extract::State(st): axum::extract::State<ApiState<S>>,
+) -> Response {
+    let mut problems = Vec::new();
+    if let Err(error) = st.store.ping().await {
+        problems.push(format!("database: {error}"));
+    }
+    let scheduler = match &st.scheduler {
+        None => "disabled",
+        Some(probe) => match probe() {
+            Ok(()) => "ok",
+            Err(e) => {
+                problems.push(format!("scheduler: {e}"));
+                "stuck"
+            }
+        },
+    };
+    if problems.is_empty() {
+        let body = Readiness {
+            status: "ready",
+            database: "ok",
+            scheduler,
+        };
+        return (StatusCode::OK, axum::Json(body)).into_response();
+    }
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        problems.join("; "),
+    )
+    .into_response()
 }
 
 /// Counts each request by its route's pattern (not its path: ids would explode

@@ -150,6 +150,8 @@ pub struct Engine<S> {
     hooks: hooks::Hooks,
     /// Counts the release loop's turns (see [`Engine::heartbeat`]).
     heartbeat: tokio::sync::watch::Sender<u64>,
+    /// When the release loop last turned (unix ms on the engine's clock; 0: never).
+    last_turn_ms: std::sync::atomic::AtomicI64,
 }
 
 /// What a dispatch loop leases.
@@ -187,6 +189,7 @@ impl<S: Store> Engine<S> {
             rows_queued: Arc::new(tokio::sync::Notify::new()),
             hooks,
             heartbeat: tokio::sync::watch::channel(0).0,
+            last_turn_ms: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -199,6 +202,23 @@ impl<S: Store> Engine<S> {
 
     fn beat(&self) {
         self.heartbeat.send_modify(|n| *n = n.wrapping_add(1));
+        self.last_turn_ms
+            .store(self.now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    /// Whether the release loop turned recently enough (within three ticks and
+    /// 10 s of slack): `Err` says when it last did, for `/readyz`.
+    pub fn ticking(&self) -> Result<(), String> {
+        let last = self.last_turn_ms.load(Ordering::Relaxed);
+        if last == 0 {
+            return Err("the scheduler has not turned yet".to_owned());
+        }
+        let allowed = 3 * self.settings.tick.as_millis() as i64 + 10_000;
+        let ago = self.now().timestamp_millis() - last;
+        if ago > allowed {
+            return Err(format!("the scheduler last turned {} s ago", ago / 1000));
+        }
+        Ok(())
     }
 
     pub fn settings(&self) -> &EngineSettings {
