@@ -16,12 +16,18 @@ pub struct GeneratedKey {
 #[error("the system random number generator failed")]
 pub struct RandomError;
 
-/// A new key: `mrd_` and 32 random bytes in URL-safe base64.
-pub fn generate() -> Result<GeneratedKey, RandomError> {
-    let mut bytes = [0u8; 32];
+/// `N` bytes from the system's secure random number generator.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], RandomError> {
+    let mut bytes = [0u8; N];
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| RandomError)?;
+    Ok(bytes)
+}
+
+/// A new key: `mrd_` and 32 random bytes in URL-safe base64.
+pub fn generate() -> Result<GeneratedKey, RandomError> {
+    let bytes = random_bytes::<32>()?;
     let secret = format!(
         "mrd_{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)

@@ -390,11 +390,7 @@ pub async fn post_push<S: Store>(
 
 /// `req_` and 16 random bytes in hex.
 fn request_id() -> Result<String, super::keys::RandomError> {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| super::keys::RandomError)?;
+    let bytes = super::keys::random_bytes::<16>()?;
     Ok(format!(
         "req_{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
