@@ -1446,6 +1446,9 @@ async fn a_push_falls_back_once_when_push_cannot_reach<S: Store + Clone>(db: &Te
             && reasons.contains(&"all_tokens_invalid".to_owned()),
         "{reasons:?}"
     );
+    // Pushes the sweep still watches: this one, for user-2's receipt window.
+    let watched = || db.raw("UPDATE push_requests SET fallback = fallback WHERE fallback");
+    assert_eq!(watched().await.unwrap(), 1);
     // user-2 was sent but has not confirmed: after ten minutes it falls back too.
     rig.clock.advance(TimeDelta::minutes(11));
     let third = engine.deliver_hooks().await.unwrap();
@@ -1467,6 +1470,11 @@ async fn a_push_falls_back_once_when_push_cannot_reach<S: Store + Clone>(db: &Te
         "{again:?}"
     );
     assert_eq!(receiver.bodies().len(), 3);
+    assert_eq!(
+        watched().await.unwrap(),
+        0,
+        "a settled push leaves the sweep"
+    );
     // The step is in the history of the dead-token message.
     let dead = get(&base, &key, "/v1/messages?user=user-1").await;
     let id = dead["messages"][0]["id"].as_i64().unwrap();

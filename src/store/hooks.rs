@@ -151,12 +151,29 @@ macro_rules! hook_store_methods {
                            AND SECONDS_SINCE_SENT >= p.no_receipt_after_secs)) \
                 ON CONFLICT (request_id, user_id) DO NOTHING";
             let sql = sql.replace("SECONDS_SINCE_SENT", &Self::seconds_between("$1", "MAX(d.sent_at)"));
-            Ok(sqlx::query(&sql)
+            let found = sqlx::query(&sql)
                 .bind(now)
                 .bind(since)
                 .execute(&self.write)
                 .await?
-                .rows_affected())
+                .rows_affected();
+            // A push that can fall back no more leaves the sweep's index: nothing of
+            // it is pending, and no sent message of it is still inside its receipt
+            // window. The sweep then reads only unsettled pushes, not three days of them.
+            let settle = format!(
+                "UPDATE push_requests SET fallback = FALSE WHERE fallback AND created_at >= $2 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.request_id = push_requests.id \
+                   AND (d.status IN ('queued', 'leased', 'retry') \
+                        OR (d.status = 'sent' AND push_requests.no_receipt_after_secs IS NOT NULL \
+                            AND {} < push_requests.no_receipt_after_secs)))",
+                Self::seconds_between("$1", "d.sent_at")
+            );
+            sqlx::query(&settle)
+                .bind(now)
+                .bind(since)
+                .execute(&self.write)
+                .await?;
+            Ok(found)
         }
 
         async fn lease_fallbacks(
