@@ -60,11 +60,11 @@ const SEED_USERS_SQLITE: &str = "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELE
 /// Even users get an iOS token (64 hex digits), odd ones an Android token.
 const SEED_DEVICES_PG: &str = "INSERT INTO devices (app_id, user_id, platform, token, timezone, zone, created_at, updated_at) \
     SELECT 'shop', id, CASE WHEN id % 2 = 0 AND NOT $2 THEN 'ios' ELSE 'android' END, \
-      CASE WHEN id % 2 = 0 AND NOT $2 THEN lpad(id::text, 64, '0') ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users";
+      CASE WHEN id % 2 = 0 AND NOT $2 THEN lpad(id::text, 64, '0') ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users ORDER BY id";
 const SEED_DEVICES_SQLITE: &str = "INSERT INTO devices (app_id, user_id, platform, token, timezone, zone, created_at, updated_at) \
     SELECT 'shop', id, CASE WHEN id % 2 = 0 AND NOT $2 THEN 'ios' ELSE 'android' END, \
       CASE WHEN id % 2 = 0 AND NOT $2 THEN substr('0000000000000000000000000000000000000000000000000000000000000000' || id, -64, 64) \
-           ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users";
+           ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users ORDER BY id";
 const SEED_SUBSCRIPTIONS: &str = "INSERT INTO subscriptions (user_id, topic, opted_in, updated_at) SELECT id, 'marketing', TRUE, $1 FROM users";
 
 #[tokio::main]
@@ -250,6 +250,9 @@ async fn main() {
     }
     let _ = sim.kill();
     let _ = sim.wait();
+    if std::env::var_os("MERIDIAN_E2E_KEEP").is_some() && backend != "postgres" {
+        println!("kept {}", dir.keep().display());
+    }
 }
 
 /// Requests per second h2load gets from the simulator: the most any sender could

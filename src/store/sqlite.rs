@@ -22,6 +22,36 @@ use super::shared::shared_store_methods;
 use super::{NewSlot, Store, StoreError};
 use crate::config::{DatabaseConfig, DatabaseKind};
 
+/// WAL frames after which the writer checkpoints by itself: a backstop for when
+/// the checkpointer falls behind (SQLite's default is 1,000).
+const WRITER_CHECKPOINT_PAGES: &str = "100000";
+
+/// How often the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Copies committed WAL frames into the database file from a connection of its
+/// own, so that the one writer does not. In WAL mode every commit appends each
+/// page it dirtied; a batch of deliveries dirties a page of every index per row
+/// (recipients of a zone are spread over the id space), and checkpointing those
+/// pages (reading them back, writing them, fsync) inside the writer's commit
+/// held up every other write. A PASSIVE checkpoint never blocks the writer or
+/// readers. Ends when the store is closed.
+async fn checkpoint_loop(checkpointer: SqlitePool, write: SqlitePool) {
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if write.is_closed() {
+            break;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&checkpointer)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints instead");
+        }
+    }
+    checkpointer.close().await;
+}
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     write: SqlitePool,
@@ -130,12 +160,23 @@ impl SqliteStore {
         }
         let write = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .connect_with(
+                options
+                    .clone()
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES),
+            )
             .await?;
         let read = SqlitePoolOptions::new()
             .max_connections(cfg.max_connections)
-            .connect_with(options.read_only(true))
+            .connect_with(options.clone().read_only(true))
             .await?;
+        if file != Path::new(":memory:") {
+            let checkpointer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
+            tokio::spawn(checkpoint_loop(checkpointer, write.clone()));
+        }
         Ok(Self { write, read })
     }
 
