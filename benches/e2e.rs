@@ -13,7 +13,12 @@
 //! installed, it first measures the wire ceiling in the same run: APNs-style posts
 //! over TLS HTTP/2 straight to the same simulator, with a valid provider token. `--rate R` sets each provider's
 //! `rate_per_second`; `--android` gives every device an FCM token (one provider,
-//! so the per-second figure is that provider's).
+//! so the per-second figure is that provider's). `MERIDIAN_E2E_KEEP=1` keeps the
+//! database afterwards (Postgres: `meridian_e2e`; SQLite: the printed directory).
+//!
+//! Devices are seeded in user order, so a zone's devices are spread over the whole
+//! id space as they are when people register over time: each chunk's rows land
+//! all over every index keyed by device or user, the case that costs.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

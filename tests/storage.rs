@@ -714,6 +714,7 @@ storage_tests!(
     subscriptions_need_a_known_user,
     audience_zones_apply_every_rule,
     campaigns_save_idempotently_and_lock_when_running,
+    chunk_read_uses_the_covering_zone_index,
 );
 
 /// SQLite cannot alter a CHECK, so `0003` rebuilds `deliveries` and
@@ -792,4 +793,101 @@ async fn sqlite_rebuild_in_0003_keeps_deliveries_and_history() {
         .await
         .unwrap();
     assert_eq!(events, 0, "history still cascades with its delivery");
+}
+
+/// The SQLite writer checkpoints only past 100,000 WAL frames; a connection of
+/// the store's own copies committed frames back into the database file within
+/// seconds. A reader that ignores the WAL (`immutable`) sees a committed row only
+/// once it has been checkpointed.
+#[tokio::test]
+async fn sqlite_wal_is_checkpointed_by_its_own_connection() {
+    use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::Connection;
+    let db = common::sqlite().await;
+    db.raw(
+        "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) \
+         VALUES ('ckpt', 'ckpt', 'UTC', '2026-12-02T00:00:00+00:00', '2026-12-02T00:00:00+00:00')",
+    )
+    .await
+    .unwrap();
+    let file = db.url.trim_start_matches("sqlite://").to_owned();
+    let in_file = || async {
+        let opts = SqliteConnectOptions::new()
+            .filename(&file)
+            .read_only(true)
+            .immutable(true);
+        let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        // Before the first checkpoint the file does not even hold the schema.
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM apps WHERE id = 'ckpt'")
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or(0);
+        c.close().await.ok();
+        n
+    };
+    let mut seen = 0;
+    for _ in 0..50 {
+        seen = in_file().await;
+        if seen == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(seen, 1, "the committed row reached the database file");
+    db.finish().await;
+}
+
+/// A chunk's recipients are read from the covering zone index alone: on SQLite a
+/// covering-index search, on Postgres an index-only scan (the table being
+/// all-visible after VACUUM), never a table page per recipient.
+async fn chunk_read_uses_the_covering_zone_index<S: Store>(db: &TestDb<S>) {
+    use meridian::store::segment::recipients_in_range_sql;
+    use sqlx::Connection;
+    let audience = Audience::default();
+    let segment = Segment {
+        app_id: "shop",
+        audience: &audience,
+        topics: Vec::new(),
+    };
+    let (sql, _) = recipients_in_range_sql(
+        db.store.kind(),
+        &segment,
+        Some("Europe/Paris"),
+        Some((1, 1000)),
+    );
+    // The binds, in order: app, zone, first and last device id.
+    let sql = sql
+        .replace("$1", "'shop'")
+        .replace("$2", "'Europe/Paris'")
+        .replace("$3", "1")
+        .replace("$4", "1000");
+    let plan: Vec<String> = if db.url.starts_with("sqlite:") {
+        let opts: sqlx::sqlite::SqliteConnectOptions = db.url.parse().unwrap();
+        let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .fetch_all(&mut c)
+                .await
+                .unwrap();
+        rows.into_iter().map(|r| r.3).collect()
+    } else {
+        let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        for s in [
+            "VACUUM ANALYZE devices",
+            "SET enable_seqscan = off",
+            "SET enable_bitmapscan = off",
+        ] {
+            sqlx::query(s).execute(&mut c).await.unwrap();
+        }
+        sqlx::query_scalar(&format!("EXPLAIN {sql}"))
+            .fetch_all(&mut c)
+            .await
+            .unwrap()
+    };
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("USING COVERING INDEX devices_active_by_zone")
+            || plan.contains("Index Only Scan using devices_active_by_zone"),
+        "chunk read plan: {plan}"
+    );
 }
