@@ -26,6 +26,9 @@ use crate::config::{DatabaseConfig, DatabaseKind};
 /// the checkpointer falls behind (SQLite's default is 1,000).
 const WRITER_CHECKPOINT_PAGES: &str = "100000";
 
+/// Bytes the WAL file is cut back to once a checkpoint lets it restart.
+const WAL_SIZE_LIMIT: &str = "67108864";
+
 /// How often the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -163,7 +166,8 @@ impl SqliteStore {
             .connect_with(
                 options
                     .clone()
-                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES),
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES)
+                    .pragma("journal_size_limit", WAL_SIZE_LIMIT),
             )
             .await?;
         let read = SqlitePoolOptions::new()
