@@ -6,6 +6,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, Weak};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::query::QueryAs;
@@ -38,18 +39,19 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// (recipients of a zone are spread over the id space), and checkpointing those
 /// pages (reading them back, writing them, fsync) inside the writer's commit
 /// held up every other write. A PASSIVE checkpoint never blocks the writer or
-/// readers. Ends when the store is closed.
-async fn checkpoint_loop(checkpointer: SqlitePool, write: SqlitePool) {
+/// readers. Ends within a tick of the store being closed or its last handle
+/// dropped (then its hold on the write pool goes too).
+async fn checkpoint_loop(checkpointer: SqlitePool, write: SqlitePool, store: Weak<()>) {
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
-        if write.is_closed() {
+        if write.is_closed() || store.strong_count() == 0 {
             break;
         }
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&checkpointer)
             .await
         {
-            tracing::warn!(error = %e, "WAL checkpoint failed; the writer checkpoints instead");
+            tracing::warn!(error = %e, "WAL checkpoint failed; retried at the next tick");
         }
     }
     checkpointer.close().await;
@@ -59,6 +61,8 @@ async fn checkpoint_loop(checkpointer: SqlitePool, write: SqlitePool) {
 pub struct SqliteStore {
     write: SqlitePool,
     read: SqlitePool,
+    /// Held by every handle of the store; the checkpointer stops once none is left.
+    _handles: Arc<()>,
 }
 
 /// A timestamp exactly as sqlx writes `DateTime<Utc>` to SQLite, so text written
@@ -174,14 +178,23 @@ impl SqliteStore {
             .max_connections(cfg.max_connections)
             .connect_with(options.clone().read_only(true))
             .await?;
+        let handles = Arc::new(());
         if file != Path::new(":memory:") {
             let checkpointer = SqlitePoolOptions::new()
                 .max_connections(1)
                 .connect_with(options)
                 .await?;
-            tokio::spawn(checkpoint_loop(checkpointer, write.clone()));
+            tokio::spawn(checkpoint_loop(
+                checkpointer,
+                write.clone(),
+                Arc::downgrade(&handles),
+            ));
         }
-        Ok(Self { write, read })
+        Ok(Self {
+            write,
+            read,
+            _handles: handles,
+        })
     }
 
     fn bind_segment<'q, O>(
