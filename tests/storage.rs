@@ -756,13 +756,7 @@ async fn sqlite_rebuild_in_0003_keeps_deliveries_and_history() {
     }
     pool.close().await;
 
-    let store = meridian::store::SqliteStore::connect(&meridian::config::DatabaseConfig {
-        url: format!("sqlite://{}", file.display()),
-        ..meridian::config::DatabaseConfig::default()
-    })
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_sqlite_at(&file).await;
     store.close().await;
     let pool = SqlitePoolOptions::new()
         .connect_with(
@@ -902,13 +896,7 @@ async fn a_dropped_sqlite_store_leaves_no_connection_open() {
     use sqlx::Connection;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("m.db");
-    let store = meridian::store::SqliteStore::connect(&meridian::config::DatabaseConfig {
-        url: format!("sqlite://{}", file.display()),
-        ..meridian::config::DatabaseConfig::default()
-    })
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = migrated_sqlite_at(&file).await;
     drop(store);
     let opts = SqliteConnectOptions::new()
         .filename(&file)
@@ -928,4 +916,16 @@ async fn a_dropped_sqlite_store_leaves_no_connection_open() {
         }
     }
     panic!("another connection still holds the file: {left}");
+}
+
+/// The store opened (and migrated) on a given SQLite file.
+async fn migrated_sqlite_at(file: &std::path::Path) -> meridian::store::SqliteStore {
+    let store = meridian::store::SqliteStore::connect(&meridian::config::DatabaseConfig {
+        url: format!("sqlite://{}", file.display()),
+        ..meridian::config::DatabaseConfig::default()
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
 }
