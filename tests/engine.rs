@@ -623,13 +623,8 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
     let s = &rig.store;
     let now = rig.clock.now();
     let due = s.due_slots(now, 10).await.unwrap();
-    let def: meridian::campaign::CampaignDefinition =
-        serde_json::from_value(due[0].definition.0.clone()).unwrap();
-    let segment = meridian::store::Segment {
-        app_id: "shop",
-        audience: &def.audience,
-        topics: definitions::topic_rules(&rig.config.apps["shop"], &def.audience.topics),
-    };
+    let def = definition_of(&due[0]);
+    let segment = segment_of(&rig.config, &def);
     assert!(s
         .release_slot(&due[0], &segment, 100, "a", now)
         .await
@@ -667,6 +662,7 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         .unwrap();
     let delivery = NewDelivery {
         device_id: recipients[0].device_id,
+        slot_id: recipients[0].slot_id,
         user_id: recipients[0].user_id,
         status: DeliveryStatus::Sent,
         provider_id: Some("x".into()),
@@ -723,13 +719,8 @@ async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &Test
     let now = rig.clock.now();
     let due = rig.store.due_slots(now, 10).await.unwrap();
     assert_eq!(due.len(), 1);
-    let def: meridian::campaign::CampaignDefinition =
-        serde_json::from_value(due[0].definition.0.clone()).unwrap();
-    let segment = meridian::store::Segment {
-        app_id: "shop",
-        audience: &def.audience,
-        topics: definitions::topic_rules(&rig.config.apps["shop"], &def.audience.topics),
-    };
+    let def = definition_of(&due[0]);
+    let segment = segment_of(&rig.config, &def);
     rig.store
         .release_slot(&due[0], &segment, 10, "worker-a", now)
         .await
@@ -880,16 +871,28 @@ async fn frequency_caps_suppress_and_count<S: Store + Clone>(db: &TestDb<S>) {
     assert!(!by_reason.contains_key("excluded:capped"));
 }
 
+/// The stored definition of a due slot's campaign.
+fn definition_of(slot: &meridian::store::DueSlot) -> meridian::campaign::CampaignDefinition {
+    serde_json::from_value(slot.definition.0.clone()).unwrap()
+}
+
+/// The segment a campaign of the shop app sends to, as the engine builds it.
+fn segment_of<'a>(
+    config: &'a Config,
+    def: &'a meridian::campaign::CampaignDefinition,
+) -> meridian::store::Segment<'a> {
+    meridian::store::Segment {
+        app_id: "shop",
+        audience: &def.audience,
+        topics: definitions::topic_rules(&config.apps["shop"], &def.audience.topics),
+    }
+}
+
 /// Releases every due slot into chunks of 5, as the engine's release stage does.
 async fn release_all<S: Store>(s: &S, config: &Config, now: DateTime<Utc>) {
     for slot in s.due_slots(now, 10).await.unwrap() {
-        let def: meridian::campaign::CampaignDefinition =
-            serde_json::from_value(slot.definition.0.clone()).unwrap();
-        let segment = meridian::store::Segment {
-            app_id: "shop",
-            audience: &def.audience,
-            topics: definitions::topic_rules(&config.apps["shop"], &def.audience.topics),
-        };
+        let def = definition_of(&slot);
+        let segment = segment_of(config, &def);
         s.release_slot(&slot, &segment, 5, "a", now).await.unwrap();
     }
 }
@@ -975,6 +978,87 @@ async fn zones_due_together_keep_their_own_counts<S: Store + Clone>(db: &TestDb<
     let statuses = rig.store.delivery_counts(id).await.unwrap();
     assert_eq!(statuses.get("sent"), Some(&6));
     assert_eq!(statuses.get("token_invalid"), Some(&1));
+}
+
+/// Zones released together share their chunks: each chunk is one range of device
+/// ids over all of them (so its deliveries are consecutive in every index keyed by
+/// device), and each delivery still belongs to the slot of its device's zone.
+async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 30, 12, 0)).await;
+    // Registered in turn, so each zone's devices are spread over the id space.
+    for n in 0..6 {
+        let zone = if n % 2 == 0 {
+            "Europe/Berlin"
+        } else {
+            "Europe/Paris"
+        };
+        rig.device(n, zone, Platform::Android, false).await;
+    }
+    let id = rig
+        .schedule("shared", "type = \"local\"\nat = \"2026-12-01T09:00\"")
+        .await;
+    let now = at(2026, 12, 1, 8, 0); // 09:00 in Berlin and in Paris
+    rig.clock.set(now);
+    let s = &rig.store;
+    let due: Vec<_> = s
+        .due_slots(now, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|d| {
+            d.campaign_id == id && ["Europe/Berlin", "Europe/Paris"].contains(&d.zone.as_str())
+        })
+        .collect();
+    assert_eq!(due.len(), 2);
+    let def = definition_of(&due[0]);
+    let segment = segment_of(&rig.config, &def);
+    let won = s.release_slots(&due, &segment, 2, "a", now).await.unwrap();
+    assert_eq!(won.len(), 2);
+    for (_, r) in &won {
+        assert_eq!(r.recipients, 3);
+    }
+    let chunks = s
+        .lease_chunks("a", now, now + TimeDelta::seconds(60), 10)
+        .await
+        .unwrap();
+    // Six recipients in chunks of two: three chunks, not two per zone.
+    assert_eq!(chunks.len(), 3, "{chunks:?}");
+    let slot_of_zone: BTreeMap<String, i64> =
+        due.iter().map(|d| (d.zone.clone(), d.slot_id)).collect();
+    let mut last = i64::MIN;
+    let mut ranges = chunks.clone();
+    ranges.sort_by_key(|c| c.first_device_id);
+    for c in &ranges {
+        assert!(c.first_device_id > last, "chunks overlap: {ranges:?}");
+        last = c.last_device_id;
+        let slot = s.slot_info(c.slot_id).await.unwrap().unwrap();
+        let recipients = s.chunk_recipients(c, &slot, &segment, now).await.unwrap();
+        assert_eq!(recipients.len(), 2, "{recipients:?}");
+        let slots: Vec<i64> = recipients.iter().map(|r| r.slot_id).collect();
+        assert!(
+            slots.contains(&slot_of_zone["Europe/Berlin"])
+                && slots.contains(&slot_of_zone["Europe/Paris"]),
+            "a chunk spans both zones: {recipients:?}"
+        );
+        assert!(s.return_chunk(c, "a", now).await.unwrap());
+    }
+    // Sent, each delivery is counted under its own zone's slot, and both slots
+    // note their first send.
+    rig.engine("a", 2).run_until_idle().await.unwrap();
+    let by_slot = s.slot_delivery_counts(id).await.unwrap();
+    for zone in ["Europe/Berlin", "Europe/Paris"] {
+        assert!(
+            by_slot.contains(&(slot_of_zone[zone], "sent".to_owned(), 3)),
+            "{zone}: {by_slot:?}"
+        );
+    }
+    let slots = s.slots(id).await.unwrap();
+    for zone in ["Europe/Berlin", "Europe/Paris"] {
+        let slot = slots.iter().find(|x| x.zone == zone).unwrap();
+        assert_eq!(slot.first_sent_at, Some(now), "{zone}");
+        assert_eq!(slot.state, meridian::state::SlotState::Completed, "{zone}");
+    }
+    assert_eq!(rig.sim.stats().total_accepted(), 6);
 }
 
 /// An audience that names its users is counted against those users: the rest of
@@ -1613,6 +1697,7 @@ storage_tests!(
     a_failed_chunk_does_not_strand_its_siblings,
     a_user_list_is_counted_against_the_users_it_names,
     zones_due_together_keep_their_own_counts,
+    zones_released_together_share_key_ranges,
     a_new_slot_is_not_queued_behind_a_large_one,
     frequency_caps_suppress_and_count,
     a_device_registered_after_scheduling_gets_its_own_nine,

@@ -1,6 +1,7 @@
 //! Leasing work, sending it, and writing outcomes back in batches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 
 use futures::StreamExt;
 use tracing::Instrument;
@@ -119,22 +120,38 @@ impl<S: Store> Engine<S> {
         Ok((leased, recorded))
     }
 
-    /// Records when the chunk's first send left, once there was one; returns whether it did.
-    async fn note_first_send(
+    /// Records when each slot's first send in this chunk left, for the slots not
+    /// noted yet (a chunk spans the zones released together).
+    async fn note_first_sends(
         &self,
         slot: &crate::store::SlotInfo,
-        first_send: &std::sync::OnceLock<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<bool, StoreError> {
-        match first_send.get() {
-            Some(at) => {
-                self.store.note_slot_sending(slot.slot_id, *at).await?;
-                if let Ok(lag) = (*at - slot.fire_at).to_std() {
-                    crate::metrics::scheduler_lag(lag);
-                }
-                Ok(true)
-            }
-            None => Ok(false),
+        first_sends: &FirstSends,
+        noted: &mut HashSet<i64>,
+    ) -> Result<(), StoreError> {
+        let new: Vec<(i64, chrono::DateTime<chrono::Utc>)> = match first_sends.lock() {
+            Ok(m) => m
+                .iter()
+                .filter(|(id, _)| !noted.contains(*id))
+                .map(|(id, at)| (*id, *at))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        if new.is_empty() {
+            return Ok(());
         }
+        if noted.is_empty() {
+            if let Some(lag) = new
+                .iter()
+                .map(|(_, at)| *at)
+                .min()
+                .and_then(|at| (at - slot.fire_at).to_std().ok())
+            {
+                crate::metrics::scheduler_lag(lag);
+            }
+        }
+        self.store.note_slots_sending(&new).await?;
+        noted.extend(new.iter().map(|(id, _)| *id));
+        Ok(())
     }
 
     /// Sends a leased chunk, or gives it straight back.
@@ -180,14 +197,14 @@ impl<S: Store> Engine<S> {
             .and_then(|ttl| chrono::TimeDelta::from_std(ttl).ok())
             .map(|ttl| slot.fire_at + ttl);
 
-        // When this chunk's first send left, for the slot's scheduler lag.
-        let first_send = std::sync::OnceLock::new();
+        // When this chunk's first send to each slot left, for the slots' scheduler lag.
+        let first_sends = FirstSends::default();
         let work = async {
             let mut sends = futures::stream::iter(recipients)
                 .map(|r| {
                     let providers = &providers;
                     let ctx = &ctx;
-                    let first_send = &first_send;
+                    let first_sends = &first_sends;
                     async move {
                         if self.is_stopping() {
                             return None;
@@ -218,7 +235,9 @@ impl<S: Store> Engine<S> {
                             };
                             return Some((r, d));
                         }
-                        first_send.get_or_init(|| now);
+                        if let Ok(mut m) = first_sends.lock() {
+                            m.entry(r.slot_id).or_insert(now);
+                        }
                         let outcome = providers
                             .send(&Push {
                                 delivery_id: r.device_id,
@@ -247,7 +266,7 @@ impl<S: Store> Engine<S> {
             let mut batch = Vec::with_capacity(self.settings.flush_every);
             let mut recorded = 0;
             let mut given_back = false;
-            let mut noted = false;
+            let mut noted = HashSet::new();
             while let Some(item) = sends.next().await {
                 match item {
                     None => given_back = true,
@@ -259,6 +278,7 @@ impl<S: Store> Engine<S> {
                         );
                         NewDelivery {
                             device_id: r.device_id,
+                            slot_id: r.slot_id,
                             user_id: r.user_id,
                             status: d.status,
                             provider_id: d.provider_id,
@@ -271,15 +291,15 @@ impl<S: Store> Engine<S> {
                     recorded += self
                         .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
                         .await?;
-                    noted = noted || self.note_first_send(&slot, &first_send).await?;
+                    self.note_first_sends(&slot, &first_sends, &mut noted)
+                        .await?;
                 }
             }
             recorded += self
                 .flush_chunk(&chunk, &app_id, &slot.occurrence, &mut batch)
                 .await?;
-            if !noted {
-                self.note_first_send(&slot, &first_send).await?;
-            }
+            self.note_first_sends(&slot, &first_sends, &mut noted)
+                .await?;
             let now = self.now();
             if given_back {
                 self.store.return_chunk(&chunk, worker, now).await?;
@@ -343,6 +363,8 @@ impl<S: Store> Engine<S> {
             return Ok(0);
         }
         let n = batch.len();
+        // In key order, as the chunk was read: each index takes the batch as a run.
+        batch.sort_unstable_by_key(|d| d.device_id);
         self.store
             .record_chunk(
                 &ChunkWrite {
@@ -510,6 +532,9 @@ impl<S: Store> Engine<S> {
         )
     }
 }
+
+/// When a chunk's first send to each slot left.
+type FirstSends = Mutex<HashMap<i64, chrono::DateTime<chrono::Utc>>>;
 
 /// A transactional push's message, parsed once per batch of rows.
 pub(super) struct PushCtx {

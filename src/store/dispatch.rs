@@ -27,6 +27,7 @@ pub struct DueSlot {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Released {
     pub recipients: i64,
+    /// Chunks holding some of its recipients (a chunk spans the release's zones).
     pub chunks: i64,
 }
 
@@ -54,9 +55,11 @@ pub struct SlotInfo {
 }
 
 /// One device to send to.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     pub device_id: i64,
+    /// The slot of the device's zone among the chunk's release.
+    pub slot_id: i64,
     pub user_id: Option<i64>,
     pub token: String,
     pub platform: String,
@@ -65,10 +68,23 @@ pub struct Recipient {
     pub capped: Option<String>,
 }
 
+/// A chunk's recipient as read, before its zone is mapped to its slot.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct RecipientRow {
+    pub device_id: i64,
+    pub zone: String,
+    pub user_id: Option<i64>,
+    pub token: String,
+    pub platform: String,
+    pub locale: Option<String>,
+    pub capped: Option<String>,
+}
+
 /// A delivery's first outcome, written with the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
     pub device_id: i64,
+    pub slot_id: i64,
     pub user_id: Option<i64>,
     pub status: DeliveryStatus,
     pub provider_id: Option<String>,
@@ -126,7 +142,7 @@ pub(super) fn new_delivery_rows(
     rows.iter()
         .map(|d| {
             serde_json::json!({
-                "device_id": d.device_id, "user_id": d.user_id, "status": d.status.to_string(),
+                "device_id": d.device_id, "slot_id": d.slot_id, "user_id": d.user_id, "status": d.status.to_string(),
                 "provider_id": d.provider_id, "error_reason": d.error_reason,
                 "next_attempt_at": d.next_attempt_at.map(&time),
             })
@@ -148,6 +164,7 @@ pub(super) fn update_rows(rows: &[DeliveryUpdate], time: impl Fn(DateTime<Utc>) 
 
 pub(super) const NEW_DELIVERY_COLUMNS: &[(&str, &str)] = &[
     ("device_id", "bigint"),
+    ("slot_id", "bigint"),
     ("user_id", "bigint"),
     ("status", "text"),
     ("provider_id", "text"),
@@ -248,6 +265,31 @@ macro_rules! shared_dispatch_methods {
                 q = Self::bind_segment(q, b);
             }
             let opted_out = q.fetch_all(&self.read).await?;
+            // Buckets of `chunk_size` consecutive device ids over all the release's
+            // zones: each chunk is one key range, so its deliveries land side by side
+            // in every index keyed by device (or user, registered alongside), where
+            // per-zone ranges (a zone's devices are spread over the whole id space)
+            // dirtied one index page per delivery. Grouped by zone as well, for the
+            // per-slot counts. Read before the write transaction like the counts (on
+            // SQLite it would hold the one writer); a zone this instance then does not
+            // win is left out of the chunks, whose recipients are read again per chunk.
+            let zone_key = if all_due { "''".to_owned() } else { "r.zone".to_owned() };
+            let (recipients, binds) =
+                $crate::store::segment::recipients_where_sql(self.kind(), segment, count_zones, None);
+            let n = binds.len();
+            let sql = format!(
+                "SELECT zone, bucket, MIN(device_id), MAX(device_id), COUNT(*) FROM ( \
+                   SELECT r.device_id, {zone_key} AS zone, \
+                     (ROW_NUMBER() OVER (ORDER BY r.device_id) - 1) / ${d} AS bucket \
+                   FROM ({recipients}) r \
+                 ) b GROUP BY zone, bucket",
+                d = n + 1
+            );
+            let mut q = sqlx::query_as::<_, (String, i64, i64, i64, i64)>(&sql);
+            for b in binds {
+                q = Self::bind_segment(q, b);
+            }
+            let buckets = q.bind(chunk_size.max(1)).fetch_all(&self.read).await?;
             let ids: Vec<i64> = slots.iter().map(|s| s.slot_id).collect();
             let mut tx = self.write.begin().await?;
             let claim = format!(
@@ -263,51 +305,43 @@ macro_rules! shared_dispatch_methods {
             if won.is_empty() {
                 return Ok(Vec::new());
             }
+            // The release's chunks belong to its first slot; every slot it won names it.
+            let lead = won.iter().map(|(id, _)| *id).min().unwrap_or(first.slot_id);
+            let won_ids: Vec<i64> = won.iter().map(|(id, _)| *id).collect();
+            let group = format!("UPDATE slots SET released_with = $2 WHERE id {} RETURNING id", Self::ID_IN);
+            Self::bind_ids(sqlx::query_as::<_, (i64,)>(&group), &won_ids)
+                .bind(lead)
+                .fetch_all(&mut *tx)
+                .await?;
             sqlx::query("UPDATE campaigns SET state = 'running', updated_at = $2 WHERE id = $1 AND state = 'scheduled'")
                 .bind(first.campaign_id)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
             let all = won.iter().any(|(_, z)| z == $crate::planner::ALL_ZONES);
-            let zone_list: Vec<String> = won.iter().map(|(_, z)| z.clone()).collect();
-            let zones = if all { Zones::Any } else { Zones::Among(&zone_list) };
             let slot_of = |zone: &str| {
                 won.iter()
                     .find(|(_, z)| all || z == zone)
                     .map(|(id, _)| *id)
             };
-            let (recipients, binds) =
-                $crate::store::segment::recipients_where_sql(self.kind(), segment, zones, None);
-            let n = binds.len();
-            // Per zone, buckets of `chunk_size` consecutive device ids: each chunk is a
-            // key range, numbered within its slot.
-            let zone_key = if all { "''".to_owned() } else { "r.zone".to_owned() };
-            let sql = format!(
-                "SELECT zone, bucket, MIN(device_id), MAX(device_id), COUNT(*) FROM ( \
-                   SELECT r.device_id, {zone_key} AS zone, \
-                     (ROW_NUMBER() OVER (PARTITION BY {zone_key} ORDER BY r.device_id) - 1) / ${d} AS bucket \
-                   FROM ({recipients}) r \
-                 ) b GROUP BY zone, bucket",
-                d = n + 1
-            );
-            let mut q = sqlx::query_as::<_, (String, i64, i64, i64, i64)>(&sql);
-            for b in binds {
-                q = Self::bind_segment(q, b);
-            }
-            let mut buckets = q.bind(chunk_size.max(1)).fetch_all(&mut *tx).await?;
-            // `seq` numbers the chunks of this release, every zone's first before any
-            // zone's second: a release's first chunks are leased before the backlog
-            // of earlier releases (see `LEASE_CHUNKS`).
-            buckets.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
-            let mut rows = Vec::with_capacity(buckets.len());
             let mut counts: std::collections::BTreeMap<i64, std::collections::BTreeMap<&str, i64>> =
                 won.iter().map(|(id, _)| (*id, Default::default())).collect();
-            for (seq, (zone, _, lo, hi, size)) in buckets.iter().enumerate() {
+            // `seq` is the bucket: a release's chunks are numbered from 0, so its first
+            // chunk is leased before the backlog of earlier releases (see `LEASE_CHUNKS`).
+            let mut ranges: std::collections::BTreeMap<i64, (i64, i64, i64)> = Default::default();
+            for (zone, bucket, lo, hi, size) in &buckets {
                 let Some(slot) = slot_of(zone) else { continue };
                 *counts.entry(slot).or_default().entry("recipients").or_default() += size;
                 *counts.entry(slot).or_default().entry("chunks").or_default() += 1;
-                rows.push(serde_json::json!({"slot_id": slot, "seq": seq, "lo": lo, "hi": hi, "n": size}));
+                let r = ranges.entry(*bucket).or_insert((*lo, *hi, 0));
+                r.0 = r.0.min(*lo);
+                r.1 = r.1.max(*hi);
+                r.2 += size;
             }
+            let rows: Vec<serde_json::Value> = ranges
+                .iter()
+                .map(|(seq, (lo, hi, n))| serde_json::json!({"slot_id": lead, "seq": seq, "lo": lo, "hi": hi, "n": n}))
+                .collect();
             if !rows.is_empty() {
                 let source = Self::json_rows(
                     "$3",
@@ -420,12 +454,27 @@ macro_rules! shared_dispatch_methods {
             segment: &$crate::store::Segment<'_>,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<Vec<$crate::store::Recipient>, $crate::store::StoreError> {
-            use $crate::store::segment::Bind;
-            let zone = (slot.zone != $crate::planner::ALL_ZONES).then_some(slot.zone.as_str());
-            let (recipients, mut binds) = $crate::store::segment::recipients_in_range_sql(
+            use $crate::store::segment::{Bind, Zones};
+            // The chunk spans every zone released with its slot.
+            let mut group: Vec<(i64, String)> =
+                sqlx::query_as("SELECT id, zone FROM slots WHERE released_with = $1 ORDER BY id")
+                    .bind(chunk.slot_id)
+                    .fetch_all(&self.read)
+                    .await?;
+            if group.is_empty() {
+                group.push((slot.slot_id, slot.zone.clone()));
+            }
+            let all = group.iter().any(|(_, z)| z == $crate::planner::ALL_ZONES);
+            let zone_list: Vec<String> = group.iter().map(|(_, z)| z.clone()).collect();
+            let zones = match zone_list.as_slice() {
+                _ if all => Zones::Any,
+                [one] => Zones::One(one),
+                _ => Zones::Among(&zone_list),
+            };
+            let (recipients, mut binds) = $crate::store::segment::recipients_where_sql(
                 self.kind(),
                 segment,
-                zone,
+                zones,
                 Some((chunk.first_device_id, chunk.last_device_id)),
             );
             binds.push(Bind::Int(slot.campaign_id));
@@ -440,14 +489,29 @@ macro_rules! shared_dispatch_methods {
             )
             .unwrap_or_else(|| "CAST(NULL AS TEXT)".to_owned());
             let sql = format!(
-                "SELECT r.device_id, r.user_id, r.token, r.platform, r.locale, {capped} AS capped FROM ({recipients}) r \
-                 {join} WHERE {filter} ORDER BY r.device_id"
+                "SELECT r.device_id, r.zone, r.user_id, r.token, r.platform, r.locale, {capped} AS capped \
+                 FROM ({recipients}) r {join} WHERE {filter} ORDER BY r.device_id"
             );
-            let mut q = sqlx::query_as::<_, $crate::store::Recipient>(&sql);
+            let mut q = sqlx::query_as::<_, $crate::store::dispatch::RecipientRow>(&sql);
             for b in binds {
                 q = Self::bind_segment(q, b);
             }
-            Ok(q.fetch_all(&self.read).await?)
+            let rows = q.fetch_all(&self.read).await?;
+            Ok(rows
+                .into_iter()
+                .filter_map(|r| {
+                    let slot_id = group.iter().find(|(_, z)| all || *z == r.zone)?.0;
+                    Some($crate::store::Recipient {
+                        device_id: r.device_id,
+                        slot_id,
+                        user_id: r.user_id,
+                        token: r.token,
+                        platform: r.platform,
+                        locale: r.locale,
+                        capped: r.capped,
+                    })
+                })
+                .collect())
         }
 
         async fn record_chunk(
@@ -474,12 +538,12 @@ macro_rules! shared_dispatch_methods {
                 return Err($crate::store::StoreError::LeaseLost { what: format!("chunk {}", w.chunk.id) });
             }
             let rows = $crate::store::dispatch::new_delivery_rows(w.deliveries, Self::time_json);
-            let source = Self::json_rows("$6", $crate::store::dispatch::NEW_DELIVERY_COLUMNS);
+            let source = Self::json_rows("$5", $crate::store::dispatch::NEW_DELIVERY_COLUMNS);
             let insert = format!(
                 "INSERT INTO deliveries (app_id, campaign_id, slot_id, occurrence, user_id, device_id, status, attempts, \
                    next_attempt_at, provider_id, error_reason, created_at, updated_at, sent_at) \
-                 SELECT $1, $2, $3, $4, x.user_id, x.device_id, x.status, 1, x.next_attempt_at, x.provider_id, \
-                   x.error_reason, $5, $5, CASE WHEN x.status = 'sent' THEN $5 END \
+                 SELECT $1, $2, x.slot_id, $3, x.user_id, x.device_id, x.status, 1, x.next_attempt_at, x.provider_id, \
+                   x.error_reason, $4, $4, CASE WHEN x.status = 'sent' THEN $4 END \
                  FROM {source} WHERE TRUE \
                  ON CONFLICT (campaign_id, occurrence, device_id) DO NOTHING \
                  RETURNING id, status, error_reason"
@@ -487,7 +551,6 @@ macro_rules! shared_dispatch_methods {
             let written: Vec<(i64, String, Option<String>)> = sqlx::query_as(&insert)
                 .bind(w.app_id)
                 .bind(w.chunk.campaign_id)
-                .bind(w.chunk.slot_id)
                 .bind(w.occurrence)
                 .bind(now)
                 .bind(Self::json_arg(rows))
@@ -516,16 +579,25 @@ macro_rules! shared_dispatch_methods {
             Ok(written.len() as u64)
         }
 
-        async fn note_slot_sending(
+        async fn note_slots_sending(
             &self,
-            slot_id: i64,
-            at: chrono::DateTime<chrono::Utc>,
+            first_sends: &[(i64, chrono::DateTime<chrono::Utc>)],
         ) -> Result<(), $crate::store::StoreError> {
-            sqlx::query("UPDATE slots SET first_sent_at = $2 WHERE id = $1 AND (first_sent_at IS NULL OR first_sent_at > $2)")
-                .bind(slot_id)
-                .bind(at)
-                .execute(&self.write)
-                .await?;
+            if first_sends.is_empty() {
+                return Ok(());
+            }
+            let rows: serde_json::Value = first_sends
+                .iter()
+                .map(|(id, at)| serde_json::json!({"id": id, "at": Self::time_json(*at)}))
+                .collect();
+            let source = Self::json_rows("$1", &[("id", "bigint"), ("at", "timestamptz")]);
+            sqlx::query(&format!(
+                "UPDATE slots SET first_sent_at = x.at FROM {source} \
+                 WHERE slots.id = x.id AND (slots.first_sent_at IS NULL OR slots.first_sent_at > x.at)"
+            ))
+            .bind(Self::json_arg(rows))
+            .execute(&self.write)
+            .await?;
             Ok(())
         }
 
@@ -629,7 +701,8 @@ macro_rules! shared_dispatch_methods {
         async fn complete_slots(&self) -> Result<Vec<(i64, i64)>, $crate::store::StoreError> {
             Ok(sqlx::query_as(
                 "UPDATE slots SET state = 'completed' WHERE state = 'released' \
-                 AND NOT EXISTS (SELECT 1 FROM slot_chunks c WHERE c.slot_id = slots.id AND c.state IN ('pending', 'leased')) \
+                 AND NOT EXISTS (SELECT 1 FROM slot_chunks c WHERE c.slot_id = COALESCE(slots.released_with, slots.id) \
+                   AND c.state IN ('pending', 'leased')) \
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.slot_id = slots.id AND d.status IN ('queued', 'leased', 'retry')) \
                  RETURNING id, campaign_id",
             )
@@ -830,19 +903,18 @@ macro_rules! shared_dispatch_helpers {
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<u64, $crate::store::StoreError> {
             let rows = $crate::store::dispatch::new_delivery_rows(w.deliveries, Self::time_json);
-            let source = Self::json_rows("$6", $crate::store::dispatch::NEW_DELIVERY_COLUMNS);
+            let source = Self::json_rows("$5", $crate::store::dispatch::NEW_DELIVERY_COLUMNS);
             let insert = format!(
                 "INSERT INTO deliveries (app_id, campaign_id, slot_id, occurrence, user_id, device_id, status, attempts, \
                    provider_id, created_at, updated_at, sent_at) \
-                 SELECT $1, $2, $3, $4, x.user_id, x.device_id, x.status, 1, x.provider_id, $5, $5, $5 \
-                 FROM {source} WHERE EXISTS (SELECT 1 FROM slot_chunks c WHERE c.id = $7 AND c.attempt = $8 \
-                   AND c.lease_owner = $9 AND c.state = 'leased') \
+                 SELECT $1, $2, x.slot_id, $3, x.user_id, x.device_id, x.status, 1, x.provider_id, $4, $4, $4 \
+                 FROM {source} WHERE EXISTS (SELECT 1 FROM slot_chunks c WHERE c.id = $6 AND c.attempt = $7 \
+                   AND c.lease_owner = $8 AND c.state = 'leased') \
                  ON CONFLICT (campaign_id, occurrence, device_id) DO NOTHING"
             );
             let done = sqlx::query(&insert)
                 .bind(w.app_id)
                 .bind(w.chunk.campaign_id)
-                .bind(w.chunk.slot_id)
                 .bind(w.occurrence)
                 .bind(now)
                 .bind(Self::json_arg(rows))

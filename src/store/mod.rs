@@ -462,7 +462,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Releases due slots of one campaign occurrence together, in one transaction
     /// with a few set-based statements however many zones: the slots this instance
-    /// wins, each with its chunks and counts.
+    /// wins, each with its counts and the number of chunks that hold its recipients.
+    /// The chunks are key ranges over all the won zones together, owned by the
+    /// first won slot (`released_with`).
     fn release_slots(
         &self,
         slots: &[DueSlot],
@@ -494,8 +496,9 @@ pub trait Store: Send + Sync + 'static {
         slot_id: i64,
     ) -> impl Future<Output = Result<Option<SlotInfo>, StoreError>> + Send;
 
-    /// The chunk's recipients not yet served for the slot's occurrence, each with
-    /// the frequency cap that holds it back at `now`, if any.
+    /// The chunk's recipients not yet served for the slot's occurrence, over every
+    /// zone released with the chunk's slot (`slot` is that slot), each with the slot
+    /// of its zone and the frequency cap that holds it back at `now`, if any.
     fn chunk_recipients(
         &self,
         chunk: &LeasedChunk,
@@ -512,12 +515,11 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Notes that a send of the slot left at `at` (the earliest one is kept): the
-    /// slot's scheduler lag is `first_sent_at - fire_at`.
-    fn note_slot_sending(
+    /// Notes that a send of each slot left at its time (the earliest one is kept):
+    /// a slot's scheduler lag is `first_sent_at - fire_at`.
+    fn note_slots_sending(
         &self,
-        slot_id: i64,
-        at: DateTime<Utc>,
+        first_sends: &[(i64, DateTime<Utc>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Marks a leased chunk done; false if the lease was lost.
