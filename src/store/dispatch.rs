@@ -259,37 +259,34 @@ macro_rules! shared_dispatch_methods {
                 q = Self::bind_segment(q, b);
             }
             let population = q.fetch_all(&self.read).await?;
-            let (sql, binds) = $crate::store::segment::opted_out_sql(self.kind(), segment, count_zones);
-            let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
-            for b in binds {
-                q = Self::bind_segment(q, b);
-            }
-            let opted_out = q.fetch_all(&self.read).await?;
-            // Buckets of `chunk_size` consecutive device ids over all the release's
-            // zones: each chunk is one key range, so its deliveries land side by side
-            // in every index keyed by device (or user, registered alongside), where
-            // per-zone ranges (a zone's devices are spread over the whole id space)
-            // dirtied one index page per delivery. Grouped by zone as well, for the
-            // per-slot counts. Read before the write transaction like the counts (on
-            // SQLite it would hold the one writer); a zone this instance then does not
-            // win is left out of the chunks, whose recipients are read again per chunk.
+            // One pass over the zones' active devices gives the chunks and the counts
+            // of recipients and of the opted out: buckets of `chunk_size` consecutive
+            // recipient ids over all the release's zones. Each chunk is one key range,
+            // so its deliveries land side by side in every index keyed by device (or
+            // user, registered alongside), where per-zone ranges (a zone's devices are
+            // spread over the whole id space) dirtied one index page per delivery.
+            // Read before the write transaction like the counts (on SQLite it would
+            // hold the one writer); a zone this instance then does not win is left out
+            // of the chunks, whose recipients are read again per chunk. Rows: (zone,
+            // takes the topics, recipient, bucket or -1, first id, last id, devices).
             let zone_key = if all_due { "''".to_owned() } else { "r.zone".to_owned() };
-            let (recipients, binds) =
-                $crate::store::segment::recipients_where_sql(self.kind(), segment, count_zones, None);
+            let (scan, binds) = $crate::store::segment::release_scan_sql(self.kind(), segment, count_zones);
             let n = binds.len();
             let sql = format!(
-                "SELECT zone, bucket, MIN(device_id), MAX(device_id), COUNT(*) FROM ( \
-                   SELECT r.device_id, {zone_key} AS zone, \
-                     (ROW_NUMBER() OVER (ORDER BY r.device_id) - 1) / ${d} AS bucket \
-                   FROM ({recipients}) r \
-                 ) b GROUP BY zone, bucket",
+                "SELECT zone, takes, recipient, bucket, MIN(device_id), MAX(device_id), COUNT(*) FROM ( \
+                   SELECT r.device_id, {zone_key} AS zone, r.takes, r.recipient, \
+                     CASE WHEN r.recipient = 1 \
+                       THEN (ROW_NUMBER() OVER (PARTITION BY r.recipient ORDER BY r.device_id) - 1) / ${d} \
+                       ELSE -1 END AS bucket \
+                   FROM ({scan}) r \
+                 ) b GROUP BY zone, takes, recipient, bucket",
                 d = n + 1
             );
-            let mut q = sqlx::query_as::<_, (String, i64, i64, i64, i64)>(&sql);
+            let mut q = sqlx::query_as::<_, (String, i32, i32, i64, i64, i64, i64)>(&sql);
             for b in binds {
                 q = Self::bind_segment(q, b);
             }
-            let buckets = q.bind(chunk_size.max(1)).fetch_all(&self.read).await?;
+            let scanned = q.bind(chunk_size.max(1)).fetch_all(&self.read).await?;
             let ids: Vec<i64> = slots.iter().map(|s| s.slot_id).collect();
             let mut tx = self.write.begin().await?;
             let claim = format!(
@@ -329,10 +326,19 @@ macro_rules! shared_dispatch_methods {
             // `seq` is the bucket: a release's chunks are numbered from 0, so its first
             // chunk is leased before the backlog of earlier releases (see `LEASE_CHUNKS`).
             let mut ranges: std::collections::BTreeMap<i64, (i64, i64, i64)> = Default::default();
-            for (zone, bucket, lo, hi, size) in &buckets {
+            let mut active: std::collections::BTreeMap<i64, i64> = Default::default();
+            for (zone, takes, recipient, bucket, lo, hi, size) in &scanned {
                 let Some(slot) = slot_of(zone) else { continue };
-                *counts.entry(slot).or_default().entry("recipients").or_default() += size;
-                *counts.entry(slot).or_default().entry("chunks").or_default() += 1;
+                *active.entry(slot).or_default() += size;
+                let c = counts.entry(slot).or_default();
+                if *takes == 0 {
+                    *c.entry("excluded:opted_out").or_default() += size;
+                }
+                if *recipient == 0 {
+                    continue;
+                }
+                *c.entry("recipients").or_default() += size;
+                *c.entry("chunks").or_default() += 1;
                 let r = ranges.entry(*bucket).or_insert((*lo, *hi, 0));
                 r.0 = r.0.min(*lo);
                 r.1 = r.1.max(*hi);
@@ -359,19 +365,12 @@ macro_rules! shared_dispatch_methods {
                 .await?;
             }
             // Who was left out and why, next to how many were in, per slot.
-            let mut active: std::collections::BTreeMap<i64, i64> = Default::default();
             for (zone, kind, n) in population {
                 let Some(slot) = slot_of(&zone) else { continue };
                 let c = counts.entry(slot).or_default();
                 match kind.as_str() {
-                    "active" => *active.entry(slot).or_default() += n,
                     "invalid_token" => *c.entry("excluded:invalid_token").or_default() += n,
                     _ => *c.entry("excluded:no_device").or_default() += n,
-                }
-            }
-            for (zone, n) in opted_out {
-                if let Some(slot) = slot_of(&zone) {
-                    *counts.entry(slot).or_default().entry("excluded:opted_out").or_default() += n;
                 }
             }
             let mut out = Vec::with_capacity(won.len());
@@ -409,7 +408,9 @@ macro_rules! shared_dispatch_methods {
             lease_until: chrono::DateTime<chrono::Utc>,
             limit: i64,
         ) -> Result<Vec<$crate::store::LeasedChunk>, $crate::store::StoreError> {
+            // Polled while the tables under it grow: planned afresh at every call.
             Ok(sqlx::query_as(Self::LEASE_CHUNKS)
+                .persistent(false)
                 .bind(now)
                 .bind(limit)
                 .bind(worker)
@@ -492,7 +493,9 @@ macro_rules! shared_dispatch_methods {
                 "SELECT r.device_id, r.zone, r.user_id, r.token, r.platform, r.locale, {capped} AS capped \
                  FROM ({recipients}) r {join} WHERE {filter} ORDER BY r.device_id"
             );
-            let mut q = sqlx::query_as::<_, $crate::store::dispatch::RecipientRow>(&sql);
+            // Planned afresh for each chunk: the already-served probe reads a
+            // `deliveries` table that grows by thousands of rows a second.
+            let mut q = sqlx::query_as::<_, $crate::store::dispatch::RecipientRow>(&sql).persistent(false);
             for b in binds {
                 q = Self::bind_segment(q, b);
             }
@@ -626,7 +629,9 @@ macro_rules! shared_dispatch_methods {
             lease_until: chrono::DateTime<chrono::Utc>,
             limit: i64,
         ) -> Result<Vec<$crate::store::LeasedDelivery>, $crate::store::StoreError> {
+            // Polled while the tables under it grow: planned afresh at every call.
             let ids: Vec<i64> = sqlx::query_scalar(Self::LEASE_DELIVERIES)
+                .persistent(false)
                 .bind(now)
                 .bind(limit)
                 .bind(worker)
@@ -699,6 +704,9 @@ macro_rules! shared_dispatch_methods {
         }
 
         async fn complete_slots(&self) -> Result<Vec<(i64, i64)>, $crate::store::StoreError> {
+            // Polled while `deliveries` grows by thousands of rows a second: planned
+            // afresh at every call. Prepared once, Postgres kept the plan made when
+            // the table was empty (a scan of it per slot: 43 s at a million rows).
             Ok(sqlx::query_as(
                 "UPDATE slots SET state = 'completed' WHERE state = 'released' \
                  AND NOT EXISTS (SELECT 1 FROM slot_chunks c WHERE c.slot_id = COALESCE(slots.released_with, slots.id) \
@@ -706,6 +714,7 @@ macro_rules! shared_dispatch_methods {
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.slot_id = slots.id AND d.status IN ('queued', 'leased', 'retry')) \
                  RETURNING id, campaign_id",
             )
+            .persistent(false)
             .fetch_all(&self.write)
             .await?)
         }
@@ -714,12 +723,14 @@ macro_rules! shared_dispatch_methods {
             &self,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<Vec<i64>, $crate::store::StoreError> {
+            // Polled while the tables under it grow: planned afresh at every call.
             Ok(sqlx::query_scalar(
                 "UPDATE campaigns SET state = 'completed', completed_at = $1, updated_at = $1 WHERE state = 'running' \
                  AND NOT EXISTS (SELECT 1 FROM slots s WHERE s.campaign_id = campaigns.id AND s.state IN ('pending', 'released')) \
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = campaigns.id AND d.status IN ('queued', 'leased', 'retry')) \
                  RETURNING id",
             )
+            .persistent(false)
             .bind(now)
             .fetch_all(&self.write)
             .await?)

@@ -69,6 +69,8 @@ macro_rules! hook_store_methods {
                    ORDER BY id LIMIT $5{lock}) \
                  RETURNING id"
             ))
+            // Polled while the tables under it grow: planned afresh at every call.
+            .persistent(false)
             .bind(app_id)
             .bind(now)
             .bind(worker)
@@ -151,7 +153,9 @@ macro_rules! hook_store_methods {
                            AND SECONDS_SINCE_SENT >= p.no_receipt_after_secs)) \
                 ON CONFLICT (request_id, user_id) DO NOTHING";
             let sql = sql.replace("SECONDS_SINCE_SENT", &Self::seconds_between("$1", "MAX(d.sent_at)"));
+            // Polled while the tables under it grow: planned afresh at every call.
             let found = sqlx::query(&sql)
+                .persistent(false)
                 .bind(now)
                 .bind(since)
                 .execute(&self.write)
@@ -169,6 +173,7 @@ macro_rules! hook_store_methods {
                 Self::seconds_between("$1", "d.sent_at")
             );
             sqlx::query(&settle)
+                .persistent(false)
                 .bind(now)
                 .bind(since)
                 .execute(&self.write)
@@ -191,6 +196,8 @@ macro_rules! hook_store_methods {
                    ORDER BY next_attempt_at, id LIMIT $4{lock}) \
                  RETURNING id"
             ))
+            // Polled while the tables under it grow: planned afresh at every call.
+            .persistent(false)
             .bind(now)
             .bind(worker)
             .bind(until)

@@ -120,23 +120,27 @@ pub fn recipients_in_range_sql(
     recipients_where_sql(kind, segment, zone.into(), range)
 }
 
-/// The recipients in `zones`, limited to device ids in `range` (inclusive).
-pub fn recipients_where_sql(
-    kind: DatabaseKind,
-    segment: &Segment<'_>,
-    zones: Zones<'_>,
-    range: Option<(i64, i64)>,
-) -> (String, Vec<Bind>) {
-    let mut b = Builder {
-        kind,
-        binds: Vec::new(),
-    };
-    let audience = segment.audience;
-    let app = b.text(segment.app_id);
+/// The conditions of a segment, split by what they read, as SQL over `d` (the
+/// device), `u` (its user, when `users` joins it) and `c` (the device row with its
+/// `locale_tag`).
+struct Conditions {
+    /// The user takes every topic of the segment.
+    topics: Vec<String>,
+    /// The explicit user list (it narrows what is counted, too).
+    listed: Vec<String>,
+    /// Attributes and the primary-device policy: conditions on the user's row.
+    rest: Vec<String>,
+    /// Platform and locale: conditions on `c`.
+    device: Vec<String>,
+    users: &'static str,
+}
 
+fn conditions(b: &mut Builder, segment: &Segment<'_>, app: &str) -> Conditions {
+    let audience = segment.audience;
     // Conditions on the user keep or drop all of a user's devices together,
     // so they apply before the primary device is chosen.
-    let mut user_conds = topic_conds(&mut b, &segment.topics);
+    let topics = topic_conds(b, &segment.topics);
+    let mut rest = Vec::new();
     for f in &audience.attributes {
         let expr = b.attribute(&f.attribute);
         let cond = match (f.op, &f.value) {
@@ -153,24 +157,24 @@ pub fn recipients_where_sql(
             // Validation rejects these shapes; match nothing rather than everything.
             _ => "FALSE".to_owned(),
         };
-        user_conds.push(cond);
+        rest.push(cond);
     }
+    let mut listed = Vec::new();
     if !audience.users.is_empty() {
-        user_conds.push(format!("u.app_id = {app}"));
-        user_conds.push(b.in_list("u.external_id", audience.users.clone()));
+        listed.push(format!("u.app_id = {app}"));
+        listed.push(b.in_list("u.external_id", audience.users.clone()));
     }
     if !audience.attributes.is_empty() || !audience.users.is_empty() {
-        user_conds.push("d.user_id IS NOT NULL".to_owned());
+        listed.push("d.user_id IS NOT NULL".to_owned());
     }
-
-    let mut device_conds = Vec::new();
+    let mut device = Vec::new();
     if !audience.platforms.is_empty() {
         let list = audience
             .platforms
             .iter()
             .map(|p| p.as_str().to_owned())
             .collect();
-        device_conds.push(b.in_list("c.platform", list));
+        device.push(b.in_list("c.platform", list));
     }
     if !audience.locales.is_empty() {
         let mut alts = Vec::new();
@@ -182,33 +186,18 @@ pub fn recipients_where_sql(
                 "c.locale_tag = {exact} OR c.locale_tag LIKE {prefix}"
             ));
         }
-        device_conds.push(format!("({})", alts.join(" OR ")));
-    }
-    // The zone is a condition on the device row itself, so each slot's audience
-    // is a range of the (app_id, zone, id) index.
-    let mut zone_cond = b.zone_cond("d.zone", zones);
-    if let Some((lo, hi)) = range {
-        let lo = b.param(Bind::Int(lo));
-        let hi = b.param(Bind::Int(hi));
-        zone_cond.push_str(&format!(" AND d.id BETWEEN {lo} AND {hi}"));
+        device.push(format!("({})", alts.join(" OR ")));
     }
     // The primary device is the one no other active device of the user outranks
     // (flagged primary first, then the most recently registered). A condition on
     // the row, not a window over all devices, so the zone range stays an index scan.
     if audience.devices == DevicePolicy::Primary {
-        user_conds.push(
+        rest.push(
             "NOT EXISTS (SELECT 1 FROM devices d2 WHERE d2.user_id = d.user_id AND d2.state = 'active' \
              AND d2.id <> d.id AND (d2.is_primary, d2.created_at, d2.id) > (d.is_primary, d.created_at, d.id))"
                 .to_owned(),
         );
     }
-
-    let user_where: String = user_conds.iter().map(|c| format!(" AND {c}")).collect();
-    let device_where = if device_conds.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {}", device_conds.join(" AND "))
-    };
     // The user row is read only when a condition needs it: at a few index probes per
     // recipient, every join left out counts.
     // An explicit list of users is an inner join, so the query can start from the
@@ -220,6 +209,45 @@ pub fn recipients_where_sql(
     } else {
         ""
     };
+    Conditions {
+        topics,
+        listed,
+        rest,
+        device,
+        users,
+    }
+}
+
+/// `cond AND cond …` as one SQL condition (`TRUE` for none).
+fn all_of(conds: &[String]) -> String {
+    if conds.is_empty() {
+        "TRUE".to_owned()
+    } else {
+        conds.join(" AND ")
+    }
+}
+
+/// The recipients in `zones`, limited to device ids in `range` (inclusive).
+pub fn recipients_where_sql(
+    kind: DatabaseKind,
+    segment: &Segment<'_>,
+    zones: Zones<'_>,
+    range: Option<(i64, i64)>,
+) -> (String, Vec<Bind>) {
+    let (b, app, c, zone_cond) = devices_in(kind, segment, zones, range);
+    let user_where: String = c
+        .topics
+        .iter()
+        .chain(&c.rest)
+        .chain(&c.listed)
+        .map(|x| format!(" AND {x}"))
+        .collect();
+    let device_where = if c.device.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", c.device.join(" AND "))
+    };
+    let users = c.users;
     let sql = format!(
         "SELECT c.device_id, c.user_id, c.zone, c.token, c.platform, c.locale FROM (\
          SELECT d.id AS device_id, d.user_id, d.platform, d.token, d.locale, \
@@ -227,6 +255,65 @@ pub fn recipients_where_sql(
          d.zone \
          FROM devices d{users} \
          WHERE d.app_id = {app} AND d.state = 'active'{zone_cond}{user_where}) c{device_where}"
+    );
+    (sql, b.binds)
+}
+
+/// The start of a query over the app's devices `d`: the builder, the app's
+/// placeholder, the segment's conditions, and ` AND …` restricting `d` to `zones`
+/// and ids in `range`. The zone is a condition on the device row itself, so each
+/// slot's audience is a range of the (app_id, zone, id) index.
+fn devices_in(
+    kind: DatabaseKind,
+    segment: &Segment<'_>,
+    zones: Zones<'_>,
+    range: Option<(i64, i64)>,
+) -> (Builder, String, Conditions, String) {
+    let mut b = Builder {
+        kind,
+        binds: Vec::new(),
+    };
+    let app = b.text(segment.app_id);
+    let c = conditions(&mut b, segment, &app);
+    let mut cond = b.zone_cond("d.zone", zones);
+    if let Some((lo, hi)) = range {
+        let lo = b.param(Bind::Int(lo));
+        let hi = b.param(Bind::Int(hi));
+        cond.push_str(&format!(" AND d.id BETWEEN {lo} AND {hi}"));
+    }
+    (b, app, c, cond)
+}
+
+/// One pass over the active devices in `zones` for a release (the explicit user
+/// list applied): rows `(device_id, zone, takes, recipient)`, where `takes` is 1
+/// when the device's user takes every topic of the segment (else 0) and
+/// `recipient` is 1 when the device is one of the segment's recipients. One probe
+/// of the user's subscriptions per device gives the chunks, the recipients and
+/// the opted-out counts of every zone at once.
+pub fn release_scan_sql(
+    kind: DatabaseKind,
+    segment: &Segment<'_>,
+    zones: Zones<'_>,
+) -> (String, Vec<Bind>) {
+    let (b, app, c, zone_cond) = devices_in(kind, segment, zones, None);
+    let listed: String = c.listed.iter().map(|x| format!(" AND {x}")).collect();
+    let takes = all_of(&c.topics);
+    let rest = all_of(&c.rest);
+    let device = all_of(&c.device);
+    let users = c.users;
+    // Kept from being flattened into the queries around it, which would copy the
+    // `takes` probe into every expression that reads it (three probes per device).
+    let fence = match kind {
+        DatabaseKind::Postgres => " OFFSET 0",
+        DatabaseKind::Sqlite => " LIMIT -1 OFFSET 0",
+    };
+    let sql = format!(
+        "SELECT c.device_id, c.zone, c.takes, \
+         CASE WHEN c.takes = 1 AND c.rest = 1 AND {device} THEN 1 ELSE 0 END AS recipient FROM (\
+         SELECT d.id AS device_id, d.zone, d.platform, lower(replace(d.locale, '_', '-')) AS locale_tag, \
+         CASE WHEN {takes} THEN 1 ELSE 0 END AS takes, CASE WHEN {rest} THEN 1 ELSE 0 END AS rest \
+         FROM devices d{users} \
+         WHERE d.app_id = {app} AND d.state = 'active'{zone_cond}{listed}{fence}) c"
     );
     (sql, b.binds)
 }
@@ -247,47 +334,6 @@ fn topic_conds(b: &mut Builder, topics: &[TopicRule<'_>]) -> Vec<String> {
         .collect()
 }
 
-/// SQL counting, per zone, the app's active devices in `zones` whose user does not
-/// take every topic of the segment: the "opted out" of a slot. Rows `(zone, n)`.
-pub fn opted_out_sql(
-    kind: DatabaseKind,
-    segment: &Segment<'_>,
-    zones: Zones<'_>,
-) -> (String, Vec<Bind>) {
-    let mut b = Builder {
-        kind,
-        binds: Vec::new(),
-    };
-    let app = b.text(segment.app_id);
-    let mut in_zone = b.zone_cond("d.zone", zones);
-    in_zone.push_str(&listed_devices(&mut b, segment));
-    // One probe of the subscription per device: an `EXISTS` under `NOT` is planned
-    // as a hash of every subscription of the topic, once per release batch.
-    let conds: Vec<String> = segment
-        .topics
-        .iter()
-        .map(|t| {
-            let p = b.text(t.name);
-            let default = if t.default_subscribed { "TRUE" } else { "FALSE" };
-            format!(
-                "COALESCE((SELECT s.opted_in FROM subscriptions s WHERE s.user_id = d.user_id AND s.topic = {p}), {default})"
-            )
-        })
-        .collect();
-    let opted_out = if conds.is_empty() {
-        "FALSE".to_owned()
-    } else {
-        format!("NOT ({})", conds.join(" AND "))
-    };
-    (
-        format!(
-            "SELECT d.zone, COUNT(*) FROM devices d WHERE d.app_id = {app} AND d.state = 'active'{in_zone} \
-             AND {opted_out} GROUP BY d.zone"
-        ),
-        b.binds,
-    )
-}
-
 /// ` AND …` keeping the devices of an audience's explicit user list, or nothing:
 /// such an audience is counted against the users it names, not the whole app.
 fn listed_devices(b: &mut Builder, segment: &Segment<'_>) -> String {
@@ -299,9 +345,10 @@ fn listed_devices(b: &mut Builder, segment: &Segment<'_>) -> String {
     format!(" AND d.user_id IN (SELECT l.id FROM users l WHERE l.app_id = {app} AND {listed})")
 }
 
-/// SQL counting, per zone in `zones`, the app's active and invalid devices and its
-/// users without an active device (a user with no zone is in zone `''`).
-/// Rows `(zone, kind, n)` with kind `active`, `invalid_token` or `no_device`.
+/// SQL counting, per zone in `zones`, the app's invalid devices and its users
+/// without an active device (a user with no zone is in zone `''`); the active
+/// devices are counted by [`release_scan_sql`]. Rows `(zone, kind, n)` with kind
+/// `invalid_token` or `no_device`.
 pub fn zone_population_sql(
     kind: DatabaseKind,
     segment: &Segment<'_>,
@@ -333,9 +380,9 @@ pub fn zone_population_sql(
             b.in_list("u.external_id", segment.audience.users.clone())
         ));
     }
-    // Each part reads only the batch's zones through its own index (the active and
-    // the invalid devices by zone, users by zone, then one probe of the user's
-    // devices), so a release batch costs its zones' population, not the app's.
+    // Each part reads only the batch's zones through its own index (the invalid
+    // devices by zone, users by zone, then one probe of the user's devices), so a
+    // release batch costs its zones' population, not the app's.
     let no_device = match kind {
         DatabaseKind::Postgres => {
             "LEFT JOIN LATERAL (SELECT 1 AS has FROM devices d WHERE d.user_id = u.id AND d.state = 'active' LIMIT 1) x \
@@ -347,10 +394,7 @@ pub fn zone_population_sql(
     };
     (
         format!(
-            "SELECT d.zone, 'active', COUNT(*) FROM devices d \
-             WHERE d.app_id = {app} AND d.state = 'active'{devices} GROUP BY d.zone \
-             UNION ALL \
-             SELECT d.zone, 'invalid_token', COUNT(*) FROM devices d \
+            "SELECT d.zone, 'invalid_token', COUNT(*) FROM devices d \
              WHERE d.app_id = {app} AND d.state = 'invalid'{devices} GROUP BY d.zone \
              UNION ALL \
              SELECT COALESCE(u.timezone, ''), 'no_device', COUNT(*) FROM users u {no_device} u.app_id = {app}{users} \
