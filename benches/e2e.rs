@@ -20,6 +20,10 @@
 //! id space as they are when people register over time: each chunk's rows land
 //! all over every index keyed by device or user, the case that costs.
 
+mod common;
+
+use common::arg;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -32,20 +36,12 @@ use meridian::definitions;
 use meridian::engine::{Engine, EngineSettings};
 use meridian::provider::jwt;
 use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
-use meridian::store::{PgStore, SqliteStore, Store};
+use meridian::store::{SqliteStore, Store};
 use meridian::zone::canonical_zones;
-use sqlx::Connection;
 
 /// glibc malloc spends a fifth of the send path in contention and consolidation.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn peak_rss_mb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -56,21 +52,6 @@ fn peak_rss_mb() -> f64 {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
 }
-
-const SEED_USERS_PG: &str = "INSERT INTO users (app_id, external_id, timezone, created_at, updated_at) \
-    SELECT 'shop', 'u' || g, ($2::text[])[1 + g % array_length($2::text[], 1)], $3, $3 FROM generate_series(1, $1) g";
-const SEED_USERS_SQLITE: &str = "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < $1) \
-    INSERT INTO users (app_id, external_id, timezone, created_at, updated_at) \
-    SELECT 'shop', 'u' || n, json_extract($2, '$[' || (n % json_array_length($2)) || ']'), $3, $3 FROM g";
-/// Even users get an iOS token (64 hex digits), odd ones an Android token.
-const SEED_DEVICES_PG: &str = "INSERT INTO devices (app_id, user_id, platform, token, timezone, zone, created_at, updated_at) \
-    SELECT 'shop', id, CASE WHEN id % 2 = 0 AND NOT $2 THEN 'ios' ELSE 'android' END, \
-      CASE WHEN id % 2 = 0 AND NOT $2 THEN lpad(id::text, 64, '0') ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users ORDER BY id";
-const SEED_DEVICES_SQLITE: &str = "INSERT INTO devices (app_id, user_id, platform, token, timezone, zone, created_at, updated_at) \
-    SELECT 'shop', id, CASE WHEN id % 2 = 0 AND NOT $2 THEN 'ios' ELSE 'android' END, \
-      CASE WHEN id % 2 = 0 AND NOT $2 THEN substr('0000000000000000000000000000000000000000000000000000000000000000' || id, -64, 64) \
-           ELSE 'fcm-' || id END, timezone, timezone, $1, $1 FROM users ORDER BY id";
-const SEED_SUBSCRIPTIONS: &str = "INSERT INTO subscriptions (user_id, topic, opted_in, updated_at) SELECT id, 'marketing', TRUE, $1 FROM users";
 
 #[tokio::main]
 async fn main() {
@@ -155,62 +136,15 @@ async fn main() {
     let rate;
     match backend.as_str() {
         "postgres" => {
-            let admin = std::env::var("MERIDIAN_TEST_PG_URL")
-                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-            let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
-            sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            sqlx::query("CREATE DATABASE meridian_e2e")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            let mut url = url::Url::parse(&admin).unwrap();
-            url.set_path("meridian_e2e");
-            let store = PgStore::connect(&DatabaseConfig {
-                url: url.to_string(),
-                max_connections: 8,
-                ..DatabaseConfig::default()
-            })
-            .await
-            .unwrap();
-            rate = run(store, &config, devices, &base, |s| async move {
-                let mut c = sqlx::PgConnection::connect(url.as_str()).await.unwrap();
-                let now = SystemClock.now();
-                let zones: Vec<String> = canonical_zones()
-                    .iter()
-                    .map(|z| z.name().to_owned())
-                    .collect();
-                sqlx::query(SEED_USERS_PG)
-                    .bind(s)
-                    .bind(&zones)
-                    .bind(now)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                sqlx::query(SEED_DEVICES_PG)
-                    .bind(now)
-                    .bind(android)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                sqlx::query(SEED_SUBSCRIPTIONS)
-                    .bind(now)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                // A table the app filled over months is mostly all-visible (autovacuum);
-                // a bulk insert a moment ago is not: vacuum it as autovacuum would have.
-                sqlx::query("VACUUM ANALYZE").execute(&mut c).await.unwrap();
+            let (mut c, url) = common::fresh_pg_database("meridian_e2e").await;
+            let store = common::pg_store(&url).await;
+            rate = run(store, &config, devices, &base, |s| {
+                common::seed_postgres(url.as_str().to_owned(), s, android)
             })
             .await;
             // MERIDIAN_E2E_KEEP=1 keeps the database for a look at what was written.
             if std::env::var_os("MERIDIAN_E2E_KEEP").is_none() {
-                sqlx::query("DROP DATABASE IF EXISTS meridian_e2e WITH (FORCE)")
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
+                common::drop_pg_database(&mut c, "meridian_e2e").await;
             }
         }
         _ => {
@@ -221,33 +155,8 @@ async fn main() {
             })
             .await
             .unwrap();
-            rate = run(store, &config, devices, &base, |s| async move {
-                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-                let now = SystemClock.now();
-                let zones: Vec<String> = canonical_zones()
-                    .iter()
-                    .map(|z| z.name().to_owned())
-                    .collect();
-                let zones = serde_json::to_string(&zones).unwrap();
-                sqlx::query(SEED_USERS_SQLITE)
-                    .bind(s)
-                    .bind(zones)
-                    .bind(now)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                sqlx::query(SEED_DEVICES_SQLITE)
-                    .bind(now)
-                    .bind(android)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                sqlx::query(SEED_SUBSCRIPTIONS)
-                    .bind(now)
-                    .execute(&mut c)
-                    .await
-                    .unwrap();
-                sqlx::query("ANALYZE").execute(&mut c).await.unwrap();
+            rate = run(store, &config, devices, &base, |s| {
+                common::seed_sqlite(url.clone(), s, android)
             })
             .await;
         }
