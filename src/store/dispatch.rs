@@ -665,13 +665,18 @@ macro_rules! shared_dispatch_methods {
             let rows = $crate::store::dispatch::update_rows(updates, Self::time_json);
             let source = Self::json_rows("$3", $crate::store::dispatch::UPDATE_COLUMNS);
             // Fenced: only rows still leased by this worker at this attempt change.
+            // `(SELECT 'leased')` keeps Postgres from driving the update from the
+            // partial index of leased rows (every leased row, each joined against the
+            // whole batch, the JSON read again per row: 54 ms for 500 rows instead of
+            // 5 ms through the primary key).
             let sql = format!(
                 "UPDATE deliveries AS d SET status = x.status, next_attempt_at = x.next_attempt_at, \
                    provider_id = COALESCE(x.provider_id, d.provider_id), error_reason = x.error_reason, \
                    lease_owner = NULL, lease_expires_at = NULL, updated_at = $1, \
                    sent_at = CASE WHEN x.status = 'sent' THEN $1 ELSE d.sent_at END \
                  FROM {source} \
-                 WHERE d.id = x.delivery_id AND d.attempts = x.attempts AND d.status = 'leased' AND d.lease_owner = $2 \
+                 WHERE d.id = x.delivery_id AND d.attempts = x.attempts AND d.status = (SELECT 'leased') \
+                   AND d.lease_owner = $2 \
                  RETURNING id"
             );
             let changed: Vec<i64> = sqlx::query_scalar(&sql)
