@@ -1061,6 +1061,47 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
     assert_eq!(rig.sim.stats().total_accepted(), 6);
 }
 
+/// An audience filtered by attributes still counts every device of the zone: one
+/// whose user lacks the attribute is left out by the segment, and a device with no
+/// user at all (it cannot have opted in) is counted as opted out, not dropped.
+async fn an_attribute_audience_counts_devices_without_a_user<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 30, 12, 0)).await;
+    for n in 0..3 {
+        rig.device(n, "UTC", Platform::Ios, false).await;
+    }
+    let gold = serde_json::json!({"plan": "gold"});
+    for n in 0..2 {
+        rig.store
+            .upsert_user(
+                &meridian::store::UserUpsert {
+                    app_id: "shop",
+                    external_id: &format!("user-{n}"),
+                    phone: None,
+                    timezone: Some("UTC"),
+                    locale: None,
+                    attributes: Some(&gold),
+                },
+                rig.clock.now(),
+            )
+            .await
+            .unwrap();
+    }
+    rig.device_of(None, Some("install-1"), "fcm-anonymous", false)
+        .await;
+    let text =
+        "key = \"gold\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hi\"\n\
+                body = \"Gold\"\n[audience]\ntopics = [\"marketing\"]\n\
+                [[audience.attributes]]\nattribute = \"plan\"\nop = \"eq\"\nvalue = \"gold\"\n\
+                [schedule]\ntype = \"now\"\n";
+    let id = rig.save(text).await;
+    rig.engine("a", 10).run_until_idle().await.unwrap();
+    let counts = rig.counts_by_kind(id).await;
+    assert_eq!(counts["recipients"], 2, "{counts:?}");
+    assert_eq!(counts["excluded:segment"], 1, "{counts:?}");
+    assert_eq!(counts["excluded:opted_out"], 1, "{counts:?}");
+    assert_eq!(rig.sim.stats().total_accepted(), 2);
+}
+
 /// An audience that names its users is counted against those users: the rest of
 /// the app is not "left out by the segment".
 async fn a_user_list_is_counted_against_the_users_it_names<S: Store + Clone>(db: &TestDb<S>) {
@@ -1696,6 +1737,7 @@ storage_tests!(
     a_push_is_not_queued_behind_campaign_traffic,
     a_failed_chunk_does_not_strand_its_siblings,
     a_user_list_is_counted_against_the_users_it_names,
+    an_attribute_audience_counts_devices_without_a_user,
     zones_due_together_keep_their_own_counts,
     zones_released_together_share_key_ranges,
     a_new_slot_is_not_queued_behind_a_large_one,

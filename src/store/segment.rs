@@ -163,9 +163,11 @@ fn conditions(b: &mut Builder, segment: &Segment<'_>, app: &str) -> Conditions {
     if !audience.users.is_empty() {
         listed.push(format!("u.app_id = {app}"));
         listed.push(b.in_list("u.external_id", audience.users.clone()));
-    }
-    if !audience.attributes.is_empty() || !audience.users.is_empty() {
         listed.push("d.user_id IS NOT NULL".to_owned());
+    } else if !audience.attributes.is_empty() {
+        // A device without a user has no attributes: left out by the segment, and
+        // still counted among the zone's devices.
+        rest.push("d.user_id IS NOT NULL".to_owned());
     }
     let mut device = Vec::new();
     if !audience.platforms.is_empty() {
