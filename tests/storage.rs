@@ -789,6 +789,61 @@ async fn sqlite_rebuild_in_0003_keeps_deliveries_and_history() {
     assert_eq!(events, 0, "history still cascades with its delivery");
 }
 
+/// `0009` gives every slot released before it a release of its own, the one its
+/// chunks already belong to (the slot itself); a pending slot waits for its
+/// release to name it. The engine reads a chunk's zones and completes its slots
+/// through `released_with` alone.
+#[tokio::test]
+async fn slots_released_before_0009_own_their_chunks() {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("m.db");
+    let options = SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mut before = sqlx::migrate!("migrations/sqlite");
+    before.migrations = std::borrow::Cow::Owned(
+        before
+            .migrations
+            .iter()
+            .filter(|m| m.version < 9)
+            .cloned()
+            .collect(),
+    );
+    before.run(&pool).await.unwrap();
+    let t = "2026-11-23T10:00:00+00:00";
+    for sql in [
+        "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', $1, $1)",
+        "INSERT INTO campaigns (id, app_id, key, name, definition, state, created_at, updated_at) \
+         VALUES (1, 'a', 'k', 'k', '{}', 'running', $1, $1)",
+        "INSERT INTO slots (id, campaign_id, occurrence, zone, fire_at, disposition, state, released_at, created_at) \
+         VALUES (1, 1, 'o', 'UTC', $1, 'on_time', 'released', $1, $1), \
+                (2, 1, 'o', 'Asia/Tokyo', $1, 'on_time', 'pending', NULL, $1)",
+    ] {
+        sqlx::query(sql).bind(t).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let store = migrated_sqlite_at(&file).await;
+    store.close().await;
+    let pool = SqlitePoolOptions::new()
+        .connect_with(SqliteConnectOptions::new().filename(&file))
+        .await
+        .unwrap();
+    let groups: Vec<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT id, released_with FROM slots ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(groups, [(1, Some(1)), (2, None)]);
+}
+
 /// The SQLite writer checkpoints only past 100,000 WAL frames; a connection of
 /// the store's own copies committed frames back into the database file within
 /// seconds. A reader that ignores the WAL (`immutable`) sees a committed row only

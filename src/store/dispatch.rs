@@ -456,14 +456,17 @@ macro_rules! shared_dispatch_methods {
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<Vec<$crate::store::Recipient>, $crate::store::StoreError> {
             use $crate::store::segment::{Bind, Zones};
-            // The chunk spans every zone released with its slot.
-            let mut group: Vec<(i64, String)> =
+            // The chunk spans every zone released with its slot (itself among them).
+            let group: Vec<(i64, String)> =
                 sqlx::query_as("SELECT id, zone FROM slots WHERE released_with = $1 ORDER BY id")
                     .bind(chunk.slot_id)
                     .fetch_all(&self.read)
                     .await?;
             if group.is_empty() {
-                group.push((slot.slot_id, slot.zone.clone()));
+                return Err($crate::store::StoreError::Invalid(format!(
+                    "chunk {}: slot {} was not released",
+                    chunk.id, chunk.slot_id
+                )));
             }
             let all = group.iter().any(|(_, z)| z == $crate::planner::ALL_ZONES);
             let zone_list: Vec<String> = group.iter().map(|(_, z)| z.clone()).collect();
@@ -714,7 +717,7 @@ macro_rules! shared_dispatch_methods {
             // the table was empty (a scan of it per slot: 43 s at a million rows).
             Ok(sqlx::query_as(
                 "UPDATE slots SET state = 'completed' WHERE state = 'released' \
-                 AND NOT EXISTS (SELECT 1 FROM slot_chunks c WHERE c.slot_id = COALESCE(slots.released_with, slots.id) \
+                 AND NOT EXISTS (SELECT 1 FROM slot_chunks c WHERE c.slot_id = slots.released_with \
                    AND c.state IN ('pending', 'leased')) \
                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.slot_id = slots.id AND d.status IN ('queued', 'leased', 'retry')) \
                  RETURNING id, campaign_id",
