@@ -55,28 +55,19 @@ pub struct SlotInfo {
 }
 
 /// One device to send to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Recipient {
     pub device_id: i64,
-    /// The slot of the device's zone among the chunk's release.
+    pub zone: String,
+    /// The slot of the device's zone among the chunk's release (filled in after
+    /// the read).
+    #[sqlx(skip)]
     pub slot_id: i64,
     pub user_id: Option<i64>,
     pub token: String,
     pub platform: String,
     pub locale: Option<String>,
     /// `capped:<topic>` when a frequency cap holds this recipient back.
-    pub capped: Option<String>,
-}
-
-/// A chunk's recipient as read, before its zone is mapped to its slot.
-#[derive(Debug, sqlx::FromRow)]
-pub(super) struct RecipientRow {
-    pub device_id: i64,
-    pub zone: String,
-    pub user_id: Option<i64>,
-    pub token: String,
-    pub platform: String,
-    pub locale: Option<String>,
     pub capped: Option<String>,
 }
 
@@ -498,24 +489,16 @@ macro_rules! shared_dispatch_methods {
             );
             // Planned afresh for each chunk: the already-served probe reads a
             // `deliveries` table that grows by thousands of rows a second.
-            let mut q = sqlx::query_as::<_, $crate::store::dispatch::RecipientRow>(&sql).persistent(false);
+            let mut q = sqlx::query_as::<_, $crate::store::Recipient>(&sql).persistent(false);
             for b in binds {
                 q = Self::bind_segment(q, b);
             }
             let rows = q.fetch_all(&self.read).await?;
             Ok(rows
                 .into_iter()
-                .filter_map(|r| {
-                    let slot_id = group.iter().find(|(_, z)| all || *z == r.zone)?.0;
-                    Some($crate::store::Recipient {
-                        device_id: r.device_id,
-                        slot_id,
-                        user_id: r.user_id,
-                        token: r.token,
-                        platform: r.platform,
-                        locale: r.locale,
-                        capped: r.capped,
-                    })
+                .filter_map(|mut r| {
+                    r.slot_id = group.iter().find(|(_, z)| all || *z == r.zone)?.0;
+                    Some(r)
                 })
                 .collect())
         }
