@@ -725,25 +725,7 @@ async fn sqlite_rebuild_in_0003_keeps_deliveries_and_history() {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("m.db");
-    let options = SqliteConnectOptions::new()
-        .filename(&file)
-        .create_if_missing(true)
-        .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let mut before = sqlx::migrate!("migrations/sqlite");
-    before.migrations = std::borrow::Cow::Owned(
-        before
-            .migrations
-            .iter()
-            .filter(|m| m.version < 3)
-            .cloned()
-            .collect(),
-    );
-    before.run(&pool).await.unwrap();
+    let pool = sqlite_migrated_below(&file, 3).await;
     let t = "2026-11-23T10:00:00+00:00";
     for sql in [
         "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', $1, $1)",
@@ -798,25 +780,7 @@ async fn slots_released_before_0009_own_their_chunks() {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("m.db");
-    let options = SqliteConnectOptions::new()
-        .filename(&file)
-        .create_if_missing(true)
-        .foreign_keys(true);
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let mut before = sqlx::migrate!("migrations/sqlite");
-    before.migrations = std::borrow::Cow::Owned(
-        before
-            .migrations
-            .iter()
-            .filter(|m| m.version < 9)
-            .cloned()
-            .collect(),
-    );
-    before.run(&pool).await.unwrap();
+    let pool = sqlite_migrated_below(&file, 9).await;
     let t = "2026-11-23T10:00:00+00:00";
     for sql in [
         "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', $1, $1)",
@@ -971,6 +935,31 @@ async fn a_dropped_sqlite_store_leaves_no_connection_open() {
         }
     }
     panic!("another connection still holds the file: {left}");
+}
+
+/// A one-connection pool on a new SQLite file with the migrations before `version` applied.
+async fn sqlite_migrated_below(file: &std::path::Path, version: i64) -> sqlx::SqlitePool {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let options = SqliteConnectOptions::new()
+        .filename(file)
+        .create_if_missing(true)
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let mut before = sqlx::migrate!("migrations/sqlite");
+    before.migrations = std::borrow::Cow::Owned(
+        before
+            .migrations
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect(),
+    );
+    before.run(&pool).await.unwrap();
+    pool
 }
 
 /// The store opened (and migrated) on a given SQLite file.
