@@ -715,6 +715,7 @@ storage_tests!(
     audience_zones_apply_every_rule,
     campaigns_save_idempotently_and_lock_when_running,
     chunk_read_uses_the_covering_zone_index,
+    row_lease_reads_only_its_partial_indexes,
 );
 
 /// SQLite cannot alter a CHECK, so `0003` rebuilds `deliveries` and
@@ -874,6 +875,91 @@ async fn chunk_read_uses_the_covering_zone_index<S: Store>(db: &TestDb<S>) {
         .replace("$2", "'Europe/Paris'")
         .replace("$3", "1")
         .replace("$4", "1000");
+    let plan = plan_of(db, &sql, "devices").await;
+    let expected = if db.url.starts_with("sqlite:") {
+        "USING COVERING INDEX devices_active_by_zone"
+    } else {
+        "Index Only Scan using devices_active_by_zone"
+    };
+    assert!(plan.contains(expected), "chunk read plan: {plan}");
+}
+
+/// The row lease reads each way a row becomes leasable (due, or its lease lapsed)
+/// through that way's partial index and never scans `deliveries`: the table holds
+/// every delivery ever made, and SQLite runs the lease on its one write connection
+/// each second.
+async fn row_lease_reads_only_its_partial_indexes<S: Store>(db: &TestDb<S>) {
+    let sqlite = db.url.starts_with("sqlite:");
+    let lease = if sqlite {
+        meridian::store::SqliteStore::LEASE_DELIVERIES
+    } else {
+        meridian::store::PgStore::LEASE_DELIVERIES
+    };
+    // The binds, in order: now, how many, the worker, the lease's end.
+    let at = "'2026-12-01 09:00:00+00:00'";
+    let sql = lease
+        .replace("$1", at)
+        .replace("$2", "500")
+        .replace("$3", "'w'")
+        .replace("$4", at);
+    let plan = plan_of(db, &sql, "deliveries").await;
+    for index in ["deliveries_leasable", "deliveries_leased"] {
+        assert!(
+            plan.contains(index),
+            "row lease plan without {index}: {plan}"
+        );
+    }
+    let scans = |l: &str| {
+        if sqlite {
+            l.trim_start_matches(|c: char| !c.is_alphabetic()) == "SCAN d"
+        } else {
+            l.contains("Seq Scan on deliveries")
+        }
+    };
+    assert!(
+        !plan.lines().any(scans),
+        "row lease scans deliveries: {plan}"
+    );
+}
+
+/// A release counts each zone's users with no active device by one probe of the
+/// user's devices per user: the index on (user, state) answers it alone, where an
+/// index on the user only sent every probe on to the device rows. SQLite only:
+/// Postgres picks among indexes by table statistics that a test's empty tables
+/// do not have.
+#[tokio::test]
+async fn no_device_count_probes_the_index_alone() {
+    let db = common::sqlite().await;
+    use meridian::store::segment::{zone_population_sql, Bind, Zones};
+    let audience = Audience::default();
+    let segment = Segment {
+        app_id: "shop",
+        audience: &audience,
+        topics: Vec::new(),
+    };
+    let (mut sql, binds) =
+        zone_population_sql(db.store.kind(), &segment, Zones::One("Europe/Paris"));
+    // Written in from the last, so that `$1` does not match the start of `$10`.
+    for (i, b) in binds.iter().enumerate().rev() {
+        let Bind::Text(t) = b else {
+            panic!("the count binds only text here: {b:?}");
+        };
+        sql = sql.replace(&format!("${}", i + 1), &format!("'{t}'"));
+    }
+    let plan = plan_of(&db, &sql, "devices").await;
+    assert!(
+        plan.contains("USING COVERING INDEX devices_by_user"),
+        "no-device count plan: {plan}"
+    );
+    db.finish().await;
+}
+
+/// The plan the backend chooses for `sql` (its binds written in): SQLite's
+/// `EXPLAIN QUERY PLAN`, or Postgres's `EXPLAIN` with `table` analysed and
+/// sequential and bitmap scans priced out, so that only a statement no index can
+/// serve is planned as a scan on a table this small.
+async fn plan_of<S: Store>(db: &TestDb<S>, sql: &str, table: &str) -> String {
+    use sqlx::Connection;
     let plan: Vec<String> = if db.url.starts_with("sqlite:") {
         let opts: sqlx::sqlite::SqliteConnectOptions = db.url.parse().unwrap();
         let mut c = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
@@ -886,24 +972,18 @@ async fn chunk_read_uses_the_covering_zone_index<S: Store>(db: &TestDb<S>) {
     } else {
         let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
         for s in [
-            "VACUUM ANALYZE devices",
-            "SET enable_seqscan = off",
-            "SET enable_bitmapscan = off",
+            format!("VACUUM ANALYZE {table}"),
+            "SET enable_seqscan = off".to_owned(),
+            "SET enable_bitmapscan = off".to_owned(),
         ] {
-            sqlx::query(s).execute(&mut c).await.unwrap();
+            sqlx::query(&s).execute(&mut c).await.unwrap();
         }
         sqlx::query_scalar(&format!("EXPLAIN {sql}"))
             .fetch_all(&mut c)
             .await
             .unwrap()
     };
-    let plan = plan.join("\n");
-    let expected = if db.url.starts_with("sqlite:") {
-        "USING COVERING INDEX devices_active_by_zone"
-    } else {
-        "Index Only Scan using devices_active_by_zone"
-    };
-    assert!(plan.contains(expected), "chunk read plan: {plan}");
+    plan.join("\n")
 }
 
 /// A store dropped without `close` leaves no connection to its file behind: its

@@ -39,14 +39,27 @@ impl PgStore {
         FROM next WHERE c.id = next.id \
         RETURNING c.id, c.slot_id, c.campaign_id, c.first_device_id, c.last_device_id, c.attempt";
 
-    const LEASE_DELIVERIES: &'static str = "\
-        WITH next AS ( \
-            SELECT d.id FROM deliveries d \
-            WHERE ((d.status IN ('queued', 'retry') AND d.next_attempt_at <= $1) \
-                   OR (d.status = 'leased' AND d.lease_expires_at < $1)) \
+    /// Each way a row becomes leasable is read through its own partial index in
+    /// the index's order, so a lease stops after `LIMIT` rows instead of gathering
+    /// and sorting every due row (one `OR` over both conditions can only be served
+    /// by combining both indexes in full). The campaign's state is checked inside
+    /// each branch, so rows of a paused campaign never fill a branch's limit.
+    pub const LEASE_DELIVERIES: &'static str = "\
+        WITH due AS ( \
+            SELECT d.id, d.priority, d.next_attempt_at FROM deliveries d \
+            WHERE d.status IN ('queued', 'retry') AND d.next_attempt_at <= $1 \
               AND (d.campaign_id IS NULL OR EXISTS ( \
                    SELECT 1 FROM campaigns k WHERE k.id = d.campaign_id AND k.state = 'running')) \
-            ORDER BY d.priority DESC, d.next_attempt_at LIMIT $2 FOR UPDATE OF d SKIP LOCKED) \
+            ORDER BY d.priority DESC, d.next_attempt_at LIMIT $2 FOR UPDATE OF d SKIP LOCKED), \
+        lapsed AS ( \
+            SELECT d.id, d.priority, d.next_attempt_at FROM deliveries d \
+            WHERE d.status = 'leased' AND d.lease_expires_at < $1 \
+              AND (d.campaign_id IS NULL OR EXISTS ( \
+                   SELECT 1 FROM campaigns k WHERE k.id = d.campaign_id AND k.state = 'running')) \
+            ORDER BY d.lease_expires_at LIMIT $2 FOR UPDATE OF d SKIP LOCKED), \
+        next AS ( \
+            SELECT id FROM (SELECT * FROM due UNION ALL SELECT * FROM lapsed) u \
+            ORDER BY priority DESC, next_attempt_at LIMIT $2) \
         UPDATE deliveries d SET status = 'leased', attempts = d.attempts + 1, lease_owner = $3, \
             lease_expires_at = $4, updated_at = $1 \
         FROM next WHERE d.id = next.id RETURNING d.id";
