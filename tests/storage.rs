@@ -856,7 +856,6 @@ async fn sqlite_wal_is_checkpointed_by_its_own_connection() {
 /// all-visible after VACUUM), never a table page per recipient.
 async fn chunk_read_uses_the_covering_zone_index<S: Store>(db: &TestDb<S>) {
     use meridian::store::segment::recipients_in_range_sql;
-    use sqlx::Connection;
     let audience = Audience::default();
     let segment = Segment {
         app_id: "shop",
