@@ -716,6 +716,7 @@ storage_tests!(
     campaigns_save_idempotently_and_lock_when_running,
     chunk_read_uses_the_covering_zone_index,
     row_lease_reads_only_its_partial_indexes,
+    row_lease_takes_due_and_lapsed_rows_in_order,
 );
 
 /// SQLite cannot alter a CHECK, so `0003` rebuilds `deliveries` and
@@ -951,6 +952,126 @@ async fn no_device_count_probes_the_index_alone() {
         "no-device count plan: {plan}"
     );
     db.finish().await;
+}
+
+/// The row lease takes due rows by priority and then time, takes over rows whose
+/// lease lapsed (attempt + 1) but not those still held, leaves rows of a paused
+/// campaign and rows not yet due alone, and never lets skipped rows use up its
+/// limit: the paused campaign's row outranks every other.
+async fn row_lease_takes_due_and_lapsed_rows_in_order<S: Store>(db: &TestDb<S>) {
+    let now = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+    let t = |m: i64| (now + TimeDelta::minutes(m)).to_rfc3339();
+    let (past, before, ago, later) = (t(-5), t(-10), t(-1), t(30));
+    let mut setup = vec![
+        "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', '{p}', '{p}')".to_owned(),
+        "INSERT INTO campaigns (app_id, key, name, definition, state, created_at, updated_at) \
+         VALUES ('a', 'run', 'run', '{}', 'running', '{p}', '{p}'), ('a', 'held', 'held', '{}', 'paused', '{p}', '{p}')".to_owned(),
+    ];
+    for d in 1..=6 {
+        setup.push(format!(
+            "INSERT INTO devices (app_id, install_id, platform, token, created_at, updated_at) \
+             VALUES ('a', 'i{d}', 'ios', 't{d}', '{{p}}', '{{p}}')"
+        ));
+    }
+    // (id, campaign, request, priority, status, next attempt, lease owner, lease end)
+    let rows = [
+        (
+            1,
+            "NULL",
+            "'r1'",
+            1,
+            "queued",
+            past.as_str(),
+            "NULL",
+            "NULL".to_owned(),
+        ),
+        (
+            2,
+            "1",
+            "NULL",
+            0,
+            "retry",
+            past.as_str(),
+            "NULL",
+            "NULL".to_owned(),
+        ),
+        (
+            3,
+            "2",
+            "NULL",
+            5,
+            "retry",
+            before.as_str(),
+            "NULL",
+            "NULL".to_owned(),
+        ),
+        (
+            4,
+            "NULL",
+            "'r4'",
+            0,
+            "leased",
+            before.as_str(),
+            "'dead'",
+            format!("'{ago}'"),
+        ),
+        (
+            5,
+            "NULL",
+            "'r5'",
+            0,
+            "leased",
+            before.as_str(),
+            "'alive'",
+            format!("'{later}'"),
+        ),
+        (
+            6,
+            "1",
+            "NULL",
+            0,
+            "retry",
+            later.as_str(),
+            "NULL",
+            "NULL".to_owned(),
+        ),
+    ];
+    for (id, campaign, request, priority, status, next, owner, until) in rows {
+        setup.push(format!(
+            "INSERT INTO deliveries (app_id, campaign_id, request_id, occurrence, device_id, priority, status, \
+               attempts, next_attempt_at, lease_owner, lease_expires_at, created_at, updated_at) \
+             VALUES ('a', {campaign}, {request}, 'o', {id}, {priority}, '{status}', 1, '{next}', {owner}, {until}, '{{p}}', '{{p}}')"
+        ));
+    }
+    // Ids follow insertion order in a fresh database: campaigns 1 (running) and
+    // 2 (paused), devices and deliveries 1 to 6, delivery n to device n.
+    for sql in setup {
+        db.raw(&sql.replace("{p}", &before)).await.unwrap();
+    }
+    let until = now + TimeDelta::seconds(60);
+    let lease = |limit| db.store.lease_deliveries("w", now, until, limit);
+    let ids = |rows: Vec<meridian::store::LeasedDelivery>| {
+        rows.iter().map(|r| (r.id, r.attempts)).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(lease(1).await.unwrap()),
+        [(1, 2)],
+        "highest priority first"
+    );
+    assert_eq!(
+        ids(lease(1).await.unwrap()),
+        [(4, 2)],
+        "then the oldest, a lapsed lease"
+    );
+    assert_eq!(
+        ids(lease(10).await.unwrap()),
+        [(2, 2)],
+        "then the rest that is due"
+    );
+    assert!(
+        lease(10).await.unwrap().is_empty(),
+        "nothing else is leasable"
+    );
 }
 
 /// The plan the backend chooses for `sql` (its binds written in): SQLite's
