@@ -724,32 +724,16 @@ storage_tests!(
 /// and the cascade from deliveries to their history must still hold.
 #[tokio::test]
 async fn sqlite_rebuild_in_0003_keeps_deliveries_and_history() {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.db");
-    let pool = sqlite_migrated_below(&file, 3).await;
     let t = "2026-11-23T10:00:00+00:00";
-    for sql in [
+    let pool = sqlite_upgraded_from(&dir.path().join("m.db"), 3, t, &[
         "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', $1, $1)",
         "INSERT INTO devices (app_id, install_id, platform, token, created_at, updated_at) VALUES ('a', 'i', 'ios', 't', $1, $1)",
         "INSERT INTO deliveries (app_id, request_id, device_id, status, created_at, updated_at, sent_at) \
          VALUES ('a', 'r', 1, 'sent', $1, $1, $1)",
         "INSERT INTO delivery_events (delivery_id, status, attempt, at) VALUES (1, 'sent', 1, $1)",
-    ] {
-        sqlx::query(sql).bind(t).execute(&pool).await.unwrap();
-    }
-    pool.close().await;
-
-    let store = migrated_sqlite_at(&file).await;
-    store.close().await;
-    let pool = SqlitePoolOptions::new()
-        .connect_with(
-            SqliteConnectOptions::new()
-                .filename(&file)
-                .foreign_keys(true),
-        )
-        .await
-        .unwrap();
+    ])
+    .await;
     let kept: (String, Option<String>, i64) = sqlx::query_as(
         "SELECT d.status, d.sent_at, (SELECT COUNT(*) FROM delivery_events e WHERE e.delivery_id = d.id) \
          FROM deliveries d WHERE d.id = 1",
@@ -779,29 +763,17 @@ async fn sqlite_rebuild_in_0003_keeps_deliveries_and_history() {
 /// through `released_with` alone.
 #[tokio::test]
 async fn slots_released_before_0009_own_their_chunks() {
-    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("m.db");
-    let pool = sqlite_migrated_below(&file, 9).await;
     let t = "2026-11-23T10:00:00+00:00";
-    for sql in [
+    let pool = sqlite_upgraded_from(&dir.path().join("m.db"), 9, t, &[
         "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', $1, $1)",
         "INSERT INTO campaigns (id, app_id, key, name, definition, state, created_at, updated_at) \
          VALUES (1, 'a', 'k', 'k', '{}', 'running', $1, $1)",
         "INSERT INTO slots (id, campaign_id, occurrence, zone, fire_at, disposition, state, released_at, created_at) \
          VALUES (1, 1, 'o', 'UTC', $1, 'on_time', 'released', $1, $1), \
                 (2, 1, 'o', 'Asia/Tokyo', $1, 'on_time', 'pending', NULL, $1)",
-    ] {
-        sqlx::query(sql).bind(t).execute(&pool).await.unwrap();
-    }
-    pool.close().await;
-
-    let store = migrated_sqlite_at(&file).await;
-    store.close().await;
-    let pool = SqlitePoolOptions::new()
-        .connect_with(SqliteConnectOptions::new().filename(&file))
-        .await
-        .unwrap();
+    ])
+    .await;
     let groups: Vec<(i64, Option<i64>)> =
         sqlx::query_as("SELECT id, released_with FROM slots ORDER BY id")
             .fetch_all(&pool)
@@ -1160,6 +1132,32 @@ async fn sqlite_migrated_below(file: &std::path::Path, version: i64) -> sqlx::Sq
     );
     before.run(&pool).await.unwrap();
     pool
+}
+
+/// A SQLite file migrated below `version`, given `rows` (each statement binds
+/// `t` as `$1`), then opened and migrated by the store: a pool on the upgraded
+/// file, foreign keys on.
+async fn sqlite_upgraded_from(
+    file: &std::path::Path,
+    version: i64,
+    t: &str,
+    rows: &[&str],
+) -> sqlx::SqlitePool {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    let pool = sqlite_migrated_below(file, version).await;
+    for sql in rows {
+        sqlx::query(sql).bind(t).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+    migrated_sqlite_at(file).await.close().await;
+    SqlitePoolOptions::new()
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(file)
+                .foreign_keys(true),
+        )
+        .await
+        .unwrap()
 }
 
 /// The store opened (and migrated) on a given SQLite file.
