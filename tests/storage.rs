@@ -720,8 +720,8 @@ storage_tests!(
 );
 
 /// SQLite cannot alter a CHECK, so `0003` rebuilds `deliveries` and
-/// `delivery_events`: rows written under `0002` must survive it, history included,
-/// and the cascade from deliveries to their history must still hold.
+/// `delivery_events`: rows written under `0002` must survive it (and `0011`'s
+/// rebuild after it), history included.
 #[tokio::test]
 async fn sqlite_rebuild_in_0003_keeps_deliveries_and_history() {
     let dir = tempfile::tempdir().unwrap();
@@ -746,15 +746,55 @@ async fn sqlite_rebuild_in_0003_keeps_deliveries_and_history() {
         .execute(&pool)
         .await
         .unwrap();
-    sqlx::query("DELETE FROM deliveries WHERE id = 1")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM delivery_events")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(events, 0, "history still cascades with its delivery");
+}
+
+/// `0011` rebuilds `deliveries` and `delivery_events` without foreign keys (as
+/// Postgres' `0004` dropped them): rows and history written before it survive,
+/// with their ids, and neither table names a parent any more, so the engine's
+/// insert of a delivery looks up no apps, campaigns, slots, users or devices.
+#[tokio::test]
+async fn sqlite_0011_drops_delivery_foreign_keys_and_keeps_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = "2026-12-03T10:00:00+00:00";
+    let pool = sqlite_upgraded_from(&dir.path().join("m.db"), 11, t, &[
+        "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', $1, $1)",
+        "INSERT INTO devices (app_id, install_id, platform, token, created_at, updated_at) VALUES ('a', 'i', 'ios', 't', $1, $1)",
+        "INSERT INTO deliveries (id, app_id, request_id, device_id, status, attempts, created_at, updated_at, next_attempt_at) \
+         VALUES (7, 'a', 'r', 1, 'retry', 1, $1, $1, $1)",
+        "INSERT INTO delivery_events (delivery_id, status, attempt, detail, at) VALUES (7, 'retry', 1, 'busy', $1)",
+    ])
+    .await;
+    let kept: (i64, String, Option<String>, String) = sqlx::query_as(
+        "SELECT d.id, d.status, d.next_attempt_at, e.detail FROM deliveries d \
+         JOIN delivery_events e ON e.delivery_id = d.id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kept,
+        (7, "retry".to_owned(), Some(t.to_owned()), "busy".to_owned())
+    );
+    for table in ["deliveries", "delivery_events"] {
+        let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pragma_foreign_key_list($1)")
+            .bind(table)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(keys, 0, "{table} still has foreign keys");
+    }
+    // The queue's partial index came back with the table.
+    let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(
+        "EXPLAIN QUERY PLAN SELECT id FROM deliveries WHERE status IN ('queued', 'retry') \
+         ORDER BY priority DESC, next_attempt_at",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        plan.iter().any(|r| r.3.contains("deliveries_leasable")),
+        "{plan:?}"
+    );
 }
 
 /// `0009` gives every slot released before it a release of its own, the one its
