@@ -105,6 +105,19 @@ impl PgStore {
         sqlx::types::Json(v)
     }
 
+    fn new_delivery_source(param: &str) -> String {
+        Self::json_rows(param, super::dispatch::NEW_DELIVERY_COLUMNS)
+    }
+
+    fn new_delivery_arg(
+        rows: &[super::NewDelivery],
+    ) -> Result<sqlx::types::Json<serde_json::Value>, StoreError> {
+        Ok(Self::json_arg(super::dispatch::new_delivery_rows(
+            rows,
+            Self::time_json,
+        )))
+    }
+
     shared_dispatch_helpers!(Postgres);
 
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {

@@ -155,6 +155,21 @@ impl SqliteStore {
         v.to_string()
     }
 
+    /// A batch of new deliveries as positional JSON arrays (`value ->> 0`): a
+    /// third less work for the one writer than named keys.
+    fn new_delivery_source(param: &str) -> String {
+        let cols: Vec<String> = super::dispatch::NEW_DELIVERY_COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| format!("value ->> {i} AS {n}"))
+            .collect();
+        format!("(SELECT {} FROM json_each({param})) AS x", cols.join(", "))
+    }
+
+    fn new_delivery_arg(rows: &[super::NewDelivery]) -> Result<String, StoreError> {
+        super::dispatch::new_delivery_arrays(rows, sqlite_time)
+    }
+
     shared_dispatch_helpers!(Sqlite);
 
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
