@@ -71,10 +71,10 @@ impl<S: Store> Engine<S> {
             if !exhausted
                 && failed.is_none()
                 && !self.is_stopping()
-                && in_flight.len() < self.settings.chunks_in_flight
+                && in_flight.len() < self.settings.chunks_in_flight + READ_AHEAD
             {
                 let now = self.now();
-                let want = (self.settings.chunks_in_flight - in_flight.len()) as i64;
+                let want = (self.settings.chunks_in_flight + READ_AHEAD - in_flight.len()) as i64;
                 let lease = self
                     .store
                     .lease_chunks(worker, now, now + self.settings.lease, want);
@@ -200,6 +200,11 @@ impl<S: Store> Engine<S> {
         // When this chunk's first send to each slot left, for the slots' scheduler lag.
         let first_sends = FirstSends::default();
         let work = async {
+            // Read ahead, then wait for a turn to send: at most `chunks_in_flight`
+            // chunks send (and hold unwritten outcomes) at once, so the kill bound
+            // is unchanged, while the next chunk's lease and read are already done
+            // when one finishes. (The semaphore is never closed.)
+            let sending = self.sending.acquire().await.ok();
             let mut sends = futures::stream::iter(recipients)
                 .map(|r| {
                     let providers = &providers;
@@ -300,6 +305,8 @@ impl<S: Store> Engine<S> {
                 .await?;
             self.note_first_sends(&slot, &first_sends, &mut noted)
                 .await?;
+            // Every outcome is written: the next chunk may send while this one closes.
+            drop(sending);
             let now = self.now();
             if given_back {
                 self.store.return_chunk(&chunk, worker, now).await?;
@@ -532,6 +539,11 @@ impl<S: Store> Engine<S> {
         )
     }
 }
+
+/// Chunks leased and read beyond the `chunks_in_flight` that send: each one's
+/// recipients are ready when a sending chunk finishes, so the sends in flight do
+/// not drop while a chunk is leased and read (one writer queue, one read).
+const READ_AHEAD: usize = 1;
 
 /// When a chunk's first send to each slot left.
 type FirstSends = Mutex<HashMap<i64, chrono::DateTime<chrono::Utc>>>;

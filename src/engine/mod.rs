@@ -143,6 +143,8 @@ pub struct Engine<S> {
     clock: Arc<dyn Clock>,
     settings: EngineSettings,
     campaigns: Mutex<HashMap<i64, Arc<CampaignCtx>>>,
+    /// Turns to send a chunk: `chunks_in_flight` of them.
+    sending: tokio::sync::Semaphore,
     stopping: Arc<AtomicBool>,
     /// Wakes what waits on a throttle when `stop` is called.
     stopped: tokio::sync::Notify,
@@ -177,6 +179,7 @@ impl<S: Store> Engine<S> {
             );
         }
         let hooks = hooks::Hooks::from_config(&config)?;
+        let permits = settings.chunks_in_flight.max(1);
         Ok(Self {
             store,
             config,
@@ -184,6 +187,7 @@ impl<S: Store> Engine<S> {
             clock,
             settings,
             campaigns: Mutex::new(HashMap::new()),
+            sending: tokio::sync::Semaphore::new(permits),
             stopping: Arc::new(AtomicBool::new(false)),
             stopped: tokio::sync::Notify::new(),
             rows_queued: Arc::new(tokio::sync::Notify::new()),
