@@ -138,7 +138,7 @@ async fn main() {
         "postgres" => {
             let (mut c, url) = common::fresh_pg_database("meridian_e2e").await;
             let store = common::pg_store(&url).await;
-            rate = run(store, &config, devices, &base, |s| {
+            rate = run(store, &config, devices, &base, sim.id(), |s| {
                 common::seed_postgres(url.as_str().to_owned(), s, android)
             })
             .await;
@@ -155,7 +155,7 @@ async fn main() {
             })
             .await
             .unwrap();
-            rate = run(store, &config, devices, &base, |s| {
+            rate = run(store, &config, devices, &base, sim.id(), |s| {
                 common::seed_sqlite(url.clone(), s, android)
             })
             .await;
@@ -213,8 +213,47 @@ fn wire_ceiling(base: &str, dir: &std::path::Path) -> Option<f64> {
         .and_then(|r| r.trim_end_matches(" req/s").parse().ok())
 }
 
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`
+/// (fields 14 and 15, in the kernel's fixed 100 ticks a second).
+fn cpu_secs(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields are counted after it.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<f64>() / 100.0
+}
+
+/// CPU seconds used so far by every process named `postgres` (the shared
+/// server: its other databases are idle during a run).
+fn postgres_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| cpu_secs(&pid))
+        .sum()
+}
+
 /// Returns messages per second.
-async fn run<S, F, Fut>(store: S, config: &Config, devices: i64, sim: &str, seed: F) -> f64
+async fn run<S, F, Fut>(
+    store: S,
+    config: &Config,
+    devices: i64,
+    sim: &str,
+    sim_pid: u32,
+    seed: F,
+) -> f64
 where
     S: Store + Clone,
     F: FnOnce(i64) -> Fut,
@@ -285,6 +324,8 @@ where
     );
     let engine = Arc::new(engine);
     let wake = Arc::new(tokio::sync::Notify::new());
+    let sim_pid = sim_pid.to_string();
+    let cpu_before = (cpu_secs("self"), cpu_secs(&sim_pid), postgres_cpu_secs());
     let start = Instant::now();
     let running = tokio::spawn({
         let (engine, wake) = (engine.clone(), wake.clone());
@@ -300,6 +341,11 @@ where
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = (
+        cpu_secs("self") - cpu_before.0,
+        cpu_secs(&sim_pid) - cpu_before.1,
+        postgres_cpu_secs() - cpu_before.2,
+    );
     engine.stop();
     wake.notify_waiters();
     let _ = running.await;
@@ -309,6 +355,21 @@ where
         "{sent} sent of {devices} in {secs:.1} s = {:.0} msgs/s; statuses {counts:?}; peak RSS {:.0} MB",
         sent as f64 / secs,
         peak_rss_mb()
+    );
+    // CPU per message is steadier than the rate on a machine whose speed moves
+    // from run to run: it counts work, not waiting.
+    let per = |s: f64| 1e6 * s / sent.max(1) as f64;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    println!(
+        "CPU during the run: engine process {:.1} s ({:.1} µs/msg), simulator {:.1} s ({:.1} µs/msg), \
+         postgres processes {:.1} s ({:.1} µs/msg); together {:.0}% of {cores} cores",
+        cpu.0,
+        per(cpu.0),
+        cpu.1,
+        per(cpu.1),
+        cpu.2,
+        per(cpu.2),
+        100.0 * (cpu.0 + cpu.1 + cpu.2) / (cores as f64 * secs)
     );
     let lag = |id: i64| {
         let store = store.clone();
