@@ -16,6 +16,22 @@ use meridian::state::{CampaignState, SlotState, StateMachine};
 use meridian::store::{AnyStore, SaveOutcome, Store};
 use meridian::with_store;
 
+/// Prints a line of the command's output. A reader that went away
+/// (`meridian campaign list | head -1`) ends the command quietly with success,
+/// as it does any Unix tool; `println!` would panic there.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: writing the output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 /// glibc malloc spends a fifth of the send path in contention and consolidation.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -243,7 +259,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 s.migrate().await.context("migrating")?;
                 s.close().await;
             });
-            println!("migrations applied to {}", redact_url(&config.database.url));
+            out!("migrations applied to {}", redact_url(&config.database.url));
             Ok(())
         }
         Command::Simulate(args) => simulate(&config, args).await,
@@ -310,7 +326,7 @@ async fn apikey_command<S: Store>(
                 .await;
             match stored {
                 Ok(_) => {
-                    println!("{}", key.secret);
+                    out!("{}", key.secret);
                     eprintln!("API key {name:?} for app {app:?} created; the secret above is not shown again.");
                     Ok(())
                 }
@@ -325,9 +341,9 @@ async fn apikey_command<S: Store>(
                 .api_keys(&app)
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
-            println!("PREFIX        NAME                 CREATED                    REVOKED");
+            out!("PREFIX        NAME                 CREATED                    REVOKED");
             for k in keys {
-                println!(
+                out!(
                     "{:<13} {:<20} {:<26} {}",
                     format!("{}…", k.prefix),
                     k.name,
@@ -345,7 +361,7 @@ async fn apikey_command<S: Store>(
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?
             {
-                println!("API key {name:?} of app {app:?} revoked");
+                out!("API key {name:?} of app {app:?} revoked");
                 Ok(())
             } else {
                 Err(Failure::Input(format!(
@@ -436,7 +452,7 @@ async fn import_users<S: Store>(
     .await;
     bar.finish_and_clear();
     let report = |s: &import::Summary| {
-        println!("{name}: {} accepted, {} rejected", s.accepted, s.rejected);
+        out!("{name}: {} accepted, {} rejected", s.accepted, s.rejected);
         for e in &s.errors {
             eprintln!("line {}: {}", e.line, e.message);
         }
@@ -480,17 +496,18 @@ async fn connect(config: &Config) -> Result<AnyStore, Failure> {
 }
 
 fn check_config(config: &Config) {
-    println!("database: {}", redact_url(&config.database.url));
-    println!("  max_connections: {}", config.database.max_connections);
-    println!("  migrate_on_start: {}", config.database.migrate_on_start);
-    println!("server.listen: {}", config.server.listen);
-    println!("campaigns.dir: {}", config.campaigns.dir.display());
-    println!(
+    out!("database: {}", redact_url(&config.database.url));
+    out!("  max_connections: {}", config.database.max_connections);
+    out!("  migrate_on_start: {}", config.database.migrate_on_start);
+    out!("server.listen: {}", config.server.listen);
+    out!("campaigns.dir: {}", config.campaigns.dir.display());
+    out!(
         "log: level {} format {:?}",
-        config.log.level, config.log.format
+        config.log.level,
+        config.log.format
     );
     if config.apps.is_empty() {
-        println!("apps: none configured");
+        out!("apps: none configured");
     }
     for (id, app) in &config.apps {
         let topics: Vec<String> = app
@@ -507,13 +524,13 @@ fn check_config(config: &Config) {
                 )
             })
             .collect();
-        println!(
+        out!(
             "app {id}: default zone {}, topics [{}]",
             app.default_timezone,
             topics.join(", ")
         );
         match &app.apns {
-            Some(a) => println!(
+            Some(a) => out!(
                 "  apns: {} via {} ({})",
                 a.bundle_id,
                 a.base_url,
@@ -523,18 +540,18 @@ fn check_config(config: &Config) {
                     "certificate auth"
                 }
             ),
-            None => println!("  apns: not configured"),
+            None => out!("  apns: not configured"),
         }
         match &app.fcm {
-            Some(f) => println!(
+            Some(f) => out!(
                 "  fcm: {} via {}",
                 f.service_account_file.display(),
                 f.base_url
             ),
-            None => println!("  fcm: not configured"),
+            None => out!("  fcm: not configured"),
         }
     }
-    println!("configuration OK");
+    out!("configuration OK");
 }
 
 /// What `serve` holds besides the store and config: how it was started (to reload
@@ -819,15 +836,15 @@ async fn simulate(config: &Config, args: SimulateArgs) -> Result<(), Failure> {
     std::fs::write(&args.ca_out, &sim.ca_pem)
         .with_context(|| format!("writing {}", args.ca_out.display()))?;
     if let Some(url) = sim.tls_url() {
-        println!(
+        out!(
             "simulator: APNs and FCM at {url} (trust {}), OAuth token endpoint {url}/token",
             args.ca_out.display()
         );
     }
     if let Some(url) = sim.plain_url() {
-        println!("simulator: plaintext (h2c) at {url}");
+        out!("simulator: plaintext (h2c) at {url}");
     }
-    println!("simulator: stats at GET /_sim/stats, behaviour at PUT /_sim/behaviour; ready");
+    out!("simulator: stats at GET /_sim/stats, behaviour at PUT /_sim/behaviour; ready");
     shutdown_signal().await;
     Ok(())
 }
@@ -943,7 +960,7 @@ async fn campaign_command<S: Store>(
                         p.by_instant().len()
                     )
                 });
-                println!(
+                out!(
                     "{}: {} {}/{} ({}){}",
                     file.display(),
                     outcome,
@@ -958,12 +975,16 @@ async fn campaign_command<S: Store>(
         CampaignCommand::List { app } => {
             let campaigns = store.campaigns(app.as_deref()).await?;
             if campaigns.is_empty() {
-                println!("no campaigns");
+                out!("no campaigns");
                 return Ok(());
             }
-            println!(
+            out!(
                 "{:<12} {:<28} {:<10} {:>7} {:>8}  NEXT SEND (UTC)",
-                "APP", "KEY", "STATE", "SLOTS", "PENDING"
+                "APP",
+                "KEY",
+                "STATE",
+                "SLOTS",
+                "PENDING"
             );
             for c in campaigns {
                 let slots = store.slots(c.id).await?;
@@ -976,7 +997,7 @@ async fn campaign_command<S: Store>(
                     .map(|s| s.fire_at)
                     .min()
                     .map_or("-".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string());
-                println!(
+                out!(
                     "{:<12} {:<28} {:<10} {:>7} {:>8}  {}",
                     c.app_id,
                     c.key,
@@ -1002,7 +1023,7 @@ async fn campaign_command<S: Store>(
             let Some(plan) = prepared.plan else {
                 return Ok(());
             };
-            println!(
+            out!(
                 "{}: {} slots over {} instants, tzdata {}",
                 file.display(),
                 plan.firing().count(),
@@ -1010,27 +1031,29 @@ async fn campaign_command<S: Store>(
                 plan.tzdata_version
             );
             if let Some((a, b)) = plan.span() {
-                println!(
+                out!(
                     "  sends from {} to {} UTC",
                     a.format("%Y-%m-%d %H:%M"),
                     b.format("%Y-%m-%d %H:%M")
                 );
             }
             for (d, n) in plan.recipients_by_disposition() {
-                println!("  {:<14} {n} recipients", d.as_str());
+                out!("  {:<14} {n} recipients", d.as_str());
             }
             if plan.defaulted_recipients > 0 {
-                println!(
+                out!(
                     "  {} recipients have no known zone and use the app's default",
                     plan.defaulted_recipients
                 );
             }
-            println!(
+            out!(
                 "    {:<17} {:<14} {:>10}  ZONE",
-                "FIRE AT (UTC)", "DISPOSITION", "RECIPIENTS"
+                "FIRE AT (UTC)",
+                "DISPOSITION",
+                "RECIPIENTS"
             );
             for s in plan.slots.iter().filter(|s| s.recipients > 0) {
-                println!(
+                out!(
                     "    {:<17} {:<14} {:>10}  {}",
                     s.fire_at.format("%Y-%m-%d %H:%M"),
                     s.disposition.as_str(),
@@ -1045,7 +1068,7 @@ async fn campaign_command<S: Store>(
             definitions::pause(store, &c, clock.now())
                 .await
                 .map_err(lifecycle_failure)?;
-            println!("{}/{}: paused", c.app_id, c.key);
+            out!("{}/{}: paused", c.app_id, c.key);
             Ok(())
         }
         CampaignCommand::Resume { key, app } => {
@@ -1053,7 +1076,7 @@ async fn campaign_command<S: Store>(
             let state = definitions::resume(store, &c, clock.now())
                 .await
                 .map_err(lifecycle_failure)?;
-            println!("{}/{}: {state}", c.app_id, c.key);
+            out!("{}/{}: {state}", c.app_id, c.key);
             Ok(())
         }
         CampaignCommand::Cancel { key, app } => {
@@ -1061,9 +1084,10 @@ async fn campaign_command<S: Store>(
             let n = definitions::cancel(store, &c, clock.now())
                 .await
                 .map_err(lifecycle_failure)?;
-            println!(
+            out!(
                 "{}/{}: cancelled ({n} pending deliveries cancelled)",
-                c.app_id, c.key
+                c.app_id,
+                c.key
             );
             Ok(())
         }
@@ -1120,26 +1144,26 @@ async fn print_campaign<S: Store>(
     store: &S,
     c: &meridian::store::CampaignRecord,
 ) -> Result<(), Failure> {
-    println!("campaign {}/{} (#{})", c.app_id, c.key, c.id);
-    println!("  name: {}", c.name);
-    println!("  state: {}  revision: {}", c.state, c.revision);
+    out!("campaign {}/{} (#{})", c.app_id, c.key, c.id);
+    out!("  name: {}", c.name);
+    out!("  state: {}  revision: {}", c.state, c.revision);
     if let Some(v) = &c.tzdata_version {
-        println!("  planned with tzdata {v}");
+        out!("  planned with tzdata {v}");
     }
     if let Some(t) = c.scheduled_at {
-        println!("  scheduled at {}", t.to_rfc3339());
+        out!("  scheduled at {}", t.to_rfc3339());
     }
     let def = &c.definition.0;
-    println!(
+    out!(
         "  message: {} — {}",
         def["message"]["title"].as_str().unwrap_or(""),
         def["message"]["body"].as_str().unwrap_or("")
     );
-    println!("  schedule: {}", def["schedule"]);
+    out!("  schedule: {}", def["schedule"]);
     let counts = store.delivery_counts(c.id).await?;
     if !counts.is_empty() {
         let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
-        println!("  deliveries: {}", parts.join(", "));
+        out!("  deliveries: {}", parts.join(", "));
     }
     let mut totals: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
     for (_, kind, n) in store.slot_counts(c.id).await? {
@@ -1147,14 +1171,14 @@ async fn print_campaign<S: Store>(
     }
     if !totals.is_empty() {
         let parts: Vec<String> = totals.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("  released so far: {}", parts.join(", "));
+        out!("  released so far: {}", parts.join(", "));
     }
     let slots = store.slots(c.id).await?;
     if slots.is_empty() {
         if c.state == CampaignState::Draft {
-            println!("  slots: none (draft)");
+            out!("  slots: none (draft)");
         } else {
-            println!("  slots: none (no recipients when planned)");
+            out!("  slots: none (no recipients when planned)");
         }
         return Ok(());
     }
@@ -1162,9 +1186,9 @@ async fn print_campaign<S: Store>(
     let (shown, empty): (Vec<_>, Vec<_>) = slots
         .iter()
         .partition(|s| s.planned_count > 0 || s.state != SlotState::Pending);
-    println!("  slots: {} for {} recipients", shown.len(), total);
+    out!("  slots: {} for {} recipients", shown.len(), total);
     if !empty.is_empty() {
-        println!(
+        out!(
             "  (and {} zones with no recipients yet, planned for anyone who registers there)",
             empty.len()
         );
@@ -1176,7 +1200,7 @@ async fn print_campaign<S: Store>(
         .collect();
     if let (Some(first), Some(last)) = (firing.iter().min(), firing.iter().max()) {
         let instants: std::collections::BTreeSet<_> = firing.iter().collect();
-        println!(
+        out!(
             "  sends from {} to {} UTC ({} h, {} distinct instants)",
             first.format("%Y-%m-%d %H:%M"),
             last.format("%Y-%m-%d %H:%M"),
@@ -1184,16 +1208,20 @@ async fn print_campaign<S: Store>(
             instants.len()
         );
     }
-    println!(
+    out!(
         "    {:<17} {:<9} {:<14} {:>10} {:>9}  ZONE",
-        "FIRE AT (UTC)", "STATE", "DISPOSITION", "RECIPIENTS", "LAG"
+        "FIRE AT (UTC)",
+        "STATE",
+        "DISPOSITION",
+        "RECIPIENTS",
+        "LAG"
     );
     for s in &shown {
         // How long after its due time the slot's first send left.
         let lag = s.first_sent_at.map_or("-".to_owned(), |t| {
             format!("{:.1}s", (t - s.fire_at).num_milliseconds() as f64 / 1000.0)
         });
-        println!(
+        out!(
             "    {:<17} {:<9} {:<14} {:>10} {:>9}  {}",
             s.fire_at.format("%Y-%m-%d %H:%M"),
             s.state.as_str(),

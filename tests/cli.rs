@@ -2,7 +2,7 @@
 //! `campaign apply` writing all or nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 struct Sandbox {
     dir: tempfile::TempDir,
@@ -18,9 +18,9 @@ impl Sandbox {
         Self { dir }
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_meridian"))
-            .current_dir(self.dir.path())
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_meridian"));
+        c.current_dir(self.dir.path())
             .arg("--config")
             .arg(self.dir.path().join("meridian.toml"))
             .args(args)
@@ -28,9 +28,12 @@ impl Sandbox {
                 "MERIDIAN_DATABASE__URL",
                 format!("sqlite://{}", self.dir.path().join("m.db").display()),
             )
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run meridian")
+            .env_remove("RUST_LOG");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run meridian")
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -266,4 +269,27 @@ fn api_keys_are_created_once_listed_and_revoked() {
     let unknown = sb.run(&["apikey", "create", "--app", "nope", "--name", "x"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("--app"), "{}", stderr(&unknown));
+}
+
+/// `meridian campaign list | head -1`: a reader that goes away ends the command
+/// quietly with success, as with any Unix tool, never with a panic.
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let sb = Sandbox::new();
+    let file = shipped_campaigns().remove(0);
+    let plan = ["campaign", "plan", file.to_str().expect("utf-8 path")];
+    for args in [&["check-config"][..], &plan[..]] {
+        let mut child = sb
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn meridian");
+        // Gone before the command has loaded its configuration, let alone printed.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for meridian");
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(out.status.success(), "{args:?}: {:?}: {err}", out.status);
+    }
 }
