@@ -705,6 +705,59 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
     assert_eq!(s.campaigns_by_key("k").await.unwrap().len(), 1);
 }
 
+/// Two callers create one campaign key at the same moment (two instances on one
+/// Postgres): the one that loses the unique key gets `Conflict` ("try again",
+/// a 409 from the API), never a storage error, and trying again finds the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_created_twice_at_once_is_a_conflict_on_postgres() {
+    use sqlx::Connection;
+    let Some(db) = common::postgres().await else {
+        return;
+    };
+    common::run_and_finish(db, |db| {
+        Box::pin(async move {
+            let s = &db.store;
+            app(s, "shop").await;
+            // The other caller's row: inserted, not yet committed.
+            let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+            sqlx::query(
+                "INSERT INTO campaigns (app_id, key, name, definition, state, created_at, updated_at) \
+                 VALUES ('shop', 'k', 'other', '{}', 'draft', now(), now())",
+            )
+            .execute(&mut other)
+            .await
+            .unwrap();
+            let def = json!({"key": "k", "message": {"title": "t"}});
+            let save = CampaignSave {
+                app_id: "shop",
+                key: "k",
+                name: "K",
+                definition: &def,
+                state: CampaignState::Draft,
+                slots: &[],
+                tzdata_version: None,
+            };
+            let saving = s.save_campaign(&save, now());
+            tokio::pin!(saving);
+            let waited =
+                tokio::time::timeout(std::time::Duration::from_millis(300), &mut saving).await;
+            assert!(waited.is_err(), "the insert waits on the other's key: {waited:?}");
+            sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+            let lost = saving.await;
+            assert!(
+                matches!(lost, Err(StoreError::Conflict { .. })),
+                "{lost:?}"
+            );
+            let (again, outcome) = s.save_campaign(&save, now()).await.unwrap();
+            assert_eq!(outcome, SaveOutcome::Updated);
+            assert_eq!(again.name, "K");
+            assert_eq!(s.campaigns_by_key("k").await.unwrap().len(), 1);
+        })
+    })
+    .await;
+}
+
 storage_tests!(
     migrations_are_idempotent,
     campaign_transitions_match_code,

@@ -708,9 +708,11 @@ macro_rules! shared_store_methods {
                     (e.id, SaveOutcome::Updated)
                 }
                 None => {
-                    let id: i64 = sqlx::query_scalar(
+                    // Another caller creating the same key at the same moment wins
+                    // the unique key; this one is told to try again, not a storage error.
+                    let id: Option<i64> = sqlx::query_scalar(
                         "INSERT INTO campaigns (app_id, key, name, definition, state, tzdata_version, created_at, updated_at, scheduled_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING id",
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ON CONFLICT (app_id, key) DO NOTHING RETURNING id",
                     )
                     .bind(c.app_id)
                     .bind(c.key)
@@ -720,8 +722,11 @@ macro_rules! shared_store_methods {
                     .bind(c.tzdata_version)
                     .bind(now)
                     .bind(scheduled_at)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
+                    let Some(id) = id else {
+                        return Err(StoreError::Conflict { key: c.key.to_owned() });
+                    };
                     (id, SaveOutcome::Created)
                 }
             };
