@@ -705,6 +705,37 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
     assert_eq!(s.campaigns_by_key("k").await.unwrap().len(), 1);
 }
 
+/// Draft campaign `k` of app `shop`, with no slots.
+fn draft_k(def: &serde_json::Value) -> CampaignSave<'_> {
+    CampaignSave {
+        app_id: "shop",
+        key: "k",
+        name: "K",
+        definition: def,
+        state: CampaignState::Draft,
+        slots: &[],
+        tzdata_version: None,
+    }
+}
+
+/// Saves `save` while another connection holds a write: the save must still be
+/// waiting after 300 ms; then `release` ends the other's write.
+async fn save_while_held<S: Store>(
+    s: &S,
+    save: &CampaignSave<'_>,
+    release: impl std::future::Future<Output = ()>,
+) -> Result<(meridian::store::CampaignRecord, SaveOutcome), StoreError> {
+    let saving = s.save_campaign(save, now());
+    tokio::pin!(saving);
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut saving).await;
+    assert!(
+        waited.is_err(),
+        "the save waits for the other writer: {waited:?}"
+    );
+    release.await;
+    saving.await
+}
+
 /// Two callers create one campaign key at the same moment (two instances on one
 /// Postgres): the one that loses the unique key gets `Conflict` ("try again",
 /// a 409 from the API), never a storage error, and trying again finds the row.
@@ -729,22 +760,11 @@ async fn a_campaign_created_twice_at_once_is_a_conflict_on_postgres() {
             .await
             .unwrap();
             let def = json!({"key": "k", "message": {"title": "t"}});
-            let save = CampaignSave {
-                app_id: "shop",
-                key: "k",
-                name: "K",
-                definition: &def,
-                state: CampaignState::Draft,
-                slots: &[],
-                tzdata_version: None,
+            let save = draft_k(&def);
+            let commit = async {
+                sqlx::query("COMMIT").execute(&mut other).await.unwrap();
             };
-            let saving = s.save_campaign(&save, now());
-            tokio::pin!(saving);
-            let waited =
-                tokio::time::timeout(std::time::Duration::from_millis(300), &mut saving).await;
-            assert!(waited.is_err(), "the insert waits on the other's key: {waited:?}");
-            sqlx::query("COMMIT").execute(&mut other).await.unwrap();
-            let lost = saving.await;
+            let lost = save_while_held(s, &save, commit).await;
             assert!(
                 matches!(lost, Err(StoreError::Conflict { .. })),
                 "{lost:?}"
@@ -753,6 +773,41 @@ async fn a_campaign_created_twice_at_once_is_a_conflict_on_postgres() {
             assert_eq!(outcome, SaveOutcome::Updated);
             assert_eq!(again.name, "K");
             assert_eq!(s.campaigns_by_key("k").await.unwrap().len(), 1);
+        })
+    })
+    .await;
+}
+
+/// Another process writing the same SQLite file (`meridian campaign apply` or
+/// `pause` beside the daemon) holds the write lock while the store saves: the
+/// store waits for it (busy timeout) and then saves, instead of failing because
+/// what it read before the other's commit is stale. Write transactions begin
+/// IMMEDIATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_beside_another_sqlite_process_waits_its_turn() {
+    use sqlx::Connection;
+    let db = common::sqlite().await;
+    common::run_and_finish(db, |db| {
+        Box::pin(async move {
+            let s = &db.store;
+            app(s, "shop").await;
+            let mut other = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+            sqlx::query(
+                "INSERT INTO campaigns (app_id, key, name, definition, state, created_at, updated_at) \
+                 VALUES ('shop', 'other', 'other', '{}', 'draft', '2026-11-23T10:00:00+00:00', '2026-11-23T10:00:00+00:00')",
+            )
+            .execute(&mut other)
+            .await
+            .unwrap();
+            let def = json!({"key": "k", "message": {"title": "t"}});
+            let commit = async {
+                sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+            };
+            let (saved, outcome) = save_while_held(s, &draft_k(&def), commit).await.unwrap();
+            assert_eq!(outcome, SaveOutcome::Created);
+            assert_eq!(saved.key, "k");
+            assert_eq!(s.campaigns_by_key("other").await.unwrap().len(), 1);
         })
     })
     .await;

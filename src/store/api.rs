@@ -87,7 +87,7 @@ macro_rules! api_store_methods {
             t: $crate::store::ClaimTimes,
         ) -> Result<$crate::store::ClaimOutcome, $crate::store::StoreError> {
             use $crate::store::ClaimOutcome;
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             sqlx::query("DELETE FROM idempotency_keys WHERE app_id = $1 AND created_at < $2")
                 .bind(k.app_id)
                 .bind(t.expired_before)

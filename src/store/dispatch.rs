@@ -314,7 +314,7 @@ macro_rules! shared_dispatch_methods {
             }
             let scanned = q.bind(chunk_size.max(1)).fetch_all(&self.read).await?;
             let ids: Vec<i64> = slots.iter().map(|s| s.slot_id).collect();
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let claim = format!(
                 "UPDATE slots SET state = 'released', released_at = $2, released_by = $3 \
                  WHERE id {} AND state = 'pending' RETURNING id, zone",
@@ -547,7 +547,7 @@ macro_rules! shared_dispatch_methods {
             if Self::ONE_WRITER && !w.events && w.deliveries.iter().all(|d| d.status == DeliveryStatus::Sent) {
                 return self.record_sent_chunk(w, now).await;
             }
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let lock = format!(
                 "SELECT id FROM slot_chunks WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'{}",
                 Self::FOR_UPDATE
@@ -681,7 +681,7 @@ macro_rules! shared_dispatch_methods {
             if updates.is_empty() {
                 return Ok(0);
             }
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let rows = $crate::store::dispatch::update_rows(updates, Self::time_json);
             let source = Self::json_rows("$3", $crate::store::dispatch::UPDATE_COLUMNS);
             // Fenced: only rows still leased by this worker at this attempt change.
@@ -767,7 +767,7 @@ macro_rules! shared_dispatch_methods {
             slots: &[$crate::store::NewSlot],
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<(), $crate::store::StoreError> {
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             Self::insert_slots(&mut tx, campaign_id, slots, now).await?;
             tx.commit().await?;
             Ok(())
@@ -781,7 +781,7 @@ macro_rules! shared_dispatch_methods {
         ) -> Result<u64, $crate::store::StoreError> {
             use $crate::state::{CampaignState, StateMachine};
             from.check_transition(CampaignState::Cancelled)?;
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let done = sqlx::query("UPDATE campaigns SET state = 'cancelled', updated_at = $3 WHERE id = $1 AND state = $2")
                 .bind(campaign_id)
                 .bind(from.as_str())

@@ -232,7 +232,7 @@ macro_rules! hook_store_methods {
                 FallbackOutcome::Retry { at, error } => ("pending", *at, Some(error.as_str()), None),
                 FallbackOutcome::Failed { error } => ("failed", now, Some(error.as_str()), Some("fallback_failed")),
             };
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let changed = sqlx::query(
                 "UPDATE fallbacks SET state = $4, next_attempt_at = $5, last_error = $6, lease_owner = NULL, \
                    lease_expires_at = NULL, updated_at = $7 \

@@ -25,6 +25,10 @@ pub struct PgStore {
 impl PgStore {
     /// Several workers and instances write at once: fences take row locks.
     const ONE_WRITER: bool = false;
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.write.begin().await
+    }
     const FOR_UPDATE: &'static str = " FOR UPDATE";
 
     /// A CTE picks the rows (an optimisation fence: the planner cannot lease more

@@ -152,7 +152,7 @@ macro_rules! shared_store_methods {
             u: &$crate::store::UserUpsert<'_>,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<i64, $crate::store::StoreError> {
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let id: i64 = sqlx::query_scalar($crate::store::shared::USER_UPSERT)
                 .bind(u.app_id)
                 .bind(u.external_id)
@@ -181,7 +181,7 @@ macro_rules! shared_store_methods {
             }
             let rows = $crate::store::UserUpsert::json_rows(users);
             let source = Self::json_rows("$1", $crate::store::shared::USER_BATCH_COLUMNS);
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             for sql in [user_batch_insert(&source), user_batch_update(&source)] {
                 sqlx::query(&sql).bind(Self::json_arg(rows.clone())).bind(now).execute(&mut *tx).await?;
             }
@@ -200,7 +200,7 @@ macro_rules! shared_store_methods {
             d: &$crate::store::DeviceUpsert<'_>,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<$crate::store::DeviceRecord, $crate::store::StoreError> {
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let user_id: Option<i64> = match d.user_external_id {
                 Some(ext) => Some(
                     sqlx::query_scalar($crate::store::shared::USER_ENSURE)
@@ -274,7 +274,7 @@ macro_rules! shared_store_methods {
             choices: &[(&str, bool)],
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<(), $crate::store::StoreError> {
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let user_id: Option<i64> = sqlx::query_scalar("SELECT id FROM users WHERE app_id = $1 AND external_id = $2")
                 .bind(app_id)
                 .bind(external_id)
@@ -390,7 +390,7 @@ macro_rules! shared_store_methods {
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<$crate::store::ReceiptOutcome, $crate::store::StoreError> {
             use $crate::state::{DeliveryStatus, StateMachine};
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let lock = format!("SELECT status FROM deliveries WHERE id = $1 AND app_id = $2{}", Self::FOR_UPDATE);
             let current: Option<String> = sqlx::query_scalar(&lock)
                 .bind(id)
@@ -448,7 +448,7 @@ macro_rules! shared_store_methods {
                  SELECT x.ord, CAST(NULL AS BIGINT), v.id FROM {rows} JOIN devices v ON v.app_id = $1 AND v.install_id = x.ext \
                    WHERE x.kind = 'install'"
             );
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let matched: Vec<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(&resolve)
                 .bind(p.app_id)
                 .bind(Self::json_arg(serde_json::Value::from(ids)))
@@ -656,7 +656,7 @@ macro_rules! shared_store_methods {
             use $crate::state::{CampaignState, StateMachine};
             use $crate::store::{CampaignRecord, SaveOutcome, StoreError};
             let scheduled_at = (c.state == CampaignState::Scheduled).then_some(now);
-            let mut tx = self.write.begin().await?;
+            let mut tx = self.begin_write().await?;
             let select = format!(
                 "SELECT {} FROM campaigns WHERE app_id = $1 AND key = $2{}",
                 $crate::store::shared::CAMPAIGN_COLUMNS,

@@ -74,6 +74,14 @@ pub(crate) fn sqlite_time(t: DateTime<Utc>) -> String {
 impl SqliteStore {
     /// SQLite has one write connection: a statement runs alone.
     const ONE_WRITER: bool = true;
+
+    /// A write transaction takes the write lock at `BEGIN`: another process on the
+    /// same file (the CLI beside the daemon) is then waited for (busy timeout). A
+    /// deferred one reads first and fails at its first write with "database is
+    /// locked", as its snapshot cannot become a writer.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
+        self.write.begin_with("BEGIN IMMEDIATE").await
+    }
     const FOR_UPDATE: &'static str = "";
 
     /// SQLite has one writer (this process's single write connection), so the
