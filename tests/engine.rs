@@ -110,7 +110,17 @@ ca_file = "{ca}"
 
 impl<S: Store> Rig<S> {
     fn engine(&self, worker: &str, chunk_size: i64) -> Engine<S> {
-        let settings = EngineSettings {
+        self.engine_with(worker, chunk_size, |_| {})
+    }
+
+    /// An engine whose settings `tune` adjusts after the rig's own.
+    fn engine_with(
+        &self,
+        worker: &str,
+        chunk_size: i64,
+        tune: impl FnOnce(&mut EngineSettings),
+    ) -> Engine<S> {
+        let mut settings = EngineSettings {
             worker_id: worker.into(),
             chunk_size,
             retry: meridian::provider::RetryPolicy {
@@ -120,6 +130,7 @@ impl<S: Store> Rig<S> {
             },
             ..EngineSettings::default()
         };
+        tune(&mut settings);
         Engine::new(
             self.store.clone(),
             self.config.clone(),
@@ -422,6 +433,29 @@ async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
     // Nothing left to do, and doing nothing sends nothing.
     assert!(!engine.run_until_idle().await.unwrap().did_work());
     assert_eq!(rig.sim.stats().total_accepted(), 120);
+}
+
+/// The chunk read ahead waits for a turn to send: however many chunks are leased,
+/// at most `chunks_in_flight × sends_per_chunk` sends are in flight, the figure
+/// the kill-duplicate bound rests on.
+async fn a_chunk_read_ahead_does_not_send_before_its_turn<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    for n in 0..40 {
+        rig.device(n, "UTC", Platform::Android, false).await;
+    }
+    rig.schedule("turns", "type = \"now\"").await;
+    rig.sim.set_behaviour(Behaviour {
+        latency_ms: 100,
+        ..Behaviour::default()
+    });
+    // Five chunks of 8; one sends at a time, 4 sends at once, one more is read ahead.
+    let engine = rig.engine_with("worker-a", 8, |s| {
+        s.chunks_in_flight = 1;
+        s.sends_per_chunk = 4;
+    });
+    let report = engine.run_until_idle().await.unwrap();
+    assert_eq!(report.sent, 40, "{report:?}");
+    assert_eq!(rig.sim.stats().most_sends_at_once, 4);
 }
 
 async fn each_zone_is_released_at_its_own_nine<S: Store + Clone>(db: &TestDb<S>) {
@@ -1729,6 +1763,7 @@ async fn readiness_follows_the_database_and_the_scheduler<S: Store + Clone>(db: 
 }
 
 storage_tests!(
+    a_chunk_read_ahead_does_not_send_before_its_turn,
     readiness_follows_the_database_and_the_scheduler,
     metrics_expose_the_engine_and_the_api,
     status_changes_reach_the_webhook_in_signed_batches,

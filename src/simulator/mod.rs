@@ -134,6 +134,10 @@ pub struct Stats {
     pub apns_token_iats: Vec<i64>,
     /// Accepted sends per unix second (both providers), to check pacing.
     pub accepted_per_second: BTreeMap<i64, u64>,
+    /// Most sends held in `latency_ms` at one time: the sender's concurrency
+    /// (counted only while there is latency).
+    #[serde(default)]
+    pub most_sends_at_once: u64,
 }
 
 impl SimulatorConfig {
@@ -199,6 +203,8 @@ struct State {
     /// like Apple, verify a token once, not on every request.
     verified_jwts: Mutex<HashMap<String, (String, i64)>>,
     counter: AtomicU64,
+    /// Sends now held in `latency_ms`.
+    sends_waiting: AtomicU64,
     clock: Arc<dyn Clock>,
 }
 
@@ -236,6 +242,7 @@ impl Simulator {
             seen_iats: Mutex::new(HashSet::new()),
             verified_jwts: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
+            sends_waiting: AtomicU64::new(0),
             clock: config.clock.unwrap_or_else(|| Arc::new(SystemClock)),
         });
         let (stop, stopped) = watch::channel(false);
@@ -649,8 +656,21 @@ fn unregistered(state: &State, token: &str) -> bool {
 }
 
 async fn delay(state: &State) {
+    /// Counts a send out of `sends_waiting` however its wait ends (a stream reset drops it).
+    struct Waiting<'a>(&'a AtomicU64);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
     let ms = lock(&state.behaviour).latency_ms;
     if ms > 0 {
+        let now = state.sends_waiting.fetch_add(1, Ordering::Relaxed) + 1;
+        let _waiting = Waiting(&state.sends_waiting);
+        {
+            let mut stats = lock(&state.stats);
+            stats.most_sends_at_once = stats.most_sends_at_once.max(now);
+        }
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
 }
