@@ -15,6 +15,9 @@ use crate::zone::parse_zone;
 pub const MAX_BUTTONS: usize = 3;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
+/// The longest `schedule.grace`: past a week, "late" is no longer the same message.
+pub const MAX_GRACE: Duration = Duration::from_secs(7 * 86_400);
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignDefinition {
@@ -769,6 +772,16 @@ impl Schedule {
                 }
             }
         };
+        if self.grace.is_some_and(|g| g > MAX_GRACE) {
+            errs.push(
+                "schedule.grace",
+                format!(
+                    "{} is longer than the most, {}",
+                    humantime::format_duration(self.grace.unwrap_or_default()),
+                    humantime::format_duration(MAX_GRACE)
+                ),
+            );
+        }
         if self.grace.is_some()
             && !(self.kind == ScheduleKind::Local && self.missed == Missed::Skip)
         {
@@ -966,6 +979,17 @@ mod tests {
         d.schedule.at = None;
         d.schedule.cron = Some("61 * * * *".into());
         assert_eq!(fields(&d), ["schedule.cron"]);
+    }
+
+    #[test]
+    fn a_grace_past_a_week_is_named() {
+        let mut d = base();
+        d.schedule.kind = ScheduleKind::Local;
+        d.schedule.missed = Missed::Skip;
+        d.schedule.grace = Some(MAX_GRACE);
+        assert!(fields(&d).is_empty(), "{:?}", fields(&d));
+        d.schedule.grace = Some(MAX_GRACE + Duration::from_secs(1));
+        assert_eq!(fields(&d), ["schedule.grace"]);
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum ApplyError {
     Plan(#[from] PlanError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The planner's thread panicked or was cancelled: a bug, never the input's fault.
+    #[error("planning stopped: {0}")]
+    Planner(#[from] tokio::task::JoinError),
     /// The action does not apply to the campaign's state (`cannot pause a draft campaign`).
     #[error("cannot {action} a {state} campaign")]
     Transition {
@@ -54,6 +57,7 @@ impl ApplyError {
             | Self::Transition { .. }
             | Self::Exists { .. } => true,
             Self::Store(e) => matches!(e, StoreError::NotEditable { .. } | StoreError::State(_)),
+            Self::Planner(_) => false,
         }
     }
 }
@@ -146,9 +150,20 @@ pub async fn prepare<S: Store>(
             .into());
         }
     }
-    let plan = match def.status {
-        DesiredStatus::Draft => None,
-        DesiredStatus::Scheduled => Some(plan_campaign(store, app, &campaign, now).await?),
+    // A draft is planned too, so a schedule that can never be planned (a cron
+    // that never fires, a year 9999) is refused as a draft already; that its
+    // time has passed is not held against a draft, which is scheduled later.
+    // Only a scheduled campaign keeps its slots.
+    let plan = match (def.status, plan_campaign(store, app, &campaign, now).await) {
+        (DesiredStatus::Scheduled, plan) => Some(plan?),
+        (
+            DesiredStatus::Draft,
+            Ok(_)
+            | Err(ApplyError::Plan(
+                PlanError::AtInThePast { .. } | PlanError::PassedEverywhere { .. },
+            )),
+        ) => None,
+        (DesiredStatus::Draft, Err(e)) => return Err(e),
     };
     Ok(Prepared { campaign, plan })
 }
@@ -182,13 +197,23 @@ pub async fn plan_campaign<S: Store>(
             }
         }
     }
-    Ok(planner::plan(&PlanRequest {
-        schedule: &campaign.schedule,
-        quiet_hours: campaign.quiet_hours,
-        zones: &zones,
-        default_zone: app.timezone(),
-        now,
-    })?)
+    // Planning is CPU work that grows with the zones (every zone for a per-zone
+    // schedule): it runs on a blocking thread, never on the runtime's workers
+    // that serve the API and drive the engine's loops.
+    let schedule = campaign.schedule.clone();
+    let quiet_hours = campaign.quiet_hours;
+    let default_zone = app.timezone();
+    let plan = tokio::task::spawn_blocking(move || {
+        planner::plan(&PlanRequest {
+            schedule: &schedule,
+            quiet_hours,
+            zones: &zones,
+            default_zone,
+            now,
+        })
+    })
+    .await??;
+    Ok(plan)
 }
 
 /// Whether the campaign's slots depend on the recipient's zone.

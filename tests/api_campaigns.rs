@@ -548,6 +548,87 @@ async fn a_preview_plans_and_writes_nothing<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(list["campaigns"], json!([]));
 }
 
+/// A schedule that can never be planned is a 400 naming its field, for a
+/// preview, a scheduled campaign and a draft alike: a cron expression that never
+/// fires (30 February took seconds of CPU per request and left a campaign
+/// `scheduled` with no slot), a year 0001 or 9999, a grace past a week. A draft
+/// whose time has merely passed is kept: it is scheduled later. Nothing is written.
+async fn schedules_that_can_never_be_planned_are_refused<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    seed(&api).await;
+    let shop = Some(api.shop.as_str());
+    let with = |status: &str, schedule: Value| {
+        let mut d = morning("never");
+        d["status"] = json!(status);
+        d["schedule"] = schedule;
+        d
+    };
+    let never = json!({"type": "cron", "cron": "0 9 30 2 *"});
+    let cases = [
+        (never.clone(), "schedule.cron: "),
+        (
+            json!({"type": "cron", "cron": "0 9 30 2 *", "zone": "UTC"}),
+            "schedule.cron: ",
+        ),
+        (
+            json!({"type": "local", "at": "9999-12-01T09:00"}),
+            "schedule.at: ",
+        ),
+        (
+            json!({"type": "local", "at": "0001-01-01T09:00", "missed": "send_now"}),
+            "schedule.at: ",
+        ),
+        (
+            json!({"type": "at", "at": "9999-12-31T00:00:00Z"}),
+            "schedule.at: ",
+        ),
+        (
+            json!({"type": "local", "at": "2030-12-01T09:00", "grace": "30d"}),
+            "schedule.grace: ",
+        ),
+    ];
+    for (schedule, field) in cases {
+        let (status, body) = api
+            .call(
+                "POST",
+                "/v1/campaigns:preview",
+                shop,
+                Some(with("scheduled", schedule.clone())),
+            )
+            .await;
+        assert_eq!(status, 400, "preview {schedule}: {body}");
+        assert!(
+            body["message"].as_str().unwrap().starts_with(field),
+            "{body}"
+        );
+        for state in ["scheduled", "draft"] {
+            let (status, body) = api
+                .call(
+                    "POST",
+                    "/v1/campaigns",
+                    shop,
+                    Some(with(state, schedule.clone())),
+                )
+                .await;
+            assert_eq!(status, 400, "{state} {schedule}: {body}");
+            assert!(
+                body["message"].as_str().unwrap().starts_with(field),
+                "{body}"
+            );
+        }
+    }
+    assert!(
+        api.store.campaigns(None).await.unwrap().is_empty(),
+        "nothing written"
+    );
+    let two_days_ago = SystemClock.now() - chrono::TimeDelta::days(2);
+    let passed = json!({"type": "at", "at": two_days_ago.to_rfc3339()});
+    let (status, body) = api
+        .call("POST", "/v1/campaigns", shop, Some(with("draft", passed)))
+        .await;
+    assert_eq!(status, 201, "a draft whose time has passed is kept: {body}");
+}
+
 /// Bad input: 400 naming the field, for create, preview and edit, and nothing written.
 async fn bad_campaigns_are_named_and_write_nothing<S: Store + Clone>(db: &TestDb<S>) {
     let api = start(db).await;
@@ -725,6 +806,7 @@ storage_tests!(
     campaigns_are_listed_newest_first_by_page,
     an_idempotency_key_creates_once,
     a_preview_plans_and_writes_nothing,
+    schedules_that_can_never_be_planned_are_refused,
     bad_campaigns_are_named_and_write_nothing,
     another_apps_key_gets_404,
 );

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -20,7 +20,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{IntoParams, IntoResponses, PartialSchema, ToSchema};
 
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
-use super::{idempotency, page_limit, ApiError, ApiState, AppKey, Body, Query};
+use super::{idempotency, page_limit, ApiError, ApiState, AppKey, Body, Path, Query};
 use crate::campaign::{from_json, CampaignDefinition, DesiredStatus, ValidationErrors};
 use crate::definitions::{self, Action, ApplyError};
 use crate::planner::{Disposition, ALL_ZONES};
@@ -42,6 +42,9 @@ impl From<ApplyError> for ApiError {
                 conflict("invalid_transition", s.to_string())
             }
             ApplyError::Store(s) => s.into(),
+            ApplyError::Planner(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
             ApplyError::Invalid(_)
             | ApplyError::Definition(_)
             | ApplyError::UnknownApp(_)

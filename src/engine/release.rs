@@ -127,6 +127,8 @@ impl<S: Store> Engine<S> {
             now: after,
         }) {
             Ok(p) => p,
+            // The schedule's last occurrence has been sent: the zone is done.
+            Err(planner::PlanError::NoOccurrence { .. }) => return Ok(()),
             Err(error) => {
                 tracing::warn!(message = "No next occurrence planned.", campaign_id, %error);
                 return Ok(());
