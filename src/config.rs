@@ -519,15 +519,41 @@ impl DatabaseConfig {
     }
 }
 
-/// The URL without its password, for messages and logs.
+/// The URL without its secrets, for messages and logs: the password of
+/// `user:password@`, and the value of every query parameter that names one
+/// (`?password=…`, `sslpassword=…`, `…secret…`, `…token…`). A URL that does
+/// not parse is shown as its scheme alone: where its secrets are is unknown.
 pub fn redact_url(s: &str) -> String {
-    match url::Url::parse(s) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => s.to_owned(),
+    let Ok(mut u) = url::Url::parse(s) else {
+        return match s.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://*** (not a valid URL)"),
+            None => "*** (not a valid URL)".to_owned(),
+        };
+    };
+    if u.password().is_some() {
+        let _ = u.set_password(Some("***"));
     }
+    let secret = |name: &str| {
+        let name = name.to_ascii_lowercase();
+        ["password", "secret", "token"]
+            .iter()
+            .any(|s| name.contains(s))
+    };
+    if u.query_pairs().any(|(name, _)| secret(&name)) {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if secret(&name) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.to_string()
 }
 
 impl AppConfig {
@@ -922,5 +948,15 @@ mod tests {
             redact_url("postgres://u:secret@h/db"),
             "postgres://u:***@h/db"
         );
+    }
+
+    #[test]
+    fn secrets_in_the_query_are_redacted_too() {
+        assert_eq!(
+            redact_url("postgres://u@h/db?sslmode=require&password=hunter2&sslpassword=k3y"),
+            "postgres://u@h/db?sslmode=require&password=***&sslpassword=***"
+        );
+        let odd = redact_url("postgres://u:hunter2@[::1/db?password=hunter2");
+        assert!(!odd.contains("hunter2"), "{odd}");
     }
 }

@@ -152,6 +152,19 @@ pub fn backoff(attempt: u32, retry_after: Option<Duration>) -> Duration {
         .max(retry_after.unwrap_or_default())
 }
 
+/// The HMAC key a secret file holds: its bytes as they are, less one trailing
+/// line ending (`\n` or `\r\n`, as an editor or `echo` leaves). Not decoded as
+/// text: a key with non-UTF-8 bytes signed with a mangled key before.
+pub fn secret_bytes(mut file: Vec<u8>) -> Vec<u8> {
+    if file.last() == Some(&b'\n') {
+        file.pop();
+        if file.last() == Some(&b'\r') {
+            file.pop();
+        }
+    }
+    file
+}
+
 /// One configured endpoint with its secret and its own TLS trust.
 pub struct HookClient {
     http: reqwest::Client,
@@ -167,7 +180,7 @@ impl HookClient {
             path: config.secret_file.display().to_string(),
             source,
         })?;
-        let secret = String::from_utf8_lossy(&secret).trim().as_bytes().to_vec();
+        let secret = secret_bytes(secret);
         let client_error = |message: String| HookError::Client {
             key: key.to_owned(),
             message,
@@ -235,6 +248,16 @@ impl HookClient {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn a_secret_file_is_its_bytes_less_one_line_ending() {
+        assert_eq!(secret_bytes(b"s3cret\n".to_vec()), b"s3cret");
+        assert_eq!(secret_bytes(b"s3cret\r\n".to_vec()), b"s3cret");
+        // Spaces and a second newline are part of the key; so are non-UTF-8 bytes.
+        assert_eq!(secret_bytes(b" s3cret \n\n".to_vec()), b" s3cret \n");
+        let binary = vec![0xff, 0xfe, 0x00, 0x80, b'\n'];
+        assert_eq!(secret_bytes(binary), [0xff, 0xfe, 0x00, 0x80]);
+    }
 
     #[test]
     fn a_signature_verifies_and_a_changed_body_or_old_timestamp_does_not() {

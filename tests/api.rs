@@ -63,6 +63,77 @@ async fn every_route_needs_a_live_key<S: Store + Clone>(db: &TestDb<S>) {
     );
 }
 
+/// The `Bearer` scheme is matched without regard to case (RFC 9110); two
+/// `Authorization` headers are ambiguous and refused with a 400; a path that is
+/// not UTF-8 and a body over the limit are JSON errors like every other, the
+/// 413 naming its limit.
+async fn headers_paths_and_bodies_are_refused_as_json<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    for scheme in ["bearer", "BEARER", "Bearer", "bEaReR"] {
+        let res = api
+            .http
+            .put(format!("{}/v1/users/u1", api.base))
+            .header("authorization", format!("{scheme} {}", api.shop))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 200, "{scheme}");
+    }
+    let res = api
+        .http
+        .put(format!("{}/v1/users/u1", api.base))
+        .header("authorization", format!("Bearer {}", api.shop))
+        .header("authorization", format!("Bearer {}", api.other))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Authorization: "),
+        "{body}"
+    );
+
+    let res = api
+        .request("PUT", "/v1/users/%FF%FE", Some(&api.shop))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
+    assert_eq!(
+        res.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "bad_request", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().starts_with("path: "),
+        "{body}"
+    );
+
+    let big = format!("{{\"phone\": \"{}\"}}", "1".repeat(api::BODY_LIMIT));
+    let res = api
+        .request("PUT", "/v1/users/u1", Some(&api.shop))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 413);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        format!("body: larger than the limit of {} bytes", api::BODY_LIMIT),
+        "{body}"
+    );
+}
+
 /// A user, a device and subscriptions, read back with defaults filled in.
 async fn users_devices_and_subscriptions<S: Store + Clone>(db: &TestDb<S>) {
     let api = start(db).await;
@@ -725,6 +796,7 @@ storage_tests!(
     messages_are_listed_newest_first_by_page,
     a_message_shows_its_history_and_takes_receipts,
     every_route_needs_a_live_key,
+    headers_paths_and_bodies_are_refused_as_json,
     users_devices_and_subscriptions,
     an_app_key_sees_only_its_app,
     bad_input_is_named_and_changes_nothing,

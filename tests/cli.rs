@@ -230,6 +230,29 @@ fn check_config_names_the_bad_key() {
     );
 }
 
+/// A Postgres password given as `?password=…` is masked wherever the URL is
+/// printed: by `check-config`, and in the error of a connection that fails.
+#[test]
+fn a_password_in_the_url_query_is_never_printed() {
+    let sb = Sandbox::new();
+    // Nothing listens on port 1: the connection fails at once.
+    let url = "postgres://meridian@127.0.0.1:1/meridian?password=hunter2&sslmode=disable";
+    for args in [&["check-config"][..], &["migrate"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+            .args([
+                "--config",
+                sb.dir.path().join("meridian.toml").to_str().unwrap(),
+            ])
+            .args(args)
+            .env("MERIDIAN_DATABASE__URL", url)
+            .output()
+            .unwrap();
+        let printed = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(printed.contains("password=***"), "{args:?}: {printed}");
+        assert!(!printed.contains("hunter2"), "{args:?}: {printed}");
+    }
+}
+
 #[test]
 fn migrate_creates_the_sqlite_file() {
     let sb = Sandbox::new();

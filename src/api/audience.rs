@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
-use super::{ApiError, ApiState, AppKey, Body};
+use super::{ApiError, ApiState, AppKey, Body, Path};
 use crate::campaign::{nul_at, Platform, NUL_REFUSED};
 use crate::store::{DeviceUpsert, Store, UserUpsert};
 

@@ -352,16 +352,25 @@ impl<S: Store> FromRequestParts<ApiState<S>> for KeyOf {
         let unauthorized = |message: &str| {
             ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message.to_owned())
         };
-        let header = parts
+        let mut given = parts
             .headers
-            .get(axum::http::header::AUTHORIZATION)
+            .get_all(axum::http::header::AUTHORIZATION)
+            .iter();
+        let header = given
+            .next()
             .ok_or_else(|| unauthorized("missing Authorization: Bearer <api key>"))?;
+        // Two credentials are ambiguous: refused rather than "first wins".
+        if given.next().is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "Authorization: give exactly one header",
+            ));
+        }
         let secret = header
             .to_str()
             .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+            .and_then(bearer_token)
             .ok_or_else(|| unauthorized("Authorization must be Bearer <api key>"))?;
         let key_hash = keys::hash(secret);
         match state.store.api_key_app(&key_hash).await? {
@@ -370,6 +379,14 @@ impl<S: Store> FromRequestParts<ApiState<S>> for KeyOf {
             _ => Err(unauthorized("unknown or revoked API key")),
         }
     }
+}
+
+/// The credentials of `Bearer <token>`: the scheme is case-insensitive (RFC 9110
+/// §11.1), separated from the token by spaces.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 impl<S: Store> FromRequestParts<ApiState<S>> for AppKey {
@@ -393,6 +410,25 @@ impl<T: DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+/// Path parameters whose rejections are JSON [`ApiError`]s like every other
+/// (axum's own answer `text/plain`, e.g. for `%FF` in a path).
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, St: Send + Sync> FromRequestParts<St> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("path: {}", rejection.body_text()),
+            )),
         }
     }
 }
@@ -447,10 +483,13 @@ fn json_rejection(r: JsonRejection) -> ApiError {
     // axum's text is "Failed to deserialize the JSON body into the target type:
     // <path>: <problem>"; the part after the first colon names the field.
     let text = r.body_text();
-    let message = text
-        .split_once(": ")
-        .map_or(text.as_str(), |(_, rest)| rest)
-        .to_owned();
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("body: larger than the limit of {BODY_LIMIT} bytes")
+    } else {
+        text.split_once(": ")
+            .map_or(text.as_str(), |(_, rest)| rest)
+            .to_owned()
+    };
     ApiError::new(
         if status == StatusCode::UNPROCESSABLE_ENTITY {
             StatusCode::BAD_REQUEST
