@@ -175,9 +175,12 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
                 .chunk_recipients(chunk, &slot, &segment, now)
                 .await
                 .unwrap();
+            let ids = store.reserve_delivery_ids(recipients.len()).await.unwrap();
             let rows: Vec<NewDelivery> = recipients
                 .iter()
-                .map(|r| NewDelivery {
+                .zip(ids)
+                .map(|(r, id)| NewDelivery {
+                    id,
                     device_id: r.device_id,
                     slot_id: r.slot_id,
                     user_id: r.user_id,

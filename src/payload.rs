@@ -131,10 +131,11 @@ pub fn fcm_message(message: &Message, target: FcmTarget<'_>, env: Envelope<'_>) 
         data.insert("buttons".into(), json!(json!(message.buttons).to_string()));
     }
     let high = message.priority == crate::campaign::Priority::High;
+    // No `click_action`: FCM reads it as an intent *action* (`new
+    // Intent(click_action)`), which no deep-link filter (VIEW + scheme/host)
+    // matches, so a tap opened nothing. A tap opens the app's launcher activity
+    // with `data` in its extras, where `deeplink` / `url` are (docs/payloads.md).
     let mut android_notification = Map::new();
-    if let Some(open) = message.deeplink.as_ref().or(message.url.as_ref()) {
-        android_notification.insert("click_action".into(), json!(open));
-    }
     if let Some(channel) = &message.channel_id {
         android_notification.insert("channel_id".into(), json!(channel));
     }
@@ -308,8 +309,6 @@ struct AndroidNotificationView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     channel_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    click_action: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     image: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     sound: Option<&'a str>,
@@ -416,11 +415,6 @@ pub fn fcm_message_bytes(
                 collapse_key: target.collapse_key,
                 notification: AndroidNotificationView {
                     channel_id: message.channel_id.as_deref(),
-                    click_action: message
-                        .deeplink
-                        .as_ref()
-                        .or(message.url.as_ref())
-                        .map(String::as_str),
                     image: message.image.as_deref(),
                     sound: message.sound.as_deref(),
                 },
@@ -543,10 +537,13 @@ mod tests {
         assert_eq!(msg["data"]["deeplink"], "shop://sale");
         assert_eq!(msg["android"]["ttl"], "3600s");
         assert_eq!(msg["android"]["collapse_key"], "c-7");
-        assert_eq!(
-            msg["android"]["notification"]["click_action"],
-            "shop://sale"
+        // The link travels in `data` alone: a `click_action` is an intent
+        // action on Android, and a deep link there made taps open nothing.
+        assert!(
+            msg["android"]["notification"].get("click_action").is_none(),
+            "{msg}"
         );
+        assert_eq!(msg["data"]["deeplink"], "shop://sale");
         assert_eq!(msg["apns"]["headers"]["apns-collapse-id"], "c-7");
         assert_eq!(msg["apns"]["payload"]["aps"]["mutable-content"], 1);
         let android_only = fcm_message(

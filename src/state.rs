@@ -165,6 +165,13 @@ states! {
         /// Not sent: a frequency cap of one of the campaign's topics was reached.
         Suppressed = "suppressed" => [],
         Cancelled = "cancelled" => [],
+        /// A push found no active device of the user: a message without a
+        /// device. Leaves when the fallback channel (SMS) has answered.
+        NoDevice = "no_device" => [FallbackSent, FallbackFailed],
+        /// The fallback channel took the message of a user push could not reach.
+        FallbackSent = "fallback_sent" => [],
+        /// The fallback channel refused it, or its retries ran out.
+        FallbackFailed = "fallback_failed" => [],
     }
 }
 

@@ -328,11 +328,16 @@ impl<S: Store> Rig<S> {
 /// The HMAC key of the rig's hooks (`{dir}/hook.secret`).
 const HOOK_SECRET: &str = "hook-s3cret";
 
+/// One request to a partner's endpoint: its `Idempotency-Key` and event ids.
+type Attempt = (String, Vec<i64>);
+
 /// A partner's endpoint: records what it is sent and answers 503 to the next
 /// `fail_next` requests.
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, serde_json::Value)>>>,
+    /// Every request, refused ones too: its `Idempotency-Key` and event ids.
+    tried: Arc<std::sync::Mutex<Vec<Attempt>>>,
     fail_next: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -349,6 +354,18 @@ impl Receiver {
                 move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                     let state = state.clone();
                     async move {
+                        if let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) {
+                            let key = headers
+                                .get("idempotency-key")
+                                .and_then(|k| k.to_str().ok())
+                                .unwrap_or_default()
+                                .to_owned();
+                            let ids = json["events"]
+                                .as_array()
+                                .map(|e| e.iter().filter_map(|e| e["id"].as_i64()).collect())
+                                .unwrap_or_default();
+                            state.tried.lock().unwrap().push((key, ids));
+                        }
                         let failing = state
                             .fail_next
                             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -695,6 +712,7 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         .await
         .unwrap();
     let delivery = NewDelivery {
+        id: s.reserve_delivery_ids(1).await.unwrap()[0],
         device_id: recipients[0].device_id,
         slot_id: recipients[0].slot_id,
         user_id: recipients[0].user_id,
@@ -720,6 +738,191 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
     assert!(!s.finish_chunk(&a[0], "a", later).await.unwrap());
     assert!(s.finish_chunk(&b[0], "b", later).await.unwrap());
     assert_eq!(s.delivery_counts(id).await.unwrap().get("sent"), Some(&1));
+}
+
+/// The id a notification carries (`apns-id`, `meridian.id`, `data.meridian_id`).
+fn wire_id(send: &meridian::simulator::RecordedSend) -> i64 {
+    let id = if send.path.starts_with("/3/device/") {
+        send.body["meridian"]["id"].as_str()
+    } else {
+        send.body["message"]["data"]["meridian_id"].as_str()
+    };
+    id.and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no message id in {send:?}"))
+}
+
+/// Two campaigns to the same two devices: every notification carries the id of
+/// its own delivery row (the campaign path sent the device id, so both campaigns
+/// went out under ids 1 and 2 and a receipt for the second was recorded against
+/// the first), `apns-id` is derived from it, and a receipt for one campaign's
+/// message moves that message alone. The campaign's own collapse key is sent
+/// when it has one, `campaign-<id>` otherwise.
+async fn each_notification_carries_its_own_delivery_id<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    let ios = rig.device(1, "UTC", Platform::Ios, false).await;
+    let android = rig.device(2, "UTC", Platform::Android, false).await;
+    rig.sim.record_sends(true);
+    let with_key = rig
+        .save(
+            "key = \"a\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Sale\"\nbody = \"Now\"\n\
+             collapse_key = \"weekly-sale\"\n[audience]\ntopics = [\"marketing\"]\n[schedule]\ntype = \"now\"\n",
+        )
+        .await;
+    let engine = rig.engine("worker-a", 10);
+    assert_eq!(engine.run_until_idle().await.unwrap().sent, 2);
+    let without_key = rig.schedule("b", "type = \"now\"").await;
+    assert_eq!(engine.run_until_idle().await.unwrap().sent, 2);
+    let sends = rig.sim.recorded_sends();
+    assert_eq!(sends.len(), 4, "{sends:?}");
+
+    let (base, key) = rig.api(Some(&engine)).await;
+    let mut stored = BTreeMap::new();
+    for user in ["user-1", "user-2"] {
+        let page = get(&base, &key, &format!("/v1/messages?user={user}")).await;
+        for m in page["messages"].as_array().unwrap() {
+            let campaign = m["campaignId"].as_i64().unwrap();
+            let token = m["token"].as_str().unwrap().to_owned();
+            stored.insert((campaign, token), m.clone());
+        }
+    }
+    assert_eq!(stored.len(), 4, "{stored:?}");
+    let mut ids = std::collections::HashSet::new();
+    for send in &sends {
+        let token = send.token().unwrap().to_owned();
+        let id = wire_id(send);
+        assert!(ids.insert(id), "message id {id} sent twice: {sends:?}");
+        let (campaign, message) = stored
+            .iter()
+            .find(|(_, m)| m["id"].as_i64() == Some(id))
+            .map(|((c, _), m)| (*c, m))
+            .unwrap_or_else(|| panic!("no delivery has the sent id {id}: {stored:?}"));
+        assert_eq!(message["token"].as_str(), Some(token.as_str()));
+        let collapse = if campaign == with_key {
+            "weekly-sale".to_owned()
+        } else {
+            assert_eq!(campaign, without_key);
+            format!("campaign-{without_key}")
+        };
+        if token == ios {
+            let apns_id = meridian::provider::apns_id_for(id);
+            assert_eq!(send.headers.get("apns-id"), Some(&apns_id), "{send:?}");
+            assert_eq!(message["providerId"].as_str(), Some(apns_id.as_str()));
+            assert_eq!(send.headers.get("apns-collapse-id"), Some(&collapse));
+        } else {
+            assert_eq!(token, android);
+            assert_eq!(
+                send.body["message"]["android"]["collapse_key"],
+                collapse.as_str()
+            );
+        }
+    }
+    // A receipt for the second campaign's message moves that message alone.
+    let second = &stored[&(without_key, ios.clone())];
+    let first = &stored[&(with_key, ios.clone())];
+    let (status, _) = post(
+        &base,
+        &key,
+        "/v1/receipts",
+        serde_json::json!({"messageId": second["id"], "status": "opened"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let status_of = |m: &serde_json::Value| {
+        let id = m["id"].as_i64().unwrap();
+        let (base, key) = (base.clone(), key.clone());
+        async move { get(&base, &key, &format!("/v1/messages/{id}")).await["status"].clone() }
+    };
+    assert_eq!(status_of(second).await, "opened");
+    assert_eq!(status_of(first).await, "sent");
+}
+
+/// A device registered without a locale is sent its user's language, as it is
+/// sent in its user's zone: whether the user's locale came before the device or
+/// after it (one at a time or in a batch import), and never over the device's own.
+async fn a_device_without_a_locale_speaks_its_users_language<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    let user = |id: &'static str, locale: Option<&'static str>| meridian::store::UserUpsert {
+        app_id: "shop",
+        external_id: id,
+        phone: None,
+        timezone: None,
+        locale,
+        attributes: None,
+    };
+    let now = rig.clock.now();
+    // Before the device, after it, after it in a batch, and a device with its own.
+    rig.store
+        .upsert_user(&user("before", Some("de-DE")), now)
+        .await
+        .unwrap();
+    for name in ["before", "after", "batch", "own"] {
+        rig.device_of(Some(name), None, &format!("fcm-{name}"), false)
+            .await;
+        rig.store
+            .set_subscriptions("shop", name, &[("marketing", true)], now)
+            .await
+            .unwrap();
+    }
+    rig.store
+        .upsert_user(&user("after", Some("de_AT")), now)
+        .await
+        .unwrap();
+    rig.store
+        .upsert_users(&[user("batch", Some("de"))], now)
+        .await
+        .unwrap();
+    rig.store
+        .upsert_device(
+            &DeviceUpsert {
+                app_id: "shop",
+                user_external_id: Some("own"),
+                install_id: None,
+                platform: Platform::Android,
+                token: "fcm-own",
+                timezone: None,
+                locale: Some("en-GB"),
+                primary: false,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    rig.store
+        .upsert_user(&user("own", Some("de-DE")), now)
+        .await
+        .unwrap();
+    rig.sim.record_sends(true);
+    rig.save(
+        "key = \"l\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hello\"\nbody = \"World\"\n\
+         [message.locales.de]\ntitle = \"Hallo\"\nbody = \"Welt\"\n\
+         [audience]\ntopics = [\"marketing\"]\n[schedule]\ntype = \"now\"\n",
+    )
+    .await;
+    assert_eq!(rig.engine("w", 10).run_until_idle().await.unwrap().sent, 4);
+    let titles: BTreeMap<String, String> = rig
+        .sim
+        .recorded_sends()
+        .iter()
+        .map(|s| {
+            (
+                s.token().unwrap().to_owned(),
+                s.body["message"]["notification"]["title"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let want: BTreeMap<String, String> = [
+        ("fcm-before", "Hallo"),
+        ("fcm-after", "Hallo"),
+        ("fcm-batch", "Hallo"),
+        ("fcm-own", "Hello"),
+    ]
+    .iter()
+    .map(|(t, l)| (t.to_string(), l.to_string()))
+    .collect();
+    assert_eq!(titles, want);
 }
 
 async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &TestDb<S>) {
@@ -1311,10 +1514,32 @@ async fn a_push_reaches_users_by_id_phone_and_install<S: Store + Clone>(db: &Tes
         assert_eq!(m["status"], "sent", "{m}");
         assert_eq!(m["requestId"], request_id.as_str(), "{m}");
     }
+    // The four sent, and one `no_device` message for each user with no active
+    // device: the push leaves a trace for them too.
     let by_request = get(&base, &key, &format!("/v1/messages?request={request_id}")).await;
+    let mut statuses: Vec<(String, String)> = by_request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["status"].as_str().unwrap().to_owned(),
+                m["userId"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    let want = [
+        ("no_device", "nodevice"),
+        ("no_device", "stale"),
+        ("sent", "-"),
+        ("sent", "u-phone"),
+        ("sent", "user-42"),
+        ("sent", "user-42"),
+    ];
     assert_eq!(
-        by_request["messages"].as_array().unwrap().len(),
-        4,
+        statuses,
+        want.map(|(a, b)| (a.to_owned(), b.to_owned())),
         "{by_request}"
     );
     let one = get(&base, &key, &format!("/v1/messages/{}", messages[0]["id"])).await;
@@ -1517,6 +1742,61 @@ async fn status_changes_reach_the_webhook_in_signed_batches<S: Store + Clone>(db
     // Taken once: nothing is sent again.
     assert_eq!(engine.deliver_hooks().await.unwrap().events_sent, 0);
     assert_eq!(receiver.bodies().len(), 2);
+}
+
+/// A webhook batch keeps its events and its `Idempotency-Key` across retries,
+/// even when more events arrived while it waited (they regrouped into it
+/// before); once the outbox drains, later events get new ids and keys (SQLite
+/// reused its rowids: receivers saw `status-1-1` twice with different events).
+async fn webhook_keys_and_event_ids_never_repeat<S: Store + Clone>(db: &TestDb<S>) {
+    use std::sync::atomic::Ordering;
+    let (receiver, url) = Receiver::start().await;
+    let extra = format!(
+        "[apps.shop.webhook]\nurl = \"{url}\"\nsecret_file = \"{{dir}}/hook.secret\"\nbatch_size = 10\n"
+    );
+    let rig = rig_with(db, at(2026, 11, 23, 10, 0), &extra).await;
+    rig.device(1, "UTC", Platform::Android, false).await;
+    let engine = rig.engine("worker-a", 100);
+    let (base, key) = rig.api(Some(&engine)).await;
+    let push = || {
+        post(
+            &base,
+            &key,
+            "/v1/push",
+            serde_json::json!({"userIds": ["user-1"], "message": {"title": "Code", "summary": "1"}}),
+        )
+    };
+    assert_eq!(push().await.0, 200);
+    receiver.fail_next.store(1, Ordering::SeqCst);
+    assert_eq!(engine.deliver_hooks().await.unwrap().events_failed, 1);
+    // Another change arrives while the refused batch waits for its retry.
+    assert_eq!(push().await.0, 200);
+    rig.clock.advance(TimeDelta::seconds(6));
+    assert_eq!(engine.deliver_hooks().await.unwrap().events_sent, 2);
+    let tried = receiver.tried.lock().unwrap().clone();
+    assert_eq!(
+        tried.len(),
+        3,
+        "the refused batch, its retry, the next: {tried:?}"
+    );
+    assert_eq!(
+        tried[0], tried[1],
+        "a retry is the same events under the same key"
+    );
+    assert_ne!(tried[1].0, tried[2].0);
+    // Drained: what comes next has ids and keys never used before.
+    assert_eq!(engine.deliver_hooks().await.unwrap().events_sent, 0);
+    for _ in 0..2 {
+        assert_eq!(push().await.0, 200);
+        assert_eq!(engine.deliver_hooks().await.unwrap().events_sent, 1);
+    }
+    let tried = receiver.tried.lock().unwrap().clone();
+    assert_eq!(tried.len(), 5, "{tried:?}");
+    let keys: std::collections::HashSet<&String> = tried[1..].iter().map(|t| &t.0).collect();
+    assert_eq!(keys.len(), 4, "a key names one batch for good: {tried:?}");
+    let ids: Vec<i64> = tried[1..].iter().flat_map(|t| t.1.clone()).collect();
+    let unique: std::collections::HashSet<&i64> = ids.iter().collect();
+    assert_eq!((ids.len(), unique.len()), (4, 4), "event ids: {ids:?}");
 }
 
 /// A transactional push falls back to the partner's channel, once per user and
@@ -1767,6 +2047,9 @@ storage_tests!(
     readiness_follows_the_database_and_the_scheduler,
     metrics_expose_the_engine_and_the_api,
     status_changes_reach_the_webhook_in_signed_batches,
+    each_notification_carries_its_own_delivery_id,
+    a_device_without_a_locale_speaks_its_users_language,
+    webhook_keys_and_event_ids_never_repeat,
     a_push_falls_back_once_when_push_cannot_reach,
     a_push_reaches_users_by_id_phone_and_install,
     a_push_is_not_queued_behind_campaign_traffic,

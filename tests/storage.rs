@@ -823,6 +823,7 @@ storage_tests!(
     audience_zones_apply_every_rule,
     campaigns_save_idempotently_and_lock_when_running,
     chunk_read_uses_the_covering_zone_index,
+    push_statements_probe_an_index_per_id,
     row_lease_reads_only_its_partial_indexes,
     row_lease_takes_due_and_lapsed_rows_in_order,
 );
@@ -1002,6 +1003,134 @@ async fn chunk_read_uses_the_covering_zone_index<S: Store>(db: &TestDb<S>) {
         "Index Only Scan using devices_active_by_zone"
     };
     assert!(plan.contains(expected), "chunk read plan: {plan}");
+}
+
+/// A transactional push costs the ids it names, never the app's size: each
+/// statement of `queue_push` runs from the request's list of ids and probes one
+/// index per id by its whole key. On SQLite the id lookup searched the app's
+/// users by `app_id` alone and scanned the list under each (102 s for 1,000 ids
+/// at 100,000 users); Postgres must not hash or merge the app's rows either.
+async fn push_statements_probe_an_index_per_id<S: Store>(db: &TestDb<S>) {
+    use meridian::store::push::{insert_sql, no_device_fallback_sql, resolve_sql};
+    use meridian::store::{PgStore, SqliteStore};
+    let sqlite = db.url.starts_with("sqlite:");
+    if !sqlite {
+        // Postgres plans by its statistics: an app of 20,000 users and devices
+        // makes hashing or scanning the app's rows cost what it would.
+        app(&db.store, "shop").await;
+        for sql in [
+            "INSERT INTO users (app_id, external_id, phone, created_at, updated_at) \
+             SELECT 'shop', 'u' || g, '+49151' || lpad(g::text, 7, '0'), now(), now() \
+             FROM generate_series(1, 20000) g",
+            "INSERT INTO devices (app_id, user_id, install_id, platform, token, zone, created_at, updated_at) \
+             SELECT 'shop', u.id, 'i' || u.id, 'android', 't' || u.id, 'UTC', now(), now() FROM users u",
+            "ANALYZE users",
+            "ANALYZE devices",
+        ] {
+            db.raw(sql).await.unwrap();
+        }
+    }
+    let rows = |param: &str, cols: &[(&str, &str)]| {
+        if sqlite {
+            SqliteStore::json_rows(param, cols)
+        } else {
+            PgStore::json_rows(param, cols)
+        }
+    };
+    let ids = r#"'[{"ord": 0, "kind": "user", "ext": "u1", "phone": "491511"}, {"ord": 1, "kind": "install", "ext": "i1", "phone": null}]'"#;
+    let id_rows = r#"'[{"id": 1}, {"id": 2}]'"#;
+    let at = "'2026-12-01 09:00:00+00:00'";
+    // Binds written in from the last, so that `$1` does not match the start of `$10`.
+    let write_in = |sql: String, binds: &[&str]| {
+        binds
+            .iter()
+            .enumerate()
+            .rev()
+            .fold(sql, |sql, (i, b)| sql.replace(&format!("${}", i + 1), b))
+    };
+    let statements = [
+        ("resolve", write_in(resolve_sql(rows), &["'shop'", ids])),
+        (
+            "insert, all devices, a topic",
+            write_in(
+                insert_sql(rows, false, true),
+                &[
+                    "'shop'", "'req_1'", "10", at, id_rows, id_rows, "'orders'", "TRUE",
+                ],
+            ),
+        ),
+        (
+            "insert, the primary device",
+            write_in(
+                insert_sql(rows, true, false),
+                &[
+                    "'shop'", "'req_1'", "10", at, id_rows, id_rows, "NULL", "NULL",
+                ],
+            ),
+        ),
+        (
+            "fallback",
+            write_in(
+                no_device_fallback_sql(rows),
+                &["'shop'", "'req_1'", at, id_rows],
+            ),
+        ),
+    ];
+    for (what, sql) in statements {
+        let plan = plan_of(db, &sql, "users").await;
+        if sqlite {
+            // Every read of users or devices is a search by a whole key.
+            let keyed = [
+                "external_id=?",
+                "phone=?",
+                "install_id=?",
+                "rowid=?",
+                "user_id=?",
+            ];
+            for line in plan.lines() {
+                let step = line.trim_start_matches(|c: char| !c.is_alphabetic());
+                let table = step.split_whitespace().nth(1).unwrap_or("");
+                let reads_table = (step.starts_with("SCAN ") || step.starts_with("SEARCH "))
+                    && ["u", "e", "v", "d", "q"].contains(&table);
+                assert!(
+                    !reads_table || keyed.iter().any(|k| step.contains(k)),
+                    "{what}: `{step}` reads users or devices by more than a key:\n{plan}"
+                );
+            }
+        } else {
+            for bad in ["Seq Scan", "Hash Join", "Merge Join"] {
+                assert!(!plan.contains(bad), "{what}: {bad}:\n{plan}");
+            }
+            // Every scan of users or devices has a key in its index condition
+            // (the old insert walked `devices_by_user` on `state` alone).
+            let lines: Vec<&str> = plan.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if !(line.contains(" on users ") || line.contains(" on devices ")) {
+                    continue;
+                }
+                let cond = lines[i + 1..]
+                    .iter()
+                    .take_while(|l| !l.contains("->"))
+                    .find(|l| l.contains("Index Cond:"))
+                    .copied()
+                    .unwrap_or("");
+                let keyed = [
+                    "external_id =",
+                    "phone =",
+                    "install_id =",
+                    "(id =",
+                    "user_id =",
+                ]
+                .iter()
+                .any(|k| cond.contains(k));
+                assert!(
+                    keyed,
+                    "{what}: `{}` reads by more than a key:\n{plan}",
+                    line.trim()
+                );
+            }
+        }
+    }
 }
 
 /// The row lease reads each way a row becomes leasable (due, or its lease lapsed)

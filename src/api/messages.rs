@@ -1,13 +1,13 @@
 //! Messages: one delivery with its whole status history, and receipts from the app.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
-use super::{page_limit, ApiError, ApiState, AppKey, Body, Query};
+use super::{page_limit, ApiError, ApiState, AppKey, Body, Path, Query};
 use crate::state::{DeliveryStatus, StateMachine};
 use crate::store::{MessageEvent, MessageFilter, MessageRecord, ReceiptOutcome, Store};
 
@@ -27,8 +27,17 @@ pub struct Step {
 /// message was queued when its row was made, and a message sent on its first
 /// attempt has no `sent` event of its own (only `sent_at`).
 pub fn history(record: &MessageRecord, events: &[MessageEvent]) -> Vec<Step> {
+    // A message without a device starts as `no_device`: it was never queued.
+    let first = match DeliveryStatus::parse(&record.status) {
+        Ok(
+            DeliveryStatus::NoDevice
+            | DeliveryStatus::FallbackSent
+            | DeliveryStatus::FallbackFailed,
+        ) => DeliveryStatus::NoDevice,
+        _ => DeliveryStatus::Queued,
+    };
     let mut steps = vec![Step {
-        status: DeliveryStatus::Queued.as_str().to_owned(),
+        status: first.as_str().to_owned(),
         at: record.created_at,
         attempt: None,
         detail: None,

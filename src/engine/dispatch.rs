@@ -187,10 +187,15 @@ impl<S: Store> Engine<S> {
             self.store.return_chunk(&chunk, worker, self.now()).await?;
             return Ok(0);
         };
-        let recipients = self
+        let mut recipients = self
             .store
             .chunk_recipients(&chunk, &slot, &ctx.segment(), self.now())
             .await?;
+        // Each notification carries the id its delivery row will have.
+        let ids = self.store.reserve_delivery_ids(recipients.len()).await?;
+        for (r, id) in recipients.iter_mut().zip(ids) {
+            r.delivery_id = id;
+        }
         let message = &ctx.campaign.definition.message;
         let expires_at = message
             .ttl
@@ -245,7 +250,7 @@ impl<S: Store> Engine<S> {
                         }
                         let outcome = providers
                             .send(&Push {
-                                delivery_id: r.device_id,
+                                delivery_id: r.delivery_id,
                                 platform: platform_of(&r.platform),
                                 token: &r.token,
                                 locale: r.locale.as_deref(),
@@ -282,6 +287,7 @@ impl<S: Store> Engine<S> {
                             d.reason.as_deref(),
                         );
                         NewDelivery {
+                            id: r.delivery_id,
                             device_id: r.device_id,
                             slot_id: r.slot_id,
                             user_id: r.user_id,

@@ -431,11 +431,19 @@ impl<S: Store> Engine<S> {
             .throttle_per_minute
             .and_then(NonZeroU32::new)
             .map(Pacer::per_minute);
+        // The message's own collapse key when it has one, else one per campaign:
+        // a duplicate sent after a crash still replaces the copy queued on the device.
+        let collapse_key = campaign
+            .definition
+            .message
+            .collapse_key
+            .clone()
+            .unwrap_or_else(|| format!("campaign-{campaign_id}"));
         let ctx = Arc::new(CampaignCtx {
             source: definition.clone(),
             campaign,
             app,
-            collapse_key: format!("campaign-{campaign_id}"),
+            collapse_key,
             throttle,
         });
         cache.insert(campaign_id, ctx.clone());

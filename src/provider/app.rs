@@ -157,7 +157,10 @@ impl AppProviders {
 
     /// Sends through APNs (iOS, when configured) or FCM (Android, and iOS without APNs).
     pub async fn send(&self, push: &Push<'_>) -> Outcome {
-        let message_id = apns_id_for(push.delivery_id);
+        // The payload carries the delivery's id as the app reports it back
+        // (`POST /v1/receipts {"messageId": …}`); `apns-id` is the UUID made from it.
+        let message_id = push.delivery_id.to_string();
+        let apns_id = apns_id_for(push.delivery_id);
         let env = Envelope {
             message_id: &message_id,
         };
@@ -177,7 +180,7 @@ impl AppProviders {
                     .client
                     .send(&ApnsNotification {
                         device_token: push.token,
-                        apns_id: &message_id,
+                        apns_id: &apns_id,
                         payload: &body,
                         priority: match push.message.priority {
                             Priority::High => ApnsPriority::Immediate,

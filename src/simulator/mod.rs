@@ -205,6 +205,10 @@ struct State {
     counter: AtomicU64,
     /// Sends now held in `latency_ms`.
     sends_waiting: AtomicU64,
+    /// Accepted sends as they arrived, while `record_sends` is on (off by
+    /// default: benchmarks send millions).
+    recording: std::sync::atomic::AtomicBool,
+    sends: Mutex<Vec<RecordedSend>>,
     clock: Arc<dyn Clock>,
 }
 
@@ -243,6 +247,8 @@ impl Simulator {
             verified_jwts: Mutex::new(HashMap::new()),
             counter: AtomicU64::new(0),
             sends_waiting: AtomicU64::new(0),
+            recording: std::sync::atomic::AtomicBool::new(false),
+            sends: Mutex::new(Vec::new()),
             clock: config.clock.unwrap_or_else(|| Arc::new(SystemClock)),
         });
         let (stop, stopped) = watch::channel(false);
@@ -312,6 +318,35 @@ impl Simulator {
 
     pub fn behaviour(&self) -> Behaviour {
         lock(&self.state.behaviour).clone()
+    }
+
+    /// Starts (or stops) keeping every accepted send, headers and body, for
+    /// tests that check what went over the wire.
+    pub fn record_sends(&self, on: bool) {
+        self.state.recording.store(on, Ordering::Relaxed);
+    }
+
+    /// The accepted sends kept since `record_sends(true)`, in arrival order.
+    pub fn recorded_sends(&self) -> Vec<RecordedSend> {
+        lock(&self.state.sends).clone()
+    }
+}
+
+/// One accepted send as it arrived: the request's path, the headers that
+/// matter to a device (`apns-id`, `apns-collapse-id`, …) and the JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedSend {
+    pub path: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Value,
+}
+
+impl RecordedSend {
+    /// The device token the send was addressed to (APNs path or FCM `message.token`).
+    pub fn token(&self) -> Option<&str> {
+        self.path
+            .strip_prefix("/3/device/")
+            .or_else(|| self.body["message"]["token"].as_str())
     }
 }
 
@@ -461,14 +496,14 @@ fn route(
     let response = match (parts.method.as_str(), path) {
         ("POST", p) if p.starts_with("/3/device/") => {
             match apns(state, parts, &p["/3/device/".len()..], body, client_cert) {
-                Answer::Accepted(r) => return r,
+                Answer::Accepted(r) => return record(state, parts, body, r),
                 Answer::Other(r) => r,
             }
         }
         ("POST", p) if p.starts_with("/v1/projects/") && p.ends_with("/messages:send") => {
             let project = &p["/v1/projects/".len()..p.len() - "/messages:send".len()];
             match fcm(state, parts, project, body) {
-                Answer::Accepted(r) => return r,
+                Answer::Accepted(r) => return record(state, parts, body, r),
                 Answer::Other(r) => r,
             }
         }
@@ -489,6 +524,25 @@ fn route(
         .entry(response.status().as_u16())
         .or_default() += 1;
     response
+}
+
+/// Keeps an accepted send while recording is on; answers `reply` as it is.
+fn record(state: &State, parts: &hyper::http::request::Parts, body: &[u8], reply: Reply) -> Reply {
+    if state.recording.load(Ordering::Relaxed) {
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("apns-"))
+            .filter_map(|(name, v)| Some((name.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect();
+        let send = RecordedSend {
+            path: parts.uri.path().to_owned(),
+            headers,
+            body: serde_json::from_slice(body).unwrap_or(Value::Null),
+        };
+        lock(&state.sends).push(send);
+    }
+    reply
 }
 
 /// An HTTP/2 connection served with `h2` directly (TLS connections that chose

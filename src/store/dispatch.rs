@@ -65,6 +65,10 @@ pub struct Recipient {
     #[sqlx(skip)]
     pub slot_id: i64,
     pub user_id: Option<i64>,
+    /// The id its delivery will have (reserved after the read): the message id
+    /// the notification carries.
+    #[sqlx(skip)]
+    pub delivery_id: i64,
     pub token: String,
     pub platform: String,
     pub locale: Option<String>,
@@ -75,6 +79,8 @@ pub struct Recipient {
 /// A delivery's first outcome, written with the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
+    /// Reserved before the send ([`super::Store::reserve_delivery_ids`]).
+    pub id: i64,
     pub device_id: i64,
     pub slot_id: i64,
     pub user_id: Option<i64>,
@@ -134,7 +140,7 @@ pub(super) fn new_delivery_rows(
     rows.iter()
         .map(|d| {
             serde_json::json!({
-                "device_id": d.device_id, "slot_id": d.slot_id, "user_id": d.user_id, "status": d.status.to_string(),
+                "id": d.id, "device_id": d.device_id, "slot_id": d.slot_id, "user_id": d.user_id, "status": d.status.to_string(),
                 "provider_id": d.provider_id, "error_reason": d.error_reason,
                 "next_attempt_at": d.next_attempt_at.map(&time),
             })
@@ -152,6 +158,7 @@ pub(super) fn new_delivery_arrays(
     type Row<'a> = (
         i64,
         i64,
+        i64,
         Option<i64>,
         &'a str,
         &'a Option<String>,
@@ -162,6 +169,7 @@ pub(super) fn new_delivery_arrays(
         .iter()
         .map(|d| {
             (
+                d.id,
                 d.device_id,
                 d.slot_id,
                 d.user_id,
@@ -189,6 +197,7 @@ pub(super) fn update_rows(rows: &[DeliveryUpdate], time: impl Fn(DateTime<Utc>) 
 }
 
 pub(super) const NEW_DELIVERY_COLUMNS: &[(&str, &str)] = &[
+    ("id", "bigint"),
     ("device_id", "bigint"),
     ("slot_id", "bigint"),
     ("user_id", "bigint"),
@@ -563,9 +572,9 @@ macro_rules! shared_dispatch_methods {
             }
             let source = Self::new_delivery_source("$5");
             let insert = format!(
-                "INSERT INTO deliveries (app_id, campaign_id, slot_id, occurrence, user_id, device_id, status, attempts, \
+                "INSERT INTO deliveries (id, app_id, campaign_id, slot_id, occurrence, user_id, device_id, status, attempts, \
                    next_attempt_at, provider_id, error_reason, created_at, updated_at, sent_at) \
-                 SELECT $1, $2, x.slot_id, $3, x.user_id, x.device_id, x.status, 1, x.next_attempt_at, x.provider_id, \
+                 SELECT x.id, $1, $2, x.slot_id, $3, x.user_id, x.device_id, x.status, 1, x.next_attempt_at, x.provider_id, \
                    x.error_reason, $4, $4, CASE WHEN x.status = 'sent' THEN $4 END \
                  FROM {source} WHERE TRUE \
                  ON CONFLICT (campaign_id, occurrence, device_id) DO NOTHING \
@@ -663,7 +672,7 @@ macro_rules! shared_dispatch_methods {
             }
             let sql = format!(
                 "SELECT d.id, d.app_id, d.campaign_id, d.slot_id, d.request_id, d.device_id, d.attempts, d.created_at, \
-                        v.token, v.platform, v.locale, v.state AS device_state \
+                        v.token, v.platform, v.lang AS locale, v.state AS device_state \
                  FROM deliveries d JOIN devices v ON v.id = d.device_id WHERE d.id {} ORDER BY d.id",
                 Self::ID_IN
             );
@@ -940,9 +949,9 @@ macro_rules! shared_dispatch_helpers {
         ) -> Result<u64, $crate::store::StoreError> {
             let source = Self::new_delivery_source("$5");
             let insert = format!(
-                "INSERT INTO deliveries (app_id, campaign_id, slot_id, occurrence, user_id, device_id, status, attempts, \
+                "INSERT INTO deliveries (id, app_id, campaign_id, slot_id, occurrence, user_id, device_id, status, attempts, \
                    provider_id, created_at, updated_at, sent_at) \
-                 SELECT $1, $2, x.slot_id, $3, x.user_id, x.device_id, x.status, 1, x.provider_id, $4, $4, $4 \
+                 SELECT x.id, $1, $2, x.slot_id, $3, x.user_id, x.device_id, x.status, 1, x.provider_id, $4, $4, $4 \
                  FROM {source} WHERE EXISTS (SELECT 1 FROM slot_chunks c WHERE c.id = $6 AND c.attempt = $7 \
                    AND c.lease_owner = $8 AND c.state = 'leased') \
                  ON CONFLICT (campaign_id, occurrence, device_id) DO NOTHING"

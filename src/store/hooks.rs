@@ -59,25 +59,43 @@ macro_rules! hook_store_methods {
         ) -> Result<Vec<$crate::store::OutboxEvent>, $crate::store::StoreError> {
             let lock = if Self::FOR_UPDATE.is_empty() { "" } else { " FOR UPDATE SKIP LOCKED" };
             // In order: while a refused batch waits for its retry, the app's later
-            // changes wait behind it.
-            let ids: Vec<i64> = sqlx::query_scalar(&format!(
-                "UPDATE webhook_outbox SET state = 'leased', attempts = attempts + 1, lease_owner = $3, lease_expires_at = $4 \
-                 WHERE id IN (SELECT id FROM webhook_outbox WHERE app_id = $1 \
-                   AND ((state = 'pending' AND next_attempt_at <= $2) OR (state = 'leased' AND lease_expires_at < $2)) \
+            // changes wait behind it. A batch keeps its members from its first
+            // lease on (`batch_id`): only rows of the oldest row's batch are taken
+            // (or, if it has none yet, rows of no batch), so a retry sends the
+            // same events under the same key.
+            let mut tx = self.begin_write().await?;
+            let picked: Vec<i64> = sqlx::query_scalar(&format!(
+                "SELECT o.id FROM webhook_outbox o WHERE o.app_id = $1 \
+                   AND ((o.state = 'pending' AND o.next_attempt_at <= $2) OR (o.state = 'leased' AND o.lease_expires_at < $2)) \
                    AND NOT EXISTS (SELECT 1 FROM webhook_outbox b WHERE b.app_id = $1 AND b.state = 'pending' \
                                    AND b.next_attempt_at > $2) \
-                   ORDER BY id LIMIT $5{lock}) \
-                 RETURNING id"
+                   AND COALESCE(o.batch_id, 0) = COALESCE((SELECT f.batch_id FROM webhook_outbox f \
+                       WHERE f.app_id = $1 AND f.state <> 'dead' ORDER BY f.id LIMIT 1), 0) \
+                 ORDER BY o.id LIMIT $3{lock}"
             ))
             // Polled while the tables under it grow: planned afresh at every call.
             .persistent(false)
             .bind(app_id)
             .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(&first) = picked.first() else {
+                return Ok(vec![]);
+            };
+            let ids: Vec<i64> = sqlx::query_scalar(&format!(
+                "UPDATE webhook_outbox SET state = 'leased', attempts = attempts + 1, lease_owner = $2, \
+                   lease_expires_at = $3, batch_id = COALESCE(batch_id, $4) \
+                 WHERE id IN (SELECT x.id FROM {}) RETURNING id",
+                Self::json_rows("$1", &[("id", "bigint")])
+            ))
+            .bind(Self::json_arg($crate::store::hooks::id_rows(&picked)))
             .bind(worker)
             .bind(until)
-            .bind(limit)
-            .fetch_all(&self.write)
+            .bind(first)
+            .fetch_all(&mut *tx)
             .await?;
+            tx.commit().await?;
             if ids.is_empty() {
                 return Ok(vec![]);
             }
@@ -256,6 +274,18 @@ macro_rules! hook_store_methods {
                     Some(e) => format!("{}: {e}", f.reason),
                     None => f.reason.clone(),
                 };
+                // A user the push found no device for: the fallback's outcome is
+                // the status of their `no_device` message.
+                sqlx::query(
+                    "UPDATE deliveries SET status = $3, updated_at = $4 \
+                     WHERE request_id = $1 AND user_id = $2 AND status = 'no_device'",
+                )
+                .bind(&f.request_id)
+                .bind(f.user_id)
+                .bind(step)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 // The step joins the history of each of the user's messages of this push.
                 sqlx::query(
                     "INSERT INTO delivery_events (delivery_id, status, attempt, detail, at) \
@@ -271,8 +301,11 @@ macro_rules! hook_store_methods {
                 .await?;
                 if events {
                     sqlx::query(
-                        "INSERT INTO webhook_outbox (app_id, request_id, user_id, status, detail, at, next_attempt_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                        "INSERT INTO webhook_outbox (app_id, delivery_id, request_id, user_id, status, detail, at, \
+                           next_attempt_at) \
+                         VALUES ($1, (SELECT d.id FROM deliveries d WHERE d.request_id = $2 AND d.user_id = $3 \
+                                        AND d.device_id IS NULL), \
+                                 $2, $3, $4, $5, $6, $6)",
                     )
                     .bind(&f.app_id)
                     .bind(&f.request_id)

@@ -19,6 +19,7 @@ mod api;
 pub mod dispatch;
 pub(crate) mod hooks;
 mod postgres;
+pub mod push;
 pub mod segment;
 mod shared;
 mod sqlite;
@@ -506,6 +507,14 @@ pub trait Store: Send + Sync + 'static {
         segment: &Segment<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<Recipient>, StoreError>> + Send;
+
+    /// `n` delivery ids no row has and no later insert will take: a campaign's
+    /// deliveries are written after their send, and each notification carries
+    /// its delivery's id, so the ids are drawn before sending.
+    fn reserve_delivery_ids(
+        &self,
+        n: usize,
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
 
     /// Writes a batch of first outcomes as delivery rows (and the history of the
     /// ones not sent, and dead tokens), only while the chunk's lease holds.

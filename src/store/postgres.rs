@@ -91,7 +91,7 @@ impl PgStore {
     }
 
     /// Rows of a JSON array as a relation `x` with typed columns.
-    fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
+    pub fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
         let cols: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
         format!("jsonb_to_recordset({param}) AS x({})", cols.join(", "))
     }
@@ -198,6 +198,21 @@ impl Store for PgStore {
             .run(&self.write)
             .await?;
         Ok(())
+    }
+
+    /// Draws `n` values of the table's identity sequence, which every insert
+    /// without an id draws from too (0013).
+    async fn reserve_delivery_ids(&self, n: usize) -> Result<Vec<i64>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let n = i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} ids")))?;
+        Ok(sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(n)
+        .fetch_all(&self.write)
+        .await?)
     }
 
     shared_store_methods!();

@@ -252,8 +252,8 @@ pub fn recipients_where_sql(
     let users = c.users;
     let sql = format!(
         "SELECT c.device_id, c.user_id, c.zone, c.token, c.platform, c.locale FROM (\
-         SELECT d.id AS device_id, d.user_id, d.platform, d.token, d.locale, \
-         lower(replace(d.locale, '_', '-')) AS locale_tag, \
+         SELECT d.id AS device_id, d.user_id, d.platform, d.token, d.lang AS locale, \
+         lower(replace(d.lang, '_', '-')) AS locale_tag, \
          d.zone \
          FROM devices d{users} \
          WHERE d.app_id = {app} AND d.state = 'active'{zone_cond}{user_where}) c{device_where}"
@@ -312,7 +312,7 @@ pub fn release_scan_sql(
     let sql = format!(
         "SELECT c.device_id, c.zone, c.takes, \
          CASE WHEN c.takes = 1 AND c.rest = 1 AND {device} THEN 1 ELSE 0 END AS recipient FROM (\
-         SELECT d.id AS device_id, d.zone, d.platform, lower(replace(d.locale, '_', '-')) AS locale_tag, \
+         SELECT d.id AS device_id, d.zone, d.platform, lower(replace(d.lang, '_', '-')) AS locale_tag, \
          CASE WHEN {takes} THEN 1 ELSE 0 END AS takes, CASE WHEN {rest} THEN 1 ELSE 0 END AS rest \
          FROM devices d{users} \
          WHERE d.app_id = {app} AND d.state = 'active'{zone_cond}{listed}{fence}) c"

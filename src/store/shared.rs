@@ -50,21 +50,30 @@ pub(super) fn user_batch_update(source: &str) -> String {
     )
 }
 
-/// Batch upsert, step 3 (only `$1`): `USER_DEVICES_ZONE` for the users whose row
-/// set a zone.
+/// What a device inherits from its user: its `zone` when it reports no zone of
+/// its own, its `lang` when it reports no locale.
+const DEVICES_INHERIT: &str = "\
+    UPDATE devices SET \
+        zone = CASE WHEN timezone IS NULL \
+                    THEN COALESCE((SELECT u.timezone FROM users u WHERE u.id = devices.user_id), '') \
+                    ELSE zone END, \
+        lang = COALESCE(locale, (SELECT u.locale FROM users u WHERE u.id = devices.user_id))";
+
+/// Batch upsert, step 3 (only `$1`): `USER_DEVICES_INHERIT` for the users whose
+/// row set a zone or a locale.
 pub(super) fn user_batch_devices_zone(source: &str) -> String {
     format!(
-        "UPDATE devices SET zone = COALESCE((SELECT u.timezone FROM users u WHERE u.id = devices.user_id), '') \
-         WHERE timezone IS NULL AND user_id IN ( \
+        "{DEVICES_INHERIT} \
+         WHERE (timezone IS NULL OR locale IS NULL) AND user_id IN ( \
              SELECT u.id FROM users u JOIN {source} ON u.app_id = x.app_id AND u.external_id = x.external_id \
-             WHERE x.timezone IS NOT NULL)"
+             WHERE x.timezone IS NOT NULL OR x.locale IS NOT NULL)"
     )
 }
 
-/// A user's zone is their devices' zone unless a device reports its own.
-pub(super) const USER_DEVICES_ZONE: &str = "\
-    UPDATE devices SET zone = COALESCE((SELECT u.timezone FROM users u WHERE u.id = devices.user_id), '') \
-    WHERE user_id = $1 AND timezone IS NULL";
+/// A user's zone and locale are their devices' unless a device reports its own.
+pub(super) fn user_devices_inherit() -> String {
+    format!("{DEVICES_INHERIT} WHERE user_id = $1 AND (timezone IS NULL OR locale IS NULL)")
+}
 
 /// Makes sure a user exists without changing it.
 pub(super) const USER_ENSURE: &str = "\
@@ -81,9 +90,11 @@ pub(super) const DEVICE_CLEAR_PRIMARY: &str = "\
     WHERE user_id = $1 AND is_primary AND NOT (app_id = $2 AND token = $3)";
 
 pub(super) const DEVICE_UPSERT: &str = "\
-    INSERT INTO devices (app_id, user_id, install_id, platform, token, timezone, locale, is_primary, state, zone, created_at, updated_at) \
+    INSERT INTO devices (app_id, user_id, install_id, platform, token, timezone, locale, is_primary, state, zone, lang, \
+                         created_at, updated_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'active', \
-            COALESCE($6, (SELECT u.timezone FROM users u WHERE u.id = $2), ''), $9, $9) \
+            COALESCE($6, (SELECT u.timezone FROM users u WHERE u.id = $2), ''), \
+            COALESCE($7, (SELECT u.locale FROM users u WHERE u.id = $2)), $9, $9) \
     ON CONFLICT (app_id, token) DO UPDATE SET \
         user_id = excluded.user_id, \
         install_id = COALESCE(excluded.install_id, devices.install_id), \
@@ -92,6 +103,8 @@ pub(super) const DEVICE_UPSERT: &str = "\
         locale = COALESCE(excluded.locale, devices.locale), \
         zone = COALESCE(excluded.timezone, devices.timezone, \
                         (SELECT u.timezone FROM users u WHERE u.id = excluded.user_id), ''), \
+        lang = COALESCE(excluded.locale, devices.locale, \
+                        (SELECT u.locale FROM users u WHERE u.id = excluded.user_id)), \
         is_primary = CASE WHEN excluded.is_primary THEN TRUE \
                           WHEN devices.user_id IS DISTINCT FROM excluded.user_id THEN FALSE \
                           ELSE devices.is_primary END, \
@@ -163,8 +176,8 @@ macro_rules! shared_store_methods {
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
-            if u.timezone.is_some() {
-                sqlx::query($crate::store::shared::USER_DEVICES_ZONE).bind(id).execute(&mut *tx).await?;
+            if u.timezone.is_some() || u.locale.is_some() {
+                sqlx::query(&$crate::store::shared::user_devices_inherit()).bind(id).execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(id)
@@ -185,7 +198,7 @@ macro_rules! shared_store_methods {
             for sql in [user_batch_insert(&source), user_batch_update(&source)] {
                 sqlx::query(&sql).bind(Self::json_arg(rows.clone())).bind(now).execute(&mut *tx).await?;
             }
-            if users.iter().any(|u| u.timezone.is_some()) {
+            if users.iter().any(|u| u.timezone.is_some() || u.locale.is_some()) {
                 sqlx::query(&user_batch_devices_zone(&source))
                     .bind(Self::json_arg(rows))
                     .execute(&mut *tx)
@@ -435,25 +448,14 @@ macro_rules! shared_store_methods {
                     v
                 })
                 .collect();
-            let rows = Self::json_rows("$2", &[("ord", "bigint"), ("kind", "text"), ("ext", "text"), ("phone", "text")]);
-            // Users by external id, else (digits only) by phone; installs by install id.
-            let resolve = format!(
-                "SELECT x.ord, u.id AS user_id, CAST(NULL AS BIGINT) AS device_id FROM {rows} \
-                   JOIN users u ON u.app_id = $1 AND u.external_id = x.ext WHERE x.kind = 'user' \
-                 UNION ALL \
-                 SELECT x.ord, u.id, CAST(NULL AS BIGINT) FROM {rows} JOIN users u ON u.app_id = $1 AND u.phone = x.phone \
-                   WHERE x.kind = 'user' AND x.phone IS NOT NULL \
-                   AND NOT EXISTS (SELECT 1 FROM users e WHERE e.app_id = $1 AND e.external_id = x.ext) \
-                 UNION ALL \
-                 SELECT x.ord, CAST(NULL AS BIGINT), v.id FROM {rows} JOIN devices v ON v.app_id = $1 AND v.install_id = x.ext \
-                   WHERE x.kind = 'install'"
-            );
-            let mut tx = self.begin_write().await?;
-            let matched: Vec<(i64, Option<i64>, Option<i64>)> = sqlx::query_as(&resolve)
-                .bind(p.app_id)
-                .bind(Self::json_arg(serde_json::Value::from(ids)))
-                .fetch_all(&mut *tx)
-                .await?;
+            // Resolved on the read pool, before the write transaction: the one
+            // SQLite writer is held only for the inserts.
+            let matched: Vec<(i64, Option<i64>, Option<i64>)> =
+                sqlx::query_as(&$crate::store::push::resolve_sql(Self::json_rows))
+                    .bind(p.app_id)
+                    .bind(Self::json_arg(serde_json::Value::from(ids)))
+                    .fetch_all(&self.read)
+                    .await?;
             let known: std::collections::HashSet<i64> = matched.iter().map(|m| m.0).collect();
             let unknown: Vec<String> = p
                 .users
@@ -466,6 +468,7 @@ macro_rules! shared_store_methods {
                 .collect();
             let users: std::collections::BTreeSet<i64> = matched.iter().filter_map(|m| m.1).collect();
             let devices: std::collections::BTreeSet<i64> = matched.iter().filter_map(|m| m.2).collect();
+            let mut tx = self.begin_write().await?;
             sqlx::query(
                 "INSERT INTO push_requests (id, app_id, topic, message, created_at, fallback, no_receipt_after_secs) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -479,33 +482,13 @@ macro_rules! shared_store_methods {
             .bind(p.no_receipt_after.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)))
             .execute(&mut *tx)
             .await?;
-            let one_per_user = if p.primary_only {
-                " AND v.id = (SELECT q.id FROM devices q WHERE q.user_id = v.user_id AND q.state = 'active' \
-                   ORDER BY q.is_primary DESC, q.updated_at DESC, q.id DESC LIMIT 1)"
-            } else {
-                ""
-            };
-            let topic = match &p.topic {
-                Some(_) => " AND COALESCE((SELECT s.opted_in FROM subscriptions s \
-                   WHERE s.user_id = v.user_id AND s.topic = $7), $8)",
-                None => " AND $7 IS NULL AND $8 IS NULL",
-            };
-            let insert = format!(
-                "INSERT INTO deliveries (app_id, request_id, user_id, device_id, priority, status, attempts, \
-                   next_attempt_at, created_at, updated_at) \
-                 SELECT v.app_id, $2, v.user_id, v.id, $3, 'queued', 0, $4, $4, $4 FROM devices v \
-                 WHERE v.app_id = $1 AND v.state = 'active' \
-                   AND ((v.user_id IN (SELECT x.id FROM {users}){one_per_user}) \
-                        OR v.id IN (SELECT x.id FROM {devices})){topic}",
-                users = Self::json_rows("$5", &[("id", "bigint")]),
-                devices = Self::json_rows("$6", &[("id", "bigint")]),
-            );
+            let insert = $crate::store::push::insert_sql(Self::json_rows, p.primary_only, p.topic.is_some());
             let as_rows = |ids: &std::collections::BTreeSet<i64>| {
                 Self::json_arg(serde_json::Value::from(
                     ids.iter().map(|id| serde_json::json!({"id": id})).collect::<Vec<_>>(),
                 ))
             };
-            let queued: Vec<i64> = sqlx::query_scalar(&format!("{insert} RETURNING id"))
+            let queued: Vec<i64> = sqlx::query_scalar(&insert)
                 .bind(p.app_id)
                 .bind(p.request_id)
                 .bind(p.priority)
@@ -516,19 +499,21 @@ macro_rules! shared_store_methods {
                 .bind(p.topic.as_ref().map(|t| t.default_subscribed))
                 .fetch_all(&mut *tx)
                 .await?;
+            let no_device: Vec<i64> = sqlx::query_scalar(&$crate::store::push::no_device_sql(Self::json_rows))
+                .bind(p.app_id)
+                .bind(p.request_id)
+                .bind(p.priority)
+                .bind(now)
+                .bind(as_rows(&users))
+                .fetch_all(&mut *tx)
+                .await?;
             if p.events {
                 Self::outbox_deliveries(&mut tx, &queued, now).await?;
+                Self::outbox_deliveries(&mut tx, &no_device, now).await?;
             }
             if p.fallback {
                 // Users push cannot reach at all fall back at once.
-                let sql = format!(
-                    "INSERT INTO fallbacks (app_id, request_id, user_id, reason, state, attempts, next_attempt_at, created_at, updated_at) \
-                     SELECT $1, $2, u.id, 'no_active_device', 'pending', 0, $3, $3, $3 FROM users u \
-                     WHERE u.id IN (SELECT x.id FROM {}) \
-                       AND NOT EXISTS (SELECT 1 FROM devices v WHERE v.user_id = u.id AND v.state = 'active') \
-                     ON CONFLICT (request_id, user_id) DO NOTHING",
-                    Self::json_rows("$4", &[("id", "bigint")])
-                );
+                let sql = $crate::store::push::no_device_fallback_sql(Self::json_rows);
                 sqlx::query(&sql)
                     .bind(p.app_id)
                     .bind(p.request_id)

@@ -142,7 +142,7 @@ impl SqliteStore {
     }
 
     /// Rows of a JSON array as a relation `x`.
-    fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
+    pub fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
         let cols: Vec<String> = columns
             .iter()
             .map(|(n, _)| format!("value ->> '{n}' AS {n}"))
@@ -280,6 +280,25 @@ impl Store for SqliteStore {
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("migrations/sqlite").run(&self.write).await?;
         Ok(())
+    }
+
+    /// Moves the AUTOINCREMENT counter of `deliveries` past `n` ids: SQLite never
+    /// hands out an id at or below it, so nothing else can take them (0013).
+    async fn reserve_delivery_ids(&self, n: usize) -> Result<Vec<i64>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let n = i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} ids")))?;
+        let last: Option<i64> = sqlx::query_scalar(
+            "UPDATE sqlite_sequence SET seq = seq + $1 WHERE name = 'deliveries' RETURNING seq",
+        )
+        .bind(n)
+        .fetch_optional(&self.write)
+        .await?;
+        let last = last.ok_or_else(|| {
+            StoreError::Invalid("deliveries has no AUTOINCREMENT counter (migration 0013)".into())
+        })?;
+        Ok((last - n + 1..=last).collect())
     }
 
     shared_store_methods!();
