@@ -486,6 +486,68 @@ mod tests {
         m
     }
 
+    /// The message of `docs/payloads.md`.
+    fn documented() -> Message {
+        let mut m = Message {
+            title: "Order shipped".into(),
+            body: "Your order 1234 is on its way".into(),
+            image: Some("https://cdn.example.com/push/parcel.jpg".into()),
+            deeplink: Some("shop://orders/1234".into()),
+            sound: Some("default".into()),
+            badge: Some(1),
+            ttl: Some(std::time::Duration::from_secs(3600)),
+            collapse_key: Some("order-1234".into()),
+            priority: crate::campaign::Priority::High,
+            buttons: vec![Button {
+                id: "track".into(),
+                label: "Track parcel".into(),
+                url: Some("https://shop.example.com/track/1234".into()),
+            }],
+            ..Message::default()
+        };
+        m.data.insert("order".into(), json!("1234"));
+        m.data.insert("items".into(), json!(3));
+        m.locales.insert(
+            "de".into(),
+            LocalizedText {
+                title: "Bestellung versandt".into(),
+                body: "Deine Bestellung 1234 ist unterwegs".into(),
+            },
+        );
+        m
+    }
+
+    /// The JSON block after `marker` in `docs/payloads.md`.
+    fn documented_block(marker: &str) -> Value {
+        let doc = include_str!("../docs/payloads.md");
+        let after = &doc[doc.find(marker).expect("marker in the doc")..];
+        let start = after.find("```json").expect("a json block") + "```json".len();
+        let end = start + after[start..].find("```").expect("the block's end");
+        serde_json::from_str(&after[start..end]).expect("the block is JSON")
+    }
+
+    /// `docs/payloads.md` is the app's contract: its examples are what is sent.
+    #[test]
+    fn the_documented_payloads_are_what_is_sent() {
+        let m = documented();
+        let env = Envelope {
+            message_id: "1234",
+        };
+        let apns: Value =
+            serde_json::from_slice(&apns_payload_bytes(&m, Some("de-DE"), env).unwrap()).unwrap();
+        let target = FcmTarget {
+            token: "fcm-registration-token",
+            locale: Some("de-DE"),
+            ios: false,
+            collapse_key: m.collapse_key.as_deref(),
+        };
+        let fcm: Value =
+            serde_json::from_slice(&fcm_message_bytes(&m, target, env).unwrap()).unwrap();
+        let show = |v: &Value| serde_json::to_string_pretty(v).unwrap();
+        assert_eq!(documented_block("<!-- apns-example -->"), apns, "{}", show(&apns));
+        assert_eq!(documented_block("<!-- fcm-example -->"), fcm, "{}", show(&fcm));
+    }
+
     #[test]
     fn locale_falls_back_from_region_to_language_to_default() {
         let m = message();
