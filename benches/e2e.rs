@@ -24,8 +24,7 @@ mod common;
 
 use common::arg;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,7 +34,6 @@ use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
 use meridian::engine::{Engine, EngineSettings};
 use meridian::provider::jwt;
-use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
 use meridian::store::{SqliteStore, Store};
 use meridian::zone::canonical_zones;
 
@@ -68,57 +66,14 @@ async fn main() {
     let backend = arg("--backend").unwrap_or_else(|| "sqlite".to_owned());
     let android = std::env::args().any(|a| a == "--android");
     let rate = arg("--rate").map_or(String::new(), |r| format!("rate_per_second = {r}\n"));
-    let dir = tempfile::tempdir().unwrap();
-    let p = |n: &str| dir.path().join(n);
-    std::fs::write(p("key.p8"), jwt::generate_p8().unwrap()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("https://127.0.0.1:{port}");
-    let sa = serde_json::json!({"project_id": "p", "client_email": "m@p.iam.gserviceaccount.com",
-        "private_key": TEST_SERVICE_ACCOUNT_KEY, "token_uri": format!("{base}/token")});
-    std::fs::write(p("sa.json"), sa.to_string()).unwrap();
-    let apps = |ca: &str| {
-        format!(
-            "[apps.shop]\n[apps.shop.topics]\nmarketing = {{ default_subscribed = false }}\n\
-             [apps.shop.apns]\nbundle_id = \"com.example.shop\"\nkey_file = \"{}\"\nkey_id = \"K\"\nteam_id = \"T\"\nbase_url = \"{base}\"\n{ca}\n\
-             [apps.shop.apns.connection]\nconnections = 2\nconcurrency = 1024\n{rate}\
-             [apps.shop.fcm]\nservice_account_file = \"{}\"\nbase_url = \"{base}\"\n{ca}\n\
-             [apps.shop.fcm.connection]\nconnections = 2\nconcurrency = 1024\n{rate}",
-            p("key.p8").display(),
-            p("sa.json").display()
-        )
-    };
-    std::fs::write(p("sim.toml"), apps("")).unwrap();
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args([
-            "--config",
-            p("sim.toml").to_str().unwrap(),
-            "simulate",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--ca-out")
-        .arg(p("ca.pem"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = sim.stdout.take().unwrap();
-    assert!(BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.ends_with("ready")));
-    let config: Config =
-        toml::from_str(&apps(&format!("ca_file = \"{}\"", p("ca.pem").display()))).unwrap();
-    config.validate().unwrap();
-
+    let mut sim = common::sim::start(&rate, "");
+    let (base, dir, config) = (sim.base.clone(), sim.dir.path(), sim.config.clone());
+    let p = |n: &str| dir.join(n);
     println!(
         "meridian e2e bench: {devices} devices over {} zones, backend {backend}",
         canonical_zones().len()
     );
-    let ceiling = wire_ceiling(&base, dir.path());
+    let ceiling = wire_ceiling(&base, dir);
     match ceiling {
         Some(c) => {
             println!("wire ceiling (h2load -c 4 -m 100 against the simulator): {c:.0} req/s")
@@ -138,7 +93,7 @@ async fn main() {
         "postgres" => {
             let (mut c, url) = common::fresh_pg_database("meridian_e2e").await;
             let store = common::pg_store(&url).await;
-            rate = run(store, &config, devices, &base, sim.id(), |s| {
+            rate = run(store, &config, devices, &base, sim.child.id(), |s| {
                 common::seed_postgres(url.as_str().to_owned(), s, android)
             })
             .await;
@@ -155,7 +110,7 @@ async fn main() {
             })
             .await
             .unwrap();
-            rate = run(store, &config, devices, &base, sim.id(), |s| {
+            rate = run(store, &config, devices, &base, sim.child.id(), |s| {
                 common::seed_sqlite(url.clone(), s, android)
             })
             .await;
@@ -164,10 +119,9 @@ async fn main() {
     if let Some(c) = ceiling {
         println!("end to end / wire ceiling: {:.0}%", 100.0 * rate / c);
     }
-    let _ = sim.kill();
-    let _ = sim.wait();
     if std::env::var_os("MERIDIAN_E2E_KEEP").is_some() && backend != "postgres" {
-        println!("kept {}", dir.keep().display());
+        let kept = std::mem::replace(&mut sim.dir, tempfile::tempdir().unwrap());
+        println!("kept {}", kept.keep().display());
     }
 }
 

@@ -530,9 +530,7 @@ mod tests {
     #[test]
     fn the_documented_payloads_are_what_is_sent() {
         let m = documented();
-        let env = Envelope {
-            message_id: "1234",
-        };
+        let env = Envelope { message_id: "1234" };
         let apns: Value =
             serde_json::from_slice(&apns_payload_bytes(&m, Some("de-DE"), env).unwrap()).unwrap();
         let target = FcmTarget {
@@ -544,8 +542,18 @@ mod tests {
         let fcm: Value =
             serde_json::from_slice(&fcm_message_bytes(&m, target, env).unwrap()).unwrap();
         let show = |v: &Value| serde_json::to_string_pretty(v).unwrap();
-        assert_eq!(documented_block("<!-- apns-example -->"), apns, "{}", show(&apns));
-        assert_eq!(documented_block("<!-- fcm-example -->"), fcm, "{}", show(&fcm));
+        assert_eq!(
+            documented_block("<!-- apns-example -->"),
+            apns,
+            "{}",
+            show(&apns)
+        );
+        assert_eq!(
+            documented_block("<!-- fcm-example -->"),
+            fcm,
+            "{}",
+            show(&fcm)
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@ use meridian::clock::{Clock, SystemClock};
 use meridian::zone::canonical_zones;
 use sqlx::Connection;
 
+// Not every bench starts the simulator.
+#[allow(dead_code)]
+pub mod sim;
+
 const SEED_USERS_PG: &str = "INSERT INTO users (app_id, external_id, timezone, created_at, updated_at) \
     SELECT 'shop', 'u' || g, ($2::text[])[1 + g % array_length($2::text[], 1)], $3, $3 FROM generate_series(1, $1) g";
 const SEED_USERS_SQLITE: &str = "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < $1) \
