@@ -925,6 +925,31 @@ async fn a_device_without_a_locale_speaks_its_users_language<S: Store + Clone>(d
     assert_eq!(titles, want);
 }
 
+/// A `local` campaign whose wall time had passed in every zone before anyone of
+/// its audience registered is planned with every slot skipped: it completes
+/// (its slots counted as skipped) instead of staying `scheduled` for good.
+async fn a_campaign_whose_every_slot_was_skipped_completes<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    // Nobody takes `marketing` yet: no zone is populated, so the plan is kept.
+    let id = rig
+        .schedule(
+            "gone",
+            "type = \"local\"\nat = \"2026-11-20T09:00\"\nmissed = \"skip\"",
+        )
+        .await;
+    let slots = rig.store.slots(id).await.unwrap();
+    assert!(!slots.is_empty());
+    assert!(
+        slots
+            .iter()
+            .all(|s| s.state == meridian::state::SlotState::Skipped),
+        "{slots:?}"
+    );
+    assert_eq!(rig.state("gone").await, CampaignState::Scheduled);
+    rig.engine("w", 10).run_until_idle().await.unwrap();
+    assert_eq!(rig.state("gone").await, CampaignState::Completed);
+}
+
 async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &TestDb<S>) {
     let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
     let mut tokens = Vec::new();
@@ -2049,6 +2074,7 @@ storage_tests!(
     status_changes_reach_the_webhook_in_signed_batches,
     each_notification_carries_its_own_delivery_id,
     a_device_without_a_locale_speaks_its_users_language,
+    a_campaign_whose_every_slot_was_skipped_completes,
     webhook_keys_and_event_ids_never_repeat,
     a_push_falls_back_once_when_push_cannot_reach,
     a_push_reaches_users_by_id_phone_and_install,

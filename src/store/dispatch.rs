@@ -757,6 +757,19 @@ macro_rules! shared_dispatch_methods {
             &self,
             now: chrono::DateTime<chrono::Utc>,
         ) -> Result<Vec<i64>, $crate::store::StoreError> {
+            // A campaign whose every slot was skipped (its time had passed in every
+            // zone) never releases anything: it starts and completes here, rather
+            // than staying `scheduled` for good. (Two steps: the state table has
+            // no `scheduled → completed`.)
+            sqlx::query(
+                "UPDATE campaigns SET state = 'running', updated_at = $1 WHERE state = 'scheduled' \
+                 AND EXISTS (SELECT 1 FROM slots s WHERE s.campaign_id = campaigns.id) \
+                 AND NOT EXISTS (SELECT 1 FROM slots s WHERE s.campaign_id = campaigns.id AND s.state IN ('pending', 'released'))",
+            )
+            .persistent(false)
+            .bind(now)
+            .execute(&self.write)
+            .await?;
             // Polled while the tables under it grow: planned afresh at every call.
             Ok(sqlx::query_scalar(
                 "UPDATE campaigns SET state = 'completed', completed_at = $1, updated_at = $1 WHERE state = 'running' \
