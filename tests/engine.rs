@@ -1950,6 +1950,26 @@ async fn a_push_falls_back_once_when_push_cannot_reach<S: Store + Clone>(db: &Te
         .map(|s| s["status"].as_str().unwrap())
         .collect();
     assert_eq!(steps, ["queued", "token_invalid", "fallback_sent"], "{one}");
+    // A user push found no device for has a message too: `no_device`, moved by
+    // the fallback's outcome (a user without a phone fails at once).
+    for (user, outcome) in [
+        ("nodevice", "fallback_sent"),
+        ("nophone", "fallback_failed"),
+    ] {
+        let listed = get(&base, &key, &format!("/v1/messages?user={user}")).await;
+        let messages = listed["messages"].as_array().unwrap();
+        assert_eq!(messages.len(), 1, "{listed}");
+        assert_eq!(messages[0]["status"], outcome, "{listed}");
+        assert_eq!(messages[0]["requestId"], request_id.as_str());
+        let one = get(&base, &key, &format!("/v1/messages/{}", messages[0]["id"])).await;
+        let steps: Vec<&str> = one["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(steps, ["no_device", outcome], "{one}");
+    }
 }
 
 /// `/metrics` answers Prometheus text with the families ops read: deliveries by
