@@ -7,7 +7,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, AnyOfBuilder, ObjectBuilder, OneOfBuilder, Schema, Type,
+};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
+
+use super::formats::{self, ExternalId, IanaZone, LanguageTag, PhoneNumber};
 
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
 use super::{ApiError, ApiState, AppKey, Body, Path};
@@ -19,13 +25,13 @@ use crate::store::{DeviceUpsert, Store, UserUpsert};
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct UserBody {
     /// A phone number as people write it; stored in E.164.
-    #[schema(example = "+49 151 1234 5678")]
+    #[schema(value_type = Option<PhoneNumber>, example = "+49 151 1234 5678")]
     pub phone: Option<String>,
     /// An IANA time zone.
-    #[schema(example = "Europe/Berlin")]
+    #[schema(value_type = Option<IanaZone>, example = "Europe/Berlin")]
     pub timezone: Option<String>,
     /// A language tag.
-    #[schema(example = "de-DE")]
+    #[schema(value_type = Option<LanguageTag>, example = "de-DE")]
     pub locale: Option<String>,
     /// Free attributes for audience filters; replaces the stored ones.
     #[schema(value_type = Option<Object>)]
@@ -43,8 +49,9 @@ pub struct UserView {
     pub locale: Option<String>,
 }
 
-/// A device to register; it needs a `userId` or an `installId`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// A device to register; it needs a `userId` or an `installId`. Its schema is
+/// written out below: the token's format depends on the platform.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DeviceBody {
     pub platform: Platform,
@@ -59,6 +66,83 @@ pub struct DeviceBody {
     /// The user's one device for `devices: primary` pushes.
     #[serde(default)]
     pub primary: bool,
+}
+
+impl PartialSchema for DeviceBody {
+    fn schema() -> RefOr<Schema> {
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let fields = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "A device to register; it needs a `userId` or an `installId`, and only a \
+                 user's device can be `primary`.",
+            ))
+            .property("platform", Ref::from_schema_name(Platform::name()))
+            .required("platform")
+            .property(
+                "token",
+                string().description(Some(
+                    "APNs: 64 to 200 hex digits (an even count); FCM: 1–4096 printable \
+                     characters without spaces.",
+                )),
+            )
+            .required("token")
+            .property("userId", formats::nullable::<ExternalId>())
+            .property("installId", formats::nullable::<ExternalId>())
+            .property("timezone", formats::nullable::<IanaZone>())
+            .property("locale", formats::nullable::<LanguageTag>())
+            .property(
+                "primary",
+                ObjectBuilder::new()
+                    .schema_type(Type::Boolean)
+                    .description(Some("The user's one device for `devices: primary` pushes.")),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        let token_of = |platform: Platform, pattern: &str| {
+            ObjectBuilder::new()
+                .property("platform", string().enum_values(Some([platform.as_str()])))
+                .property("token", string().pattern(Some(pattern)))
+        };
+        let has = |member: &str| {
+            ObjectBuilder::new()
+                .required(member)
+                .property(member, string())
+        };
+        AllOfBuilder::new()
+            .item(fields)
+            .item(
+                OneOfBuilder::new()
+                    .item(token_of(Platform::Ios, formats::APNS_TOKEN))
+                    .item(token_of(Platform::Android, formats::FCM_TOKEN)),
+            )
+            .item(
+                AnyOfBuilder::new()
+                    .item(has("userId"))
+                    .item(has("installId")),
+            )
+            .item(
+                AnyOfBuilder::new()
+                    .item(
+                        ObjectBuilder::new().property(
+                            "primary",
+                            ObjectBuilder::new()
+                                .schema_type(Type::Boolean)
+                                .enum_values(Some([false])),
+                        ),
+                    )
+                    .item(has("userId")),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for DeviceBody {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Platform::name().into_owned(), Platform::schema()));
+        schemas.push((ExternalId::name().into_owned(), ExternalId::schema()));
+        schemas.push((IanaZone::name().into_owned(), IanaZone::schema()));
+        schemas.push((LanguageTag::name().into_owned(), LanguageTag::schema()));
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

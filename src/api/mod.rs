@@ -4,6 +4,7 @@
 
 pub mod audience;
 pub mod campaigns;
+pub mod formats;
 pub mod idempotency;
 pub mod import;
 pub mod keys;

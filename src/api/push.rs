@@ -13,10 +13,14 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, AnyOfBuilder, ArrayBuilder, ObjectBuilder, OneOfBuilder,
+    Schema, Type,
+};
 use utoipa::openapi::{Ref, RefOr};
 use utoipa::{PartialSchema, ToSchema};
 
+use super::formats;
 use super::openapi::ErrorBody;
 use super::{ApiState, KeyOf};
 use crate::campaign::Message;
@@ -105,30 +109,92 @@ pub const FIELDS: [&str; 10] = [
 pub const MESSAGE_FIELDS: [&str; 3] = ["title", "summary", "image"];
 
 /// The request as documented; [`parse`] reads it from a `Value` itself, to
-/// answer in the contract's words (a test keeps the two alike).
-#[allow(dead_code)] // documentation only
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-pub struct PushBody {
-    /// Users by external id; an id of digits only that is no external id is
-    /// tried as a phone number. At most `server.push.max_ids` ids in all.
-    user_ids: Option<Vec<String>>,
-    /// Anonymous installs by install id.
-    install_ids: Option<Vec<String>>,
-    message: PushMessage,
-    /// A URI the app opens.
-    deeplink: Option<String>,
-    /// An http(s) URL.
-    url: Option<String>,
-    /// One of the app's topics: users who opted out are left out.
-    topic: Option<String>,
-    devices: Option<PushDevices>,
-    /// Seconds the providers keep trying, at most 2419200 (28 days).
-    #[schema(maximum = 2_419_200)]
-    ttl: Option<u32>,
-    /// String values the app receives with the push.
-    data: Option<BTreeMap<String, String>>,
-    collapse_key: Option<String>,
+/// answer in the contract's words (a test keeps the members alike, and
+/// `tests/openapi_schemas.rs` the constraints).
+pub struct PushBody;
+
+impl PartialSchema for PushBody {
+    fn schema() -> RefOr<Schema> {
+        let text = |description: &str| formats::string(description, formats::NOT_BLANK);
+        let ids = |description: &str| {
+            ArrayBuilder::new()
+                .items(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(256))
+                        .pattern(Some("^[^\\u0000]+$")),
+                )
+                .description(Some(description))
+        };
+        let fields = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property(
+                "userIds",
+                ids("Users by external id; an id of digits only that is no external id is \
+                     tried as a phone number. At most `server.push.max_ids` (1000) ids in all."),
+            )
+            .property("installIds", ids("Anonymous installs by install id."))
+            .property("message", Ref::from_schema_name(PushMessage::name()))
+            .required("message")
+            .property(
+                "deeplink",
+                formats::string("A URI the app opens (any scheme).", formats::URI),
+            )
+            .property(
+                "url",
+                formats::string("An http(s) URL the app opens.", formats::HTTP_URL),
+            )
+            .property(
+                "topic",
+                text("One of the app's topics (`[apps.<app>.topics]`): users who opted out are left out."),
+            )
+            .property("devices", Ref::from_schema_name(PushDevices::name()))
+            .property(
+                "ttl",
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0))
+                    .maximum(Some(2_419_200))
+                    .description(Some("Seconds the providers keep trying, at most 2419200 (28 days).")),
+            )
+            .property(
+                "data",
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+                    .description(Some("String values the app receives with the push.")),
+            )
+            .property(
+                "collapseKey",
+                text("A newer push with the same key replaces one still waiting on the device."),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .description(Some(
+                "A push to users and installs. The message's text, image and data together \
+                 must fit APNs' 4096-byte payload.",
+            ));
+        let some = |member: &str| {
+            ObjectBuilder::new()
+                .required(member)
+                .property(member, ArrayBuilder::new().min_items(Some(1)))
+        };
+        AllOfBuilder::new()
+            .item(fields)
+            .item(
+                AnyOfBuilder::new()
+                    .item(some("userIds"))
+                    .item(some("installIds")),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for PushBody {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((PushMessage::name().into_owned(), PushMessage::schema()));
+        schemas.push((PushDevices::name().into_owned(), PushDevices::schema()));
+    }
 }
 
 /// `primary`: one device per user; `all` (the default): every active device.
@@ -141,15 +207,30 @@ pub enum PushDevices {
 }
 
 /// The push's visible content.
-#[allow(dead_code)] // documentation only
-#[derive(ToSchema)]
-pub struct PushMessage {
-    title: String,
-    /// The body text.
-    summary: String,
-    /// An http(s) URL of an image.
-    image: Option<String>,
+pub struct PushMessage;
+
+impl PartialSchema for PushMessage {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some("The push's visible content."))
+            .property("title", formats::string("The title.", formats::NOT_BLANK))
+            .required("title")
+            .property(
+                "summary",
+                formats::string("The body text.", formats::NOT_BLANK),
+            )
+            .required("summary")
+            .property(
+                "image",
+                formats::string("An http(s) URL of an image.", formats::HTTP_URL),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .into()
+    }
 }
+
+impl ToSchema for PushMessage {}
 
 /// A push queued.
 #[derive(Debug, Serialize, ToSchema)]
@@ -599,6 +680,13 @@ mod tests {
     fn members<T: ToSchema>() -> (Vec<String>, Vec<String>) {
         match T::schema() {
             RefOr::T(Schema::Object(o)) => (o.properties.keys().cloned().collect(), o.required),
+            // The members, then the constraints across them.
+            RefOr::T(Schema::AllOf(all)) => match all.items.first() {
+                Some(RefOr::T(Schema::Object(o))) => {
+                    (o.properties.keys().cloned().collect(), o.required.clone())
+                }
+                _ => panic!("{} starts with no object schema", T::name()),
+            },
             _ => panic!("{} is not an object schema", T::name()),
         }
     }
