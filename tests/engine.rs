@@ -950,6 +950,63 @@ async fn a_campaign_whose_every_slot_was_skipped_completes<S: Store + Clone>(db:
     assert_eq!(rig.state("gone").await, CampaignState::Completed);
 }
 
+/// A recurring campaign's slot is completed together with its zone's next
+/// occurrence: when the next slot cannot be written (a trigger refuses it here,
+/// as a crash after the completion's commit would leave it), the slot stays
+/// released and the next pass completes it and plans what comes next.
+/// Completed and planned in two commits, that zone of the campaign ended.
+async fn a_recurring_slot_completes_with_its_next_occurrence<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 8, 30)).await;
+    let token = rig.device(1, "UTC", Platform::Android, false).await;
+    let id = rig
+        .schedule("daily", "type = \"cron\"\ncron = \"0 9 * * *\"")
+        .await;
+    let engine = rig.engine("w", 10);
+    rig.clock.advance(TimeDelta::minutes(30));
+    let sqlite = db.url.starts_with("sqlite:");
+    let refuse: &[&str] = if sqlite {
+        &["CREATE TRIGGER refuse_slots BEFORE INSERT ON slots BEGIN SELECT RAISE(ABORT, 'refused'); END"]
+    } else {
+        &[
+            "CREATE FUNCTION refuse_slots() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused'; END $$",
+            "CREATE TRIGGER refuse_slots BEFORE INSERT ON slots FOR EACH ROW EXECUTE FUNCTION refuse_slots()",
+        ]
+    };
+    for sql in refuse {
+        db.raw(sql).await.unwrap();
+    }
+    let failed = engine.run_until_idle().await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(rig.accepted(&token), 1, "the 09:00 message went out");
+    let drop = if sqlite {
+        "DROP TRIGGER refuse_slots"
+    } else {
+        "DROP TRIGGER refuse_slots ON slots"
+    };
+    db.raw(drop).await.unwrap();
+    engine.run_until_idle().await.unwrap();
+    let utc: Vec<(String, meridian::state::SlotState)> = rig
+        .store
+        .slots(id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.zone == "UTC")
+        .map(|s| (s.occurrence, s.state))
+        .collect();
+    use meridian::state::SlotState;
+    assert_eq!(
+        utc,
+        [
+            ("2026-11-23T09:00".to_owned(), SlotState::Completed),
+            ("2026-11-24T09:00".to_owned(), SlotState::Pending)
+        ],
+        "{utc:?}"
+    );
+    assert_eq!(rig.accepted(&token), 1, "sent once");
+}
+
 async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &TestDb<S>) {
     let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
     let mut tokens = Vec::new();
@@ -2095,6 +2152,7 @@ storage_tests!(
     each_notification_carries_its_own_delivery_id,
     a_device_without_a_locale_speaks_its_users_language,
     a_campaign_whose_every_slot_was_skipped_completes,
+    a_recurring_slot_completes_with_its_next_occurrence,
     webhook_keys_and_event_ids_never_repeat,
     a_push_falls_back_once_when_push_cannot_reach,
     a_push_reaches_users_by_id_phone_and_install,

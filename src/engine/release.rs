@@ -7,7 +7,7 @@ use tracing::Instrument;
 use super::{Engine, EngineError};
 use crate::campaign::PlanSchedule;
 use crate::planner::{self, PlanRequest, ZoneCount};
-use crate::store::{DueSlot, NewSlot, Store};
+use crate::store::{DueSlot, NewSlot, SlotCompletion, Store};
 
 /// Slots of one campaign occurrence released in one transaction.
 const RELEASE_BATCH: usize = 32;
@@ -85,12 +85,19 @@ impl<S: Store> Engine<S> {
     }
 
     /// Completes slots and campaigns with nothing left pending; a recurring
-    /// campaign gets the next occurrence of each completed slot's zone first.
+    /// campaign's slot is completed together with its zone's next occurrence.
     pub(super) async fn complete(&self) -> Result<(usize, usize), EngineError> {
-        let slots = self.store.complete_slots().await?;
-        for (slot_id, campaign_id) in &slots {
-            self.plan_next_occurrence(*slot_id, *campaign_id).await?;
+        let due = self.store.completable_slots().await?;
+        let mut completions = Vec::with_capacity(due.len());
+        for (slot_id, campaign_id) in due {
+            let next = self.next_occurrence(slot_id, campaign_id).await?;
+            completions.push(SlotCompletion {
+                slot_id,
+                campaign_id,
+                next,
+            });
         }
+        let slots = self.store.complete_slots(&completions, self.now()).await?;
         let campaigns = self.store.complete_campaigns(self.now()).await?;
         for id in &campaigns {
             tracing::info!(message = "Campaign completed.", campaign_id = id);
@@ -98,19 +105,21 @@ impl<S: Store> Engine<S> {
         Ok((slots.len(), campaigns.len()))
     }
 
-    async fn plan_next_occurrence(
+    /// The next occurrence of a recurring campaign's slot, in the slot's zone
+    /// (nothing for a campaign that does not recur, or whose schedule has ended).
+    async fn next_occurrence(
         &self,
         slot_id: i64,
         campaign_id: i64,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<NewSlot>, EngineError> {
         let Some(slot) = self.store.slot_info(slot_id).await? else {
-            return Ok(());
+            return Ok(vec![]);
         };
         let Some(ctx) = self.campaign_ctx(campaign_id, &slot.definition.0) else {
-            return Ok(());
+            return Ok(vec![]);
         };
         if !matches!(ctx.campaign.schedule, PlanSchedule::Cron { .. }) {
-            return Ok(());
+            return Ok(vec![]);
         }
         // After this occurrence, and never in the past: occurrences missed while
         // no instance ran are skipped, not sent late.
@@ -128,13 +137,13 @@ impl<S: Store> Engine<S> {
         }) {
             Ok(p) => p,
             // The schedule's last occurrence has been sent: the zone is done.
-            Err(planner::PlanError::NoOccurrence { .. }) => return Ok(()),
+            Err(planner::PlanError::NoOccurrence { .. }) => return Ok(vec![]),
             Err(error) => {
                 tracing::warn!(message = "No next occurrence planned.", campaign_id, %error);
-                return Ok(());
+                return Ok(vec![]);
             }
         };
-        let next: Vec<NewSlot> = plan
+        Ok(plan
             .slots
             .iter()
             .map(|s| NewSlot {
@@ -144,10 +153,6 @@ impl<S: Store> Engine<S> {
                 disposition: s.disposition,
                 planned_count: 0,
             })
-            .collect();
-        if !next.is_empty() {
-            self.store.add_slots(campaign_id, &next, self.now()).await?;
-        }
-        Ok(())
+            .collect())
     }
 }

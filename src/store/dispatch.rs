@@ -32,6 +32,23 @@ pub struct Released {
     pub chunks: i64,
 }
 
+/// A released slot with nothing left to send: its chunks are done and none of
+/// its deliveries waits for a retry (`slots` unaliased).
+pub(super) const SLOT_COMPLETABLE: &str = "state = 'released' \
+    AND NOT EXISTS (SELECT 1 FROM slot_chunks c WHERE c.slot_id = slots.released_with \
+      AND c.state IN ('pending', 'leased')) \
+    AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.slot_id = slots.id \
+      AND d.status IN ('queued', 'leased', 'retry'))";
+
+/// A slot to complete, with the next occurrence of its zone when its campaign
+/// recurs (empty otherwise).
+#[derive(Debug, Clone)]
+pub struct SlotCompletion {
+    pub slot_id: i64,
+    pub campaign_id: i64,
+    pub next: Vec<super::NewSlot>,
+}
+
 /// A chunk of a slot's audience, leased to one worker.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LeasedChunk {
@@ -737,20 +754,47 @@ macro_rules! shared_dispatch_methods {
             Ok(changed.len() as u64)
         }
 
-        async fn complete_slots(&self) -> Result<Vec<(i64, i64)>, $crate::store::StoreError> {
+        async fn completable_slots(&self) -> Result<Vec<(i64, i64)>, $crate::store::StoreError> {
             // Polled while `deliveries` grows by thousands of rows a second: planned
             // afresh at every call. Prepared once, Postgres kept the plan made when
             // the table was empty (a scan of it per slot: 43 s at a million rows).
-            Ok(sqlx::query_as(
-                "UPDATE slots SET state = 'completed' WHERE state = 'released' \
-                 AND NOT EXISTS (SELECT 1 FROM slot_chunks c WHERE c.slot_id = slots.released_with \
-                   AND c.state IN ('pending', 'leased')) \
-                 AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.slot_id = slots.id AND d.status IN ('queued', 'leased', 'retry')) \
-                 RETURNING id, campaign_id",
-            )
+            Ok(sqlx::query_as(&format!(
+                "SELECT id, campaign_id FROM slots WHERE {}",
+                $crate::store::dispatch::SLOT_COMPLETABLE
+            ))
             .persistent(false)
-            .fetch_all(&self.write)
+            .fetch_all(&self.read)
             .await?)
+        }
+
+        async fn complete_slots(
+            &self,
+            slots: &[$crate::store::SlotCompletion],
+            now: chrono::DateTime<chrono::Utc>,
+        ) -> Result<Vec<(i64, i64)>, $crate::store::StoreError> {
+            if slots.is_empty() {
+                return Ok(vec![]);
+            }
+            let ids: Vec<i64> = slots.iter().map(|s| s.slot_id).collect();
+            let mut tx = self.begin_write().await?;
+            // Still completable: checked again inside the transaction.
+            let sql = format!(
+                "UPDATE slots SET state = 'completed' WHERE id {} AND {} RETURNING id, campaign_id",
+                Self::ID_IN,
+                $crate::store::dispatch::SLOT_COMPLETABLE
+            );
+            let q = sqlx::query_as::<_, (i64, i64)>(&sql).persistent(false);
+            let done: Vec<(i64, i64)> = Self::bind_ids(q, &ids).fetch_all(&mut *tx).await?;
+            // The next occurrence of a recurring campaign's zone is planned in the
+            // same transaction: committed apart, a crash between the two ended
+            // that zone of the campaign for good.
+            for s in slots.iter().filter(|s| !s.next.is_empty()) {
+                if done.iter().any(|(id, _)| *id == s.slot_id) {
+                    Self::insert_slots(&mut tx, s.campaign_id, &s.next, now).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(done)
         }
 
         async fn complete_campaigns(
@@ -781,18 +825,6 @@ macro_rules! shared_dispatch_methods {
             .bind(now)
             .fetch_all(&self.write)
             .await?)
-        }
-
-        async fn add_slots(
-            &self,
-            campaign_id: i64,
-            slots: &[$crate::store::NewSlot],
-            now: chrono::DateTime<chrono::Utc>,
-        ) -> Result<(), $crate::store::StoreError> {
-            let mut tx = self.begin_write().await?;
-            Self::insert_slots(&mut tx, campaign_id, slots, now).await?;
-            tx.commit().await?;
-            Ok(())
         }
 
         async fn cancel_campaign(

@@ -27,7 +27,7 @@ mod sqlite;
 pub use api::{CampaignFilter, ClaimOutcome, ClaimTimes, IdempotencyKey};
 pub use dispatch::{
     ChunkWrite, DeliveryUpdate, DueSlot, LeasedChunk, LeasedDelivery, NewDelivery, Recipient,
-    Released, SlotInfo,
+    Released, SlotCompletion, SlotInfo,
 };
 pub use hooks::{FallbackOutcome, LeasedFallback, OutboxEvent};
 pub use postgres::PgStore;
@@ -566,23 +566,26 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// Completes released slots with no chunk and no delivery left pending:
-    /// (slot id, campaign id).
-    fn complete_slots(&self) -> impl Future<Output = Result<Vec<(i64, i64)>, StoreError>> + Send;
+    /// Released slots with no chunk and no delivery left pending: (slot id,
+    /// campaign id). Reads only.
+    fn completable_slots(&self)
+        -> impl Future<Output = Result<Vec<(i64, i64)>, StoreError>> + Send;
+
+    /// Completes those of `slots` that are still completable and, in the same
+    /// transaction, adds each one's next occurrence: a crash cannot complete a
+    /// recurring campaign's slot without planning its zone's next one. Returns
+    /// the slots completed (slot id, campaign id).
+    fn complete_slots(
+        &self,
+        slots: &[SlotCompletion],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(i64, i64)>, StoreError>> + Send;
 
     /// Completes running campaigns with no slot and no delivery left pending.
     fn complete_campaigns(
         &self,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
-
-    /// Adds slots to a campaign (the next occurrence of a recurring one).
-    fn add_slots(
-        &self,
-        campaign_id: i64,
-        slots: &[NewSlot],
-        now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Cancels a campaign: pending slots, chunks and retries become cancelled
     /// (with history); sends in flight finish. Returns the deliveries cancelled.

@@ -207,12 +207,14 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let n = i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} ids")))?;
-        Ok(sqlx::query_scalar(
-            "SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) FROM generate_series(1, $1)",
+        // The identity's sequence by its name (0001 made it): looking it up with
+        // `pg_get_serial_sequence` per value cost 6 µs each, nextval itself under 1.
+        Ok(
+            sqlx::query_scalar("SELECT nextval('deliveries_id_seq') FROM generate_series(1, $1)")
+                .bind(n)
+                .fetch_all(&self.write)
+                .await?,
         )
-        .bind(n)
-        .fetch_all(&self.write)
-        .await?)
     }
 
     shared_store_methods!();

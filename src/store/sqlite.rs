@@ -63,7 +63,14 @@ pub struct SqliteStore {
     read: SqlitePool,
     /// Held by every handle of the store; the checkpointer stops once none is left.
     _handles: Arc<()>,
+    /// Delivery ids reserved in the database and not handed out yet: `(next,
+    /// last)`. Blocks of [`ID_BLOCK`] spare the one writer a statement per
+    /// chunk; a restart leaves the rest of a block unused.
+    ids: Arc<tokio::sync::Mutex<(i64, i64)>>,
 }
+
+/// Delivery ids reserved from the database at a time.
+const ID_BLOCK: i64 = 65_536;
 
 /// A timestamp exactly as sqlx writes `DateTime<Utc>` to SQLite, so text written
 /// through JSON compares correctly with text written through binds.
@@ -231,6 +238,7 @@ impl SqliteStore {
             write,
             read,
             _handles: handles,
+            ids: Arc::new(tokio::sync::Mutex::new((1, 0))),
         })
     }
 
@@ -282,23 +290,34 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    /// Moves the AUTOINCREMENT counter of `deliveries` past `n` ids: SQLite never
-    /// hands out an id at or below it, so nothing else can take them (0013).
+    /// Hands out ids from a block reserved by moving the AUTOINCREMENT counter
+    /// of `deliveries` past it: SQLite never gives out an id at or below the
+    /// counter, so nothing else can take them (0013).
     async fn reserve_delivery_ids(&self, n: usize) -> Result<Vec<i64>, StoreError> {
         if n == 0 {
             return Ok(Vec::new());
         }
         let n = i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} ids")))?;
-        let last: Option<i64> = sqlx::query_scalar(
-            "UPDATE sqlite_sequence SET seq = seq + $1 WHERE name = 'deliveries' RETURNING seq",
-        )
-        .bind(n)
-        .fetch_optional(&self.write)
-        .await?;
-        let last = last.ok_or_else(|| {
-            StoreError::Invalid("deliveries has no AUTOINCREMENT counter (migration 0013)".into())
-        })?;
-        Ok((last - n + 1..=last).collect())
+        let mut ids = self.ids.lock().await;
+        let (next, last) = *ids;
+        if last - next + 1 < n {
+            let block = n.max(ID_BLOCK);
+            let end: Option<i64> = sqlx::query_scalar(
+                "UPDATE sqlite_sequence SET seq = seq + $1 WHERE name = 'deliveries' RETURNING seq",
+            )
+            .bind(block)
+            .fetch_optional(&self.write)
+            .await?;
+            let end = end.ok_or_else(|| {
+                StoreError::Invalid(
+                    "deliveries has no AUTOINCREMENT counter (migration 0013)".into(),
+                )
+            })?;
+            *ids = (end - block + 1, end);
+        }
+        let (next, last) = *ids;
+        *ids = (next + n, last);
+        Ok((next..next + n).collect())
     }
 
     shared_store_methods!();
