@@ -735,8 +735,17 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         "{stale:?}"
     );
     assert_eq!(s.record_chunk(&write(&b[0], "b"), later).await.unwrap(), 1);
-    assert!(!s.finish_chunk(&a[0], "a", later).await.unwrap());
-    assert!(s.finish_chunk(&b[0], "b", later).await.unwrap());
+    let stale = s.finish_chunk(&a[0], "a", later).await;
+    assert!(
+        matches!(stale, Err(StoreError::LeaseLost { .. })),
+        "a lost lease is an error, never an ignored bool: {stale:?}"
+    );
+    let stale = s.return_chunk(&a[0], "a", later).await;
+    assert!(
+        matches!(stale, Err(StoreError::LeaseLost { .. })),
+        "{stale:?}"
+    );
+    s.finish_chunk(&b[0], "b", later).await.unwrap();
     assert_eq!(s.delivery_counts(id).await.unwrap().get("sent"), Some(&1));
 }
 
@@ -1359,7 +1368,7 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
                 && slots.contains(&slot_of_zone["Europe/Paris"]),
             "a chunk spans both zones: {recipients:?}"
         );
-        assert!(s.return_chunk(c, "a", now).await.unwrap());
+        s.return_chunk(c, "a", now).await.unwrap();
     }
     // Sent, each delivery is counted under its own zone's slot, and both slots
     // note their first send.

@@ -824,6 +824,7 @@ storage_tests!(
     campaigns_save_idempotently_and_lock_when_running,
     chunk_read_uses_the_covering_zone_index,
     push_statements_probe_an_index_per_id,
+    outbox_write_backs_are_fenced_by_attempt,
     row_lease_reads_only_its_partial_indexes,
     row_lease_takes_due_and_lapsed_rows_in_order,
 );
@@ -1131,6 +1132,46 @@ async fn push_statements_probe_an_index_per_id<S: Store>(db: &TestDb<S>) {
             }
         }
     }
+}
+
+/// A webhook batch's write-back is fenced by the attempt it was leased with,
+/// as chunks and rows are: the same worker whose lease lapsed and who leased
+/// the batch again cannot acknowledge it with the old lease (it was fenced by
+/// owner only), and a lost lease is `LeaseLost`, never zero rows ignored.
+async fn outbox_write_backs_are_fenced_by_attempt<S: Store>(db: &TestDb<S>) {
+    app(&db.store, "shop").await;
+    db.raw(
+        "INSERT INTO webhook_outbox (app_id, request_id, status, at, next_attempt_at) \
+         VALUES ('shop', 'req_1', 'queued', '2026-11-23T10:00:00+00:00', '2026-11-23T10:00:00+00:00')",
+    )
+    .await
+    .unwrap();
+    let s = &db.store;
+    let t = now();
+    let first = s
+        .lease_outbox("shop", "w", t, t + TimeDelta::seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    let later = t + TimeDelta::seconds(31);
+    let again = s
+        .lease_outbox("shop", "w", later, later + TimeDelta::seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, first[0].attempts + 1);
+    let ids = [first[0].id];
+    for stale in [
+        s.ack_outbox("w", &ids, first[0].attempts).await,
+        s.retry_outbox("w", &ids, first[0].attempts, later, "x", 10)
+            .await,
+    ] {
+        assert!(
+            matches!(stale, Err(StoreError::LeaseLost { .. })),
+            "{stale:?}"
+        );
+    }
+    assert_eq!(s.ack_outbox("w", &ids, again[0].attempts).await.unwrap(), 1);
 }
 
 /// The row lease reads each way a row becomes leasable (due, or its lease lapsed)

@@ -9,7 +9,7 @@ use chrono::TimeDelta;
 
 use super::{Engine, EngineError};
 use crate::hooks::{self, HookClient, HookFailure};
-use crate::store::{FallbackOutcome, Store};
+use crate::store::{FallbackOutcome, Store, StoreError};
 
 /// How far back the sweep looks for pushes that may still need a fallback.
 const FALLBACK_HORIZON: TimeDelta = TimeDelta::days(3);
@@ -97,9 +97,16 @@ impl<S: Store> Engine<S> {
                     .post(&hooks::status_body(app, &batch), &key, self.now())
                     .await
                 {
-                    Ok(()) => {
-                        report.events_sent += self.store.ack_outbox(worker, &ids).await? as usize;
-                    }
+                    Ok(()) => match self.store.ack_outbox(worker, &ids, first.attempts).await {
+                        Ok(n) => report.events_sent += n as usize,
+                        // Another worker took the batch over (the lease lapsed while
+                        // posting): it sends it again under the same key.
+                        Err(StoreError::LeaseLost { what }) => {
+                            tracing::warn!(message = "Webhook batch lease lost.", %what);
+                            break;
+                        }
+                        Err(e) => return Err(e.into()),
+                    },
                     Err(failure) => {
                         let attempt = u32::try_from(first.attempts).unwrap_or(1);
                         let max = if failure.retry {
@@ -113,6 +120,7 @@ impl<S: Store> Engine<S> {
                             .retry_outbox(
                                 worker,
                                 &ids,
+                                first.attempts,
                                 self.retry_at(attempt, &failure),
                                 &failure.message,
                                 max,
@@ -174,9 +182,17 @@ impl<S: Store> Engine<S> {
                 FallbackOutcome::Failed { .. } => report.fallbacks_failed += 1,
                 FallbackOutcome::Retry { .. } => {}
             }
-            self.store
+            match self
+                .store
                 .finish_fallback(&f, worker, &outcome, events, self.now())
-                .await?;
+                .await
+            {
+                Ok(()) => {}
+                Err(StoreError::LeaseLost { what }) => {
+                    tracing::warn!(message = "Fallback lease lost; another worker owns it now.", %what);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(report)
     }

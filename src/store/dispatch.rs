@@ -655,7 +655,7 @@ macro_rules! shared_dispatch_methods {
             chunk: &$crate::store::LeasedChunk,
             worker: &str,
             now: chrono::DateTime<chrono::Utc>,
-        ) -> Result<bool, $crate::store::StoreError> {
+        ) -> Result<(), $crate::store::StoreError> {
             self.close_chunk(chunk, worker, "done", now).await
         }
 
@@ -664,7 +664,7 @@ macro_rules! shared_dispatch_methods {
             chunk: &$crate::store::LeasedChunk,
             worker: &str,
             now: chrono::DateTime<chrono::Utc>,
-        ) -> Result<bool, $crate::store::StoreError> {
+        ) -> Result<(), $crate::store::StoreError> {
             self.close_chunk(chunk, worker, "pending", now).await
         }
 
@@ -1036,7 +1036,7 @@ macro_rules! shared_dispatch_helpers {
             worker: &str,
             state: &str,
             now: chrono::DateTime<chrono::Utc>,
-        ) -> Result<bool, $crate::store::StoreError> {
+        ) -> Result<(), $crate::store::StoreError> {
             let done = sqlx::query(
                 "UPDATE slot_chunks SET state = $5, lease_owner = NULL, lease_expires_at = NULL, \
                  finished_by = CASE WHEN $5 = 'done' THEN $3 END, updated_at = $4 \
@@ -1049,7 +1049,10 @@ macro_rules! shared_dispatch_helpers {
             .bind(state)
             .execute(&self.write)
             .await?;
-            Ok(done.rows_affected() == 1)
+            if done.rows_affected() == 0 {
+                return Err($crate::store::StoreError::LeaseLost { what: format!("chunk {}", chunk.id) });
+            }
+            Ok(())
         }
 
         /// Marks dead tokens invalid: (device id, reason).

@@ -39,6 +39,17 @@ pub(super) fn id_rows(ids: &[i64]) -> serde_json::Value {
     ids.iter().map(|id| serde_json::json!({"id": id})).collect()
 }
 
+/// A batch write-back that touched no row lost its lease (a batch is leased,
+/// acknowledged and retried whole).
+pub(super) fn fenced(done: u64, ids: &[i64]) -> Result<u64, super::StoreError> {
+    if done == 0 && !ids.is_empty() {
+        return Err(super::StoreError::LeaseLost {
+            what: format!("webhook events {:?}..", ids.first()),
+        });
+    }
+    Ok(done)
+}
+
 /// How a fallback attempt ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FallbackOutcome {
@@ -111,19 +122,33 @@ macro_rules! hook_store_methods {
             Ok(sqlx::query_as(&sql).bind(Self::json_arg(rows)).fetch_all(&self.write).await?)
         }
 
-        async fn ack_outbox(&self, worker: &str, ids: &[i64]) -> Result<u64, $crate::store::StoreError> {
+        async fn ack_outbox(
+            &self,
+            worker: &str,
+            ids: &[i64],
+            attempts: i32,
+        ) -> Result<u64, $crate::store::StoreError> {
             let rows = $crate::store::hooks::id_rows(ids);
             let sql = format!(
-                "DELETE FROM webhook_outbox WHERE id IN (SELECT x.id FROM {}) AND state = 'leased' AND lease_owner = $2",
+                "DELETE FROM webhook_outbox WHERE id IN (SELECT x.id FROM {}) AND state = 'leased' \
+                   AND lease_owner = $2 AND attempts = $3",
                 Self::json_rows("$1", &[("id", "bigint")])
             );
-            Ok(sqlx::query(&sql).bind(Self::json_arg(rows)).bind(worker).execute(&self.write).await?.rows_affected())
+            let done = sqlx::query(&sql)
+                .bind(Self::json_arg(rows))
+                .bind(worker)
+                .bind(attempts)
+                .execute(&self.write)
+                .await?
+                .rows_affected();
+            $crate::store::hooks::fenced(done, ids)
         }
 
         async fn retry_outbox(
             &self,
             worker: &str,
             ids: &[i64],
+            attempts: i32,
             next_attempt_at: chrono::DateTime<chrono::Utc>,
             error: &str,
             max_attempts: i32,
@@ -132,18 +157,20 @@ macro_rules! hook_store_methods {
             let sql = format!(
                 "UPDATE webhook_outbox SET state = CASE WHEN attempts >= $4 THEN 'dead' ELSE 'pending' END, \
                    next_attempt_at = $3, last_error = $5, lease_owner = NULL, lease_expires_at = NULL \
-                 WHERE id IN (SELECT x.id FROM {}) AND state = 'leased' AND lease_owner = $2",
+                 WHERE id IN (SELECT x.id FROM {}) AND state = 'leased' AND lease_owner = $2 AND attempts = $6",
                 Self::json_rows("$1", &[("id", "bigint")])
             );
-            Ok(sqlx::query(&sql)
+            let done = sqlx::query(&sql)
                 .bind(Self::json_arg(rows))
                 .bind(worker)
                 .bind(next_attempt_at)
                 .bind(max_attempts)
                 .bind(error)
+                .bind(attempts)
                 .execute(&self.write)
                 .await?
-                .rows_affected())
+                .rows_affected();
+            $crate::store::hooks::fenced(done, ids)
         }
 
         async fn sweep_fallbacks(
@@ -243,7 +270,7 @@ macro_rules! hook_store_methods {
             outcome: &$crate::store::FallbackOutcome,
             events: bool,
             now: chrono::DateTime<chrono::Utc>,
-        ) -> Result<bool, $crate::store::StoreError> {
+        ) -> Result<(), $crate::store::StoreError> {
             use $crate::store::FallbackOutcome;
             let (state, next, error, step) = match outcome {
                 FallbackOutcome::Sent => ("sent", now, None, Some("fallback_sent")),
@@ -267,7 +294,7 @@ macro_rules! hook_store_methods {
             .await?
             .rows_affected();
             if changed == 0 {
-                return Ok(false);
+                return Err($crate::store::StoreError::LeaseLost { what: format!("fallback {}", f.id) });
             }
             if let Some(step) = step {
                 let detail = match error {
@@ -318,7 +345,7 @@ macro_rules! hook_store_methods {
                 }
             }
             tx.commit().await?;
-            Ok(true)
+            Ok(())
         }
     };
 }

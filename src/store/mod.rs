@@ -531,21 +531,23 @@ pub trait Store: Send + Sync + 'static {
         first_sends: &[(i64, DateTime<Utc>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Marks a leased chunk done; false if the lease was lost.
+    /// Marks a leased chunk done, fenced by owner and attempt: `LeaseLost` when
+    /// another worker has taken it over.
     fn finish_chunk(
         &self,
         chunk: &LeasedChunk,
         worker: &str,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Gives a leased chunk back unfinished (graceful shutdown).
+    /// Gives a leased chunk back unfinished (graceful shutdown, a failed pass),
+    /// fenced like `finish_chunk`.
     fn return_chunk(
         &self,
         chunk: &LeasedChunk,
         worker: &str,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Leases delivery rows due for an attempt (retries, queued transactional
     /// pushes) and rows whose lease expired, highest priority first.
@@ -660,11 +662,13 @@ pub trait Store: Send + Sync + 'static {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<OutboxEvent>, StoreError>> + Send;
 
-    /// Removes status changes the webhook took (still leased by `worker`).
+    /// Removes status changes the webhook took, fenced by the batch's lease:
+    /// `worker` and the `attempts` it was leased with (`LeaseLost` otherwise).
     fn ack_outbox(
         &self,
         worker: &str,
         ids: &[i64],
+        attempts: i32,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Puts status changes the webhook refused back for a later attempt, or marks
@@ -673,6 +677,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         worker: &str,
         ids: &[i64],
+        attempts: i32,
         next_attempt_at: DateTime<Utc>,
         error: &str,
         max_attempts: i32,
@@ -697,7 +702,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Writes a fallback attempt's outcome, fenced by worker and attempt; a final
     /// one becomes a step in the history of the user's messages of the push.
-    /// Returns false when the lease was lost.
+    /// `LeaseLost` when another worker has taken the fallback over.
     fn finish_fallback(
         &self,
         fallback: &LeasedFallback,
@@ -705,7 +710,7 @@ pub trait Store: Send + Sync + 'static {
         outcome: &FallbackOutcome,
         events: bool,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Work waiting, by kind (for the `meridian_queue_depth` gauge): chunks
     /// pending and leased, delivery rows queued and waiting to retry, slots due,
