@@ -915,18 +915,6 @@ macro_rules! shared_dispatch_methods {
             .await?;
             Ok(rows.into_iter().collect())
         }
-
-        async fn delivery_history(
-            &self,
-            delivery_id: i64,
-        ) -> Result<Vec<(String, i32, Option<String>)>, $crate::store::StoreError> {
-            Ok(sqlx::query_as(
-                "SELECT status, attempt, detail FROM delivery_events WHERE delivery_id = $1 ORDER BY id",
-            )
-            .bind(delivery_id)
-            .fetch_all(&self.read)
-            .await?)
-        }
     };
 }
 

@@ -725,12 +725,6 @@ pub trait Store: Send + Sync + 'static {
         &self,
         request_ids: &[String],
     ) -> impl Future<Output = Result<Vec<PushMessage>, StoreError>> + Send;
-
-    /// A delivery's recorded history: (status, attempt, detail).
-    fn delivery_history(
-        &self,
-        delivery_id: i64,
-    ) -> impl Future<Output = Result<Vec<(String, i32, Option<String>)>, StoreError>> + Send;
 }
 
 /// One message (delivery) as the API shows it.
