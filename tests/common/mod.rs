@@ -10,6 +10,7 @@ use meridian::store::{PgStore, SqliteStore, Store};
 use sqlx::Connection;
 
 pub mod api;
+pub mod rig;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
