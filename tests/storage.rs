@@ -825,6 +825,7 @@ storage_tests!(
     chunk_read_uses_the_covering_zone_index,
     push_statements_probe_an_index_per_id,
     outbox_write_backs_are_fenced_by_attempt,
+    reserved_delivery_ids_are_never_taken_again,
     row_lease_reads_only_its_partial_indexes,
     row_lease_takes_due_and_lapsed_rows_in_order,
 );
@@ -1172,6 +1173,34 @@ async fn outbox_write_backs_are_fenced_by_attempt<S: Store>(db: &TestDb<S>) {
         );
     }
     assert_eq!(s.ack_outbox("w", &ids, again[0].attempts).await.unwrap(), 1);
+}
+
+/// Delivery ids reserved before a campaign's send are never handed out again:
+/// a row inserted without an id afterwards (a push) gets one past them, and a
+/// second reservation gets others.
+async fn reserved_delivery_ids_are_never_taken_again<S: Store>(db: &TestDb<S>) {
+    app(&db.store, "shop").await;
+    let first = db.store.reserve_delivery_ids(3).await.unwrap();
+    assert_eq!(first.len(), 3);
+    db.raw(
+        "INSERT INTO deliveries (app_id, request_id, device_id, status, created_at, updated_at) \
+         VALUES ('shop', 'req_1', 1, 'queued', '2026-11-23T10:00:00+00:00', '2026-11-23T10:00:00+00:00')",
+    )
+    .await
+    .unwrap();
+    let second = db.store.reserve_delivery_ids(2).await.unwrap();
+    let all: std::collections::BTreeSet<i64> = first.iter().chain(&second).copied().collect();
+    assert_eq!(all.len(), 5, "{first:?} {second:?}");
+    // No row, the pushed one included, took a reserved id.
+    for id in &all {
+        let taken = db
+            .raw(&format!(
+                "UPDATE deliveries SET updated_at = updated_at WHERE id = {id}"
+            ))
+            .await
+            .unwrap();
+        assert_eq!(taken, 0, "reserved id {id} was given to another row");
+    }
 }
 
 /// The row lease reads each way a row becomes leasable (due, or its lease lapsed)
