@@ -8,6 +8,7 @@
 //! `POST /v1/push`, then shows progress until the first zones are delivered and
 //! prints what happened and where to look next.
 
+use crate::store::prelude::*;
 use std::collections::{BTreeMap, HashSet};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;

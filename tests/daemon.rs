@@ -3,6 +3,7 @@
 
 mod common;
 
+use meridian::store::prelude::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! `meridian demo` as a new user runs it: the built binary in an empty
 //! directory, with a short lead so the first zones come due in seconds.
 
+use meridian::store::prelude::*;
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use common::rig::{at, get, post, rig};
+use common::rig::{at, get, post, release_one, rig};
 use common::TestDb;
 use meridian::campaign::Platform;
 use meridian::clock::Clock;
@@ -281,13 +281,12 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
     let due = s.due_slots(now, 10).await.unwrap();
     let def = definition_of(&due[0]);
     let segment = segment_of(&rig.config, &def);
-    assert!(s
-        .release_slot(&due[0], &segment, 100, "a", now)
+    assert!(release_one(&**s, &due[0], &segment, 100, "a", now)
         .await
         .unwrap()
         .is_some());
     assert!(
-        s.release_slot(&due[0], &segment, 100, "b", now)
+        release_one(&**s, &due[0], &segment, 100, "b", now)
             .await
             .unwrap()
             .is_none(),
@@ -469,8 +468,7 @@ async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &Test
     assert_eq!(due.len(), 1);
     let def = definition_of(&due[0]);
     let segment = segment_of(&rig.config, &def);
-    rig.store
-        .release_slot(&due[0], &segment, 10, "worker-a", now)
+    release_one(&*rig.store, &due[0], &segment, 10, "worker-a", now)
         .await
         .unwrap()
         .unwrap();
@@ -641,7 +639,9 @@ async fn release_all<S: Store>(s: &S, config: &Config, now: DateTime<Utc>) {
     for slot in s.due_slots(now, 10).await.unwrap() {
         let def = definition_of(&slot);
         let segment = segment_of(config, &def);
-        s.release_slot(&slot, &segment, 5, "a", now).await.unwrap();
+        release_one(s, &slot, &segment, 5, "a", now)
+            .await
+            .unwrap();
     }
 }
 

@@ -1,5 +1,6 @@
 //! The APNs and FCM clients against the provider simulator, over TLS HTTP/2.
 
+use meridian::store::prelude::*;
 use std::sync::Arc;
 use std::time::Duration;
 

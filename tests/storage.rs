@@ -5,12 +5,15 @@ mod common;
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use common::TestDb;
 use meridian::campaign::{AttributeFilter, Audience, DevicePolicy, FilterOp, Platform};
+use meridian::config::DatabaseKind;
 use meridian::planner::{Disposition, ZoneCount};
 use meridian::state::{CampaignState, DeviceState, SlotState, StateMachine};
+use meridian::store::prelude::*;
 use meridian::store::{
     AppRecord, CampaignSave, DeviceUpsert, NewSlot, SaveOutcome, Segment, Store, StoreError,
     TopicRule, UserUpsert,
 };
+use meridian::store::{Dialect, PgDialect, SqliteDialect};
 use serde_json::json;
 
 fn now() -> DateTime<Utc> {
@@ -986,12 +989,15 @@ async fn chunk_read_uses_the_covering_zone_index<S: Store>(db: &TestDb<S>) {
         audience: &audience,
         topics: Vec::new(),
     };
-    let (sql, _) = recipients_in_range_sql(
-        db.store.kind(),
-        &segment,
-        Some("Europe/Paris"),
-        Some((1, 1000)),
-    );
+    let zone = Some("Europe/Paris");
+    let (sql, _) = match db.store.kind() {
+        DatabaseKind::Sqlite => {
+            recipients_in_range_sql::<SqliteDialect>(&segment, zone, Some((1, 1000)))
+        }
+        DatabaseKind::Postgres => {
+            recipients_in_range_sql::<PgDialect>(&segment, zone, Some((1, 1000)))
+        }
+    };
     // The binds, in order: app, zone, first and last device id.
     let sql = sql
         .replace("$1", "'shop'")
@@ -1014,7 +1020,6 @@ async fn chunk_read_uses_the_covering_zone_index<S: Store>(db: &TestDb<S>) {
 /// at 100,000 users); Postgres must not hash or merge the app's rows either.
 async fn push_statements_probe_an_index_per_id<S: Store>(db: &TestDb<S>) {
     use meridian::store::push::{insert_sql, no_device_fallback_sql, resolve_sql};
-    use meridian::store::{PgStore, SqliteStore};
     let sqlite = db.url.starts_with("sqlite:");
     if !sqlite {
         // Postgres plans by its statistics: an app of 20,000 users and devices
@@ -1034,9 +1039,9 @@ async fn push_statements_probe_an_index_per_id<S: Store>(db: &TestDb<S>) {
     }
     let rows = |param: &str, cols: &[(&str, &str)]| {
         if sqlite {
-            SqliteStore::json_rows(param, cols)
+            SqliteDialect::json_rows(param, cols)
         } else {
-            PgStore::json_rows(param, cols)
+            PgDialect::json_rows(param, cols)
         }
     };
     let ids = r#"'[{"ord": 0, "kind": "user", "ext": "u1", "phone": "491511"}, {"ord": 1, "kind": "install", "ext": "i1", "phone": null}]'"#;
@@ -1210,9 +1215,9 @@ async fn reserved_delivery_ids_are_never_taken_again<S: Store>(db: &TestDb<S>) {
 async fn row_lease_reads_only_its_partial_indexes<S: Store>(db: &TestDb<S>) {
     let sqlite = db.url.starts_with("sqlite:");
     let lease = if sqlite {
-        meridian::store::SqliteStore::LEASE_DELIVERIES
+        SqliteDialect::LEASE_DELIVERIES
     } else {
-        meridian::store::PgStore::LEASE_DELIVERIES
+        PgDialect::LEASE_DELIVERIES
     };
     // The binds, in order: now, how many, the worker, the lease's end.
     let at = "'2026-12-01 09:00:00+00:00'";
@@ -1256,8 +1261,11 @@ async fn no_device_count_probes_the_index_alone() {
         audience: &audience,
         topics: Vec::new(),
     };
-    let (mut sql, binds) =
-        zone_population_sql(db.store.kind(), &segment, Zones::One("Europe/Paris"));
+    let zones = Zones::One("Europe/Paris");
+    let (mut sql, binds) = match db.store.kind() {
+        DatabaseKind::Sqlite => zone_population_sql::<SqliteDialect>(&segment, zones),
+        DatabaseKind::Postgres => zone_population_sql::<PgDialect>(&segment, zones),
+    };
     // Written in from the last, so that `$1` does not match the start of `$10`.
     for (i, b) in binds.iter().enumerate().rev() {
         let Bind::Text(t) = b else {

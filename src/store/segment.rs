@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 
 use crate::campaign::{scalar_text, Audience, DevicePolicy, FilterOp};
-use crate::config::{DatabaseKind, FrequencyCap};
+use std::marker::PhantomData;
+
+use super::dialect::Dialect;
+use crate::config::FrequencyCap;
 
 /// A parameter of the generated SQL, bound in order as `$1, $2, …`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,12 +35,12 @@ pub struct Segment<'a> {
     pub topics: Vec<TopicRule<'a>>,
 }
 
-struct Builder {
-    kind: DatabaseKind,
+struct Builder<D> {
+    dialect: PhantomData<D>,
     binds: Vec<Bind>,
 }
 
-impl Builder {
+impl<D: Dialect> Builder<D> {
     fn param(&mut self, b: Bind) -> String {
         self.binds.push(b);
         format!("${}", self.binds.len())
@@ -50,39 +53,24 @@ impl Builder {
     /// `expr` is one of the strings in `items`.
     fn in_list(&mut self, expr: &str, items: Vec<String>) -> String {
         let p = self.param(Bind::TextList(items));
-        match self.kind {
-            DatabaseKind::Postgres => format!("{expr} = ANY({p}::text[])"),
-            DatabaseKind::Sqlite => format!("{expr} IN (SELECT value FROM json_each({p}))"),
-        }
+        D::text_in(expr, &p)
     }
 
     /// A user attribute as text (`NULL` when absent), compared the same way on both backends.
     fn attribute(&mut self, name: &str) -> String {
-        match self.kind {
-            DatabaseKind::Postgres => {
-                let p = self.text(name);
-                format!("(u.attributes ->> {p})")
-            }
-            DatabaseKind::Sqlite => {
-                let p = self.text(format!("$.\"{name}\""));
-                format!(
-                    "(CASE json_type(u.attributes, {p}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' \
-                     WHEN 'null' THEN NULL ELSE CAST(json_extract(u.attributes, {p}) AS TEXT) END)"
-                )
-            }
-        }
+        let p = self.text(D::attribute_param(name));
+        D::attribute(&p)
     }
 }
 
 /// SQL selecting the segment's recipients as `(device_id, user_id, zone, token,
 /// platform, locale)`, where `zone` is the device's zone, else the user's, else `''`.
 /// With `zone = Some(z)` only the recipients in that zone.
-pub fn recipients_sql(
-    kind: DatabaseKind,
+pub fn recipients_sql<D: Dialect>(
     segment: &Segment<'_>,
     zone: Option<&str>,
 ) -> (String, Vec<Bind>) {
-    recipients_in_range_sql(kind, segment, zone, None)
+    recipients_in_range_sql::<D>(segment, zone, None)
 }
 
 /// Which recipients' zones a query takes.
@@ -99,7 +87,7 @@ impl<'a> From<Option<&'a str>> for Zones<'a> {
     }
 }
 
-impl Builder {
+impl<D: Dialect> Builder<D> {
     /// ` AND <column> …` restricting to `zones`, or nothing.
     fn zone_cond(&mut self, column: &str, zones: Zones<'_>) -> String {
         match zones {
@@ -111,13 +99,12 @@ impl Builder {
 }
 
 /// As [`recipients_sql`], limited to device ids in `range` (inclusive).
-pub fn recipients_in_range_sql(
-    kind: DatabaseKind,
+pub fn recipients_in_range_sql<D: Dialect>(
     segment: &Segment<'_>,
     zone: Option<&str>,
     range: Option<(i64, i64)>,
 ) -> (String, Vec<Bind>) {
-    recipients_where_sql(kind, segment, zone.into(), range)
+    recipients_where_sql::<D>(segment, zone.into(), range)
 }
 
 /// The conditions of a segment, split by what they read, as SQL over `d` (the
@@ -135,7 +122,7 @@ struct Conditions {
     users: &'static str,
 }
 
-fn conditions(b: &mut Builder, segment: &Segment<'_>, app: &str) -> Conditions {
+fn conditions<D: Dialect>(b: &mut Builder<D>, segment: &Segment<'_>, app: &str) -> Conditions {
     let audience = segment.audience;
     // Conditions on the user keep or drop all of a user's devices together,
     // so they apply before the primary device is chosen.
@@ -230,13 +217,12 @@ fn all_of(conds: &[String]) -> String {
 }
 
 /// The recipients in `zones`, limited to device ids in `range` (inclusive).
-pub fn recipients_where_sql(
-    kind: DatabaseKind,
+pub fn recipients_where_sql<D: Dialect>(
     segment: &Segment<'_>,
     zones: Zones<'_>,
     range: Option<(i64, i64)>,
 ) -> (String, Vec<Bind>) {
-    let (b, app, c, zone_cond) = devices_in(kind, segment, zones, range);
+    let (b, app, c, zone_cond) = devices_in::<D>(segment, zones, range);
     let user_where: String = c
         .topics
         .iter()
@@ -265,14 +251,13 @@ pub fn recipients_where_sql(
 /// placeholder, the segment's conditions, and ` AND …` restricting `d` to `zones`
 /// and ids in `range`. The zone is a condition on the device row itself, so each
 /// slot's audience is a range of the (app_id, zone, id) index.
-fn devices_in(
-    kind: DatabaseKind,
+fn devices_in<D: Dialect>(
     segment: &Segment<'_>,
     zones: Zones<'_>,
     range: Option<(i64, i64)>,
-) -> (Builder, String, Conditions, String) {
-    let mut b = Builder {
-        kind,
+) -> (Builder<D>, String, Conditions, String) {
+    let mut b: Builder<D> = Builder {
+        dialect: PhantomData,
         binds: Vec::new(),
     };
     let app = b.text(segment.app_id);
@@ -292,12 +277,11 @@ fn devices_in(
 /// `recipient` is 1 when the device is one of the segment's recipients. One probe
 /// of the user's subscriptions per device gives the chunks, the recipients and
 /// the opted-out counts of every zone at once.
-pub fn release_scan_sql(
-    kind: DatabaseKind,
+pub fn release_scan_sql<D: Dialect>(
     segment: &Segment<'_>,
     zones: Zones<'_>,
 ) -> (String, Vec<Bind>) {
-    let (b, app, c, zone_cond) = devices_in(kind, segment, zones, None);
+    let (b, app, c, zone_cond) = devices_in::<D>(segment, zones, None);
     let listed: String = c.listed.iter().map(|x| format!(" AND {x}")).collect();
     let takes = all_of(&c.topics);
     let rest = all_of(&c.rest);
@@ -305,10 +289,7 @@ pub fn release_scan_sql(
     let users = c.users;
     // Kept from being flattened into the queries around it, which would copy the
     // `takes` probe into every expression that reads it (three probes per device).
-    let fence = match kind {
-        DatabaseKind::Postgres => " OFFSET 0",
-        DatabaseKind::Sqlite => " LIMIT -1 OFFSET 0",
-    };
+    let fence = D::FENCE;
     let sql = format!(
         "SELECT c.device_id, c.zone, c.takes, \
          CASE WHEN c.takes = 1 AND c.rest = 1 AND {device} THEN 1 ELSE 0 END AS recipient FROM (\
@@ -322,7 +303,7 @@ pub fn release_scan_sql(
 
 /// Whether the device's user (`d.user_id`) takes each topic: opted in, or not
 /// opted out of a topic users have by default.
-fn topic_conds(b: &mut Builder, topics: &[TopicRule<'_>]) -> Vec<String> {
+fn topic_conds<D: Dialect>(b: &mut Builder<D>, topics: &[TopicRule<'_>]) -> Vec<String> {
     topics
         .iter()
         .map(|t| {
@@ -338,7 +319,7 @@ fn topic_conds(b: &mut Builder, topics: &[TopicRule<'_>]) -> Vec<String> {
 
 /// ` AND …` keeping the devices of an audience's explicit user list, or nothing:
 /// such an audience is counted against the users it names, not the whole app.
-fn listed_devices(b: &mut Builder, segment: &Segment<'_>) -> String {
+fn listed_devices<D: Dialect>(b: &mut Builder<D>, segment: &Segment<'_>) -> String {
     if segment.audience.users.is_empty() {
         return String::new();
     }
@@ -351,13 +332,12 @@ fn listed_devices(b: &mut Builder, segment: &Segment<'_>) -> String {
 /// without an active device (a user with no zone is in zone `''`); the active
 /// devices are counted by [`release_scan_sql`]. Rows `(zone, kind, n)` with kind
 /// `invalid_token` or `no_device`.
-pub fn zone_population_sql(
-    kind: DatabaseKind,
+pub fn zone_population_sql<D: Dialect>(
     segment: &Segment<'_>,
     zones: Zones<'_>,
 ) -> (String, Vec<Bind>) {
-    let mut b = Builder {
-        kind,
+    let mut b: Builder<D> = Builder {
+        dialect: PhantomData,
         binds: Vec::new(),
     };
     let app = b.text(segment.app_id);
@@ -385,15 +365,7 @@ pub fn zone_population_sql(
     // Each part reads only the batch's zones through its own index (the invalid
     // devices by zone, users by zone, then one probe of the user's devices), so a
     // release batch costs its zones' population, not the app's.
-    let no_device = match kind {
-        DatabaseKind::Postgres => {
-            "LEFT JOIN LATERAL (SELECT 1 AS has FROM devices d WHERE d.user_id = u.id AND d.state = 'active' LIMIT 1) x \
-             ON TRUE WHERE x.has IS NULL AND"
-        }
-        DatabaseKind::Sqlite => {
-            "WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.state = 'active') AND"
-        }
-    };
+    let no_device = D::NO_ACTIVE_DEVICE;
     (
         format!(
             "SELECT d.zone, 'invalid_token', COUNT(*) FROM devices d \
@@ -412,8 +384,7 @@ pub fn zone_population_sql(
 /// many devices it reached, the occurrence being sent (`campaign`, `occurrence`,
 /// already bound) excluded, so all of a user's devices go or none does.
 /// `None` when no topic of the segment has a cap. New binds are appended to `binds`.
-pub fn capped_sql(
-    kind: DatabaseKind,
+pub fn capped_sql<D: Dialect>(
     segment: &Segment<'_>,
     binds: &mut Vec<Bind>,
     user: &str,
@@ -421,8 +392,8 @@ pub fn capped_sql(
     occurrence: &str,
     now: DateTime<Utc>,
 ) -> Option<String> {
-    let mut b = Builder {
-        kind,
+    let mut b: Builder<D> = Builder {
+        dialect: PhantomData,
         binds: std::mem::take(binds),
     };
     let mut arms = Vec::new();
@@ -435,12 +406,7 @@ pub fn capped_sql(
         ));
         let max = b.param(Bind::Int(i64::from(cap.max)));
         let topic = b.text(t.name);
-        let has_topic = match kind {
-            DatabaseKind::Postgres => format!("(k.definition -> 'audience' -> 'topics') @> jsonb_build_array({topic}::text)"),
-            DatabaseKind::Sqlite => format!(
-                "EXISTS (SELECT 1 FROM json_each(k.definition, '$.audience.topics') j WHERE j.value = {topic})"
-            ),
-        };
+        let has_topic = D::has_topic(&topic);
         let reason = b.text(format!("capped:{}", t.name));
         arms.push(format!(
             "WHEN (SELECT COUNT(*) FROM (SELECT DISTINCT x.campaign_id, x.occurrence FROM deliveries x \
@@ -460,8 +426,8 @@ pub fn capped_sql(
 }
 
 /// SQL counting the segment's recipients per zone: `(zone, recipients)`.
-pub fn zone_counts_sql(kind: DatabaseKind, segment: &Segment<'_>) -> (String, Vec<Bind>) {
-    let (inner, binds) = recipients_sql(kind, segment, None);
+pub fn zone_counts_sql<D: Dialect>(segment: &Segment<'_>) -> (String, Vec<Bind>) {
+    let (inner, binds) = recipients_sql::<D>(segment, None);
     (
         format!("SELECT r.zone, COUNT(*) AS recipients FROM ({inner}) r GROUP BY r.zone ORDER BY r.zone"),
         binds,
@@ -494,7 +460,7 @@ mod tests {
                 cap: None,
             }],
         };
-        let (sql, binds) = recipients_sql(DatabaseKind::Postgres, &seg, Some("Asia/Tokyo"));
+        let (sql, binds) = recipients_sql::<crate::store::PgDialect>(&seg, Some("Asia/Tokyo"));
         for i in 1..=binds.len() {
             assert!(sql.contains(&format!("${i}")), "missing ${i} in {sql}");
         }

@@ -9,18 +9,14 @@ use std::str::FromStr;
 use std::sync::{Arc, Weak};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use sqlx::query::QueryAs;
-use sqlx::sqlite::{
-    SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use serde_json::Value;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool};
 
-use super::api::api_store_methods;
-use super::dispatch::{shared_dispatch_helpers, shared_dispatch_methods};
-use super::hooks::hook_store_methods;
-use super::segment::Bind;
-use super::shared::shared_store_methods;
-use super::{NewSlot, Store, StoreError};
+use super::deliveries::{new_delivery_arrays, NEW_DELIVERY_COLUMNS};
+use super::dialect::Dialect;
+use super::sql::SqlStore;
+use super::{NewDelivery, StoreError};
 use crate::config::{DatabaseConfig, DatabaseKind};
 
 /// WAL frames after which the writer checkpoints by itself: a backstop for when
@@ -57,10 +53,13 @@ async fn checkpoint_loop(checkpointer: SqlitePool, write: SqlitePool, store: Wea
     checkpointer.close().await;
 }
 
+/// The embedded store.
+pub type SqliteStore = SqlStore<SqliteDialect>;
+
+/// SQLite's side of every backend difference (see [`Dialect`]), and what only
+/// it holds.
 #[derive(Debug, Clone)]
-pub struct SqliteStore {
-    write: SqlitePool,
-    read: SqlitePool,
+pub struct SqliteDialect {
     /// Held by every handle of the store; the checkpointer stops once none is left.
     _handles: Arc<()>,
     /// Delivery ids reserved in the database and not handed out yet: `(next,
@@ -79,114 +78,6 @@ pub(crate) fn sqlite_time(t: DateTime<Utc>) -> String {
 }
 
 impl SqliteStore {
-    /// SQLite has one write connection: a statement runs alone.
-    const ONE_WRITER: bool = true;
-
-    /// A write transaction takes the write lock at `BEGIN`: another process on the
-    /// same file (the CLI beside the daemon) is then waited for (busy timeout). A
-    /// deferred one reads first and fails at its first write with "database is
-    /// locked", as its snapshot cannot become a writer.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Sqlite>, sqlx::Error> {
-        self.write.begin_with("BEGIN IMMEDIATE").await
-    }
-    const FOR_UPDATE: &'static str = "";
-
-    /// SQLite has one writer (this process's single write connection), so the
-    /// lease is a plain `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`.
-    const LEASE_CHUNKS: &'static str = "\
-        UPDATE slot_chunks SET state = 'leased', attempt = attempt + 1, lease_owner = $3, \
-            lease_expires_at = $4, updated_at = $1 \
-        WHERE id IN ( \
-            SELECT c.id FROM slot_chunks c JOIN campaigns k ON k.id = c.campaign_id \
-            WHERE k.state = 'running' AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease_expires_at < $1)) \
-            ORDER BY c.seq, c.id LIMIT $2) \
-        RETURNING id, slot_id, campaign_id, first_device_id, last_device_id, attempt";
-
-    /// Each way a row becomes leasable is read through its own partial index, the
-    /// campaign's state checked inside each branch so rows of a paused campaign
-    /// never fill a branch's limit. With the two conditions under one `OR`, SQLite
-    /// can use neither index: it scanned the whole table, 0.2 s a lease at 1M sent
-    /// rows, every second, on the one write connection.
-    pub const LEASE_DELIVERIES: &'static str = "\
-        UPDATE deliveries SET status = 'leased', attempts = attempts + 1, lease_owner = $3, \
-            lease_expires_at = $4, updated_at = $1 \
-        WHERE id IN ( \
-            SELECT id FROM ( \
-                SELECT * FROM ( \
-                    SELECT d.id, d.priority, d.next_attempt_at FROM deliveries d \
-                    WHERE d.status IN ('queued', 'retry') AND d.next_attempt_at <= $1 \
-                      AND (d.campaign_id IS NULL OR EXISTS ( \
-                           SELECT 1 FROM campaigns k WHERE k.id = d.campaign_id AND k.state = 'running')) \
-                    ORDER BY d.priority DESC, d.next_attempt_at LIMIT $2) \
-                UNION ALL \
-                SELECT * FROM ( \
-                    SELECT d.id, d.priority, d.next_attempt_at FROM deliveries d \
-                    WHERE d.status = 'leased' AND d.lease_expires_at < $1 \
-                      AND (d.campaign_id IS NULL OR EXISTS ( \
-                           SELECT 1 FROM campaigns k WHERE k.id = d.campaign_id AND k.state = 'running')) \
-                    ORDER BY d.lease_expires_at LIMIT $2)) \
-            ORDER BY priority DESC, next_attempt_at LIMIT $2) \
-        RETURNING id";
-
-    const ID_IN: &'static str = "IN (SELECT value FROM json_each($1))";
-
-    /// "Not yet served": SQLite probes the unique index per recipient for NOT EXISTS.
-    fn not_served(campaign: &str, occurrence: &str) -> (String, String) {
-        (
-            String::new(),
-            format!(
-                "NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.campaign_id = {campaign} \
-                 AND x.occurrence = {occurrence} AND x.device_id = r.device_id)"
-            ),
-        )
-    }
-
-    fn bind_ids<'q, O>(
-        q: QueryAs<'q, Sqlite, O, SqliteArguments<'q>>,
-        ids: &[i64],
-    ) -> QueryAs<'q, Sqlite, O, SqliteArguments<'q>> {
-        q.bind(serde_json::Value::from(ids.to_vec()).to_string())
-    }
-
-    /// Rows of a JSON array as a relation `x`.
-    pub fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
-        let cols: Vec<String> = columns
-            .iter()
-            .map(|(n, _)| format!("value ->> '{n}' AS {n}"))
-            .collect();
-        format!("(SELECT {} FROM json_each({param})) AS x", cols.join(", "))
-    }
-
-    /// SQL for the seconds from `earlier` to `later` (two timestamps).
-    fn seconds_between(later: &str, earlier: &str) -> String {
-        format!("((julianday({later}) - julianday({earlier})) * 86400.0)")
-    }
-
-    fn time_json(t: DateTime<Utc>) -> serde_json::Value {
-        serde_json::json!(sqlite_time(t))
-    }
-
-    fn json_arg(v: serde_json::Value) -> String {
-        v.to_string()
-    }
-
-    /// A batch of new deliveries as positional JSON arrays (`value ->> 0`): a
-    /// third less work for the one writer than named keys.
-    fn new_delivery_source(param: &str) -> String {
-        let cols: Vec<String> = super::dispatch::NEW_DELIVERY_COLUMNS
-            .iter()
-            .enumerate()
-            .map(|(i, (n, _))| format!("value ->> {i} AS {n}"))
-            .collect();
-        format!("(SELECT {} FROM json_each({param})) AS x", cols.join(", "))
-    }
-
-    fn new_delivery_arg(rows: &[super::NewDelivery]) -> Result<String, StoreError> {
-        super::dispatch::new_delivery_arrays(rows, sqlite_time)
-    }
-
-    shared_dispatch_helpers!(Sqlite);
-
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(&cfg.url)?
             .create_if_missing(true)
@@ -237,67 +128,89 @@ impl SqliteStore {
         Ok(Self {
             write,
             read,
-            _handles: handles,
-            ids: Arc::new(tokio::sync::Mutex::new((1, 0))),
+            dialect: SqliteDialect {
+                _handles: handles,
+                ids: Arc::new(tokio::sync::Mutex::new((1, 0))),
+            },
         })
-    }
-
-    fn bind_segment<'q, O>(
-        q: QueryAs<'q, Sqlite, O, SqliteArguments<'q>>,
-        b: Bind,
-    ) -> QueryAs<'q, Sqlite, O, SqliteArguments<'q>> {
-        match b {
-            Bind::Text(s) => q.bind(s),
-            Bind::Int(i) => q.bind(i),
-            Bind::Time(t) => q.bind(t),
-            Bind::TextList(v) => q.bind(serde_json::Value::from(v).to_string()),
-        }
-    }
-
-    async fn insert_slots(
-        tx: &mut Transaction<'_, Sqlite>,
-        campaign_id: i64,
-        slots: &[NewSlot],
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        if slots.is_empty() {
-            return Ok(());
-        }
-        let rows = NewSlot::json_rows(slots, |s| serde_json::json!(sqlite_time(s.fire_at)));
-        sqlx::query(
-            "INSERT INTO slots (campaign_id, occurrence, zone, fire_at, disposition, state, planned_count, created_at) \
-             SELECT $1, value ->> 'occurrence', value ->> 'zone', value ->> 'fire_at', value ->> 'disposition', \
-                    value ->> 'state', value ->> 'planned_count', $2 \
-             FROM json_each($3) WHERE TRUE \
-             ON CONFLICT (campaign_id, occurrence, zone) DO NOTHING",
-        )
-        .bind(campaign_id)
-        .bind(now)
-        .bind(rows.to_string())
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
     }
 }
 
-impl Store for SqliteStore {
-    fn kind(&self) -> DatabaseKind {
-        DatabaseKind::Sqlite
-    }
+impl Dialect for SqliteDialect {
+    type Db = Sqlite;
+    type Json = String;
+    type Ids = String;
+    type Texts = String;
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/sqlite").run(&self.write).await?;
+    const KIND: DatabaseKind = DatabaseKind::Sqlite;
+
+    /// SQLite has one write connection: a statement runs alone.
+    const ONE_WRITER: bool = true;
+
+    /// A write transaction takes the write lock at `BEGIN`: another process on the
+    /// same file (the CLI beside the daemon) is then waited for (busy timeout). A
+    /// deferred one reads first and fails at its first write with "database is
+    /// locked", as its snapshot cannot become a writer.
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+
+    /// One writer: nothing to lock against.
+    const FOR_UPDATE: &'static str = "";
+    const SKIP_LOCKED: &'static str = "";
+
+    /// SQLite has one writer (this process's single write connection), so the
+    /// lease is a plain `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`.
+    const LEASE_CHUNKS: &'static str = "\
+        UPDATE slot_chunks SET state = 'leased', attempt = attempt + 1, lease_owner = $3, \
+            lease_expires_at = $4, updated_at = $1 \
+        WHERE id IN ( \
+            SELECT c.id FROM slot_chunks c JOIN campaigns k ON k.id = c.campaign_id \
+            WHERE k.state = 'running' AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease_expires_at < $1)) \
+            ORDER BY c.seq, c.id LIMIT $2) \
+        RETURNING id, slot_id, campaign_id, first_device_id, last_device_id, attempt";
+
+    /// Each way a row becomes leasable is read through its own partial index, the
+    /// campaign's state checked inside each branch so rows of a paused campaign
+    /// never fill a branch's limit. With the two conditions under one `OR`, SQLite
+    /// can use neither index: it scanned the whole table, 0.2 s a lease at 1M sent
+    /// rows, every second, on the one write connection.
+    const LEASE_DELIVERIES: &'static str = "\
+        UPDATE deliveries SET status = 'leased', attempts = attempts + 1, lease_owner = $3, \
+            lease_expires_at = $4, updated_at = $1 \
+        WHERE id IN ( \
+            SELECT id FROM ( \
+                SELECT * FROM ( \
+                    SELECT d.id, d.priority, d.next_attempt_at FROM deliveries d \
+                    WHERE d.status IN ('queued', 'retry') AND d.next_attempt_at <= $1 \
+                      AND (d.campaign_id IS NULL OR EXISTS ( \
+                           SELECT 1 FROM campaigns k WHERE k.id = d.campaign_id AND k.state = 'running')) \
+                    ORDER BY d.priority DESC, d.next_attempt_at LIMIT $2) \
+                UNION ALL \
+                SELECT * FROM ( \
+                    SELECT d.id, d.priority, d.next_attempt_at FROM deliveries d \
+                    WHERE d.status = 'leased' AND d.lease_expires_at < $1 \
+                      AND (d.campaign_id IS NULL OR EXISTS ( \
+                           SELECT 1 FROM campaigns k WHERE k.id = d.campaign_id AND k.state = 'running')) \
+                    ORDER BY d.lease_expires_at LIMIT $2)) \
+            ORDER BY priority DESC, next_attempt_at LIMIT $2) \
+        RETURNING id";
+
+    const ID_IN: &'static str = "IN (SELECT value FROM json_each($1))";
+
+    const NO_ACTIVE_DEVICE: &'static str =
+        "WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.state = 'active') AND";
+
+    /// `OFFSET 0` alone does not stop SQLite from flattening; it needs a `LIMIT`.
+    const FENCE: &'static str = " LIMIT -1 OFFSET 0";
+
+    async fn migrate(pool: &SqlitePool) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/sqlite").run(pool).await?;
         Ok(())
     }
 
     /// Hands out ids from a block reserved by moving the AUTOINCREMENT counter
     /// of `deliveries` past it: SQLite never gives out an id at or below the
     /// counter, so nothing else can take them (0013).
-    async fn reserve_delivery_ids(&self, n: usize) -> Result<Vec<i64>, StoreError> {
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let n = i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} ids")))?;
+    async fn reserve_ids(&self, write: &SqlitePool, n: i64) -> Result<Vec<i64>, StoreError> {
         let mut ids = self.ids.lock().await;
         let (next, last) = *ids;
         if last - next + 1 < n {
@@ -306,7 +219,7 @@ impl Store for SqliteStore {
                 "UPDATE sqlite_sequence SET seq = seq + $1 WHERE name = 'deliveries' RETURNING seq",
             )
             .bind(block)
-            .fetch_optional(&self.write)
+            .fetch_optional(write)
             .await?;
             let end = end.ok_or_else(|| {
                 StoreError::Invalid(
@@ -320,8 +233,77 @@ impl Store for SqliteStore {
         Ok((next..next + n).collect())
     }
 
-    shared_store_methods!();
-    shared_dispatch_methods!();
-    api_store_methods!();
-    hook_store_methods!();
+    /// Rows of a JSON array as a relation `x`.
+    fn json_rows(param: &str, columns: &[(&str, &str)]) -> String {
+        let cols: Vec<String> = columns
+            .iter()
+            .map(|(n, _)| format!("value ->> '{n}' AS {n}"))
+            .collect();
+        format!("(SELECT {} FROM json_each({param})) AS x", cols.join(", "))
+    }
+
+    fn json(rows: Value) -> String {
+        rows.to_string()
+    }
+
+    fn time_json(t: DateTime<Utc>) -> Value {
+        serde_json::json!(sqlite_time(t))
+    }
+
+    fn ids(ids: &[i64]) -> String {
+        Value::from(ids.to_vec()).to_string()
+    }
+
+    fn texts(items: Vec<String>) -> String {
+        Value::from(items).to_string()
+    }
+
+    /// A batch of new deliveries as positional JSON arrays (`value ->> 0`): a
+    /// third less work for the one writer than named keys.
+    fn new_delivery_source(param: &str) -> String {
+        let cols: Vec<String> = NEW_DELIVERY_COLUMNS
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| format!("value ->> {i} AS {n}"))
+            .collect();
+        format!("(SELECT {} FROM json_each({param})) AS x", cols.join(", "))
+    }
+
+    fn new_delivery_arg(rows: &[NewDelivery]) -> Result<String, StoreError> {
+        new_delivery_arrays(rows, sqlite_time)
+    }
+
+    /// "Not yet served": SQLite probes the unique index per recipient for NOT EXISTS.
+    fn not_served(campaign: &str, occurrence: &str) -> (String, String) {
+        (
+            String::new(),
+            format!(
+                "NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.campaign_id = {campaign} \
+                 AND x.occurrence = {occurrence} AND x.device_id = r.device_id)"
+            ),
+        )
+    }
+
+    fn text_in(expr: &str, param: &str) -> String {
+        format!("{expr} IN (SELECT value FROM json_each({param}))")
+    }
+
+    fn attribute_param(name: &str) -> String {
+        format!("$.\"{name}\"")
+    }
+
+    fn attribute(param: &str) -> String {
+        format!(
+            "(CASE json_type(u.attributes, {param}) WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' \
+             WHEN 'null' THEN NULL ELSE CAST(json_extract(u.attributes, {param}) AS TEXT) END)"
+        )
+    }
+
+    fn has_topic(param: &str) -> String {
+        format!("EXISTS (SELECT 1 FROM json_each(k.definition, '$.audience.topics') j WHERE j.value = {param})")
+    }
+
+    fn seconds_between(later: &str, earlier: &str) -> String {
+        format!("((julianday({later}) - julianday({earlier})) * 86400.0)")
+    }
 }

@@ -442,3 +442,19 @@ pub async fn get(base: &str, key: &str, path: &str) -> serde_json::Value {
     assert_eq!(res.status().as_u16(), 200);
     res.json().await.unwrap()
 }
+
+/// Releases one slot as the engine releases a batch of them (the store has no
+/// single-slot call): `None` when another worker released it first.
+pub async fn release_one<S: Store>(
+    store: &S,
+    slot: &meridian::store::DueSlot,
+    segment: &meridian::store::Segment<'_>,
+    chunk_size: i64,
+    worker: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<meridian::store::Released>, meridian::store::StoreError> {
+    let won = store
+        .release_slots(std::slice::from_ref(slot), segment, chunk_size, worker, now)
+        .await?;
+    Ok(won.into_iter().next().map(|(_, r)| r))
+}

@@ -1,0 +1,170 @@
+//! Apps and their API keys.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
+
+use super::dialect::{Arg, Column, Dialect, RowsAffected};
+use super::sql::SqlStore;
+use super::StoreError;
+
+/// An API key to store: the secret itself never reaches the database.
+#[derive(Debug, Clone)]
+pub struct NewApiKey<'a> {
+    pub app_id: &'a str,
+    pub name: &'a str,
+    pub prefix: &'a str,
+    pub hash: &'a str,
+}
+
+/// A stored API key, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ApiKeyRecord {
+    pub id: i64,
+    pub app_id: String,
+    pub name: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A tenant, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRecord {
+    pub id: String,
+    pub name: String,
+    pub default_timezone: String,
+}
+
+pub trait AppStore: Send + Sync {
+    /// Creates or updates a configured app.
+    fn sync_app(
+        &self,
+        app: &AppRecord,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stores a new API key (its hash); a key of the same name, even revoked, is a conflict.
+    fn create_api_key(
+        &self,
+        key: &NewApiKey<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+
+    /// The app a live key (by hash) belongs to.
+    fn api_key_app(
+        &self,
+        hash: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    /// An app's keys, live and revoked, oldest first.
+    fn api_keys(
+        &self,
+        app_id: &str,
+    ) -> impl Future<Output = Result<Vec<ApiKeyRecord>, StoreError>> + Send;
+
+    /// Revokes an app's live key by name; false when there is none.
+    fn revoke_api_key(
+        &self,
+        app_id: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+}
+
+impl<D: Dialect> AppStore for SqlStore<D>
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: IntoArguments<'q, D::Db>,
+    for<'r> &'r str: ColumnIndex<<D::Db as Database>::Row> + Column<'r, D::Db>,
+    usize: ColumnIndex<<D::Db as Database>::Row>,
+    for<'r> i64: Column<'r, D::Db>,
+    for<'r> i32: Column<'r, D::Db>,
+    for<'r> i16: Column<'r, D::Db>,
+    for<'r> bool: Column<'r, D::Db>,
+    for<'r> String: Column<'r, D::Db>,
+    for<'r> DateTime<Utc>: Column<'r, D::Db>,
+    for<'r> Json<Value>: Column<'r, D::Db>,
+    for<'q> Json<&'q Value>: Arg<'q, D::Db>,
+    for<'q> Option<Json<&'q Value>>: Arg<'q, D::Db>,
+    for<'q> Option<&'q str>: Arg<'q, D::Db>,
+    for<'q> Option<i64>: Arg<'q, D::Db>,
+    for<'q> Option<bool>: Arg<'q, D::Db>,
+    for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
+{
+    async fn sync_app(&self, app: &super::AppRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, default_timezone = excluded.default_timezone, \
+             updated_at = excluded.updated_at \
+             WHERE apps.name <> excluded.name OR apps.default_timezone <> excluded.default_timezone",
+        )
+        .bind(&app.id)
+        .bind(&app.name)
+        .bind(&app.default_timezone)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn create_api_key(
+        &self,
+        key: &super::NewApiKey<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO api_keys (app_id, name, prefix, key_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT DO NOTHING RETURNING id",
+        )
+        .bind(key.app_id)
+        .bind(key.name)
+        .bind(key.prefix)
+        .bind(key.hash)
+        .bind(now)
+        .fetch_optional(&self.write)
+        .await?;
+        id.ok_or_else(|| StoreError::Conflict {
+            key: key.name.to_owned(),
+        })
+    }
+
+    async fn api_key_app(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT app_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(hash)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    async fn api_keys(&self, app_id: &str) -> Result<Vec<super::ApiKeyRecord>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, app_id, name, prefix, created_at, revoked_at FROM api_keys WHERE app_id = $1 ORDER BY id",
+        )
+        .bind(app_id)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    async fn revoke_api_key(
+        &self,
+        app_id: &str,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = $3 WHERE app_id = $1 AND name = $2 AND revoked_at IS NULL",
+        )
+        .bind(app_id)
+        .bind(name)
+        .bind(now)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}

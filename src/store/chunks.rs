@@ -1,0 +1,386 @@
+//! Chunks of a released slot: leased, read, sent and written back, fenced by lease.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
+
+use super::dialect::{Arg, Column, Dialect, RowsAffected};
+use super::segment::Segment;
+use super::sql::SqlStore;
+use super::StoreError;
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::deliveries::NewDelivery;
+/// A chunk of a slot's audience, leased to one worker.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct LeasedChunk {
+    pub id: i64,
+    pub slot_id: i64,
+    pub campaign_id: i64,
+    pub first_device_id: i64,
+    pub last_device_id: i64,
+    pub attempt: i32,
+}
+
+/// What a worker needs to know about a slot to send its chunks.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct SlotInfo {
+    pub slot_id: i64,
+    pub campaign_id: i64,
+    pub app_id: String,
+    pub zone: String,
+    pub occurrence: String,
+    pub fire_at: DateTime<Utc>,
+    pub definition: Json<Value>,
+}
+
+/// One device to send to.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Recipient {
+    pub device_id: i64,
+    pub zone: String,
+    /// The slot of the device's zone among the chunk's release (filled in after
+    /// the read).
+    #[sqlx(skip)]
+    pub slot_id: i64,
+    pub user_id: Option<i64>,
+    /// The id its delivery will have (reserved after the read): the message id
+    /// the notification carries.
+    #[sqlx(skip)]
+    pub delivery_id: i64,
+    pub token: String,
+    pub platform: String,
+    pub locale: Option<String>,
+    /// `capped:<topic>` when a frequency cap holds this recipient back.
+    pub capped: Option<String>,
+}
+
+/// A batch of a chunk's outcomes, written only while the chunk's lease holds.
+#[derive(Debug, Clone)]
+pub struct ChunkWrite<'a> {
+    pub chunk: &'a LeasedChunk,
+    pub worker: &'a str,
+    pub app_id: &'a str,
+    pub occurrence: &'a str,
+    pub deliveries: &'a [NewDelivery],
+    /// The app has a status webhook: each written status also goes to its outbox.
+    pub events: bool,
+}
+
+pub trait ChunkStore: Send + Sync {
+    /// Leases up to `limit` chunks of running campaigns: pending ones and ones whose
+    /// lease expired (their owner died), each with its attempt incremented.
+    fn lease_chunks(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LeasedChunk>, StoreError>> + Send;
+
+    fn extend_chunk_lease(
+        &self,
+        chunk: &LeasedChunk,
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    fn slot_info(
+        &self,
+        slot_id: i64,
+    ) -> impl Future<Output = Result<Option<SlotInfo>, StoreError>> + Send;
+
+    /// The chunk's recipients not yet served for the slot's occurrence, over every
+    /// zone released with the chunk's slot (`slot` is that slot), each with the slot
+    /// of its zone and the frequency cap that holds it back at `now`, if any.
+    fn chunk_recipients(
+        &self,
+        chunk: &LeasedChunk,
+        slot: &SlotInfo,
+        segment: &Segment<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<Recipient>, StoreError>> + Send;
+
+    /// Writes a batch of first outcomes as delivery rows (and the history of the
+    /// ones not sent, and dead tokens), only while the chunk's lease holds.
+    fn record_chunk(
+        &self,
+        write: &ChunkWrite<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Notes that a send of each slot left at its time (the earliest one is kept):
+    /// a slot's scheduler lag is `first_sent_at - fire_at`.
+    fn note_slots_sending(
+        &self,
+        first_sends: &[(i64, DateTime<Utc>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks a leased chunk done, fenced by owner and attempt: `LeaseLost` when
+    /// another worker has taken it over.
+    fn finish_chunk(
+        &self,
+        chunk: &LeasedChunk,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Gives a leased chunk back unfinished (graceful shutdown, a failed pass),
+    /// fenced like `finish_chunk`.
+    fn return_chunk(
+        &self,
+        chunk: &LeasedChunk,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl<D: Dialect> ChunkStore for SqlStore<D>
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: IntoArguments<'q, D::Db>,
+    for<'r> &'r str: ColumnIndex<<D::Db as Database>::Row> + Column<'r, D::Db>,
+    usize: ColumnIndex<<D::Db as Database>::Row>,
+    for<'r> i64: Column<'r, D::Db>,
+    for<'r> i32: Column<'r, D::Db>,
+    for<'r> i16: Column<'r, D::Db>,
+    for<'r> bool: Column<'r, D::Db>,
+    for<'r> String: Column<'r, D::Db>,
+    for<'r> DateTime<Utc>: Column<'r, D::Db>,
+    for<'r> Json<Value>: Column<'r, D::Db>,
+    for<'q> Json<&'q Value>: Arg<'q, D::Db>,
+    for<'q> Option<Json<&'q Value>>: Arg<'q, D::Db>,
+    for<'q> Option<&'q str>: Arg<'q, D::Db>,
+    for<'q> Option<i64>: Arg<'q, D::Db>,
+    for<'q> Option<bool>: Arg<'q, D::Db>,
+    for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
+{
+    async fn lease_chunks(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<super::LeasedChunk>, StoreError> {
+        // Polled while the tables under it grow: planned afresh at every call.
+        Ok(sqlx::query_as(D::LEASE_CHUNKS)
+            .persistent(false)
+            .bind(now)
+            .bind(limit)
+            .bind(worker)
+            .bind(lease_until)
+            .fetch_all(&self.write)
+            .await?)
+    }
+
+    async fn extend_chunk_lease(
+        &self,
+        chunk: &super::LeasedChunk,
+        worker: &str,
+        until: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE slot_chunks SET lease_expires_at = $4 \
+             WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
+        )
+        .bind(chunk.id)
+        .bind(chunk.attempt)
+        .bind(worker)
+        .bind(until)
+        .execute(&self.write)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn slot_info(&self, slot_id: i64) -> Result<Option<super::SlotInfo>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT s.id AS slot_id, s.campaign_id, k.app_id, s.zone, s.occurrence, s.fire_at, k.definition \
+             FROM slots s JOIN campaigns k ON k.id = s.campaign_id WHERE s.id = $1",
+        )
+        .bind(slot_id)
+        .fetch_optional(&self.read)
+        .await?)
+    }
+
+    async fn chunk_recipients(
+        &self,
+        chunk: &super::LeasedChunk,
+        slot: &super::SlotInfo,
+        segment: &super::Segment<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<super::Recipient>, StoreError> {
+        use super::segment::{Bind, Zones};
+        // The chunk spans every zone released with its slot (itself among them).
+        let group: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, zone FROM slots WHERE released_with = $1 ORDER BY id")
+                .bind(chunk.slot_id)
+                .fetch_all(&self.read)
+                .await?;
+        if group.is_empty() {
+            return Err(StoreError::Invalid(format!(
+                "chunk {}: slot {} was not released",
+                chunk.id, chunk.slot_id
+            )));
+        }
+        let all = group.iter().any(|(_, z)| z == crate::planner::ALL_ZONES);
+        let zone_list: Vec<String> = group.iter().map(|(_, z)| z.clone()).collect();
+        let zones = match zone_list.as_slice() {
+            _ if all => Zones::Any,
+            [one] => Zones::One(one),
+            _ => Zones::Among(&zone_list),
+        };
+        let (recipients, mut binds) = super::segment::recipients_where_sql::<D>(
+            segment,
+            zones,
+            Some((chunk.first_device_id, chunk.last_device_id)),
+        );
+        binds.push(Bind::Int(slot.campaign_id));
+        let campaign = format!("${}", binds.len());
+        binds.push(Bind::Text(slot.occurrence.clone()));
+        let occurrence = format!("${}", binds.len());
+        // Devices already served for this occurrence (by an earlier lease of this
+        // chunk, or another slot the device's zone moved to) are skipped.
+        let (join, filter) = D::not_served(&campaign, &occurrence);
+        let capped = super::segment::capped_sql::<D>(
+            segment,
+            &mut binds,
+            "r.user_id",
+            &campaign,
+            &occurrence,
+            now,
+        )
+        .unwrap_or_else(|| "CAST(NULL AS TEXT)".to_owned());
+        let sql = format!(
+            "SELECT r.device_id, r.zone, r.user_id, r.token, r.platform, r.locale, {capped} AS capped \
+             FROM ({recipients}) r {join} WHERE {filter} ORDER BY r.device_id"
+        );
+        // Planned afresh for each chunk: the already-served probe reads a
+        // `deliveries` table that grows by thousands of rows a second.
+        let mut q = sqlx::query_as::<_, super::Recipient>(&sql).persistent(false);
+        for b in binds {
+            q = Self::bind_segment(q, b);
+        }
+        let rows = q.fetch_all(&self.read).await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|mut r| {
+                r.slot_id = group.iter().find(|(_, z)| all || *z == r.zone)?.0;
+                Some(r)
+            })
+            .collect())
+    }
+
+    async fn record_chunk(
+        &self,
+        w: &super::ChunkWrite<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        use crate::state::{DeliveryStatus, StateMachine};
+        if D::ONE_WRITER
+            && !w.events
+            && w.deliveries
+                .iter()
+                .all(|d| d.status == DeliveryStatus::Sent)
+        {
+            return self.record_sent_chunk(w, now).await;
+        }
+        let mut tx = self.begin_write().await?;
+        let lock = format!(
+            "SELECT id FROM slot_chunks WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'{}",
+            D::FOR_UPDATE
+        );
+        let held: Option<i64> = sqlx::query_scalar(&lock)
+            .bind(w.chunk.id)
+            .bind(w.chunk.attempt)
+            .bind(w.worker)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if held.is_none() {
+            return Err(StoreError::LeaseLost {
+                what: format!("chunk {}", w.chunk.id),
+            });
+        }
+        let source = D::new_delivery_source("$5");
+        let insert = format!(
+            "INSERT INTO deliveries (id, app_id, campaign_id, slot_id, occurrence, user_id, device_id, status, attempts, \
+               next_attempt_at, provider_id, error_reason, created_at, updated_at, sent_at) \
+             SELECT x.id, $1, $2, x.slot_id, $3, x.user_id, x.device_id, x.status, 1, x.next_attempt_at, x.provider_id, \
+               x.error_reason, $4, $4, CASE WHEN x.status = 'sent' THEN $4 END \
+             FROM {source} WHERE TRUE \
+             ON CONFLICT (campaign_id, occurrence, device_id) DO NOTHING \
+             RETURNING id, status, error_reason"
+        );
+        let written: Vec<(i64, String, Option<String>)> = sqlx::query_as(&insert)
+            .bind(w.app_id)
+            .bind(w.chunk.campaign_id)
+            .bind(w.occurrence)
+            .bind(now)
+            .bind(D::new_delivery_arg(w.deliveries)?)
+            .fetch_all(&mut *tx)
+            .await?;
+        // The first status of a sent delivery is implied by its row; every other
+        // first outcome (retry, failure, dead token) starts the history.
+        let events: Vec<(i64, String, i32, Option<String>)> = written
+            .iter()
+            .filter(|(_, status, _)| status != DeliveryStatus::Sent.as_str())
+            .map(|(id, status, reason)| (*id, status.clone(), 1, reason.clone()))
+            .collect();
+        Self::insert_events(&mut tx, &events, now).await?;
+        if w.events {
+            let ids: Vec<i64> = written.iter().map(|(id, _, _)| *id).collect();
+            Self::outbox_deliveries(&mut tx, &ids, now).await?;
+        }
+        let dead: Vec<(i64, String)> = w
+            .deliveries
+            .iter()
+            .filter(|d| d.status == DeliveryStatus::TokenInvalid)
+            .map(|d| (d.device_id, d.error_reason.clone().unwrap_or_default()))
+            .collect();
+        Self::invalidate_devices(&mut tx, &dead, now).await?;
+        tx.commit().await?;
+        Ok(written.len() as u64)
+    }
+
+    async fn note_slots_sending(
+        &self,
+        first_sends: &[(i64, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        if first_sends.is_empty() {
+            return Ok(());
+        }
+        let rows: serde_json::Value = first_sends
+            .iter()
+            .map(|(id, at)| serde_json::json!({"id": id, "at": D::time_json(*at)}))
+            .collect();
+        let source = D::json_rows("$1", &[("id", "bigint"), ("at", "timestamptz")]);
+        sqlx::query(&format!(
+            "UPDATE slots SET first_sent_at = x.at FROM {source} \
+             WHERE slots.id = x.id AND (slots.first_sent_at IS NULL OR slots.first_sent_at > x.at)"
+        ))
+        .bind(D::json(rows))
+        .execute(&self.write)
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_chunk(
+        &self,
+        chunk: &super::LeasedChunk,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.close_chunk(chunk, worker, "done", now).await
+    }
+
+    async fn return_chunk(
+        &self,
+        chunk: &super::LeasedChunk,
+        worker: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.close_chunk(chunk, worker, "pending", now).await
+    }
+}
