@@ -1234,7 +1234,7 @@ mod tests {
                     assert_eq!(token.len(), 64);
                     assert!(token.bytes().all(|b| b.is_ascii_hexdigit()), "{token}");
                 }
-                crate::api::audience::check_token(*platform, token).unwrap();
+                crate::audience::check_token(*platform, token).unwrap();
             }
         }
     }

@@ -24,8 +24,7 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::api::audience::{CheckedUser, UserBody};
-use crate::api::ApiError;
+use crate::audience::{CheckedUser, InvalidField, UserBody};
 use crate::clock::Clock;
 use crate::store::{Store, StoreError, UserUpsert};
 
@@ -106,9 +105,9 @@ impl RowError {
     }
 }
 
-impl From<ApiError> for RowError {
-    fn from(e: ApiError) -> Self {
-        Self(e.message)
+impl From<InvalidField> for RowError {
+    fn from(e: InvalidField) -> Self {
+        Self(e.to_string())
     }
 }
 

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the bird's-eye view and the map of these modules.
 
 pub mod api;
+pub mod audience;
 pub mod campaign;
 pub mod clock;
 pub mod config;
@@ -12,9 +13,10 @@ pub mod engine;
 pub mod hooks;
 pub mod import;
 pub mod logging;
+pub mod message;
 pub mod metrics;
 pub mod notify;
-pub mod payload;
+pub use message::payload;
 pub mod planner;
 pub mod provider;
 pub mod service;

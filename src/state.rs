@@ -143,6 +143,44 @@ states! {
 }
 
 states! {
+    /// A range of a released slot's audience, sent by one worker at a time.
+    ChunkState, "chunk" {
+        /// Waiting for a worker. Leaves when leased, or when its campaign is cancelled.
+        Pending = "pending" => [Leased, Cancelled],
+        /// A worker sends it until its lease ends; a lapsed lease is leased again
+        /// (a new attempt). Leaves when done, or back to pending when its sending failed.
+        Leased = "leased" => [Leased, Pending, Done],
+        Done = "done" => [],
+        Cancelled = "cancelled" => [],
+    }
+}
+
+states! {
+    /// A status change queued for its app's webhook. Acknowledged rows are deleted.
+    OutboxState, "outbox" {
+        /// Waiting for its turn (its app's events go out in order).
+        Pending = "pending" => [Leased],
+        /// Being posted; a lapsed lease is leased again. A refused post goes
+        /// back to pending, or to dead once its attempts run out.
+        Leased = "leased" => [Leased, Pending, Dead],
+        /// Its attempts ran out; kept for inspection.
+        Dead = "dead" => [],
+    }
+}
+
+states! {
+    /// A message handed to the fallback channel (SMS) because push could not reach its user.
+    FallbackState, "fallback" {
+        /// Waiting for its next attempt.
+        Pending = "pending" => [Leased],
+        /// Being posted; a lapsed lease is leased again.
+        Leased = "leased" => [Leased, Pending, Sent, Failed],
+        Sent = "sent" => [],
+        Failed = "failed" => [],
+    }
+}
+
+states! {
     /// One message to one device.
     DeliveryStatus, "delivery" {
         /// Waiting to be leased.

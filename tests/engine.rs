@@ -639,9 +639,7 @@ async fn release_all<S: Store>(s: &S, config: &Config, now: DateTime<Utc>) {
     for slot in s.due_slots(now, 10).await.unwrap() {
         let def = definition_of(&slot);
         let segment = segment_of(config, &def);
-        release_one(s, &slot, &segment, 5, "a", now)
-            .await
-            .unwrap();
+        release_one(s, &slot, &segment, 5, "a", now).await.unwrap();
     }
 }
 

@@ -7,7 +7,10 @@ use common::TestDb;
 use meridian::campaign::{AttributeFilter, Audience, DevicePolicy, FilterOp, Platform};
 use meridian::config::DatabaseKind;
 use meridian::planner::{Disposition, ZoneCount};
-use meridian::state::{CampaignState, DeviceState, SlotState, StateMachine};
+use meridian::state::{
+    CampaignState, ChunkState, DeliveryStatus, DeviceState, FallbackState, OutboxState, SlotState,
+    StateMachine,
+};
 use meridian::store::prelude::*;
 use meridian::store::{
     AppRecord, CampaignSave, DeviceUpsert, NewSlot, SaveOutcome, Segment, Store, StoreError,
@@ -60,6 +63,72 @@ async fn campaign_transitions_match_code<S: Store>(db: &TestDb<S>) {
         .collect();
     in_code.sort();
     assert_eq!(in_sql, in_code);
+}
+
+/// The values a column's `CHECK (column IN (…))` allows, read from the schema
+/// as the database holds it.
+async fn checked_values<S: Store>(db: &TestDb<S>, table: &str, column: &str) -> Vec<String> {
+    let (texts, start) = if db.url.starts_with("sqlite:") {
+        let sql =
+            format!("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = '{table}'");
+        (db.raw_texts(&sql).await.unwrap(), format!("{column} IN ("))
+    } else {
+        let sql = format!(
+            "SELECT pg_get_constraintdef(c.oid) FROM pg_constraint c \
+             JOIN pg_class t ON t.oid = c.conrelid WHERE t.relname = '{table}' AND c.contype = 'c'"
+        );
+        (
+            db.raw_texts(&sql).await.unwrap(),
+            format!("({column} = ANY (ARRAY["),
+        )
+    };
+    let text = texts
+        .iter()
+        .find_map(|t| t.split_once(&start).map(|(_, rest)| rest.to_owned()))
+        .unwrap_or_else(|| panic!("no CHECK on {table}.{column} in {texts:?}"));
+    let list = &text[..text.find(')').unwrap()];
+    let mut values: Vec<String> = list
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    values.sort();
+    values
+}
+
+/// Every state machine's values are exactly what its table's `CHECK` allows,
+/// and so are the platforms: a row the code reads always parses.
+async fn state_enums_match_the_schema_checks<S: Store>(db: &TestDb<S>) {
+    fn names<M: StateMachine>() -> Vec<String> {
+        let mut v: Vec<String> = M::ALL.iter().map(|s| s.as_str().to_owned()).collect();
+        v.sort();
+        v
+    }
+    let cases = [
+        ("campaigns", "state", names::<CampaignState>()),
+        ("slots", "state", names::<SlotState>()),
+        ("devices", "state", names::<DeviceState>()),
+        ("deliveries", "status", names::<DeliveryStatus>()),
+        ("slot_chunks", "state", names::<ChunkState>()),
+        ("webhook_outbox", "state", names::<OutboxState>()),
+        ("fallbacks", "state", names::<FallbackState>()),
+        (
+            "devices",
+            "platform",
+            vec!["android".to_owned(), "ios".to_owned()],
+        ),
+    ];
+    for (table, column, in_code) in cases {
+        assert_eq!(
+            checked_values(db, table, column).await,
+            in_code,
+            "{table}.{column}"
+        );
+    }
+    for p in [Platform::Ios, Platform::Android] {
+        assert_eq!(Platform::try_from(p.as_str().to_owned()), Ok(p));
+    }
 }
 
 async fn schema_refuses_bad_rows<S: Store>(db: &TestDb<S>) {
@@ -819,6 +888,7 @@ async fn a_write_beside_another_sqlite_process_waits_its_turn() {
 storage_tests!(
     migrations_are_idempotent,
     campaign_transitions_match_code,
+    state_enums_match_the_schema_checks,
     schema_refuses_bad_rows,
     user_upsert_keeps_what_is_not_given,
     devices_reactivate_and_move_primary,

@@ -4,7 +4,6 @@
 
 pub mod audience;
 pub mod campaigns;
-pub mod formats;
 pub mod idempotency;
 pub mod import;
 pub mod keys;
@@ -12,6 +11,7 @@ pub mod messages;
 pub mod openapi;
 pub mod push;
 
+pub use crate::audience::formats;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -500,4 +500,11 @@ fn json_rejection(r: JsonRejection) -> ApiError {
         code,
         message,
     )
+}
+
+/// A refused user or device field is a 400 naming it.
+impl From<crate::audience::InvalidField> for ApiError {
+    fn from(e: crate::audience::InvalidField) -> Self {
+        Self::field(&e.field, e.message)
+    }
 }

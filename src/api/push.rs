@@ -483,7 +483,7 @@ fn request_id() -> Result<String, super::keys::RandomError> {
 /// The phone number an id of digits only is tried as when no external id matches.
 fn phone_of(id: &str) -> Option<String> {
     if id.bytes().all(|b| b.is_ascii_digit()) {
-        super::audience::normalize_phone(&format!("+{id}"))
+        crate::audience::normalize_phone(&format!("+{id}"))
     } else {
         None
     }

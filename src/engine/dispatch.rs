@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tracing::Instrument;
 
 use super::outcome::{decide, Decision};
-use super::{platform_of, Engine, EngineError};
+use super::{Engine, EngineError};
 use crate::campaign::Message;
 use crate::provider::app::Push;
 use crate::provider::Outcome;
@@ -251,7 +251,7 @@ impl<S: Store> Engine<S> {
                         let outcome = providers
                             .send(&Push {
                                 delivery_id: r.delivery_id,
-                                platform: platform_of(&r.platform),
+                                platform: r.platform,
                                 token: &r.token,
                                 locale: r.locale.as_deref(),
                                 message: &ctx.campaign.definition.message,
@@ -283,7 +283,7 @@ impl<S: Store> Engine<S> {
                     Some((r, d)) => batch.push({
                         crate::metrics::delivery(
                             d.status,
-                            providers.provider_for(platform_of(&r.platform)),
+                            providers.provider_for(r.platform),
                             d.reason.as_deref(),
                         );
                         NewDelivery {
@@ -411,7 +411,7 @@ impl<S: Store> Engine<S> {
             crate::metrics::delivery(
                 d.status,
                 self.providers_for(&row.app_id)
-                    .map_or("none", |p| p.provider_for(platform_of(&row.platform))),
+                    .map_or("none", |p| p.provider_for(row.platform)),
                 d.reason.as_deref(),
             );
             updates.push(DeliveryUpdate {
@@ -526,7 +526,7 @@ impl<S: Store> Engine<S> {
         let outcome: Outcome = providers
             .send(&Push {
                 delivery_id: row.id,
-                platform: platform_of(&row.platform),
+                platform: row.platform,
                 token: &row.token,
                 locale: row.locale.as_deref(),
                 message,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::campaign::{AppContext, CampaignDefinition, Platform, ValidCampaign};
+use crate::campaign::{AppContext, CampaignDefinition, ValidCampaign};
 use crate::clock::Clock;
 use crate::config::{AppConfig, Config};
 use crate::definitions::topic_rules;
@@ -461,14 +461,6 @@ impl<S: Store> Engine<S> {
 
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
-    }
-}
-
-fn platform_of(s: &str) -> Platform {
-    if s == "android" {
-        Platform::Android
-    } else {
-        Platform::Ios
     }
 }
 

@@ -190,7 +190,7 @@ impl AppProviders {
                         collapse_id: push.collapse_key,
                     })
                     .await;
-                crate::metrics::provider_request("apns", &outcome, started.elapsed());
+                crate::metrics::provider_request("apns", outcome.label(), started.elapsed());
                 outcome
             }
             (platform, _, Some(fcm)) => {
@@ -211,7 +211,7 @@ impl AppProviders {
                 fcm.ready("fcm").await;
                 let started = std::time::Instant::now();
                 let outcome = fcm.client.send_json(body.into()).await;
-                crate::metrics::provider_request("fcm", &outcome, started.elapsed());
+                crate::metrics::provider_request("fcm", outcome.label(), started.elapsed());
                 outcome
             }
             (platform, _, None) => Outcome::Rejected {

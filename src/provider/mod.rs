@@ -34,6 +34,17 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The outcome's kind, as metrics label it.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Accepted { .. } => "accepted",
+            Self::TokenInvalid { .. } => "token_invalid",
+            Self::Retry { .. } => "retry",
+            Self::Rejected { .. } => "rejected",
+            Self::AuthFailed { .. } => "auth_failed",
+        }
+    }
+
     pub fn is_accepted(&self) -> bool {
         matches!(self, Self::Accepted { .. })
     }

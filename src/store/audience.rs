@@ -191,7 +191,8 @@ pub struct DeviceRecord {
     pub app_id: String,
     pub user_id: Option<i64>,
     pub install_id: Option<String>,
-    pub platform: String,
+    #[sqlx(try_from = "String")]
+    pub platform: Platform,
     pub token: String,
     pub timezone: Option<String>,
     pub locale: Option<String>,

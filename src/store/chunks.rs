@@ -10,6 +10,8 @@ use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::segment::Segment;
 use super::sql::SqlStore;
 use super::StoreError;
+use crate::campaign::Platform;
+use crate::state::ChunkState;
 use serde_json::Value;
 use sqlx::types::Json;
 
@@ -52,7 +54,8 @@ pub struct Recipient {
     #[sqlx(skip)]
     pub delivery_id: i64,
     pub token: String,
-    pub platform: String,
+    #[sqlx(try_from = "String")]
+    pub platform: Platform,
     pub locale: Option<String>,
     /// `capped:<topic>` when a frequency cap holds this recipient back.
     pub capped: Option<String>,
@@ -372,7 +375,7 @@ where
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.close_chunk(chunk, worker, "done", now).await
+        self.close_chunk(chunk, worker, ChunkState::Done, now).await
     }
 
     async fn return_chunk(
@@ -381,6 +384,7 @@ where
         worker: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.close_chunk(chunk, worker, "pending", now).await
+        self.close_chunk(chunk, worker, ChunkState::Pending, now)
+            .await
     }
 }

@@ -9,6 +9,7 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 use super::dialect::{Arg, Column, Dialect};
 use super::sql::SqlStore;
 use super::StoreError;
+use crate::campaign::Platform;
 use crate::state::{DeliveryStatus, StateMachine};
 use serde_json::Value;
 use sqlx::types::Json;
@@ -39,7 +40,8 @@ pub struct LeasedDelivery {
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub token: String,
-    pub platform: String,
+    #[sqlx(try_from = "String")]
+    pub platform: Platform,
     pub locale: Option<String>,
     pub device_state: String,
 }

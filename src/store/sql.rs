@@ -22,6 +22,7 @@ use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::segment::Bind;
 use super::{ChunkWrite, LeasedChunk, NewSlot, Store, StoreError};
 use crate::config::DatabaseKind;
+use crate::state::{ChunkState, StateMachine};
 
 /// The store over one backend: see [`super::SqliteStore`] and [`super::PgStore`].
 #[derive(Debug)]
@@ -260,7 +261,7 @@ where
         &self,
         chunk: &LeasedChunk,
         worker: &str,
-        state: &str,
+        state: ChunkState,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
@@ -272,7 +273,7 @@ where
         .bind(chunk.attempt)
         .bind(worker)
         .bind(now)
-        .bind(state)
+        .bind(state.as_str())
         .execute(&self.write)
         .await?;
         if done.rows_affected() == 0 {

@@ -124,6 +124,22 @@ impl<S: Store> TestDb<S> {
         }
     }
 
+    /// One text column of every row a query returns, on a separate connection.
+    pub async fn raw_texts(&self, sql: &str) -> Result<Vec<String>, sqlx::Error> {
+        if self.url.starts_with("sqlite:") {
+            let opts: sqlx::sqlite::SqliteConnectOptions = self.url.parse()?;
+            let mut c = sqlx::SqliteConnection::connect_with(&opts).await?;
+            let r = sqlx::query_scalar(sql).fetch_all(&mut c).await?;
+            c.close().await?;
+            Ok(r)
+        } else {
+            let mut c = sqlx::PgConnection::connect(&self.url).await?;
+            let r = sqlx::query_scalar(sql).fetch_all(&mut c).await?;
+            c.close().await?;
+            Ok(r)
+        }
+    }
+
     pub async fn finish(self) {
         self.store.close().await;
         if let Cleanup::Postgres { admin_url, name } = self.cleanup {
