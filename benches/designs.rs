@@ -145,7 +145,7 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
     let now = SystemClock.now();
     let t = Instant::now();
     let due: Vec<_> = store
-        .due_slots(now, 1000)
+        .slot_list_due(now, 1000)
         .await
         .unwrap()
         .into_iter()
@@ -153,7 +153,7 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
         .collect();
     for batch in due.chunks(32) {
         store
-            .release_slots(batch, &segment, 1000, "bench", now)
+            .slot_release(batch, &segment, 1000, "bench", now)
             .await
             .unwrap();
     }
@@ -163,19 +163,19 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
     loop {
         let now = SystemClock.now();
         let chunks = store
-            .lease_chunks("bench", now, now + TimeDelta::seconds(60), 8)
+            .chunk_lease("bench", now, now + TimeDelta::seconds(60), 8)
             .await
             .unwrap();
         if chunks.is_empty() {
             break;
         }
         for chunk in &chunks {
-            let slot = store.slot_info(chunk.slot_id).await.unwrap().unwrap();
+            let slot = store.slot_get_info(chunk.slot_id).await.unwrap().unwrap();
             let recipients = store
-                .chunk_recipients(chunk, &slot, &segment, now)
+                .chunk_recipient_list(chunk, &slot, &segment, now)
                 .await
                 .unwrap();
-            let ids = store.reserve_delivery_ids(recipients.len()).await.unwrap();
+            let ids = store.delivery_id_reserve(recipients.len()).await.unwrap();
             let rows: Vec<NewDelivery> = recipients
                 .iter()
                 .zip(ids)
@@ -199,10 +199,10 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
                     deliveries: batch,
                     events: false,
                 };
-                written += store.record_chunk(&w, SystemClock.now()).await.unwrap();
+                written += store.chunk_record(&w, SystemClock.now()).await.unwrap();
             }
             store
-                .finish_chunk(chunk, "bench", SystemClock.now())
+                .chunk_finish(chunk, "bench", SystemClock.now())
                 .await
                 .unwrap();
         }
@@ -245,7 +245,7 @@ async fn eager<S: Store>(store: &S, config: &Config, raw: &Raw) -> Vec<(&'static
             .collect();
         for batch in updates.chunks(500) {
             written += store
-                .record_deliveries("bench", batch, SystemClock.now())
+                .delivery_record("bench", batch, SystemClock.now())
                 .await
                 .unwrap();
         }

@@ -287,7 +287,7 @@ where
     });
     for key in ["e2e", "small"] {
         loop {
-            let c = store.campaign("shop", key).await.unwrap();
+            let c = store.campaign_get("shop", key).await.unwrap();
             if c.is_some_and(|c| c.state == meridian::state::CampaignState::Completed) {
                 break;
             }
@@ -303,7 +303,10 @@ where
     engine.stop();
     wake.notify_waiters();
     let _ = running.await;
-    let counts = store.delivery_counts(applied.record.id).await.unwrap();
+    let counts = store
+        .delivery_count_by_status(applied.record.id)
+        .await
+        .unwrap();
     let sent = counts.get("sent").copied().unwrap_or(0);
     println!(
         "{sent} sent of {devices} in {secs:.1} s = {:.0} msgs/s; statuses {counts:?}; peak RSS {:.0} MB",
@@ -329,7 +332,7 @@ where
         let store = store.clone();
         async move {
             let mut ms: Vec<i64> = store
-                .slots(id)
+                .slot_list(id)
                 .await
                 .unwrap()
                 .iter()
@@ -355,7 +358,7 @@ where
     // Split into due → released (the release loop) and released → first send
     // (leasing and reading the chunk).
     let parts: Vec<(i64, i64)> = store
-        .slots(small)
+        .slot_list(small)
         .await
         .unwrap()
         .iter()

@@ -130,7 +130,7 @@ async fn bench_zone_query<S: Store>(label: &str, store: &S) {
         let mut recipients = 0;
         for _ in 0..5 {
             let t = Instant::now();
-            let z = store.audience_zones(&segment).await.unwrap();
+            let z = store.audience_count_by_zone(&segment).await.unwrap();
             times.push(t.elapsed());
             zones = z.len();
             recipients = z.iter().map(|z| z.recipients).sum::<u64>();

@@ -150,7 +150,7 @@ async fn accept_to_sent<S: Store>(store: &S, answered: &[Answered]) -> Vec<f64> 
                 before_id: None,
                 limit: 10,
             };
-            let rows = store.messages("shop", &filter).await.unwrap();
+            let rows = store.message_list("shop", &filter).await.unwrap();
             if let Some(sent) = rows.iter().filter_map(|m| m.sent_at).max() {
                 out.push((sent - a.at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
                 break;
@@ -203,7 +203,7 @@ where
     });
     let k = meridian::api::keys::generate().unwrap();
     store
-        .create_api_key(
+        .api_key_create(
             &meridian::store::NewApiKey {
                 app_id: "shop",
                 name: "bench",
@@ -292,7 +292,7 @@ where
     let sending = |s: &Arc<S>| {
         let s = s.clone();
         async move {
-            s.campaign_by_id("shop", campaign)
+            s.campaign_get_by_id("shop", campaign)
                 .await
                 .unwrap()
                 .is_some_and(|c| c.state != CampaignState::Completed)

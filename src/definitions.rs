@@ -84,7 +84,7 @@ pub async fn sync_apps<S: Store>(
 ) -> Result<(), StoreError> {
     for (id, app) in &config.apps {
         store
-            .sync_app(
+            .app_sync(
                 &AppRecord {
                     id: id.clone(),
                     name: app.name.clone().unwrap_or_else(|| id.clone()),
@@ -141,7 +141,7 @@ pub async fn prepare<S: Store>(
     now: DateTime<Utc>,
 ) -> Result<Prepared, ApplyError> {
     let (app, campaign) = validate(config, def)?;
-    if let Some(existing) = store.campaign(&def.app, &def.key).await? {
+    if let Some(existing) = store.campaign_get(&def.app, &def.key).await? {
         if !existing.state.is_editable() && !unchanged(def, &existing) {
             return Err(StoreError::NotEditable {
                 key: def.key.clone(),
@@ -177,7 +177,7 @@ pub async fn plan_campaign<S: Store>(
 ) -> Result<Plan, ApplyError> {
     let def = &campaign.definition;
     let mut zones = store
-        .audience_zones(&Segment {
+        .audience_count_by_zone(&Segment {
             app_id: &def.app,
             audience: &def.audience,
             topics: topic_rules(app, &def.audience.topics),
@@ -253,7 +253,7 @@ pub async fn save<S: Store>(
         DesiredStatus::Scheduled => CampaignState::Scheduled,
     };
     let (record, outcome) = store
-        .save_campaign(
+        .campaign_save(
             &CampaignSave {
                 app_id: &def.app,
                 key: &def.key,
@@ -308,7 +308,7 @@ pub async fn pause<S: Store>(
     now: DateTime<Utc>,
 ) -> Result<CampaignState, StoreError> {
     store
-        .set_campaign_state(c.id, c.state, CampaignState::Paused, now)
+        .campaign_set_state(c.id, c.state, CampaignState::Paused, now)
         .await?;
     Ok(CampaignState::Paused)
 }
@@ -321,7 +321,7 @@ pub async fn resume<S: Store>(
 ) -> Result<CampaignState, StoreError> {
     use crate::state::SlotState;
     let started = store
-        .slots(c.id)
+        .slot_list(c.id)
         .await?
         .iter()
         .any(|s| matches!(s.state, SlotState::Released | SlotState::Completed));
@@ -340,7 +340,7 @@ pub async fn resume<S: Store>(
         }
         .into());
     }
-    store.set_campaign_state(c.id, c.state, to, now).await?;
+    store.campaign_set_state(c.id, c.state, to, now).await?;
     Ok(to)
 }
 
@@ -350,7 +350,7 @@ pub async fn cancel<S: Store>(
     c: &CampaignRecord,
     now: DateTime<Utc>,
 ) -> Result<u64, StoreError> {
-    store.cancel_campaign(c.id, c.state, now).await
+    store.campaign_cancel(c.id, c.state, now).await
 }
 
 /// Creates a campaign from its definition (the API's create). The same key with
@@ -362,7 +362,7 @@ pub async fn create<S: Store>(
     def: &CampaignDefinition,
     now: DateTime<Utc>,
 ) -> Result<Applied, ApplyError> {
-    match store.campaign(&def.app, &def.key).await? {
+    match store.campaign_get(&def.app, &def.key).await? {
         Some(existing) if unchanged(def, &existing) => Ok(Applied {
             record: existing,
             outcome: SaveOutcome::Unchanged,

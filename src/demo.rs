@@ -358,7 +358,7 @@ pub async fn run(options: &Options, clock: Arc<dyn Clock>) -> Result<Demo, DemoE
     let api = format!("http://{}", service.api_addr);
     let key = keys::generate()?;
     store
-        .create_api_key(
+        .api_key_create(
             &NewApiKey {
                 app_id: APP,
                 name: "demo",
@@ -617,12 +617,12 @@ async fn seed<S: Store>(
                 ..UserUpsert::default()
             })
             .collect();
-        store.upsert_users(&rows, clock.now()).await?;
+        store.user_upsert_many(&rows, clock.now()).await?;
     }
     for (n, p) in people.iter().enumerate() {
         for (i, (platform, token)) in p.devices.iter().enumerate() {
             store
-                .upsert_device(
+                .device_upsert(
                     &DeviceUpsert {
                         app_id: APP,
                         user_external_id: Some(&p.external_id),
@@ -639,7 +639,7 @@ async fn seed<S: Store>(
         }
         if let Some(choice) = p.marketing {
             store
-                .set_subscriptions(APP, &p.external_id, &[("marketing", choice)], clock.now())
+                .subscription_set(APP, &p.external_id, &[("marketing", choice)], clock.now())
                 .await?;
         }
         bar.set_position(n as u64 + 1);
@@ -814,7 +814,7 @@ async fn progress<S: Store>(
     picked: &Pick,
     request_id: &str,
 ) -> Result<Progress, StoreError> {
-    let slots = store.slots(campaign_id).await?;
+    let slots = store.slot_list(campaign_id).await?;
     let first = first_zones(&slots, picked);
     let ids: HashSet<i64> = first.iter().map(|s| s.id).collect();
     let mut p = Progress {
@@ -830,7 +830,7 @@ async fn progress<S: Store>(
         recipients: first.iter().map(|s| s.planned_count).sum(),
         ..Progress::default()
     };
-    for (slot, status, n) in store.slot_delivery_counts(campaign_id).await? {
+    for (slot, status, n) in store.delivery_count_by_slot(campaign_id).await? {
         if !ids.contains(&slot) {
             continue;
         }
@@ -843,7 +843,7 @@ async fn progress<S: Store>(
             p.invalid += n;
         }
     }
-    let messages = store.messages(APP, &push_filter(request_id)).await?;
+    let messages = store.message_list(APP, &push_filter(request_id)).await?;
     p.push_total = messages.len();
     p.push_sent = messages.iter().filter(|m| accepted(&m.status)).count();
     p.push_settled = messages.iter().filter(|m| !in_progress(&m.status)).count();
@@ -904,9 +904,9 @@ async fn summary<S: Store>(
     push: &PushSent,
     now: DateTime<Utc>,
 ) -> Result<Vec<String>, StoreError> {
-    let slots = store.slots(campaign_id).await?;
+    let slots = store.slot_list(campaign_id).await?;
     let mut delivered: BTreeMap<i64, BTreeMap<String, i64>> = BTreeMap::new();
-    for (slot, status, n) in store.slot_delivery_counts(campaign_id).await? {
+    for (slot, status, n) in store.delivery_count_by_slot(campaign_id).await? {
         *delivered
             .entry(slot)
             .or_default()
@@ -915,7 +915,7 @@ async fn summary<S: Store>(
     }
     let mut recipients: BTreeMap<i64, i64> = BTreeMap::new();
     let mut excluded: BTreeMap<String, i64> = BTreeMap::new();
-    for (slot, kind, n) in store.slot_counts(campaign_id).await? {
+    for (slot, kind, n) in store.slot_count_by_state(campaign_id).await? {
         match kind.strip_prefix("excluded:") {
             Some(reason) if n > 0 => *excluded.entry(reason.to_owned()).or_default() += n,
             Some(_) => {}
@@ -973,7 +973,7 @@ async fn summary<S: Store>(
         ));
     }
     out.push(String::new());
-    let by_status = store.delivery_counts(campaign_id).await?;
+    let by_status = store.delivery_count_by_status(campaign_id).await?;
     out.push(format!(
         "Campaign deliveries by status: {}",
         counts_line(by_status.iter().map(|(k, n)| (k.as_str(), *n)))
@@ -984,7 +984,9 @@ async fn summary<S: Store>(
             counts_line(excluded.iter().map(|(k, n)| (k.as_str(), *n)))
         ));
     }
-    let messages = store.messages(APP, &push_filter(&push.request_id)).await?;
+    let messages = store
+        .message_list(APP, &push_filter(&push.request_id))
+        .await?;
     let mut push_counts: BTreeMap<&str, i64> = BTreeMap::new();
     for m in &messages {
         *push_counts.entry(m.status.as_str()).or_default() += 1;

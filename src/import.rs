@@ -178,7 +178,7 @@ async fn write_ready<S: Store, E>(
 ) -> Result<(), ImportError<E>> {
     for batch in std::mem::take(&mut rows.ready) {
         let users: Vec<UserUpsert<'_>> = batch.iter().map(|u| u.upsert(app_id)).collect();
-        match store.upsert_users(&users, clock.now()).await {
+        match store.user_upsert_many(&users, clock.now()).await {
             Ok(n) => rows.summary.accepted += n,
             Err(source) => {
                 return Err(ImportError::Store {

@@ -314,7 +314,7 @@ async fn apikey_command<S: Store>(
             }
             let key = meridian::api::keys::generate().map_err(|e| Failure::Runtime(e.into()))?;
             let stored = store
-                .create_api_key(
+                .api_key_create(
                     &meridian::store::NewApiKey {
                         app_id: &app,
                         name: &name,
@@ -338,7 +338,7 @@ async fn apikey_command<S: Store>(
         }
         ApikeyCommand::List { .. } => {
             let keys = store
-                .api_keys(&app)
+                .api_key_list(&app)
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
             out!("PREFIX        NAME                 CREATED                    REVOKED");
@@ -357,7 +357,7 @@ async fn apikey_command<S: Store>(
         }
         ApikeyCommand::Revoke { name, .. } => {
             if store
-                .revoke_api_key(&app, &name, clock.now())
+                .api_key_revoke(&app, &name, clock.now())
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?
             {
@@ -973,7 +973,7 @@ async fn campaign_command<S: Store>(
             Ok(())
         }
         CampaignCommand::List { app } => {
-            let campaigns = store.campaigns(app.as_deref()).await?;
+            let campaigns = store.campaign_list(app.as_deref()).await?;
             if campaigns.is_empty() {
                 out!("no campaigns");
                 return Ok(());
@@ -987,7 +987,7 @@ async fn campaign_command<S: Store>(
                 "PENDING"
             );
             for c in campaigns {
-                let slots = store.slots(c.id).await?;
+                let slots = store.slot_list(c.id).await?;
                 let pending: Vec<_> = slots
                     .iter()
                     .filter(|s| s.state == SlotState::Pending)
@@ -1109,8 +1109,8 @@ async fn find_campaign<S: Store>(
     app: Option<&str>,
 ) -> Result<meridian::store::CampaignRecord, Failure> {
     let found = match app {
-        Some(app) => store.campaign(app, key).await?.into_iter().collect(),
-        None => store.campaigns_by_key(key).await?,
+        Some(app) => store.campaign_get(app, key).await?.into_iter().collect(),
+        None => store.campaign_list_by_key(key).await?,
     };
     match found.len() {
         0 => Err(Failure::Input(format!("no campaign with key {key:?}"))),
@@ -1160,20 +1160,20 @@ async fn print_campaign<S: Store>(
         def["message"]["body"].as_str().unwrap_or("")
     );
     out!("  schedule: {}", def["schedule"]);
-    let counts = store.delivery_counts(c.id).await?;
+    let counts = store.delivery_count_by_status(c.id).await?;
     if !counts.is_empty() {
         let parts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
         out!("  deliveries: {}", parts.join(", "));
     }
     let mut totals: std::collections::BTreeMap<String, i64> = std::collections::BTreeMap::new();
-    for (_, kind, n) in store.slot_counts(c.id).await? {
+    for (_, kind, n) in store.slot_count_by_state(c.id).await? {
         *totals.entry(kind).or_default() += n;
     }
     if !totals.is_empty() {
         let parts: Vec<String> = totals.iter().map(|(k, n)| format!("{k} {n}")).collect();
         out!("  released so far: {}", parts.join(", "));
     }
-    let slots = store.slots(c.id).await?;
+    let slots = store.slot_list(c.id).await?;
     if slots.is_empty() {
         if c.state == CampaignState::Draft {
             out!("  slots: none (draft)");

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 impl<S: Store> Api<S> {
     async fn shop_device(&self, token: &str) -> meridian::store::DeviceRecord {
         self.store
-            .device_by_token("shop", token)
+            .device_get_by_token("shop", token)
             .await
             .unwrap()
             .expect("the device is stored")
@@ -51,7 +51,7 @@ async fn every_route_needs_a_live_key<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(status, 200);
     assert!(api
         .store
-        .revoke_api_key("shop", "backend", SystemClock.now())
+        .api_key_revoke("shop", "backend", SystemClock.now())
         .await
         .unwrap());
     let (status, body) = api
@@ -381,12 +381,12 @@ async fn bad_input_is_named_and_changes_nothing<S: Store + Clone>(db: &TestDb<S>
         );
     }
     assert_eq!(
-        api.store.subscriptions("shop", "u1").await.unwrap(),
+        api.store.subscription_list("shop", "u1").await.unwrap(),
         None,
         "no user written"
     );
     assert_eq!(
-        api.store.device_by_token("shop", "t").await.unwrap(),
+        api.store.device_get_by_token("shop", "t").await.unwrap(),
         None,
         "no device written"
     );

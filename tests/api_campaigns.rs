@@ -73,7 +73,7 @@ async fn release_kathmandu<S: Store>(api: &Api<S>, id: i64) {
         .to_utc();
     let due: Vec<_> = api
         .store
-        .due_slots(far, 1000)
+        .slot_list_due(far, 1000)
         .await
         .unwrap()
         .into_iter()
@@ -88,7 +88,7 @@ async fn release_kathmandu<S: Store>(api: &Api<S>, id: i64) {
     };
     let won = api
         .store
-        .release_slots(&due, &segment, 100, "test", SystemClock.now())
+        .slot_release(&due, &segment, 100, "test", SystemClock.now())
         .await
         .unwrap();
     assert_eq!(won.len(), 1);
@@ -441,7 +441,7 @@ async fn an_idempotency_key_creates_once<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(body["error"], "idempotency_mismatch", "{body}");
     let shop_campaigns = || async {
         api.store
-            .campaigns(Some("shop"))
+            .campaign_list(Some("shop"))
             .await
             .unwrap()
             .into_iter()
@@ -541,7 +541,7 @@ async fn a_preview_plans_and_writes_nothing<S: Store + Clone>(db: &TestDb<S>) {
         .starts_with("schedule.at: "));
 
     assert!(
-        api.store.campaigns(None).await.unwrap().is_empty(),
+        api.store.campaign_list(None).await.unwrap().is_empty(),
         "nothing written"
     );
     let (_, list) = api.call("GET", "/v1/campaigns", shop, None).await;
@@ -618,7 +618,7 @@ async fn schedules_that_can_never_be_planned_are_refused<S: Store + Clone>(db: &
         }
     }
     assert!(
-        api.store.campaigns(None).await.unwrap().is_empty(),
+        api.store.campaign_list(None).await.unwrap().is_empty(),
         "nothing written"
     );
     let two_days_ago = SystemClock.now() - chrono::TimeDelta::days(2);
@@ -692,7 +692,7 @@ async fn bad_campaigns_are_named_and_write_nothing<S: Store + Clone>(db: &TestDb
         }
     }
     assert!(
-        api.store.campaigns(None).await.unwrap().is_empty(),
+        api.store.campaign_list(None).await.unwrap().is_empty(),
         "nothing written"
     );
 
@@ -731,7 +731,7 @@ async fn bad_campaigns_are_named_and_write_nothing<S: Store + Clone>(db: &TestDb
     assert_eq!(after, draft, "unchanged");
     let keys: Vec<String> = api
         .store
-        .campaigns(None)
+        .campaign_list(None)
         .await
         .unwrap()
         .into_iter()

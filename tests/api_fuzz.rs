@@ -355,7 +355,7 @@ async fn campaigns<S: Store>(api: &Api<S>) -> usize {
         limit: 500,
     };
     api.store
-        .campaign_page("shop", &filter)
+        .campaign_list_page("shop", &filter)
         .await
         .unwrap()
         .len()

@@ -46,7 +46,7 @@ async fn seed<S: Store>(s: &S, zones: &[(&str, usize)], now: DateTime<Utc>) {
             n += 1;
             let user = format!("user-{n}");
             let token = format!("token-{n}");
-            s.upsert_device(
+            s.device_upsert(
                 &DeviceUpsert {
                     app_id: "shop",
                     user_external_id: Some(&user),
@@ -65,7 +65,7 @@ async fn seed<S: Store>(s: &S, zones: &[(&str, usize)], now: DateTime<Utc>) {
             )
             .await
             .unwrap();
-            s.set_subscriptions("shop", &user, &[("marketing", true)], now)
+            s.subscription_set("shop", &user, &[("marketing", true)], now)
                 .await
                 .unwrap();
         }
@@ -94,7 +94,7 @@ async fn local_campaign_gets_one_slot_per_zone<S: Store>(db: &TestDb<S>) {
     let applied = definitions::save(s, prepared, now).await.unwrap();
     assert_eq!(applied.outcome, SaveOutcome::Created);
     assert_eq!(applied.record.state, CampaignState::Scheduled);
-    let slots = s.slots(applied.record.id).await.unwrap();
+    let slots = s.slot_list(applied.record.id).await.unwrap();
     let got: Vec<(&str, DateTime<Utc>, i64)> = slots
         .iter()
         .filter(|s| s.planned_count > 0)
@@ -138,7 +138,7 @@ async fn late_zones_are_recorded_as_skipped<S: Store>(db: &TestDb<S>) {
     )
     .await
     .unwrap();
-    let slots = s.slots(applied.record.id).await.unwrap();
+    let slots = s.slot_list(applied.record.id).await.unwrap();
     let by_zone = |z: &str| slots.iter().find(|s| s.zone == z).unwrap();
     assert_eq!(by_zone("Asia/Kathmandu").state, SlotState::Skipped);
     assert_eq!(by_zone("Asia/Kathmandu").planned_count, 2);
@@ -162,7 +162,7 @@ async fn passed_everywhere_writes_nothing<S: Store>(db: &TestDb<S>) {
         "{err:?}"
     );
     assert!(err.is_input());
-    assert!(s.campaigns(None).await.unwrap().is_empty());
+    assert!(s.campaign_list(None).await.unwrap().is_empty());
 }
 
 async fn running_campaign_refuses_a_new_definition<S: Store>(db: &TestDb<S>) {
@@ -178,7 +178,7 @@ async fn running_campaign_refuses_a_new_definition<S: Store>(db: &TestDb<S>) {
     )
     .await
     .unwrap();
-    s.set_campaign_state(
+    s.campaign_set_state(
         applied.record.id,
         CampaignState::Scheduled,
         CampaignState::Running,

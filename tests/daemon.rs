@@ -331,7 +331,7 @@ async fn seed_store<S: Store>(s: &S, config: &Config) -> Vec<String> {
         } else {
             (Platform::Android, format!("fcm-{n}"))
         };
-        s.upsert_device(
+        s.device_upsert(
             &DeviceUpsert {
                 app_id: "shop",
                 user_external_id: Some(&user),
@@ -346,7 +346,7 @@ async fn seed_store<S: Store>(s: &S, config: &Config) -> Vec<String> {
         )
         .await
         .unwrap();
-        s.set_subscriptions("shop", &user, &[("marketing", true)], now)
+        s.subscription_set("shop", &user, &[("marketing", true)], now)
             .await
             .unwrap();
         tokens.push(token);
@@ -861,7 +861,7 @@ async fn sighup_reloads_campaign_files_and_log_level_without_dropping_work() {
     })
     .await
     .unwrap();
-    let later = with_store!(&store, s => s.campaign("shop", "later").await.unwrap());
+    let later = with_store!(&store, s => s.campaign_get("shop", "later").await.unwrap());
     assert_eq!(later.map(|c| c.state), Some(CampaignState::Draft));
     with_store!(&store, s => s.close().await);
 

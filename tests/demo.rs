@@ -183,9 +183,12 @@ async fn the_demo_delivers_the_first_zones_and_says_where_to_look() {
 
     // The database holds what the summary said.
     let store = open(dir.path()).await;
-    let campaigns = store.campaigns_by_key("demo-local-time").await.unwrap();
+    let campaigns = store.campaign_list_by_key("demo-local-time").await.unwrap();
     assert_eq!(campaigns.len(), 1);
-    let counts = store.delivery_counts(campaigns[0].id).await.unwrap();
+    let counts = store
+        .delivery_count_by_status(campaigns[0].id)
+        .await
+        .unwrap();
     assert_eq!(counts.get("sent"), Some(&sent), "{counts:?}");
     assert_eq!(counts.get("token_invalid"), Some(&invalid), "{counts:?}");
     let request = out
@@ -194,7 +197,7 @@ async fn the_demo_delivers_the_first_zones_and_says_where_to_look() {
         .unwrap()
         .trim_end_matches(',');
     let pushed = store
-        .messages(
+        .message_list(
             "demo",
             &MessageFilter {
                 request_id: Some(request),
@@ -214,10 +217,13 @@ async fn the_demo_delivers_the_first_zones_and_says_where_to_look() {
     let again = demo(dir.path(), &["--lead", "2s"], Duration::from_secs(180));
     assert!(again.status.success(), "{}\n{}", again.stdout, again.stderr);
     let store = open(dir.path()).await;
-    let campaigns = store.campaigns(None).await.unwrap();
+    let campaigns = store.campaign_list(None).await.unwrap();
     assert_eq!(campaigns.len(), 1);
     assert_eq!(campaigns[0].id, 1);
-    let counts = store.delivery_counts(campaigns[0].id).await.unwrap();
+    let counts = store
+        .delivery_count_by_status(campaigns[0].id)
+        .await
+        .unwrap();
     assert_eq!(
         counts.get("sent"),
         Some(&count_after(

@@ -43,7 +43,7 @@ async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
     let stats = rig.sim.stats();
     assert_eq!(stats.total_accepted(), 120);
     assert_eq!(
-        rig.store.delivery_counts(id).await.unwrap(),
+        rig.store.delivery_count_by_status(id).await.unwrap(),
         BTreeMap::from([("sent".to_owned(), 120)])
     );
     assert_eq!(rig.accepted("fcm-no-opt-in"), 0);
@@ -205,7 +205,7 @@ async fn faults_are_retried_and_dead_tokens_skipped_later<S: Store + Clone>(db: 
         assert_eq!(rig.accepted(t), 0, "{t}");
         assert_eq!(
             rig.store
-                .device_by_token("shop", t)
+                .device_get_by_token("shop", t)
                 .await
                 .unwrap()
                 .unwrap()
@@ -213,7 +213,7 @@ async fn faults_are_retried_and_dead_tokens_skipped_later<S: Store + Clone>(db: 
             DeviceState::Invalid
         );
     }
-    let counts = rig.store.delivery_counts(id).await.unwrap();
+    let counts = rig.store.delivery_count_by_status(id).await.unwrap();
     assert_eq!(counts.get("sent"), Some(&(live.len() as i64)), "{counts:?}");
     assert_eq!(
         counts.get("token_invalid"),
@@ -239,7 +239,7 @@ async fn faults_are_retried_and_dead_tokens_skipped_later<S: Store + Clone>(db: 
             .unwrap_or(0);
     let later = rig.schedule("later", "type = \"now\"").await;
     engine.run_until_idle().await.unwrap();
-    let counts = rig.store.slot_counts(later).await.unwrap();
+    let counts = rig.store.slot_count_by_state(later).await.unwrap();
     let count = |kind: &str| {
         counts
             .iter()
@@ -278,7 +278,7 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
     let id = rig.schedule("lease", "type = \"now\"").await;
     let s = &rig.store;
     let now = rig.clock.now();
-    let due = s.due_slots(now, 10).await.unwrap();
+    let due = s.slot_list_due(now, 10).await.unwrap();
     let def = definition_of(&due[0]);
     let segment = segment_of(&rig.config, &def);
     assert!(release_one(&**s, &due[0], &segment, 100, "a", now)
@@ -293,30 +293,30 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         "released twice"
     );
     let a = s
-        .lease_chunks("a", now, now + TimeDelta::seconds(60), 10)
+        .chunk_lease("a", now, now + TimeDelta::seconds(60), 10)
         .await
         .unwrap();
     assert_eq!(a.len(), 1);
     assert!(s
-        .lease_chunks("b", now, now + TimeDelta::seconds(60), 10)
+        .chunk_lease("b", now, now + TimeDelta::seconds(60), 10)
         .await
         .unwrap()
         .is_empty());
     // A's lease lapses (A is stuck or dead); B takes the chunk over.
     let later = now + TimeDelta::seconds(61);
     let b = s
-        .lease_chunks("b", later, later + TimeDelta::seconds(60), 10)
+        .chunk_lease("b", later, later + TimeDelta::seconds(60), 10)
         .await
         .unwrap();
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].attempt, a[0].attempt + 1);
-    let slot = s.slot_info(a[0].slot_id).await.unwrap().unwrap();
+    let slot = s.slot_get_info(a[0].slot_id).await.unwrap().unwrap();
     let recipients = s
-        .chunk_recipients(&b[0], &slot, &segment, rig.clock.now())
+        .chunk_recipient_list(&b[0], &slot, &segment, rig.clock.now())
         .await
         .unwrap();
     let delivery = NewDelivery {
-        id: s.reserve_delivery_ids(1).await.unwrap()[0],
+        id: s.delivery_id_reserve(1).await.unwrap()[0],
         device_id: recipients[0].device_id,
         slot_id: recipients[0].slot_id,
         user_id: recipients[0].user_id,
@@ -333,24 +333,27 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         deliveries: std::slice::from_ref(&delivery),
         events: false,
     };
-    let stale = s.record_chunk(&write(&a[0], "a"), later).await;
+    let stale = s.chunk_record(&write(&a[0], "a"), later).await;
     assert!(
         matches!(stale, Err(StoreError::LeaseLost { .. })),
         "{stale:?}"
     );
-    assert_eq!(s.record_chunk(&write(&b[0], "b"), later).await.unwrap(), 1);
-    let stale = s.finish_chunk(&a[0], "a", later).await;
+    assert_eq!(s.chunk_record(&write(&b[0], "b"), later).await.unwrap(), 1);
+    let stale = s.chunk_finish(&a[0], "a", later).await;
     assert!(
         matches!(stale, Err(StoreError::LeaseLost { .. })),
         "a lost lease is an error, never an ignored bool: {stale:?}"
     );
-    let stale = s.return_chunk(&a[0], "a", later).await;
+    let stale = s.chunk_return(&a[0], "a", later).await;
     assert!(
         matches!(stale, Err(StoreError::LeaseLost { .. })),
         "{stale:?}"
     );
-    s.finish_chunk(&b[0], "b", later).await.unwrap();
-    assert_eq!(s.delivery_counts(id).await.unwrap().get("sent"), Some(&1));
+    s.chunk_finish(&b[0], "b", later).await.unwrap();
+    assert_eq!(
+        s.delivery_count_by_status(id).await.unwrap().get("sent"),
+        Some(&1)
+    );
 }
 
 /// A `local` campaign whose wall time had passed in every zone before anyone of
@@ -365,7 +368,7 @@ async fn a_campaign_whose_every_slot_was_skipped_completes<S: Store + Clone>(db:
             "type = \"local\"\nat = \"2026-11-20T09:00\"\nmissed = \"skip\"",
         )
         .await;
-    let slots = rig.store.slots(id).await.unwrap();
+    let slots = rig.store.slot_list(id).await.unwrap();
     assert!(!slots.is_empty());
     assert!(
         slots
@@ -416,7 +419,7 @@ async fn a_recurring_slot_completes_with_its_next_occurrence<S: Store + Clone>(d
     engine.run_until_idle().await.unwrap();
     let utc: Vec<(String, meridian::state::SlotState)> = rig
         .store
-        .slots(id)
+        .slot_list(id)
         .await
         .unwrap()
         .into_iter()
@@ -443,7 +446,7 @@ async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &Test
     }
     rig.schedule("p", "type = \"now\"").await;
     let engine = rig.engine("worker-a", 10);
-    let c = rig.store.campaign("shop", "p").await.unwrap().unwrap();
+    let c = rig.store.campaign_get("shop", "p").await.unwrap().unwrap();
     assert_eq!(
         definitions::pause(&*rig.store, &c, rig.clock.now())
             .await
@@ -455,7 +458,7 @@ async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &Test
         "a paused campaign is not released"
     );
     assert_eq!(rig.sim.stats().total_accepted(), 0);
-    let c = rig.store.campaign("shop", "p").await.unwrap().unwrap();
+    let c = rig.store.campaign_get("shop", "p").await.unwrap().unwrap();
     assert_eq!(
         definitions::resume(&*rig.store, &c, rig.clock.now())
             .await
@@ -464,7 +467,7 @@ async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &Test
     );
     // Released, then paused again before anything is leased: chunks wait.
     let now = rig.clock.now();
-    let due = rig.store.due_slots(now, 10).await.unwrap();
+    let due = rig.store.slot_list_due(now, 10).await.unwrap();
     assert_eq!(due.len(), 1);
     let def = definition_of(&due[0]);
     let segment = segment_of(&rig.config, &def);
@@ -472,14 +475,14 @@ async fn pause_holds_everything_and_resume_continues<S: Store + Clone>(db: &Test
         .await
         .unwrap()
         .unwrap();
-    let c = rig.store.campaign("shop", "p").await.unwrap().unwrap();
+    let c = rig.store.campaign_get("shop", "p").await.unwrap().unwrap();
     assert_eq!(c.state, CampaignState::Running);
     definitions::pause(&*rig.store, &c, now).await.unwrap();
     assert!(
         !engine.run_until_idle().await.unwrap().did_work(),
         "a paused campaign's chunks are not leased"
     );
-    let c = rig.store.campaign("shop", "p").await.unwrap().unwrap();
+    let c = rig.store.campaign_get("shop", "p").await.unwrap().unwrap();
     assert_eq!(
         definitions::resume(&*rig.store, &c, now).await.unwrap(),
         CampaignState::Running
@@ -500,7 +503,7 @@ async fn cancel_stops_the_zones_not_yet_sent<S: Store + Clone>(db: &TestDb<S>) {
     rig.clock.set(at(2026, 12, 1, 0, 0)); // 09:00 in Tokyo
     engine.run_until_idle().await.unwrap();
     assert_eq!(rig.accepted(&tokyo), 1);
-    let c = rig.store.campaign("shop", "c").await.unwrap().unwrap();
+    let c = rig.store.campaign_get("shop", "c").await.unwrap().unwrap();
     definitions::cancel(&*rig.store, &c, rig.clock.now())
         .await
         .unwrap();
@@ -508,11 +511,11 @@ async fn cancel_stops_the_zones_not_yet_sent<S: Store + Clone>(db: &TestDb<S>) {
     rig.clock.set(at(2026, 12, 1, 8, 0)); // 09:00 in Berlin
     engine.run_until_idle().await.unwrap();
     assert_eq!(rig.accepted(&berlin), 0, "a cancelled campaign sent");
-    let slots = rig.store.slots(id).await.unwrap();
+    let slots = rig.store.slot_list(id).await.unwrap();
     let berlin_slot = slots.iter().find(|s| s.zone == "Europe/Berlin").unwrap();
     assert_eq!(berlin_slot.state, meridian::state::SlotState::Cancelled);
     // Cancelled is final.
-    let c = rig.store.campaign("shop", "c").await.unwrap().unwrap();
+    let c = rig.store.campaign_get("shop", "c").await.unwrap().unwrap();
     assert!(definitions::resume(&*rig.store, &c, rig.clock.now())
         .await
         .is_err());
@@ -555,7 +558,7 @@ async fn frequency_caps_suppress_and_count<S: Store + Clone>(db: &TestDb<S>) {
     // devices it reaches, so both devices go or neither does.
     let second = "fcm-second-device-of-user-4";
     rig.store
-        .upsert_device(
+        .device_upsert(
             &DeviceUpsert {
                 app_id: "shop",
                 user_external_id: Some("user-4"),
@@ -576,10 +579,10 @@ async fn frequency_caps_suppress_and_count<S: Store + Clone>(db: &TestDb<S>) {
         let store = rig.store.clone();
         async move {
             let mut totals = BTreeMap::new();
-            for (_, kind, n) in store.slot_counts(id).await.unwrap() {
+            for (_, kind, n) in store.slot_count_by_state(id).await.unwrap() {
                 *totals.entry(kind).or_insert(0) += n;
             }
-            (store.delivery_counts(id).await.unwrap(), totals)
+            (store.delivery_count_by_status(id).await.unwrap(), totals)
         }
     };
     let sent_all = |n: u64| tokens.iter().all(|t| rig.accepted(t) == n);
@@ -636,7 +639,7 @@ fn segment_of<'a>(
 
 /// Releases every due slot into chunks of 5, as the engine's release stage does.
 async fn release_all<S: Store>(s: &S, config: &Config, now: DateTime<Utc>) {
-    for slot in s.due_slots(now, 10).await.unwrap() {
+    for slot in s.slot_list_due(now, 10).await.unwrap() {
         let def = definition_of(&slot);
         let segment = segment_of(config, &def);
         release_one(s, &slot, &segment, 5, "a", now).await.unwrap();
@@ -657,7 +660,7 @@ async fn a_new_slot_is_not_queued_behind_a_large_one<S: Store + Clone>(db: &Test
     let s = &rig.store;
     release_all(&**s, &rig.config, t0).await;
     // The big campaign's first chunks are in flight when the next one comes due.
-    let lease = |n| s.lease_chunks("a", t0, t0 + TimeDelta::seconds(60), n);
+    let lease = |n| s.chunk_lease("a", t0, t0 + TimeDelta::seconds(60), n);
     let first = lease(2).await.unwrap();
     assert!(first.iter().all(|c| c.campaign_id == big));
     rig.clock.set(t0 + TimeDelta::seconds(1));
@@ -677,7 +680,7 @@ async fn a_new_slot_is_not_queued_behind_a_large_one<S: Store + Clone>(db: &Test
     assert_eq!(rig.accepted(&tokyo), 2, "one from each campaign");
     assert_eq!(rig.sim.stats().total_accepted(), 2 * 41);
     for id in [big, small] {
-        let slots = s.slots(id).await.unwrap();
+        let slots = s.slot_list(id).await.unwrap();
         let sent: Vec<_> = slots.iter().filter_map(|x| x.first_sent_at).collect();
         assert_eq!(sent, [rig.clock.now()], "campaign {id}");
         assert!(slots[0].first_sent_at >= Some(slots[0].fire_at));
@@ -706,10 +709,10 @@ async fn zones_due_together_keep_their_own_counts<S: Store + Clone>(db: &TestDb<
                                           // Every zone already at 09:00 or later is due now (all zones are planned).
     let report = engine.run_until_idle().await.unwrap();
     assert!(report.released > 2, "{report:?}");
-    let slots = rig.store.slots(id).await.unwrap();
+    let slots = rig.store.slot_list(id).await.unwrap();
     let zone_of: BTreeMap<i64, String> = slots.iter().map(|s| (s.id, s.zone.clone())).collect();
     let mut counts: BTreeMap<(String, String), i64> = BTreeMap::new();
-    for (slot, kind, n) in rig.store.slot_counts(id).await.unwrap() {
+    for (slot, kind, n) in rig.store.slot_count_by_state(id).await.unwrap() {
         counts.insert((zone_of[&slot].clone(), kind), n);
     }
     let get = |zone: &str, kind: &str| counts.get(&(zone.to_owned(), kind.to_owned())).copied();
@@ -721,7 +724,7 @@ async fn zones_due_together_keep_their_own_counts<S: Store + Clone>(db: &TestDb<
     assert_eq!(get("Europe/Paris", "excluded:invalid_token"), Some(0));
     assert_eq!(get("Asia/Tokyo", "recipients"), Some(0));
     assert_eq!(rig.sim.stats().total_accepted(), 6);
-    let statuses = rig.store.delivery_counts(id).await.unwrap();
+    let statuses = rig.store.delivery_count_by_status(id).await.unwrap();
     assert_eq!(statuses.get("sent"), Some(&6));
     assert_eq!(statuses.get("token_invalid"), Some(&1));
 }
@@ -747,7 +750,7 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
     rig.clock.set(now);
     let s = &rig.store;
     let due: Vec<_> = s
-        .due_slots(now, 1000)
+        .slot_list_due(now, 1000)
         .await
         .unwrap()
         .into_iter()
@@ -758,13 +761,13 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
     assert_eq!(due.len(), 2);
     let def = definition_of(&due[0]);
     let segment = segment_of(&rig.config, &def);
-    let won = s.release_slots(&due, &segment, 2, "a", now).await.unwrap();
+    let won = s.slot_release(&due, &segment, 2, "a", now).await.unwrap();
     assert_eq!(won.len(), 2);
     for (_, r) in &won {
         assert_eq!(r.recipients, 3);
     }
     let chunks = s
-        .lease_chunks("a", now, now + TimeDelta::seconds(60), 10)
+        .chunk_lease("a", now, now + TimeDelta::seconds(60), 10)
         .await
         .unwrap();
     // Six recipients in chunks of two: three chunks, not two per zone.
@@ -777,8 +780,11 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
     for c in &ranges {
         assert!(c.first_device_id > last, "chunks overlap: {ranges:?}");
         last = c.last_device_id;
-        let slot = s.slot_info(c.slot_id).await.unwrap().unwrap();
-        let recipients = s.chunk_recipients(c, &slot, &segment, now).await.unwrap();
+        let slot = s.slot_get_info(c.slot_id).await.unwrap().unwrap();
+        let recipients = s
+            .chunk_recipient_list(c, &slot, &segment, now)
+            .await
+            .unwrap();
         assert_eq!(recipients.len(), 2, "{recipients:?}");
         let slots: Vec<i64> = recipients.iter().map(|r| r.slot_id).collect();
         assert!(
@@ -786,19 +792,19 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
                 && slots.contains(&slot_of_zone["Europe/Paris"]),
             "a chunk spans both zones: {recipients:?}"
         );
-        s.return_chunk(c, "a", now).await.unwrap();
+        s.chunk_return(c, "a", now).await.unwrap();
     }
     // Sent, each delivery is counted under its own zone's slot, and both slots
     // note their first send.
     rig.engine("a", 2).run_until_idle().await.unwrap();
-    let by_slot = s.slot_delivery_counts(id).await.unwrap();
+    let by_slot = s.delivery_count_by_slot(id).await.unwrap();
     for zone in ["Europe/Berlin", "Europe/Paris"] {
         assert!(
             by_slot.contains(&(slot_of_zone[zone], "sent".to_owned(), 3)),
             "{zone}: {by_slot:?}"
         );
     }
-    let slots = s.slots(id).await.unwrap();
+    let slots = s.slot_list(id).await.unwrap();
     for zone in ["Europe/Berlin", "Europe/Paris"] {
         let slot = slots.iter().find(|x| x.zone == zone).unwrap();
         assert_eq!(slot.first_sent_at, Some(now), "{zone}");
@@ -818,7 +824,7 @@ async fn an_attribute_audience_counts_devices_without_a_user<S: Store + Clone>(d
     let gold = serde_json::json!({"plan": "gold"});
     for n in 0..2 {
         rig.store
-            .upsert_user(
+            .user_upsert(
                 &meridian::store::UserUpsert {
                     app_id: "shop",
                     external_id: &format!("user-{n}"),
@@ -907,7 +913,11 @@ async fn a_failed_chunk_does_not_strand_its_siblings<S: Store + Clone>(db: &Test
     assert!(failed.is_err(), "{failed:?}");
     // The three healthy chunks were recorded in that same pass.
     assert_eq!(
-        rig.store.delivery_counts(id).await.unwrap().get("sent"),
+        rig.store
+            .delivery_count_by_status(id)
+            .await
+            .unwrap()
+            .get("sent"),
         Some(&60)
     );
     if db.url.starts_with("sqlite:") {
@@ -920,7 +930,7 @@ async fn a_failed_chunk_does_not_strand_its_siblings<S: Store + Clone>(db: &Test
     assert_eq!(report.sent, 20, "{report:?}");
     assert_eq!(rig.state("poison").await, CampaignState::Completed);
     assert_eq!(
-        rig.store.delivery_counts(id).await.unwrap(),
+        rig.store.delivery_count_by_status(id).await.unwrap(),
         BTreeMap::from([("sent".to_owned(), 80)])
     );
     // Only the failed chunk's sends, never recorded, went out twice.

@@ -49,7 +49,7 @@ impl Server {
                 prefix: &k.prefix,
                 hash: &k.hash,
             };
-            db.store.create_api_key(&stored, now).await.unwrap();
+            db.store.api_key_create(&stored, now).await.unwrap();
             keys.insert(app, k.secret);
         }
         let base = common::serve_api(Arc::new(db.store.clone()), config).await;
@@ -255,7 +255,7 @@ async fn a_second_import_updates_existing_users<S: Store + Clone>(db: &TestDb<S>
         primary: false,
     };
     db.store
-        .upsert_device(&device, SystemClock.now())
+        .device_upsert(&device, SystemClock.now())
         .await
         .unwrap();
 
@@ -393,7 +393,7 @@ async fn a_batch_writes_like_one_upsert_per_row<S: Store + Clone>(db: &TestDb<S>
         attributes: Some(&gold),
         ..UserUpsert::default()
     };
-    db.store.upsert_user(&single, now).await.unwrap();
+    db.store.user_upsert(&single, now).await.unwrap();
     let user = |app_id, external_id| UserUpsert {
         app_id,
         external_id,
@@ -422,8 +422,8 @@ async fn a_batch_writes_like_one_upsert_per_row<S: Store + Clone>(db: &TestDb<S>
             ..user("other", "twice")
         },
     ];
-    assert_eq!(db.store.upsert_users(&batch, now).await.unwrap(), 5);
-    assert_eq!(db.store.upsert_users(&[], now).await.unwrap(), 0);
+    assert_eq!(db.store.user_upsert_many(&batch, now).await.unwrap(), 5);
+    assert_eq!(db.store.user_upsert_many(&[], now).await.unwrap(), 0);
     let shop = users_of(db, "shop").await;
     assert_eq!(
         shop["kept"],

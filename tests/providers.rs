@@ -227,7 +227,7 @@ async fn apns_dead_token_is_token_invalid_and_the_device_is_marked() {
     store.migrate().await.unwrap();
     let now = SystemClock.now();
     store
-        .sync_app(
+        .app_sync(
             &AppRecord {
                 id: "shop".into(),
                 name: "Shop".into(),
@@ -239,7 +239,7 @@ async fn apns_dead_token_is_token_invalid_and_the_device_is_marked() {
         .unwrap();
     let dead = format!("dead{}", &hex_token(7)[4..]);
     let device = store
-        .upsert_device(
+        .device_upsert(
             &DeviceUpsert {
                 app_id: "shop",
                 user_external_id: Some("u1"),
@@ -260,12 +260,12 @@ async fn apns_dead_token_is_token_invalid_and_the_device_is_marked() {
     };
     assert_eq!(reason, "Unregistered");
     assert!(store
-        .invalidate_device(device.id, reason, now)
+        .device_invalidate(device.id, reason, now)
         .await
         .unwrap());
     assert_eq!(
         store
-            .device_by_token("shop", &dead)
+            .device_get_by_token("shop", &dead)
             .await
             .unwrap()
             .unwrap()

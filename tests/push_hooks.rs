@@ -30,12 +30,12 @@ async fn a_push_reaches_users_by_id_phone_and_install<S: Store + Clone>(db: &Tes
     }
     let stale = rig
         .store
-        .device_by_token("shop", "fcm-stale")
+        .device_get_by_token("shop", "fcm-stale")
         .await
         .unwrap()
         .unwrap();
     rig.store
-        .invalidate_device(stale.id, "Unregistered", rig.clock.now())
+        .device_invalidate(stale.id, "Unregistered", rig.clock.now())
         .await
         .unwrap();
     let engine = rig.engine("worker-a", 100);

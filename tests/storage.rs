@@ -24,7 +24,7 @@ fn now() -> DateTime<Utc> {
 }
 
 async fn app<S: Store>(s: &S, id: &str) {
-    s.sync_app(
+    s.app_sync(
         &AppRecord {
             id: id.into(),
             name: id.into(),
@@ -55,7 +55,7 @@ async fn migrations_are_idempotent<S: Store>(db: &TestDb<S>) {
 }
 
 async fn campaign_transitions_match_code<S: Store>(db: &TestDb<S>) {
-    let mut in_sql = db.store.campaign_transitions().await.unwrap();
+    let mut in_sql = db.store.campaign_transition_list().await.unwrap();
     in_sql.sort();
     let mut in_code: Vec<(String, String)> = CampaignState::transitions()
         .into_iter()
@@ -134,7 +134,7 @@ async fn state_enums_match_the_schema_checks<S: Store>(db: &TestDb<S>) {
 async fn schema_refuses_bad_rows<S: Store>(db: &TestDb<S>) {
     app(&db.store, "shop").await;
     db.store
-        .upsert_device(&device("shop", Some("u1"), "tok-1"), now())
+        .device_upsert(&device("shop", Some("u1"), "tok-1"), now())
         .await
         .unwrap();
     let t = "'2026-11-23T10:00:00+00:00'";
@@ -213,7 +213,7 @@ async fn user_upsert_keeps_what_is_not_given<S: Store>(db: &TestDb<S>) {
     app(s, "shop").await;
     let attrs = json!({"tier": "gold"});
     let id = s
-        .upsert_user(
+        .user_upsert(
             &UserUpsert {
                 app_id: "shop",
                 external_id: "u1",
@@ -227,7 +227,7 @@ async fn user_upsert_keeps_what_is_not_given<S: Store>(db: &TestDb<S>) {
         .await
         .unwrap();
     let again = s
-        .upsert_user(
+        .user_upsert(
             &UserUpsert {
                 app_id: "shop",
                 external_id: "u1",
@@ -240,7 +240,7 @@ async fn user_upsert_keeps_what_is_not_given<S: Store>(db: &TestDb<S>) {
         .unwrap();
     assert_eq!(id, again);
     let bad_phone = s
-        .upsert_user(
+        .user_upsert(
             &UserUpsert {
                 app_id: "shop",
                 external_id: "u2",
@@ -252,7 +252,7 @@ async fn user_upsert_keeps_what_is_not_given<S: Store>(db: &TestDb<S>) {
         .await;
     assert!(bad_phone.is_err(), "phone not in E.164 accepted");
     // Attributes survived the second upsert: the attribute filter still finds the user.
-    s.upsert_device(&device("shop", Some("u1"), "tok-a"), now())
+    s.device_upsert(&device("shop", Some("u1"), "tok-a"), now())
         .await
         .unwrap();
     let audience = Audience {
@@ -264,7 +264,7 @@ async fn user_upsert_keeps_what_is_not_given<S: Store>(db: &TestDb<S>) {
         ..Audience::default()
     };
     let zones = s
-        .audience_zones(&Segment {
+        .audience_count_by_zone(&Segment {
             app_id: "shop",
             audience: &audience,
             topics: vec![],
@@ -284,7 +284,7 @@ async fn devices_reactivate_and_move_primary<S: Store>(db: &TestDb<S>) {
     let s = &db.store;
     app(s, "shop").await;
     let first = s
-        .upsert_device(
+        .device_upsert(
             &DeviceUpsert {
                 primary: true,
                 ..device("shop", Some("u1"), "tok-1")
@@ -296,7 +296,7 @@ async fn devices_reactivate_and_move_primary<S: Store>(db: &TestDb<S>) {
     assert!(first.is_primary);
     assert_eq!(first.state, DeviceState::Active);
     let second = s
-        .upsert_device(
+        .device_upsert(
             &DeviceUpsert {
                 primary: true,
                 ..device("shop", Some("u1"), "tok-2")
@@ -306,26 +306,34 @@ async fn devices_reactivate_and_move_primary<S: Store>(db: &TestDb<S>) {
         .await
         .unwrap();
     assert!(second.is_primary);
-    let first = s.device_by_token("shop", "tok-1").await.unwrap().unwrap();
+    let first = s
+        .device_get_by_token("shop", "tok-1")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!first.is_primary, "the old primary keeps its flag");
 
     assert!(s
-        .invalidate_device(first.id, "Unregistered", now())
+        .device_invalidate(first.id, "Unregistered", now())
         .await
         .unwrap());
     assert!(
-        !s.invalidate_device(first.id, "Unregistered", now())
+        !s.device_invalidate(first.id, "Unregistered", now())
             .await
             .unwrap(),
         "invalidated twice"
     );
-    let dead = s.device_by_token("shop", "tok-1").await.unwrap().unwrap();
+    let dead = s
+        .device_get_by_token("shop", "tok-1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(dead.state, DeviceState::Invalid);
     assert_eq!(dead.invalid_reason.as_deref(), Some("Unregistered"));
 
     let later = now() + TimeDelta::hours(1);
     let back = s
-        .upsert_device(&device("shop", Some("u1"), "tok-1"), later)
+        .device_upsert(&device("shop", Some("u1"), "tok-1"), later)
         .await
         .unwrap();
     assert_eq!(back.id, first.id);
@@ -336,7 +344,7 @@ async fn devices_reactivate_and_move_primary<S: Store>(db: &TestDb<S>) {
     // The same token in another app is another device.
     app(s, "other").await;
     let elsewhere = s
-        .upsert_device(&device("other", Some("u1"), "tok-1"), now())
+        .device_upsert(&device("other", Some("u1"), "tok-1"), now())
         .await
         .unwrap();
     assert_ne!(elsewhere.id, first.id);
@@ -346,7 +354,7 @@ async fn subscriptions_need_a_known_user<S: Store>(db: &TestDb<S>) {
     app(&db.store, "shop").await;
     let err = db
         .store
-        .set_subscriptions("shop", "ghost", &[("marketing", true)], now())
+        .subscription_set("shop", "ghost", &[("marketing", true)], now())
         .await;
     assert!(matches!(err, Err(StoreError::NotFound { .. })), "{err:?}");
 }
@@ -357,7 +365,7 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
     app(s, "shop").await;
     app(s, "other").await;
     let user = |ext: &'static str, tz: Option<&'static str>, attrs: serde_json::Value| async move {
-        s.upsert_user(
+        s.user_upsert(
             &UserUpsert {
                 app_id: "shop",
                 external_id: ext,
@@ -392,7 +400,7 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
                locale: Option<&'static str>,
                primary: bool,
                at: i64| async move {
-        s.upsert_device(
+        s.device_upsert(
             &DeviceUpsert {
                 app_id: "shop",
                 user_external_id: ext,
@@ -467,7 +475,7 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
     .await;
     // dave: his only device is dead.
     let dead = reg(Some("dave"), "d-1", Platform::Ios, None, None, false, 5).await;
-    s.invalidate_device(dead.id, "BadDeviceToken", now())
+    s.device_invalidate(dead.id, "BadDeviceToken", now())
         .await
         .unwrap();
     // an anonymous install.
@@ -482,14 +490,14 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
     )
     .await;
     // another app's device never counts.
-    s.upsert_device(&device("other", Some("alice"), "x-1"), now())
+    s.device_upsert(&device("other", Some("alice"), "x-1"), now())
         .await
         .unwrap();
 
-    s.set_subscriptions("shop", "alice", &[("marketing", true)], now())
+    s.subscription_set("shop", "alice", &[("marketing", true)], now())
         .await
         .unwrap();
-    s.set_subscriptions(
+    s.subscription_set(
         "shop",
         "bob",
         &[("marketing", true), ("transactional", false)],
@@ -497,13 +505,13 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
     )
     .await
     .unwrap();
-    s.set_subscriptions("shop", "carol", &[("marketing", false)], now())
+    s.subscription_set("shop", "carol", &[("marketing", false)], now())
         .await
         .unwrap();
 
     let count = |audience: Audience, topics: Vec<TopicRule<'static>>| async move {
         let zones = s
-            .audience_zones(&Segment {
+            .audience_count_by_zone(&Segment {
                 app_id: "shop",
                 audience: &audience,
                 topics,
@@ -666,12 +674,12 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
         slots: &slots,
         tzdata_version: Some("2025b"),
     };
-    let (c, outcome) = s.save_campaign(&save, now()).await.unwrap();
+    let (c, outcome) = s.campaign_save(&save, now()).await.unwrap();
     assert_eq!(outcome, SaveOutcome::Created);
     assert_eq!(c.state, CampaignState::Scheduled);
     assert_eq!(c.revision, 1);
     assert_eq!(c.tzdata_version.as_deref(), Some("2025b"));
-    let stored = s.slots(c.id).await.unwrap();
+    let stored = s.slot_list(c.id).await.unwrap();
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].zone, "Asia/Tokyo");
     assert_eq!(stored[0].state, SlotState::Skipped);
@@ -681,7 +689,7 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
 
     // The same definition again changes nothing.
     let (same, outcome) = s
-        .save_campaign(&save, now() + TimeDelta::minutes(1))
+        .campaign_save(&save, now() + TimeDelta::minutes(1))
         .await
         .unwrap();
     assert_eq!(outcome, SaveOutcome::Unchanged);
@@ -691,7 +699,7 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
     let def2 = json!({"key": "k", "message": {"title": "t2"}});
     let slots2 = vec![slot("Europe/Berlin", fire, Disposition::OnTime, 7)];
     let (edited, outcome) = s
-        .save_campaign(
+        .campaign_save(
             &CampaignSave {
                 definition: &def2,
                 slots: &slots2,
@@ -705,7 +713,7 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
     assert_eq!(edited.id, c.id);
     assert_eq!(edited.revision, 2);
     assert_eq!(edited.definition.0, def2);
-    let stored = s.slots(c.id).await.unwrap();
+    let stored = s.slot_list(c.id).await.unwrap();
     assert_eq!(
         stored.iter().map(|s| s.zone.as_str()).collect::<Vec<_>>(),
         ["Europe/Berlin"]
@@ -713,7 +721,7 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
 
     // Back to draft drops the plan.
     let (draft, _) = s
-        .save_campaign(
+        .campaign_save(
             &CampaignSave {
                 state: CampaignState::Draft,
                 slots: &[],
@@ -724,11 +732,11 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
         .await
         .unwrap();
     assert_eq!(draft.state, CampaignState::Draft);
-    assert!(s.slots(c.id).await.unwrap().is_empty());
+    assert!(s.slot_list(c.id).await.unwrap().is_empty());
 
     // Once running, edits are refused and nothing changes.
-    s.save_campaign(&save, now()).await.unwrap();
-    s.set_campaign_state(
+    s.campaign_save(&save, now()).await.unwrap();
+    s.campaign_set_state(
         c.id,
         CampaignState::Scheduled,
         CampaignState::Running,
@@ -737,7 +745,7 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
     .await
     .unwrap();
     let err = s
-        .save_campaign(
+        .campaign_save(
             &CampaignSave {
                 definition: &def2,
                 ..save.clone()
@@ -755,26 +763,26 @@ async fn campaigns_save_idempotently_and_lock_when_running<S: Store>(db: &TestDb
         ),
         "{err:?}"
     );
-    let after = s.campaign("shop", "k").await.unwrap().unwrap();
+    let after = s.campaign_get("shop", "k").await.unwrap().unwrap();
     assert_eq!(after.definition.0, def);
     assert_eq!(after.state, CampaignState::Running);
 
     // Transitions are fenced by the expected state and checked against the table.
     let stale = s
-        .set_campaign_state(c.id, CampaignState::Scheduled, CampaignState::Paused, now())
+        .campaign_set_state(c.id, CampaignState::Scheduled, CampaignState::Paused, now())
         .await;
     assert!(
         matches!(stale, Err(StoreError::Conflict { .. })),
         "{stale:?}"
     );
     let illegal = s
-        .set_campaign_state(c.id, CampaignState::Running, CampaignState::Draft, now())
+        .campaign_set_state(c.id, CampaignState::Running, CampaignState::Draft, now())
         .await;
     assert!(matches!(illegal, Err(StoreError::State(_))), "{illegal:?}");
 
-    assert_eq!(s.campaigns(Some("shop")).await.unwrap().len(), 1);
-    assert_eq!(s.campaigns(Some("other")).await.unwrap().len(), 0);
-    assert_eq!(s.campaigns_by_key("k").await.unwrap().len(), 1);
+    assert_eq!(s.campaign_list(Some("shop")).await.unwrap().len(), 1);
+    assert_eq!(s.campaign_list(Some("other")).await.unwrap().len(), 0);
+    assert_eq!(s.campaign_list_by_key("k").await.unwrap().len(), 1);
 }
 
 /// Draft campaign `k` of app `shop`, with no slots.
@@ -797,7 +805,7 @@ async fn save_while_held<S: Store>(
     save: &CampaignSave<'_>,
     release: impl std::future::Future<Output = ()>,
 ) -> Result<(meridian::store::CampaignRecord, SaveOutcome), StoreError> {
-    let saving = s.save_campaign(save, now());
+    let saving = s.campaign_save(save, now());
     tokio::pin!(saving);
     let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut saving).await;
     assert!(
@@ -841,10 +849,10 @@ async fn a_campaign_created_twice_at_once_is_a_conflict_on_postgres() {
                 matches!(lost, Err(StoreError::Conflict { .. })),
                 "{lost:?}"
             );
-            let (again, outcome) = s.save_campaign(&save, now()).await.unwrap();
+            let (again, outcome) = s.campaign_save(&save, now()).await.unwrap();
             assert_eq!(outcome, SaveOutcome::Updated);
             assert_eq!(again.name, "K");
-            assert_eq!(s.campaigns_by_key("k").await.unwrap().len(), 1);
+            assert_eq!(s.campaign_list_by_key("k").await.unwrap().len(), 1);
         })
     })
     .await;
@@ -879,7 +887,7 @@ async fn a_write_beside_another_sqlite_process_waits_its_turn() {
             let (saved, outcome) = save_while_held(s, &draft_k(&def), commit).await.unwrap();
             assert_eq!(outcome, SaveOutcome::Created);
             assert_eq!(saved.key, "k");
-            assert_eq!(s.campaigns_by_key("other").await.unwrap().len(), 1);
+            assert_eq!(s.campaign_list_by_key("other").await.unwrap().len(), 1);
         })
     })
     .await;
@@ -1225,21 +1233,21 @@ async fn outbox_write_backs_are_fenced_by_attempt<S: Store>(db: &TestDb<S>) {
     let s = &db.store;
     let t = now();
     let first = s
-        .lease_outbox("shop", "w", t, t + TimeDelta::seconds(30), 10)
+        .outbox_lease("shop", "w", t, t + TimeDelta::seconds(30), 10)
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
     let later = t + TimeDelta::seconds(31);
     let again = s
-        .lease_outbox("shop", "w", later, later + TimeDelta::seconds(30), 10)
+        .outbox_lease("shop", "w", later, later + TimeDelta::seconds(30), 10)
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].attempts, first[0].attempts + 1);
     let ids = [first[0].id];
     for stale in [
-        s.ack_outbox("w", &ids, first[0].attempts).await,
-        s.retry_outbox("w", &ids, first[0].attempts, later, "x", 10)
+        s.outbox_ack("w", &ids, first[0].attempts).await,
+        s.outbox_retry("w", &ids, first[0].attempts, later, "x", 10)
             .await,
     ] {
         assert!(
@@ -1247,7 +1255,7 @@ async fn outbox_write_backs_are_fenced_by_attempt<S: Store>(db: &TestDb<S>) {
             "{stale:?}"
         );
     }
-    assert_eq!(s.ack_outbox("w", &ids, again[0].attempts).await.unwrap(), 1);
+    assert_eq!(s.outbox_ack("w", &ids, again[0].attempts).await.unwrap(), 1);
 }
 
 /// Delivery ids reserved before a campaign's send are never handed out again:
@@ -1255,7 +1263,7 @@ async fn outbox_write_backs_are_fenced_by_attempt<S: Store>(db: &TestDb<S>) {
 /// second reservation gets others.
 async fn reserved_delivery_ids_are_never_taken_again<S: Store>(db: &TestDb<S>) {
     app(&db.store, "shop").await;
-    let first = db.store.reserve_delivery_ids(3).await.unwrap();
+    let first = db.store.delivery_id_reserve(3).await.unwrap();
     assert_eq!(first.len(), 3);
     db.raw(
         "INSERT INTO deliveries (app_id, request_id, device_id, status, created_at, updated_at) \
@@ -1263,7 +1271,7 @@ async fn reserved_delivery_ids_are_never_taken_again<S: Store>(db: &TestDb<S>) {
     )
     .await
     .unwrap();
-    let second = db.store.reserve_delivery_ids(2).await.unwrap();
+    let second = db.store.delivery_id_reserve(2).await.unwrap();
     let all: std::collections::BTreeSet<i64> = first.iter().chain(&second).copied().collect();
     assert_eq!(all.len(), 5, "{first:?} {second:?}");
     // No row, the pushed one included, took a reserved id.
@@ -1446,7 +1454,7 @@ async fn row_lease_takes_due_and_lapsed_rows_in_order<S: Store>(db: &TestDb<S>) 
         db.raw(&sql.replace("{p}", &before)).await.unwrap();
     }
     let until = now + TimeDelta::seconds(60);
-    let lease = |limit| db.store.lease_deliveries("w", now, until, limit);
+    let lease = |limit| db.store.delivery_lease("w", now, until, limit);
     let ids = |rows: Vec<meridian::store::LeasedDelivery>| {
         rows.iter().map(|r| (r.id, r.attempts)).collect::<Vec<_>>()
     };

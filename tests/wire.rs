@@ -123,27 +123,27 @@ async fn a_device_without_a_locale_speaks_its_users_language<S: Store + Clone>(d
     let now = rig.clock.now();
     // Before the device, after it, after it in a batch, and a device with its own.
     rig.store
-        .upsert_user(&user("before", Some("de-DE")), now)
+        .user_upsert(&user("before", Some("de-DE")), now)
         .await
         .unwrap();
     for name in ["before", "after", "batch", "own"] {
         rig.device_of(Some(name), None, &format!("fcm-{name}"), false)
             .await;
         rig.store
-            .set_subscriptions("shop", name, &[("marketing", true)], now)
+            .subscription_set("shop", name, &[("marketing", true)], now)
             .await
             .unwrap();
     }
     rig.store
-        .upsert_user(&user("after", Some("de_AT")), now)
+        .user_upsert(&user("after", Some("de_AT")), now)
         .await
         .unwrap();
     rig.store
-        .upsert_users(&[user("batch", Some("de"))], now)
+        .user_upsert_many(&[user("batch", Some("de"))], now)
         .await
         .unwrap();
     rig.store
-        .upsert_device(
+        .device_upsert(
             &DeviceUpsert {
                 app_id: "shop",
                 user_external_id: Some("own"),
@@ -159,7 +159,7 @@ async fn a_device_without_a_locale_speaks_its_users_language<S: Store + Clone>(d
         .await
         .unwrap();
     rig.store
-        .upsert_user(&user("own", Some("de-DE")), now)
+        .user_upsert(&user("own", Some("de-DE")), now)
         .await
         .unwrap();
     rig.sim.record_sends(true);

@@ -166,7 +166,7 @@ pub async fn put_user<S: Store>(
 ) -> Result<Json<UserView>, ApiError> {
     let user = CheckedUser::check("externalId", external_id, body)?;
     st.store
-        .upsert_user(&user.upsert(&app), st.clock.now())
+        .user_upsert(&user.upsert(&app), st.clock.now())
         .await?;
     Ok(Json(UserView {
         external_id: user.external_id,
@@ -218,7 +218,7 @@ pub async fn post_device<S: Store>(
     }
     let record = st
         .store
-        .upsert_device(
+        .device_upsert(
             &DeviceUpsert {
                 app_id: &app,
                 user_external_id: body.user_id.as_deref(),
@@ -264,11 +264,11 @@ pub async fn delete_device<S: Store>(
 ) -> Result<impl IntoResponse, ApiError> {
     let device = st
         .store
-        .device_by_token(&app, &token)
+        .device_get_by_token(&app, &token)
         .await?
         .ok_or_else(|| ApiError::not_found("device"))?;
     st.store
-        .invalidate_device(device.id, "unregistered", st.clock.now())
+        .device_invalidate(device.id, "unregistered", st.clock.now())
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -304,7 +304,7 @@ pub async fn put_subscriptions<S: Store>(
     }
     let choices: Vec<(&str, bool)> = body.iter().map(|(t, v)| (t.as_str(), *v)).collect();
     st.store
-        .set_subscriptions(&app, &external_id, &choices, st.clock.now())
+        .subscription_set(&app, &external_id, &choices, st.clock.now())
         .await?;
     effective_subscriptions(&st, &app, &external_id).await
 }
@@ -338,7 +338,7 @@ async fn effective_subscriptions<S: Store>(
 ) -> Result<Json<BTreeMap<String, bool>>, ApiError> {
     let chosen: BTreeMap<String, bool> = st
         .store
-        .subscriptions(app, external_id)
+        .subscription_list(app, external_id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("user {external_id:?}")))?
         .into_iter()

@@ -274,9 +274,9 @@ async fn slot_views<S: Store>(
     st: &ApiState<S>,
     c: &CampaignRecord,
 ) -> Result<Vec<SlotView>, ApiError> {
-    let slots = st.store.slots(c.id).await?;
+    let slots = st.store.slot_list(c.id).await?;
     let mut counts: BTreeMap<i64, (Option<i64>, BTreeMap<String, i64>)> = BTreeMap::new();
-    for (slot, kind, n) in st.store.slot_counts(c.id).await? {
+    for (slot, kind, n) in st.store.slot_count_by_state(c.id).await? {
         let entry = counts.entry(slot).or_default();
         match kind.strip_prefix("excluded:") {
             Some(reason) => {
@@ -286,7 +286,7 @@ async fn slot_views<S: Store>(
         }
     }
     let mut deliveries: BTreeMap<i64, BTreeMap<String, i64>> = BTreeMap::new();
-    for (slot, status, n) in st.store.slot_delivery_counts(c.id).await? {
+    for (slot, status, n) in st.store.delivery_count_by_slot(c.id).await? {
         deliveries.entry(slot).or_default().insert(status, n);
     }
     let zones = LocalZones::of(st, &c.app_id, c.definition.0["schedule"]["zone"].as_str());
@@ -324,7 +324,7 @@ async fn view<S: Store>(st: &ApiState<S>, c: CampaignRecord) -> Result<CampaignV
         .partition(|s| s.planned > 0 || s.state != SlotState::Pending);
     Ok(CampaignView {
         summary: CampaignSummary::from(&c),
-        deliveries: st.store.delivery_counts(c.id).await?,
+        deliveries: st.store.delivery_count_by_status(c.id).await?,
         tzdata_version: c.tzdata_version,
         definition: c.definition.0,
         recipients,
@@ -396,7 +396,7 @@ async fn reload<S: Store>(
     id: i64,
 ) -> Result<CampaignRecord, ApiError> {
     st.store
-        .campaign_by_id(app, id)
+        .campaign_get_by_id(app, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("campaign {id}")))
 }
@@ -522,7 +522,7 @@ pub async fn list<S: Store>(
     let limit = page_limit(q.limit)?;
     let page = st
         .store
-        .campaign_page(
+        .campaign_list_page(
             &app,
             &CampaignFilter {
                 state,

@@ -73,7 +73,7 @@ pub async fn once<S: Store>(
         expired_before: now - TTL,
         stale_before: now - STALE,
     };
-    match st.store.claim_idempotency_key(&k, times).await? {
+    match st.store.idempotency_key_claim(&k, times).await? {
         ClaimOutcome::Replay { status, response } => Ok(json(
             StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
             response,
@@ -94,7 +94,7 @@ pub async fn once<S: Store>(
                 let text = body.to_string();
                 if let Err(error) = st
                     .store
-                    .finish_idempotency_key(&k, status.as_u16(), &text)
+                    .idempotency_key_finish(&k, status.as_u16(), &text)
                     .await
                 {
                     // The work is done and stands; a retry runs it again (a create
@@ -104,7 +104,7 @@ pub async fn once<S: Store>(
                 Ok(json(status, text, false))
             }
             Err(e) => {
-                if let Err(error) = st.store.release_idempotency_key(&k).await {
+                if let Err(error) = st.store.idempotency_key_release(&k).await {
                     tracing::warn!(message = "Could not release an idempotency key.", %error);
                 }
                 Err(e)

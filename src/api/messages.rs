@@ -116,7 +116,7 @@ pub async fn get_message<S: Store>(
         .map_err(|_| ApiError::field("id", "a message id is a number"))?;
     let (r, events) = st
         .store
-        .message(&app, id)
+        .message_get(&app, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("message {id}")))?;
     let steps = history(&r, &events);
@@ -180,7 +180,7 @@ pub async fn list_messages<S: Store>(
     let limit = page_limit(q.limit)?;
     let page = st
         .store
-        .messages(
+        .message_list(
             &app,
             &MessageFilter {
                 user_external_id: q.user.as_deref(),
@@ -272,7 +272,7 @@ pub async fn post_receipt<S: Store>(
     };
     let outcome = st
         .store
-        .record_receipt(
+        .receipt_record(
             &app,
             body.message_id,
             status,

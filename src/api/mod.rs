@@ -148,7 +148,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
 pub async fn metrics_page<S: Store>(
     axum::extract::State(st): axum::extract::State<ApiState<S>>,
 ) -> Response {
-    match st.store.queue_depth(st.clock.now()).await {
+    match st.store.push_queue_depth(st.clock.now()).await {
         Ok(depths) => {
             for (kind, n) in depths {
                 crate::metrics::queue_depth(kind, n);
@@ -374,7 +374,7 @@ impl<S: Store> FromRequestParts<ApiState<S>> for KeyOf {
             .and_then(bearer_token)
             .ok_or_else(|| unauthorized("Authorization must be Bearer <api key>"))?;
         let key_hash = keys::hash(secret);
-        match state.store.api_key_app(&key_hash).await? {
+        match state.store.api_key_app_get(&key_hash).await? {
             // A key of an app no longer configured opens nothing.
             Some(app) if state.config.apps.contains_key(&app) => Ok(Self { app, key_hash }),
             _ => Err(unauthorized("unknown or revoked API key")),

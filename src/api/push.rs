@@ -432,7 +432,7 @@ pub async fn post_push<S: Store>(
     let fallback = app.fallback_for(request.topic.as_deref());
     let queued = st
         .store
-        .queue_push(
+        .push_queue(
             &NewPush {
                 app_id: &key.app,
                 request_id: &request_id,

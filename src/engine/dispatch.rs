@@ -30,7 +30,7 @@ impl<S: Store> Engine<S> {
         let now = self.now();
         let rows = self
             .store
-            .lease_deliveries(
+            .delivery_lease(
                 &self.settings.worker_id,
                 now,
                 now + self.settings.lease,
@@ -77,7 +77,7 @@ impl<S: Store> Engine<S> {
                 let want = (self.settings.chunks_in_flight + READ_AHEAD - in_flight.len()) as i64;
                 let lease = self
                     .store
-                    .lease_chunks(worker, now, now + self.settings.lease, want);
+                    .chunk_lease(worker, now, now + self.settings.lease, want);
                 tokio::pin!(lease);
                 // Chunks in flight keep running while the lease is taken (a chunk may
                 // hold SQLite's one write connection until it is polled again).
@@ -149,7 +149,7 @@ impl<S: Store> Engine<S> {
                 crate::metrics::scheduler_lag(lag);
             }
         }
-        self.store.note_slots_sending(&new).await?;
+        self.store.slot_note_sending(&new).await?;
         noted.extend(new.iter().map(|(id, _)| *id));
         Ok(())
     }
@@ -158,7 +158,7 @@ impl<S: Store> Engine<S> {
     async fn take_chunk(&self, chunk: LeasedChunk, give_back: bool) -> Result<usize, EngineError> {
         if give_back {
             self.store
-                .return_chunk(&chunk, &self.settings.worker_id, self.now())
+                .chunk_return(&chunk, &self.settings.worker_id, self.now())
                 .await?;
             return Ok(0);
         }
@@ -175,24 +175,24 @@ impl<S: Store> Engine<S> {
     /// Sends a chunk's recipients and records each outcome; returns how many were recorded.
     async fn process_chunk(&self, chunk: LeasedChunk) -> Result<usize, EngineError> {
         let worker = self.settings.worker_id.as_str();
-        let Some(slot) = self.store.slot_info(chunk.slot_id).await? else {
+        let Some(slot) = self.store.slot_get_info(chunk.slot_id).await? else {
             return Ok(0);
         };
         let Some(ctx) = self.campaign_ctx(slot.campaign_id, &slot.definition.0) else {
-            self.store.return_chunk(&chunk, worker, self.now()).await?;
+            self.store.chunk_return(&chunk, worker, self.now()).await?;
             return Ok(0);
         };
         let app_id = ctx.campaign.definition.app.clone();
         let Some(providers) = self.providers_for(&app_id) else {
-            self.store.return_chunk(&chunk, worker, self.now()).await?;
+            self.store.chunk_return(&chunk, worker, self.now()).await?;
             return Ok(0);
         };
         let mut recipients = self
             .store
-            .chunk_recipients(&chunk, &slot, &ctx.segment(), self.now())
+            .chunk_recipient_list(&chunk, &slot, &ctx.segment(), self.now())
             .await?;
         // Each notification carries the id its delivery row will have.
-        let ids = self.store.reserve_delivery_ids(recipients.len()).await?;
+        let ids = self.store.delivery_id_reserve(recipients.len()).await?;
         for (r, id) in recipients.iter_mut().zip(ids) {
             r.delivery_id = id;
         }
@@ -315,9 +315,9 @@ impl<S: Store> Engine<S> {
             drop(sending);
             let now = self.now();
             if given_back {
-                self.store.return_chunk(&chunk, worker, now).await?;
+                self.store.chunk_return(&chunk, worker, now).await?;
             } else {
-                self.store.finish_chunk(&chunk, worker, now).await?;
+                self.store.chunk_finish(&chunk, worker, now).await?;
             }
             Ok::<usize, StoreError>(recorded)
         };
@@ -329,7 +329,7 @@ impl<S: Store> Engine<S> {
             loop {
                 tokio::time::sleep(every).await;
                 let until = self.now() + self.settings.lease;
-                match self.store.extend_chunk_lease(&chunk, worker, until).await {
+                match self.store.chunk_lease_extend(&chunk, worker, until).await {
                     Ok(true) => {}
                     Ok(false) => tracing::warn!(
                         message = "Chunk lease lost while sending.",
@@ -357,7 +357,7 @@ impl<S: Store> Engine<S> {
             Err(e) => {
                 // Give the chunk back now rather than at lease expiry; its unflushed
                 // sends are what a retake may repeat (the documented duplicate bound).
-                if let Err(error) = self.store.return_chunk(&chunk, worker, self.now()).await {
+                if let Err(error) = self.store.chunk_return(&chunk, worker, self.now()).await {
                     tracing::warn!(message = "Cannot give a failed chunk back; it waits for its lease to lapse.", chunk_id = chunk.id, %error);
                 }
                 Err(e.into())
@@ -379,7 +379,7 @@ impl<S: Store> Engine<S> {
         // In key order, as the chunk was read: each index takes the batch as a run.
         batch.sort_unstable_by_key(|d| d.device_id);
         self.store
-            .record_chunk(
+            .chunk_record(
                 &ChunkWrite {
                     chunk,
                     worker: &self.settings.worker_id,
@@ -429,7 +429,7 @@ impl<S: Store> Engine<S> {
         for batch in updates.chunks(self.settings.flush_every.max(1)) {
             recorded += self
                 .store
-                .record_deliveries(&self.settings.worker_id, batch, self.now())
+                .delivery_record(&self.settings.worker_id, batch, self.now())
                 .await? as usize;
         }
         Ok(recorded)
@@ -443,7 +443,7 @@ impl<S: Store> Engine<S> {
         let mut ids: Vec<String> = rows.iter().filter_map(|r| r.request_id.clone()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let stored = self.store.push_messages(&ids).await?;
+        let stored = self.store.push_message_list(&ids).await?;
         Ok(stored
             .into_iter()
             .map(|p| {
@@ -491,7 +491,7 @@ impl<S: Store> Engine<S> {
             },
             None => {
                 let slot = match row.slot_id {
-                    Some(id) => self.store.slot_info(id).await.ok().flatten(),
+                    Some(id) => self.store.slot_get_info(id).await.ok().flatten(),
                     None => None,
                 };
                 let Some(slot) = slot else {

@@ -81,7 +81,7 @@ impl<S: Store> Engine<S> {
                 let now = self.now();
                 let batch = self
                     .store
-                    .lease_outbox(
+                    .outbox_lease(
                         app,
                         worker,
                         now,
@@ -97,7 +97,7 @@ impl<S: Store> Engine<S> {
                     .post(&hooks::status_body(app, &batch), &key, self.now())
                     .await
                 {
-                    Ok(()) => match self.store.ack_outbox(worker, &ids, first.attempts).await {
+                    Ok(()) => match self.store.outbox_ack(worker, &ids, first.attempts).await {
                         Ok(n) => report.events_sent += n as usize,
                         // Another worker took the batch over (the lease lapsed while
                         // posting): it sends it again under the same key.
@@ -117,7 +117,7 @@ impl<S: Store> Engine<S> {
                         tracing::warn!(message = "Status webhook refused a batch.", app = %app, error = %failure.message, attempt, events = ids.len());
                         report.events_failed += self
                             .store
-                            .retry_outbox(
+                            .outbox_retry(
                                 worker,
                                 &ids,
                                 first.attempts,
@@ -138,11 +138,11 @@ impl<S: Store> Engine<S> {
         let now = self.now();
         report.fallbacks_found = self
             .store
-            .sweep_fallbacks(now, now - FALLBACK_HORIZON)
+            .fallback_sweep(now, now - FALLBACK_HORIZON)
             .await?;
         let due = self
             .store
-            .lease_fallbacks(worker, now, now + self.settings.lease, 100)
+            .fallback_lease(worker, now, now + self.settings.lease, 100)
             .await?;
         for f in due {
             let events = self.has_webhook(&f.app_id);
@@ -184,7 +184,7 @@ impl<S: Store> Engine<S> {
             }
             match self
                 .store
-                .finish_fallback(&f, worker, &outcome, events, self.now())
+                .fallback_finish(&f, worker, &outcome, events, self.now())
                 .await
             {
                 Ok(()) => {}

@@ -338,7 +338,7 @@ impl<S: Store> Engine<S> {
             let mut sleep = self.settings.tick;
             if failures > 0 {
                 sleep = backoff(failures);
-            } else if let Ok(Some(next)) = self.store.next_due_at().await {
+            } else if let Ok(Some(next)) = self.store.slot_next_due_at().await {
                 let until = (next - self.clock.now()).to_std().unwrap_or(Duration::ZERO);
                 sleep = sleep.min(until.max(Duration::from_millis(5)));
             }

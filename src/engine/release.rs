@@ -19,7 +19,7 @@ impl<S: Store> Engine<S> {
     pub(super) async fn release_due(&self) -> Result<usize, EngineError> {
         let now = self.now();
         let mut released = 0;
-        let mut due = self.store.due_slots(now, 1000).await?;
+        let mut due = self.store.slot_list_due(now, 1000).await?;
         due.sort_by(|a, b| {
             (a.campaign_id, &a.occurrence, a.fire_at).cmp(&(
                 b.campaign_id,
@@ -61,7 +61,7 @@ impl<S: Store> Engine<S> {
         let segment = ctx.segment();
         let won = self
             .store
-            .release_slots(
+            .slot_release(
                 group,
                 &segment,
                 self.settings.chunk_size,
@@ -87,7 +87,7 @@ impl<S: Store> Engine<S> {
     /// Completes slots and campaigns with nothing left pending; a recurring
     /// campaign's slot is completed together with its zone's next occurrence.
     pub(super) async fn complete(&self) -> Result<(usize, usize), EngineError> {
-        let due = self.store.completable_slots().await?;
+        let due = self.store.slot_list_completable().await?;
         let mut completions = Vec::with_capacity(due.len());
         for (slot_id, campaign_id) in due {
             let next = self.next_occurrence(slot_id, campaign_id).await?;
@@ -97,8 +97,8 @@ impl<S: Store> Engine<S> {
                 next,
             });
         }
-        let slots = self.store.complete_slots(&completions, self.now()).await?;
-        let campaigns = self.store.complete_campaigns(self.now()).await?;
+        let slots = self.store.slot_complete(&completions, self.now()).await?;
+        let campaigns = self.store.campaign_complete_finished(self.now()).await?;
         for id in &campaigns {
             tracing::info!(message = "Campaign completed.", campaign_id = id);
         }
@@ -112,7 +112,7 @@ impl<S: Store> Engine<S> {
         slot_id: i64,
         campaign_id: i64,
     ) -> Result<Vec<NewSlot>, EngineError> {
-        let Some(slot) = self.store.slot_info(slot_id).await? else {
+        let Some(slot) = self.store.slot_get_info(slot_id).await? else {
             return Ok(vec![]);
         };
         let Some(ctx) = self.campaign_ctx(campaign_id, &slot.definition.0) else {

@@ -42,33 +42,33 @@ pub struct AppRecord {
 
 pub trait AppStore: Send + Sync {
     /// Creates or updates a configured app.
-    fn sync_app(
+    fn app_sync(
         &self,
         app: &AppRecord,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Stores a new API key (its hash); a key of the same name, even revoked, is a conflict.
-    fn create_api_key(
+    fn api_key_create(
         &self,
         key: &NewApiKey<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
     /// The app a live key (by hash) belongs to.
-    fn api_key_app(
+    fn api_key_app_get(
         &self,
         hash: &str,
     ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// An app's keys, live and revoked, oldest first.
-    fn api_keys(
+    fn api_key_list(
         &self,
         app_id: &str,
     ) -> impl Future<Output = Result<Vec<ApiKeyRecord>, StoreError>> + Send;
 
     /// Revokes an app's live key by name; false when there is none.
-    fn revoke_api_key(
+    fn api_key_revoke(
         &self,
         app_id: &str,
         name: &str,
@@ -96,7 +96,7 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn sync_app(&self, app: &super::AppRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
+    async fn app_sync(&self, app: &super::AppRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, default_timezone = excluded.default_timezone, \
@@ -112,7 +112,7 @@ where
         Ok(())
     }
 
-    async fn create_api_key(
+    async fn api_key_create(
         &self,
         key: &super::NewApiKey<'_>,
         now: DateTime<Utc>,
@@ -133,7 +133,7 @@ where
         })
     }
 
-    async fn api_key_app(&self, hash: &str) -> Result<Option<String>, StoreError> {
+    async fn api_key_app_get(&self, hash: &str) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT app_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
@@ -142,7 +142,7 @@ where
         .await?)
     }
 
-    async fn api_keys(&self, app_id: &str) -> Result<Vec<super::ApiKeyRecord>, StoreError> {
+    async fn api_key_list(&self, app_id: &str) -> Result<Vec<super::ApiKeyRecord>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT id, app_id, name, prefix, created_at, revoked_at FROM api_keys WHERE app_id = $1 ORDER BY id",
         )
@@ -151,7 +151,7 @@ where
         .await?)
     }
 
-    async fn revoke_api_key(
+    async fn api_key_revoke(
         &self,
         app_id: &str,
         name: &str,

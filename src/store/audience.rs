@@ -205,35 +205,35 @@ pub struct DeviceRecord {
 }
 
 pub trait AudienceStore: Send + Sync {
-    fn upsert_user(
+    fn user_upsert(
         &self,
         user: &UserUpsert<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
     /// Creates or updates many users in one transaction of a few set-based
-    /// statements, each as [`Store::upsert_user`] would (a user listed twice as if
+    /// statements, each as [`Store::user_upsert`] would (a user listed twice as if
     /// its rows came one after the other). Returns how many rows were given.
-    fn upsert_users(
+    fn user_upsert_many(
         &self,
         users: &[UserUpsert<'_>],
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    fn upsert_device(
+    fn device_upsert(
         &self,
         device: &DeviceUpsert<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<DeviceRecord, StoreError>> + Send;
 
-    fn device_by_token(
+    fn device_get_by_token(
         &self,
         app_id: &str,
         token: &str,
     ) -> impl Future<Output = Result<Option<DeviceRecord>, StoreError>> + Send;
 
     /// Marks a token dead so no later campaign uses it. False if it was already invalid.
-    fn invalidate_device(
+    fn device_invalidate(
         &self,
         device_id: i64,
         reason: &str,
@@ -241,7 +241,7 @@ pub trait AudienceStore: Send + Sync {
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Records a user's choice for topics; the user must exist.
-    fn set_subscriptions(
+    fn subscription_set(
         &self,
         app_id: &str,
         external_id: &str,
@@ -250,14 +250,14 @@ pub trait AudienceStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// A user's explicit topic choices, by topic; `None` when the user does not exist.
-    fn subscriptions(
+    fn subscription_list(
         &self,
         app_id: &str,
         external_id: &str,
     ) -> impl Future<Output = Result<Option<Vec<(String, bool)>>, StoreError>> + Send;
 
     /// Recipients of the segment per zone.
-    fn audience_zones(
+    fn audience_count_by_zone(
         &self,
         segment: &Segment<'_>,
     ) -> impl Future<Output = Result<Vec<ZoneCount>, StoreError>> + Send;
@@ -283,7 +283,7 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn upsert_user(
+    async fn user_upsert(
         &self,
         u: &super::UserUpsert<'_>,
         now: DateTime<Utc>,
@@ -309,7 +309,7 @@ where
         Ok(id)
     }
 
-    async fn upsert_users(
+    async fn user_upsert_many(
         &self,
         users: &[super::UserUpsert<'_>],
         now: DateTime<Utc>,
@@ -341,7 +341,7 @@ where
         Ok(users.len() as u64)
     }
 
-    async fn upsert_device(
+    async fn device_upsert(
         &self,
         d: &super::DeviceUpsert<'_>,
         now: DateTime<Utc>,
@@ -383,7 +383,7 @@ where
         Ok(record)
     }
 
-    async fn device_by_token(
+    async fn device_get_by_token(
         &self,
         app_id: &str,
         token: &str,
@@ -399,7 +399,7 @@ where
             .await?)
     }
 
-    async fn invalidate_device(
+    async fn device_invalidate(
         &self,
         device_id: i64,
         reason: &str,
@@ -417,7 +417,7 @@ where
         Ok(done.rows_affected() == 1)
     }
 
-    async fn set_subscriptions(
+    async fn subscription_set(
         &self,
         app_id: &str,
         external_id: &str,
@@ -452,7 +452,7 @@ where
         Ok(())
     }
 
-    async fn subscriptions(
+    async fn subscription_list(
         &self,
         app_id: &str,
         external_id: &str,
@@ -476,7 +476,7 @@ where
         ))
     }
 
-    async fn audience_zones(
+    async fn audience_count_by_zone(
         &self,
         segment: &super::Segment<'_>,
     ) -> Result<Vec<crate::planner::ZoneCount>, StoreError> {

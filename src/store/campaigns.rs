@@ -123,50 +123,50 @@ pub trait CampaignStore: Send + Sync {
     /// Creates or replaces a campaign and its planned slots in one transaction.
     /// Refuses a campaign that is no longer editable; a definition and state equal
     /// to what is stored changes nothing.
-    fn save_campaign(
+    fn campaign_save(
         &self,
         campaign: &CampaignSave<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(CampaignRecord, SaveOutcome), StoreError>> + Send;
 
-    fn campaign(
+    fn campaign_get(
         &self,
         app_id: &str,
         key: &str,
     ) -> impl Future<Output = Result<Option<CampaignRecord>, StoreError>> + Send;
 
     /// Campaigns with this key in any app (a key is unique per app).
-    fn campaigns_by_key(
+    fn campaign_list_by_key(
         &self,
         key: &str,
     ) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
 
-    fn campaigns(
+    fn campaign_list(
         &self,
         app_id: Option<&str>,
     ) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
 
     /// One of an app's campaigns by id; `None` for an unknown id or another app's.
-    fn campaign_by_id(
+    fn campaign_get_by_id(
         &self,
         app_id: &str,
         id: i64,
     ) -> impl Future<Output = Result<Option<CampaignRecord>, StoreError>> + Send;
 
     /// A page of an app's campaigns, newest first.
-    fn campaign_page(
+    fn campaign_list_page(
         &self,
         app_id: &str,
         filter: &CampaignFilter,
     ) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
 
-    fn slots(
+    fn slot_list(
         &self,
         campaign_id: i64,
     ) -> impl Future<Output = Result<Vec<SlotRecord>, StoreError>> + Send;
 
     /// Moves a campaign from `from` to `to`, fenced by `from`.
-    fn set_campaign_state(
+    fn campaign_set_state(
         &self,
         campaign_id: i64,
         from: CampaignState,
@@ -175,13 +175,13 @@ pub trait CampaignStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The campaign state machine as the database enforces it.
-    fn campaign_transitions(
+    fn campaign_transition_list(
         &self,
     ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 
     /// Cancels a campaign: pending slots, chunks and retries become cancelled
     /// (with history); sends in flight finish. Returns the deliveries cancelled.
-    fn cancel_campaign(
+    fn campaign_cancel(
         &self,
         campaign_id: i64,
         from: CampaignState,
@@ -189,7 +189,7 @@ pub trait CampaignStore: Send + Sync {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Completes running campaigns with no slot and no delivery left pending.
-    fn complete_campaigns(
+    fn campaign_complete_finished(
         &self,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
@@ -197,7 +197,7 @@ pub trait CampaignStore: Send + Sync {
     /// Per-slot counts: (slot id, kind, n), where kind is `recipients` or
     /// `excluded:<reason>`: opted_out, segment, invalid_token, no_device (counted at
     /// release) and capped (suppressed deliveries, counted as they are decided).
-    fn slot_counts(
+    fn slot_count_by_state(
         &self,
         campaign_id: i64,
     ) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
@@ -223,7 +223,7 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn save_campaign(
+    async fn campaign_save(
         &self,
         c: &super::CampaignSave<'_>,
         now: DateTime<Utc>,
@@ -323,7 +323,7 @@ where
         Ok((record, outcome))
     }
 
-    async fn campaign(
+    async fn campaign_get(
         &self,
         app_id: &str,
         key: &str,
@@ -339,7 +339,10 @@ where
             .await?)
     }
 
-    async fn campaigns_by_key(&self, key: &str) -> Result<Vec<super::CampaignRecord>, StoreError> {
+    async fn campaign_list_by_key(
+        &self,
+        key: &str,
+    ) -> Result<Vec<super::CampaignRecord>, StoreError> {
         let sql = format!(
             "SELECT {} FROM campaigns WHERE key = $1 ORDER BY app_id",
             CAMPAIGN_COLUMNS
@@ -347,7 +350,7 @@ where
         Ok(sqlx::query_as(&sql).bind(key).fetch_all(&self.read).await?)
     }
 
-    async fn campaigns(
+    async fn campaign_list(
         &self,
         app_id: Option<&str>,
     ) -> Result<Vec<super::CampaignRecord>, StoreError> {
@@ -361,7 +364,7 @@ where
             .await?)
     }
 
-    async fn campaign_by_id(
+    async fn campaign_get_by_id(
         &self,
         app_id: &str,
         id: i64,
@@ -377,7 +380,7 @@ where
             .await?)
     }
 
-    async fn campaign_page(
+    async fn campaign_list_page(
         &self,
         app_id: &str,
         f: &super::CampaignFilter,
@@ -397,7 +400,7 @@ where
             .await?)
     }
 
-    async fn slots(&self, campaign_id: i64) -> Result<Vec<super::SlotRecord>, StoreError> {
+    async fn slot_list(&self, campaign_id: i64) -> Result<Vec<super::SlotRecord>, StoreError> {
         let sql = format!(
             "SELECT {} FROM slots WHERE campaign_id = $1 ORDER BY fire_at, zone",
             SLOT_COLUMNS
@@ -408,7 +411,7 @@ where
             .await?)
     }
 
-    async fn set_campaign_state(
+    async fn campaign_set_state(
         &self,
         campaign_id: i64,
         from: crate::state::CampaignState,
@@ -437,7 +440,7 @@ where
         }
     }
 
-    async fn campaign_transitions(&self) -> Result<Vec<(String, String)>, StoreError> {
+    async fn campaign_transition_list(&self) -> Result<Vec<(String, String)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT from_state, to_state FROM campaign_transitions ORDER BY from_state, to_state",
         )
@@ -445,7 +448,7 @@ where
         .await?)
     }
 
-    async fn cancel_campaign(
+    async fn campaign_cancel(
         &self,
         campaign_id: i64,
         from: crate::state::CampaignState,
@@ -499,7 +502,7 @@ where
         Ok(cancelled.len() as u64)
     }
 
-    async fn complete_campaigns(&self, now: DateTime<Utc>) -> Result<Vec<i64>, StoreError> {
+    async fn campaign_complete_finished(&self, now: DateTime<Utc>) -> Result<Vec<i64>, StoreError> {
         // A campaign whose every slot was skipped (its time had passed in every
         // zone) never releases anything: it starts and completes here, rather
         // than staying `scheduled` for good. (Two steps: the state table has
@@ -526,7 +529,10 @@ where
         .await?)
     }
 
-    async fn slot_counts(&self, campaign_id: i64) -> Result<Vec<(i64, String, i64)>, StoreError> {
+    async fn slot_count_by_state(
+        &self,
+        campaign_id: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT slot_id, kind, n FROM ( \
                SELECT c.slot_id, c.kind, c.n FROM slot_counts c JOIN slots s ON s.id = c.slot_id \

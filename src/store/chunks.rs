@@ -76,7 +76,7 @@ pub struct ChunkWrite<'a> {
 pub trait ChunkStore: Send + Sync {
     /// Leases up to `limit` chunks of running campaigns: pending ones and ones whose
     /// lease expired (their owner died), each with its attempt incremented.
-    fn lease_chunks(
+    fn chunk_lease(
         &self,
         worker: &str,
         now: DateTime<Utc>,
@@ -84,14 +84,14 @@ pub trait ChunkStore: Send + Sync {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<LeasedChunk>, StoreError>> + Send;
 
-    fn extend_chunk_lease(
+    fn chunk_lease_extend(
         &self,
         chunk: &LeasedChunk,
         worker: &str,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    fn slot_info(
+    fn slot_get_info(
         &self,
         slot_id: i64,
     ) -> impl Future<Output = Result<Option<SlotInfo>, StoreError>> + Send;
@@ -99,7 +99,7 @@ pub trait ChunkStore: Send + Sync {
     /// The chunk's recipients not yet served for the slot's occurrence, over every
     /// zone released with the chunk's slot (`slot` is that slot), each with the slot
     /// of its zone and the frequency cap that holds it back at `now`, if any.
-    fn chunk_recipients(
+    fn chunk_recipient_list(
         &self,
         chunk: &LeasedChunk,
         slot: &SlotInfo,
@@ -109,7 +109,7 @@ pub trait ChunkStore: Send + Sync {
 
     /// Writes a batch of first outcomes as delivery rows (and the history of the
     /// ones not sent, and dead tokens), only while the chunk's lease holds.
-    fn record_chunk(
+    fn chunk_record(
         &self,
         write: &ChunkWrite<'_>,
         now: DateTime<Utc>,
@@ -117,14 +117,14 @@ pub trait ChunkStore: Send + Sync {
 
     /// Notes that a send of each slot left at its time (the earliest one is kept):
     /// a slot's scheduler lag is `first_sent_at - fire_at`.
-    fn note_slots_sending(
+    fn slot_note_sending(
         &self,
         first_sends: &[(i64, DateTime<Utc>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Marks a leased chunk done, fenced by owner and attempt: `LeaseLost` when
     /// another worker has taken it over.
-    fn finish_chunk(
+    fn chunk_finish(
         &self,
         chunk: &LeasedChunk,
         worker: &str,
@@ -133,7 +133,7 @@ pub trait ChunkStore: Send + Sync {
 
     /// Gives a leased chunk back unfinished (graceful shutdown, a failed pass),
     /// fenced like `finish_chunk`.
-    fn return_chunk(
+    fn chunk_return(
         &self,
         chunk: &LeasedChunk,
         worker: &str,
@@ -161,7 +161,7 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn lease_chunks(
+    async fn chunk_lease(
         &self,
         worker: &str,
         now: DateTime<Utc>,
@@ -179,7 +179,7 @@ where
             .await?)
     }
 
-    async fn extend_chunk_lease(
+    async fn chunk_lease_extend(
         &self,
         chunk: &super::LeasedChunk,
         worker: &str,
@@ -198,7 +198,7 @@ where
         Ok(done.rows_affected() == 1)
     }
 
-    async fn slot_info(&self, slot_id: i64) -> Result<Option<super::SlotInfo>, StoreError> {
+    async fn slot_get_info(&self, slot_id: i64) -> Result<Option<super::SlotInfo>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT s.id AS slot_id, s.campaign_id, k.app_id, s.zone, s.occurrence, s.fire_at, k.definition \
              FROM slots s JOIN campaigns k ON k.id = s.campaign_id WHERE s.id = $1",
@@ -208,7 +208,7 @@ where
         .await?)
     }
 
-    async fn chunk_recipients(
+    async fn chunk_recipient_list(
         &self,
         chunk: &super::LeasedChunk,
         slot: &super::SlotInfo,
@@ -276,7 +276,7 @@ where
             .collect())
     }
 
-    async fn record_chunk(
+    async fn chunk_record(
         &self,
         w: &super::ChunkWrite<'_>,
         now: DateTime<Utc>,
@@ -347,7 +347,7 @@ where
         Ok(written.len() as u64)
     }
 
-    async fn note_slots_sending(
+    async fn slot_note_sending(
         &self,
         first_sends: &[(i64, DateTime<Utc>)],
     ) -> Result<(), StoreError> {
@@ -369,7 +369,7 @@ where
         Ok(())
     }
 
-    async fn finish_chunk(
+    async fn chunk_finish(
         &self,
         chunk: &super::LeasedChunk,
         worker: &str,
@@ -378,7 +378,7 @@ where
         self.close_chunk(chunk, worker, ChunkState::Done, now).await
     }
 
-    async fn return_chunk(
+    async fn chunk_return(
         &self,
         chunk: &super::LeasedChunk,
         worker: &str,

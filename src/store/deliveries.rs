@@ -17,7 +17,7 @@ use sqlx::types::Json;
 /// A delivery's first outcome, written with the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
-    /// Reserved before the send ([`super::Store::reserve_delivery_ids`]).
+    /// Reserved before the send ([`super::Store::delivery_id_reserve`]).
     pub id: i64,
     pub device_id: i64,
     pub slot_id: i64,
@@ -153,14 +153,14 @@ pub trait DeliveryStore: Send + Sync {
     /// `n` delivery ids no row has and no later insert will take: a campaign's
     /// deliveries are written after their send, and each notification carries
     /// its delivery's id, so the ids are drawn before sending.
-    fn reserve_delivery_ids(
+    fn delivery_id_reserve(
         &self,
         n: usize,
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
 
     /// Leases delivery rows due for an attempt (retries, queued transactional
     /// pushes) and rows whose lease expired, highest priority first.
-    fn lease_deliveries(
+    fn delivery_lease(
         &self,
         worker: &str,
         now: DateTime<Utc>,
@@ -170,7 +170,7 @@ pub trait DeliveryStore: Send + Sync {
 
     /// Writes attempts' outcomes in one statement, fenced by worker and attempt;
     /// returns how many rows were still ours.
-    fn record_deliveries(
+    fn delivery_record(
         &self,
         worker: &str,
         updates: &[DeliveryUpdate],
@@ -178,13 +178,13 @@ pub trait DeliveryStore: Send + Sync {
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Deliveries of a campaign by status.
-    fn delivery_counts(
+    fn delivery_count_by_status(
         &self,
         campaign_id: i64,
     ) -> impl Future<Output = Result<std::collections::BTreeMap<String, i64>, StoreError>> + Send;
 
     /// Deliveries of a campaign by slot and status: (slot id, status, count).
-    fn slot_delivery_counts(
+    fn delivery_count_by_slot(
         &self,
         campaign_id: i64,
     ) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
@@ -210,7 +210,7 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn reserve_delivery_ids(&self, n: usize) -> Result<Vec<i64>, StoreError> {
+    async fn delivery_id_reserve(&self, n: usize) -> Result<Vec<i64>, StoreError> {
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -218,7 +218,7 @@ where
         self.dialect.reserve_ids(&self.write, n).await
     }
 
-    async fn lease_deliveries(
+    async fn delivery_lease(
         &self,
         worker: &str,
         now: DateTime<Utc>,
@@ -247,7 +247,7 @@ where
         Ok(q.bind(D::ids(&ids)).fetch_all(&self.write).await?)
     }
 
-    async fn record_deliveries(
+    async fn delivery_record(
         &self,
         worker: &str,
         updates: &[super::DeliveryUpdate],
@@ -311,7 +311,7 @@ where
         Ok(changed.len() as u64)
     }
 
-    async fn delivery_counts(
+    async fn delivery_count_by_status(
         &self,
         campaign_id: i64,
     ) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
@@ -324,7 +324,7 @@ where
         Ok(rows.into_iter().collect())
     }
 
-    async fn slot_delivery_counts(
+    async fn delivery_count_by_slot(
         &self,
         campaign_id: i64,
     ) -> Result<Vec<(i64, String, i64)>, StoreError> {

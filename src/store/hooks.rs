@@ -69,7 +69,7 @@ pub enum FallbackOutcome {
 
 pub trait HookStore: Send + Sync {
     /// Leases the oldest status changes waiting for the app's webhook.
-    fn lease_outbox(
+    fn outbox_lease(
         &self,
         app_id: &str,
         worker: &str,
@@ -80,7 +80,7 @@ pub trait HookStore: Send + Sync {
 
     /// Removes status changes the webhook took, fenced by the batch's lease:
     /// `worker` and the `attempts` it was leased with (`LeaseLost` otherwise).
-    fn ack_outbox(
+    fn outbox_ack(
         &self,
         worker: &str,
         ids: &[i64],
@@ -89,7 +89,7 @@ pub trait HookStore: Send + Sync {
 
     /// Puts status changes the webhook refused back for a later attempt, or marks
     /// them dead after `max_attempts`.
-    fn retry_outbox(
+    fn outbox_retry(
         &self,
         worker: &str,
         ids: &[i64],
@@ -102,13 +102,13 @@ pub trait HookStore: Send + Sync {
     /// Queues a fallback for each user of a push (queued since `since`) that
     /// push did not reach: every delivery final and none sent, or sent with no
     /// receipt within the push's receipt timeout. Returns how many were queued.
-    fn sweep_fallbacks(
+    fn fallback_sweep(
         &self,
         now: DateTime<Utc>,
         since: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    fn lease_fallbacks(
+    fn fallback_lease(
         &self,
         worker: &str,
         now: DateTime<Utc>,
@@ -119,7 +119,7 @@ pub trait HookStore: Send + Sync {
     /// Writes a fallback attempt's outcome, fenced by worker and attempt; a final
     /// one becomes a step in the history of the user's messages of the push.
     /// `LeaseLost` when another worker has taken the fallback over.
-    fn finish_fallback(
+    fn fallback_finish(
         &self,
         fallback: &LeasedFallback,
         worker: &str,
@@ -149,7 +149,7 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn lease_outbox(
+    async fn outbox_lease(
         &self,
         app_id: &str,
         worker: &str,
@@ -218,7 +218,7 @@ where
             .await?)
     }
 
-    async fn ack_outbox(
+    async fn outbox_ack(
         &self,
         worker: &str,
         ids: &[i64],
@@ -240,7 +240,7 @@ where
         fenced(done, ids)
     }
 
-    async fn retry_outbox(
+    async fn outbox_retry(
         &self,
         worker: &str,
         ids: &[i64],
@@ -269,7 +269,7 @@ where
         fenced(done, ids)
     }
 
-    async fn sweep_fallbacks(
+    async fn fallback_sweep(
         &self,
         now: DateTime<Utc>,
         since: DateTime<Utc>,
@@ -325,7 +325,7 @@ where
         Ok(found)
     }
 
-    async fn lease_fallbacks(
+    async fn fallback_lease(
         &self,
         worker: &str,
         now: DateTime<Utc>,
@@ -369,7 +369,7 @@ where
             .await?)
     }
 
-    async fn finish_fallback(
+    async fn fallback_finish(
         &self,
         f: &super::LeasedFallback,
         worker: &str,

@@ -47,14 +47,14 @@ pub struct ClaimTimes {
 pub trait IdempotencyStore: Send + Sync {
     /// Claims an idempotency key for a request (dropping the app's expired keys),
     /// or says what became of an earlier request with that key.
-    fn claim_idempotency_key(
+    fn idempotency_key_claim(
         &self,
         key: &IdempotencyKey<'_>,
         times: ClaimTimes,
     ) -> impl Future<Output = Result<ClaimOutcome, StoreError>> + Send;
 
     /// Keeps a claimed key's successful answer for replay.
-    fn finish_idempotency_key(
+    fn idempotency_key_finish(
         &self,
         key: &IdempotencyKey<'_>,
         status: u16,
@@ -62,7 +62,7 @@ pub trait IdempotencyStore: Send + Sync {
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Drops an unfinished claim (its request failed), so a retry runs again.
-    fn release_idempotency_key(
+    fn idempotency_key_release(
         &self,
         key: &IdempotencyKey<'_>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -88,7 +88,7 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn claim_idempotency_key(
+    async fn idempotency_key_claim(
         &self,
         k: &super::IdempotencyKey<'_>,
         t: super::ClaimTimes,
@@ -140,7 +140,7 @@ where
         Ok(outcome)
     }
 
-    async fn finish_idempotency_key(
+    async fn idempotency_key_finish(
         &self,
         k: &super::IdempotencyKey<'_>,
         status: u16,
@@ -160,7 +160,7 @@ where
         Ok(())
     }
 
-    async fn release_idempotency_key(
+    async fn idempotency_key_release(
         &self,
         k: &super::IdempotencyKey<'_>,
     ) -> Result<(), StoreError> {

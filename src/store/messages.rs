@@ -115,14 +115,14 @@ pub enum ReceiptOutcome {
 
 pub trait MessageStore: Send + Sync {
     /// One of an app's messages with its recorded events, oldest first.
-    fn message(
+    fn message_get(
         &self,
         app_id: &str,
         id: i64,
     ) -> impl Future<Output = Result<Option<(MessageRecord, Vec<MessageEvent>)>, StoreError>> + Send;
 
     /// A page of an app's messages, newest first.
-    fn messages(
+    fn message_list(
         &self,
         app_id: &str,
         filter: &MessageFilter<'_>,
@@ -131,7 +131,7 @@ pub trait MessageStore: Send + Sync {
     /// A receipt from the app (`delivered`, `opened`, `dismissed`) for one of its
     /// messages: moves the status forward along the delivery state machine and
     /// appends the step to the history. `NotFound` for another app's message.
-    fn record_receipt(
+    fn receipt_record(
         &self,
         app_id: &str,
         id: i64,
@@ -142,7 +142,7 @@ pub trait MessageStore: Send + Sync {
 
     /// Queues a transactional push: stores its message and one `queued` delivery
     /// per reachable device, in one transaction, so a request is all or nothing.
-    fn queue_push(
+    fn push_queue(
         &self,
         push: &NewPush<'_>,
         now: DateTime<Utc>,
@@ -151,13 +151,13 @@ pub trait MessageStore: Send + Sync {
     /// Work waiting, by kind (for the `meridian_queue_depth` gauge): chunks
     /// pending and leased, delivery rows queued and waiting to retry, slots due,
     /// webhook events and fallbacks not yet delivered.
-    fn queue_depth(
+    fn push_queue_depth(
         &self,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;
 
     /// The stored messages of transactional pushes: (request id, message, created at).
-    fn push_messages(
+    fn push_message_list(
         &self,
         request_ids: &[String],
     ) -> impl Future<Output = Result<Vec<PushMessage>, StoreError>> + Send;
@@ -183,7 +183,7 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn message(
+    async fn message_get(
         &self,
         app_id: &str,
         id: i64,
@@ -206,7 +206,7 @@ where
         Ok(Some((record, events)))
     }
 
-    async fn messages(
+    async fn message_list(
         &self,
         app_id: &str,
         f: &super::MessageFilter<'_>,
@@ -263,7 +263,7 @@ where
         Ok(q.fetch_all(&self.read).await?)
     }
 
-    async fn record_receipt(
+    async fn receipt_record(
         &self,
         app_id: &str,
         id: i64,
@@ -318,7 +318,7 @@ where
         Ok(super::ReceiptOutcome::Recorded)
     }
 
-    async fn queue_push(
+    async fn push_queue(
         &self,
         p: &super::NewPush<'_>,
         now: DateTime<Utc>,
@@ -421,7 +421,7 @@ where
         })
     }
 
-    async fn queue_depth(&self, now: DateTime<Utc>) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn push_queue_depth(&self, now: DateTime<Utc>) -> Result<Vec<(String, i64)>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT 'chunks_pending', COUNT(*) FROM slot_chunks WHERE state = 'pending' \
              UNION ALL SELECT 'chunks_leased', COUNT(*) FROM slot_chunks WHERE state = 'leased' \
@@ -436,7 +436,7 @@ where
         .await?)
     }
 
-    async fn push_messages(
+    async fn push_message_list(
         &self,
         request_ids: &[String],
     ) -> Result<Vec<super::PushMessage>, StoreError> {

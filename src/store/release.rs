@@ -52,22 +52,23 @@ pub struct SlotCompletion {
 
 pub trait ReleaseStore: Send + Sync {
     /// Pending slots due at `now` of scheduled or running campaigns, oldest first.
-    fn due_slots(
+    fn slot_list_due(
         &self,
         now: DateTime<Utc>,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<DueSlot>, StoreError>> + Send;
 
     /// The earliest `fire_at` of a pending slot (to sleep until).
-    fn next_due_at(&self)
-        -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+    fn slot_next_due_at(
+        &self,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
 
     /// Releases due slots of one campaign occurrence together, in one transaction
     /// with a few set-based statements however many zones: the slots this instance
     /// wins, each with its counts and the number of chunks that hold its recipients.
     /// The chunks are key ranges over all the won zones together, owned by the
     /// first won slot (`released_with`).
-    fn release_slots(
+    fn slot_release(
         &self,
         slots: &[DueSlot],
         segment: &Segment<'_>,
@@ -78,14 +79,15 @@ pub trait ReleaseStore: Send + Sync {
 
     /// Released slots with no chunk and no delivery left pending: (slot id,
     /// campaign id). Reads only.
-    fn completable_slots(&self)
-        -> impl Future<Output = Result<Vec<(i64, i64)>, StoreError>> + Send;
+    fn slot_list_completable(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(i64, i64)>, StoreError>> + Send;
 
     /// Completes those of `slots` that are still completable and, in the same
     /// transaction, adds each one's next occurrence: a crash cannot complete a
     /// recurring campaign's slot without planning its zone's next one. Returns
     /// the slots completed (slot id, campaign id).
-    fn complete_slots(
+    fn slot_complete(
         &self,
         slots: &[SlotCompletion],
         now: DateTime<Utc>,
@@ -112,7 +114,7 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn due_slots(
+    async fn slot_list_due(
         &self,
         now: DateTime<Utc>,
         limit: i64,
@@ -129,7 +131,7 @@ where
         .await?)
     }
 
-    async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    async fn slot_next_due_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT MIN(s.fire_at) FROM slots s JOIN campaigns k ON k.id = s.campaign_id \
              WHERE s.state = 'pending' AND k.state IN ('scheduled', 'running')",
@@ -138,7 +140,7 @@ where
         .await?)
     }
 
-    async fn release_slots(
+    async fn slot_release(
         &self,
         slots: &[super::DueSlot],
         segment: &super::Segment<'_>,
@@ -344,7 +346,7 @@ where
         Ok(out)
     }
 
-    async fn completable_slots(&self) -> Result<Vec<(i64, i64)>, StoreError> {
+    async fn slot_list_completable(&self) -> Result<Vec<(i64, i64)>, StoreError> {
         // Polled while `deliveries` grows by thousands of rows a second: planned
         // afresh at every call. Prepared once, Postgres kept the plan made when
         // the table was empty (a scan of it per slot: 43 s at a million rows).
@@ -357,7 +359,7 @@ where
         .await?)
     }
 
-    async fn complete_slots(
+    async fn slot_complete(
         &self,
         slots: &[super::SlotCompletion],
         now: DateTime<Utc>,

@@ -93,7 +93,7 @@ impl<S: Store> Api<S> {
 pub async fn key_for<S: Store>(store: &S, app: &str, name: &str) -> String {
     let k = keys::generate().unwrap();
     store
-        .create_api_key(
+        .api_key_create(
             &NewApiKey {
                 app_id: app,
                 name,

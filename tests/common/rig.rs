@@ -155,7 +155,7 @@ impl<S: Store> Rig<S> {
         };
         self.register(&user, platform, &token, zone).await;
         self.store
-            .set_subscriptions("shop", &user, &[("marketing", true)], self.clock.now())
+            .subscription_set("shop", &user, &[("marketing", true)], self.clock.now())
             .await
             .unwrap();
         token
@@ -164,7 +164,7 @@ impl<S: Store> Rig<S> {
     /// A campaign's slot counts summed over its slots, by kind.
     pub async fn counts_by_kind(&self, id: i64) -> BTreeMap<String, i64> {
         let mut counts = BTreeMap::new();
-        for (_, kind, n) in self.store.slot_counts(id).await.unwrap() {
+        for (_, kind, n) in self.store.slot_count_by_state(id).await.unwrap() {
             *counts.entry(kind).or_default() += n;
         }
         counts
@@ -178,7 +178,7 @@ impl<S: Store> Rig<S> {
 
     pub async fn register(&self, user: &str, platform: Platform, token: &str, zone: &str) {
         self.store
-            .upsert_device(
+            .device_upsert(
                 &DeviceUpsert {
                     app_id: "shop",
                     user_external_id: Some(user),
@@ -234,7 +234,7 @@ impl<S: Store> Rig<S> {
     ) -> (String, String) {
         let k = meridian::api::keys::generate().unwrap();
         self.store
-            .create_api_key(
+            .api_key_create(
                 &meridian::store::NewApiKey {
                     app_id: "shop",
                     name: "backend",
@@ -266,7 +266,7 @@ impl<S: Store> Rig<S> {
     /// Registers (or updates) a user with a phone number.
     pub async fn user(&self, external_id: &str, phone: Option<&str>) {
         self.store
-            .upsert_user(
+            .user_upsert(
                 &meridian::store::UserUpsert {
                     app_id: "shop",
                     external_id,
@@ -289,7 +289,7 @@ impl<S: Store> Rig<S> {
         primary: bool,
     ) {
         self.store
-            .upsert_device(
+            .device_upsert(
                 &DeviceUpsert {
                     app_id: "shop",
                     user_external_id: user,
@@ -321,7 +321,7 @@ impl<S: Store> Rig<S> {
 
     pub async fn state(&self, key: &str) -> CampaignState {
         self.store
-            .campaign("shop", key)
+            .campaign_get("shop", key)
             .await
             .unwrap()
             .unwrap()
@@ -454,7 +454,7 @@ pub async fn release_one<S: Store>(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<meridian::store::Released>, meridian::store::StoreError> {
     let won = store
-        .release_slots(std::slice::from_ref(slot), segment, chunk_size, worker, now)
+        .slot_release(std::slice::from_ref(slot), segment, chunk_size, worker, now)
         .await?;
     Ok(won.into_iter().next().map(|(_, r)| r))
 }
