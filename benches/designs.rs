@@ -28,7 +28,7 @@ use meridian::clock::{Clock, SystemClock};
 use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
 use meridian::state::DeliveryStatus;
-use meridian::store::{ChunkWrite, DeliveryUpdate, NewDelivery, SqliteStore, Store};
+use meridian::store::{ChunkWrite, DeliveryUpdate, LeaseTerms, NewDelivery, SqliteStore, Store};
 use sqlx::Connection;
 
 #[global_allocator]
@@ -153,7 +153,15 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
         .collect();
     for batch in due.chunks(32) {
         store
-            .slot_release(batch, &segment, 1000, "bench", now)
+            .slot_release(
+                &meridian::store::SlotRelease {
+                    slots: batch,
+                    segment: &segment,
+                    chunk_size: 1000,
+                    worker: "bench",
+                },
+                now,
+            )
             .await
             .unwrap();
     }
@@ -163,14 +171,25 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
     loop {
         let now = SystemClock.now();
         let chunks = store
-            .chunk_lease("bench", now, now + TimeDelta::seconds(60), 8)
+            .chunk_lease(
+                &LeaseTerms {
+                    owner: "bench",
+                    until: now + TimeDelta::seconds(60),
+                    limit: 8,
+                },
+                now,
+            )
             .await
             .unwrap();
         if chunks.is_empty() {
             break;
         }
         for chunk in &chunks {
-            let slot = store.slot_get_info(chunk.slot_id).await.unwrap().unwrap();
+            let slot = store
+                .slot_get_info(chunk.lead_slot_id)
+                .await
+                .unwrap()
+                .unwrap();
             let recipients = store
                 .chunk_recipient_list(chunk, &slot, &segment, now)
                 .await
@@ -197,7 +216,7 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
                     app_id: "shop",
                     occurrence: &slot.occurrence,
                     deliveries: batch,
-                    events: false,
+                    webhook: false,
                 };
                 written += store.chunk_record(&w, SystemClock.now()).await.unwrap();
             }
@@ -240,7 +259,7 @@ async fn eager<S: Store>(store: &S, config: &Config, raw: &Raw) -> Vec<(&'static
                 provider_id: Some(format!("00000000-0000-4000-8000-{:012x}", r.0)),
                 error_reason: None,
                 next_attempt_at: None,
-                events: false,
+                webhook: false,
             })
             .collect();
         for batch in updates.chunks(500) {

@@ -277,13 +277,12 @@ where
         "the small campaign was saved after its due time"
     );
     let engine = Arc::new(engine);
-    let wake = Arc::new(tokio::sync::Notify::new());
     let sim_pid = sim_pid.to_string();
     let cpu_before = (cpu_secs("self"), cpu_secs(&sim_pid), postgres_cpu_secs());
     let start = Instant::now();
     let running = tokio::spawn({
-        let (engine, wake) = (engine.clone(), wake.clone());
-        async move { engine.run(wake).await }
+        let engine = engine.clone();
+        async move { engine.run().await }
     });
     for key in ["e2e", "small"] {
         loop {
@@ -301,7 +300,6 @@ where
         postgres_cpu_secs() - cpu_before.2,
     );
     engine.stop();
-    wake.notify_waiters();
     let _ = running.await;
     let counts = store
         .delivery_count_by_status(applied.record.id)

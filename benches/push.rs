@@ -28,7 +28,7 @@ use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
 use meridian::engine::{Engine, EngineSettings};
 use meridian::state::CampaignState;
-use meridian::store::{MessageFilter, SqliteStore, Store};
+use meridian::store::{DeliveryFilter, SqliteStore, Store};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -141,7 +141,7 @@ async fn accept_to_sent<S: Store>(store: &S, answered: &[Answered]) -> Vec<f64> 
     for a in answered {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let filter = MessageFilter {
+            let filter = DeliveryFilter {
                 user_external_id: None,
                 campaign_id: None,
                 request_id: Some(&a.request),
@@ -196,10 +196,9 @@ where
         )
         .unwrap(),
     );
-    let wake = Arc::new(tokio::sync::Notify::new());
     let running = tokio::spawn({
-        let (engine, wake) = (engine.clone(), wake.clone());
-        async move { engine.run(wake).await }
+        let engine = engine.clone();
+        async move { engine.run().await }
     });
     let k = meridian::api::keys::generate().unwrap();
     store
@@ -286,7 +285,6 @@ where
         .unwrap()
         .record
         .id;
-    wake.notify_one();
     let started = Instant::now();
     let mut busy = Vec::new();
     let sending = |s: &Arc<S>| {
@@ -315,6 +313,5 @@ where
         started.elapsed().as_secs_f64()
     );
     engine.stop();
-    wake.notify_waiters();
     let _ = running.await;
 }

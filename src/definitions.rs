@@ -234,7 +234,7 @@ pub async fn save<S: Store>(
 ) -> Result<Applied, ApplyError> {
     let def = &prepared.campaign.definition;
     let json = serde_json::to_value(def).map_err(|e| {
-        StoreError::Invalid(format!("campaign {:?} does not serialize: {e}", def.key))
+        StoreError::Invariant(format!("campaign {:?} does not serialize: {e}", def.key))
     })?;
     let slots: Vec<NewSlot> = prepared
         .plan
@@ -386,7 +386,7 @@ pub async fn create<S: Store>(
 /// The definition a campaign was stored with.
 pub fn stored_definition(c: &CampaignRecord) -> Result<CampaignDefinition, ApplyError> {
     from_json(c.definition.0.clone()).map_err(|e| {
-        ApplyError::Store(StoreError::Invalid(format!(
+        ApplyError::Store(StoreError::Invariant(format!(
             "campaign {}: its stored definition no longer reads ({e})",
             c.id
         )))

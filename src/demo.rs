@@ -32,7 +32,7 @@ use crate::simulator::{
 };
 use crate::state::{DeliveryStatus, SlotState, StateMachine};
 use crate::store::{
-    DeviceUpsert, MessageFilter, NewApiKey, SlotRecord, SqliteStore, Store, StoreError, UserUpsert,
+    DeliveryFilter, DeviceUpsert, NewApiKey, SlotRecord, SqliteStore, Store, StoreError, UserUpsert,
 };
 use crate::zone::{parse_zone, resolve_local};
 
@@ -850,11 +850,11 @@ async fn progress<S: Store>(
     Ok(p)
 }
 
-fn push_filter(request_id: &str) -> MessageFilter<'_> {
-    MessageFilter {
+fn push_filter(request_id: &str) -> DeliveryFilter<'_> {
+    DeliveryFilter {
         request_id: Some(request_id),
         limit: 1000,
-        ..MessageFilter::default()
+        ..DeliveryFilter::default()
     }
 }
 

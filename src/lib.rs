@@ -7,6 +7,7 @@ pub mod audience;
 pub mod campaign;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod definitions;
 pub mod demo;
 pub mod engine;

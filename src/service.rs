@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::api::{self, ApiState};
 use crate::clock::Clock;
 use crate::config::Config;
@@ -30,8 +32,8 @@ pub struct Service<S> {
     pub api_addr: SocketAddr,
     engine: Option<Arc<Engine<S>>>,
     first_turn: Option<tokio::sync::watch::Receiver<u64>>,
-    wake: Arc<tokio::sync::Notify>,
-    api_stop: Arc<tokio::sync::Notify>,
+    /// The one shutdown token: the API and every engine loop wait on it.
+    shutdown: CancellationToken,
     api_server: tokio::task::JoinHandle<std::io::Result<()>>,
     runner: Option<tokio::task::JoinHandle<()>>,
 }
@@ -44,9 +46,11 @@ impl<S: Store> Service<S> {
         config: Arc<Config>,
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServiceError> {
+        let shutdown = CancellationToken::new();
         let engine = if config.engine.enabled {
             let settings = EngineSettings::from_config(&config.engine);
-            let engine = Engine::new(store.clone(), config.clone(), clock.clone(), settings)?;
+            let engine = Engine::new(store.clone(), config.clone(), clock.clone(), settings)?
+                .with_shutdown(shutdown.clone());
             Some(Arc::new(engine))
         } else {
             None
@@ -64,28 +68,24 @@ impl<S: Store> Service<S> {
                 .with_scheduler(Arc::new(move || probe.ticking()));
         }
         let router = api::router(api_state);
-        let api_stop = Arc::new(tokio::sync::Notify::new());
         let api_server = tokio::spawn({
-            let stop = api_stop.clone();
+            let stop = shutdown.clone();
             async move {
                 axum::serve(listener, router)
-                    .with_graceful_shutdown(async move { stop.notified().await })
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
                     .await
             }
         });
         // Subscribed before the loop starts, so its first turn is seen.
         let first_turn = engine.as_ref().map(|e| e.heartbeat());
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let runner = engine.clone().map(|e| {
-            let wake = wake.clone();
-            tokio::spawn(async move { e.run(wake).await })
-        });
+        let runner = engine
+            .clone()
+            .map(|e| tokio::spawn(async move { e.run().await }));
         Ok(Self {
             api_addr,
             engine,
             first_turn,
-            wake,
-            api_stop,
+            shutdown,
             api_server,
             runner,
         })
@@ -106,11 +106,7 @@ impl<S: Store> Service<S> {
     /// sends in flight to be recorded; what is still in flight then is left to
     /// lease expiry.
     pub async fn stop(self, grace: Duration) {
-        self.api_stop.notify_one();
-        if let Some(e) = &self.engine {
-            e.stop();
-            self.wake.notify_waiters();
-        }
+        self.shutdown.cancel();
         if let Some(runner) = self.runner {
             if tokio::time::timeout(grace, runner).await.is_err() {
                 tracing::warn!(message = "Grace period over with sends in flight; their leases will expire and be taken over.");

@@ -88,7 +88,15 @@ async fn release_kathmandu<S: Store>(api: &Api<S>, id: i64) {
     };
     let won = api
         .store
-        .slot_release(&due, &segment, 100, "test", SystemClock.now())
+        .slot_release(
+            &meridian::store::SlotRelease {
+                slots: &due,
+                segment: &segment,
+                chunk_size: 100,
+                worker: "test",
+            },
+            SystemClock.now(),
+        )
         .await
         .unwrap();
     assert_eq!(won.len(), 1);
@@ -801,7 +809,35 @@ async fn another_apps_key_gets_404<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(mine, created, "untouched");
 }
 
+/// A stored definition that no longer reads (a hand-edited row) is the store's
+/// broken invariant: a 500 that says nothing of the row, never a 400 blaming
+/// the request, and the row stays as it was.
+async fn a_broken_stored_definition_is_not_the_callers_fault<S: Store + Clone>(db: &TestDb<S>) {
+    let api = start(db).await;
+    let shop = Some(api.shop.as_str());
+    let (status, created) = api
+        .call("POST", "/v1/campaigns", shop, Some(morning("broken")))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    db.raw(&format!(
+        "UPDATE campaigns SET definition = '{{\"nonsense\": true}}' WHERE id = {}",
+        created["id"]
+    ))
+    .await
+    .unwrap();
+    let path = format!("/v1/campaigns/{}/schedule", created["id"]);
+    let (status, answer) = api.call("POST", &path, shop, None).await;
+    assert_eq!(
+        (status, answer),
+        (
+            500,
+            json!({"error": "internal", "message": "an internal error; it was logged"})
+        )
+    );
+}
+
 storage_tests!(
+    a_broken_stored_definition_is_not_the_callers_fault,
     a_campaign_goes_through_its_lifecycle,
     campaigns_are_listed_newest_first_by_page,
     an_idempotency_key_creates_once,

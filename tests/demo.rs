@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meridian::config::DatabaseConfig;
-use meridian::store::{MessageFilter, SqliteStore, Store};
+use meridian::store::{DeliveryFilter, SqliteStore, Store};
 
 /// What one run printed, and how it ended.
 struct Run {
@@ -199,10 +199,10 @@ async fn the_demo_delivers_the_first_zones_and_says_where_to_look() {
     let pushed = store
         .message_list(
             "demo",
-            &MessageFilter {
+            &DeliveryFilter {
                 request_id: Some(request),
                 limit: 100,
-                ..MessageFilter::default()
+                ..DeliveryFilter::default()
             },
         )
         .await

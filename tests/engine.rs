@@ -15,6 +15,7 @@ use meridian::config::Config;
 use meridian::definitions;
 use meridian::simulator::Behaviour;
 use meridian::state::{CampaignState, DeviceState};
+use meridian::store::LeaseTerms;
 use meridian::store::{DeviceUpsert, Store, StoreError};
 
 async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
@@ -293,24 +294,45 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         "released twice"
     );
     let a = s
-        .chunk_lease("a", now, now + TimeDelta::seconds(60), 10)
+        .chunk_lease(
+            &LeaseTerms {
+                owner: "a",
+                until: now + TimeDelta::seconds(60),
+                limit: 10,
+            },
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(a.len(), 1);
     assert!(s
-        .chunk_lease("b", now, now + TimeDelta::seconds(60), 10)
+        .chunk_lease(
+            &LeaseTerms {
+                owner: "b",
+                until: now + TimeDelta::seconds(60),
+                limit: 10
+            },
+            now
+        )
         .await
         .unwrap()
         .is_empty());
     // A's lease lapses (A is stuck or dead); B takes the chunk over.
     let later = now + TimeDelta::seconds(61);
     let b = s
-        .chunk_lease("b", later, later + TimeDelta::seconds(60), 10)
+        .chunk_lease(
+            &LeaseTerms {
+                owner: "b",
+                until: later + TimeDelta::seconds(60),
+                limit: 10,
+            },
+            later,
+        )
         .await
         .unwrap();
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].attempt, a[0].attempt + 1);
-    let slot = s.slot_get_info(a[0].slot_id).await.unwrap().unwrap();
+    let slot = s.slot_get_info(a[0].lead_slot_id).await.unwrap().unwrap();
     let recipients = s
         .chunk_recipient_list(&b[0], &slot, &segment, rig.clock.now())
         .await
@@ -331,7 +353,7 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         app_id: "shop",
         occurrence: &slot.occurrence,
         deliveries: std::slice::from_ref(&delivery),
-        events: false,
+        webhook: false,
     };
     let stale = s.chunk_record(&write(&a[0], "a"), later).await;
     assert!(
@@ -349,6 +371,13 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         matches!(stale, Err(StoreError::LeaseLost { .. })),
         "{stale:?}"
     );
+    let until = later + TimeDelta::seconds(60);
+    let stale = s.chunk_lease_extend(&a[0], "a", until).await;
+    assert!(
+        matches!(stale, Err(StoreError::LeaseLost { .. })),
+        "{stale:?}"
+    );
+    s.chunk_lease_extend(&b[0], "b", until).await.unwrap();
     s.chunk_finish(&b[0], "b", later).await.unwrap();
     assert_eq!(
         s.delivery_count_by_status(id).await.unwrap().get("sent"),
@@ -660,7 +689,14 @@ async fn a_new_slot_is_not_queued_behind_a_large_one<S: Store + Clone>(db: &Test
     let s = &rig.store;
     release_all(&**s, &rig.config, t0).await;
     // The big campaign's first chunks are in flight when the next one comes due.
-    let lease = |n| s.chunk_lease("a", t0, t0 + TimeDelta::seconds(60), n);
+    let lease = |limit| async move {
+        let terms = LeaseTerms {
+            owner: "a",
+            until: t0 + TimeDelta::seconds(60),
+            limit,
+        };
+        s.chunk_lease(&terms, t0).await
+    };
     let first = lease(2).await.unwrap();
     assert!(first.iter().all(|c| c.campaign_id == big));
     rig.clock.set(t0 + TimeDelta::seconds(1));
@@ -761,13 +797,31 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
     assert_eq!(due.len(), 2);
     let def = definition_of(&due[0]);
     let segment = segment_of(&rig.config, &def);
-    let won = s.slot_release(&due, &segment, 2, "a", now).await.unwrap();
+    let won = s
+        .slot_release(
+            &meridian::store::SlotRelease {
+                slots: &due,
+                segment: &segment,
+                chunk_size: 2,
+                worker: "a",
+            },
+            now,
+        )
+        .await
+        .unwrap();
     assert_eq!(won.len(), 2);
     for (_, r) in &won {
         assert_eq!(r.recipients, 3);
     }
     let chunks = s
-        .chunk_lease("a", now, now + TimeDelta::seconds(60), 10)
+        .chunk_lease(
+            &LeaseTerms {
+                owner: "a",
+                until: now + TimeDelta::seconds(60),
+                limit: 10,
+            },
+            now,
+        )
         .await
         .unwrap();
     // Six recipients in chunks of two: three chunks, not two per zone.
@@ -780,7 +834,7 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
     for c in &ranges {
         assert!(c.first_device_id > last, "chunks overlap: {ranges:?}");
         last = c.last_device_id;
-        let slot = s.slot_get_info(c.slot_id).await.unwrap().unwrap();
+        let slot = s.slot_get_info(c.lead_slot_id).await.unwrap().unwrap();
         let recipients = s
             .chunk_recipient_list(c, &slot, &segment, now)
             .await
@@ -1022,11 +1076,9 @@ async fn readiness_follows_the_database_and_the_scheduler<S: Store + Clone>(db: 
         body.contains("not_ready") && body.contains("has not turned yet"),
         "{body}"
     );
-    let wake = Arc::new(tokio::sync::Notify::new());
     let runner = tokio::spawn({
         let engine = engine.clone();
-        let wake = wake.clone();
-        async move { engine.run(wake).await }
+        async move { engine.run().await }
     });
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
@@ -1043,7 +1095,6 @@ async fn readiness_follows_the_database_and_the_scheduler<S: Store + Clone>(db: 
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     engine.stop();
-    wake.notify_waiters();
     runner.await.unwrap();
     // A loop that stopped turning is no longer ready.
     rig.clock.advance(TimeDelta::minutes(10));

@@ -16,7 +16,7 @@ use meridian::store::{
     AppRecord, CampaignSave, DeviceUpsert, NewSlot, SaveOutcome, Segment, Store, StoreError,
     TopicRule, UserUpsert,
 };
-use meridian::store::{Dialect, PgDialect, SqliteDialect};
+use meridian::store::{Dialect, LeaseTerms, PgDialect, SqliteDialect};
 use serde_json::json;
 
 fn now() -> DateTime<Utc> {
@@ -1233,13 +1233,29 @@ async fn outbox_write_backs_are_fenced_by_attempt<S: Store>(db: &TestDb<S>) {
     let s = &db.store;
     let t = now();
     let first = s
-        .outbox_lease("shop", "w", t, t + TimeDelta::seconds(30), 10)
+        .outbox_lease(
+            "shop",
+            &LeaseTerms {
+                owner: "w",
+                until: t + TimeDelta::seconds(30),
+                limit: 10,
+            },
+            t,
+        )
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
     let later = t + TimeDelta::seconds(31);
     let again = s
-        .outbox_lease("shop", "w", later, later + TimeDelta::seconds(30), 10)
+        .outbox_lease(
+            "shop",
+            &LeaseTerms {
+                owner: "w",
+                until: later + TimeDelta::seconds(30),
+                limit: 10,
+            },
+            later,
+        )
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
@@ -1247,8 +1263,17 @@ async fn outbox_write_backs_are_fenced_by_attempt<S: Store>(db: &TestDb<S>) {
     let ids = [first[0].id];
     for stale in [
         s.outbox_ack("w", &ids, first[0].attempts).await,
-        s.outbox_retry("w", &ids, first[0].attempts, later, "x", 10)
-            .await,
+        s.outbox_retry(
+            "w",
+            &meridian::store::OutboxRetry {
+                ids: &ids,
+                attempts: first[0].attempts,
+                next_attempt_at: later,
+                error: "x",
+                max_attempts: 10,
+            },
+        )
+        .await,
     ] {
         assert!(
             matches!(stale, Err(StoreError::LeaseLost { .. })),
@@ -1454,7 +1479,14 @@ async fn row_lease_takes_due_and_lapsed_rows_in_order<S: Store>(db: &TestDb<S>) 
         db.raw(&sql.replace("{p}", &before)).await.unwrap();
     }
     let until = now + TimeDelta::seconds(60);
-    let lease = |limit| db.store.delivery_lease("w", now, until, limit);
+    let lease = |limit| async move {
+        let terms = LeaseTerms {
+            owner: "w",
+            until,
+            limit,
+        };
+        db.store.delivery_lease(&terms, now).await
+    };
     let ids = |rows: Vec<meridian::store::LeasedDelivery>| {
         rows.iter().map(|r| (r.id, r.attempts)).collect::<Vec<_>>()
     };

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
 use super::{page_limit, ApiError, ApiState, AppKey, Body, Path, Query};
 use crate::state::{DeliveryStatus, StateMachine};
-use crate::store::{MessageEvent, MessageFilter, MessageRecord, ReceiptOutcome, Store};
+use crate::store::{DeliveryEvent, DeliveryFilter, DeliveryRecord, Receipt, ReceiptOutcome, Store};
 
 /// One step of a message's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -26,7 +26,7 @@ pub struct Step {
 /// The whole history of a message. Steps the row implies are filled in: every
 /// message was queued when its row was made, and a message sent on its first
 /// attempt has no `sent` event of its own (only `sent_at`).
-pub fn history(record: &MessageRecord, events: &[MessageEvent]) -> Vec<Step> {
+pub fn history(record: &DeliveryRecord, events: &[DeliveryEvent]) -> Vec<Step> {
     // A message without a device starts as `no_device`: it was never queued.
     let first = match DeliveryStatus::parse(&record.status) {
         Ok(
@@ -182,7 +182,7 @@ pub async fn list_messages<S: Store>(
         .store
         .message_list(
             &app,
-            &MessageFilter {
+            &DeliveryFilter {
                 user_external_id: q.user.as_deref(),
                 campaign_id: q.campaign,
                 request_id: q.request.as_deref(),
@@ -202,7 +202,7 @@ pub async fn list_messages<S: Store>(
     }))
 }
 
-fn view(r: MessageRecord, history: Vec<Step>) -> MessageView {
+fn view(r: DeliveryRecord, history: Vec<Step>) -> MessageView {
     MessageView {
         id: r.id,
         campaign_id: r.campaign_id,
@@ -273,10 +273,12 @@ pub async fn post_receipt<S: Store>(
     let outcome = st
         .store
         .receipt_record(
-            &app,
-            body.message_id,
-            status,
-            st.config.app(&app).is_some_and(|a| a.webhook.is_some()),
+            &Receipt {
+                app_id: &app,
+                id: body.message_id,
+                status,
+                webhook: st.config.app(&app).is_some_and(|a| a.webhook.is_some()),
+            },
             st.clock.now(),
         )
         .await?;
@@ -291,9 +293,9 @@ mod tests {
     use super::*;
     use chrono::TimeZone;
 
-    fn record(sent_at: Option<DateTime<Utc>>) -> MessageRecord {
+    fn record(sent_at: Option<DateTime<Utc>>) -> DeliveryRecord {
         let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap();
-        MessageRecord {
+        DeliveryRecord {
             id: 1,
             campaign_id: Some(1),
             request_id: None,
@@ -310,8 +312,8 @@ mod tests {
         }
     }
 
-    fn event(status: &str, secs: i64) -> MessageEvent {
-        MessageEvent {
+    fn event(status: &str, secs: i64) -> DeliveryEvent {
+        DeliveryEvent {
             status: status.into(),
             attempt: 0,
             detail: None,

@@ -315,6 +315,14 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(message) => {
                 Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
             }
+            StoreError::Invariant(_) => {
+                tracing::error!(message = "A stored invariant is broken.", error = %e);
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error; it was logged",
+                )
+            }
             StoreError::Conflict { key } => Self::new(
                 StatusCode::CONFLICT,
                 "conflict",

@@ -442,7 +442,7 @@ pub async fn post_push<S: Store>(
                 topic,
                 primary_only: request.primary_only,
                 priority: PUSH_PRIORITY,
-                events: app.webhook.is_some(),
+                webhook: app.webhook.is_some(),
                 fallback: fallback.is_some(),
                 no_receipt_after: fallback.and_then(|f| f.no_receipt_after),
             },

@@ -13,7 +13,8 @@ use crate::provider::app::Push;
 use crate::provider::Outcome;
 use crate::state::DeliveryStatus;
 use crate::store::{
-    ChunkWrite, DeliveryUpdate, LeasedChunk, LeasedDelivery, NewDelivery, Store, StoreError,
+    ChunkWrite, DeliveryUpdate, LeaseTerms, LeasedChunk, LeasedDelivery, NewDelivery, Store,
+    StoreError,
 };
 
 impl<S: Store> Engine<S> {
@@ -31,10 +32,12 @@ impl<S: Store> Engine<S> {
         let rows = self
             .store
             .delivery_lease(
-                &self.settings.worker_id,
+                &LeaseTerms {
+                    owner: &self.settings.worker_id,
+                    until: now + self.settings.lease,
+                    limit: 500,
+                },
                 now,
-                now + self.settings.lease,
-                500,
             )
             .await?;
         let leased = rows.len();
@@ -75,9 +78,12 @@ impl<S: Store> Engine<S> {
             {
                 let now = self.now();
                 let want = (self.settings.chunks_in_flight + READ_AHEAD - in_flight.len()) as i64;
-                let lease = self
-                    .store
-                    .chunk_lease(worker, now, now + self.settings.lease, want);
+                let terms = LeaseTerms {
+                    owner: worker,
+                    until: now + self.settings.lease,
+                    limit: want,
+                };
+                let lease = self.store.chunk_lease(&terms, now);
                 tokio::pin!(lease);
                 // Chunks in flight keep running while the lease is taken (a chunk may
                 // hold SQLite's one write connection until it is polled again).
@@ -166,7 +172,7 @@ impl<S: Store> Engine<S> {
             "chunk",
             chunk_id = chunk.id,
             campaign_id = chunk.campaign_id,
-            slot_id = chunk.slot_id,
+            slot_id = chunk.lead_slot_id,
             attempt = chunk.attempt,
         );
         self.process_chunk(chunk).instrument(span).await
@@ -175,7 +181,7 @@ impl<S: Store> Engine<S> {
     /// Sends a chunk's recipients and records each outcome; returns how many were recorded.
     async fn process_chunk(&self, chunk: LeasedChunk) -> Result<usize, EngineError> {
         let worker = self.settings.worker_id.as_str();
-        let Some(slot) = self.store.slot_get_info(chunk.slot_id).await? else {
+        let Some(slot) = self.store.slot_get_info(chunk.lead_slot_id).await? else {
             return Ok(0);
         };
         let Some(ctx) = self.campaign_ctx(slot.campaign_id, &slot.definition.0) else {
@@ -330,8 +336,8 @@ impl<S: Store> Engine<S> {
                 tokio::time::sleep(every).await;
                 let until = self.now() + self.settings.lease;
                 match self.store.chunk_lease_extend(&chunk, worker, until).await {
-                    Ok(true) => {}
-                    Ok(false) => tracing::warn!(
+                    Ok(()) => {}
+                    Err(StoreError::LeaseLost { .. }) => tracing::warn!(
                         message = "Chunk lease lost while sending.",
                         chunk_id = chunk.id
                     ),
@@ -386,7 +392,7 @@ impl<S: Store> Engine<S> {
                     app_id,
                     occurrence,
                     deliveries: batch,
-                    events: self.has_webhook(app_id),
+                    webhook: self.has_webhook(app_id),
                 },
                 self.now(),
             )
@@ -422,7 +428,7 @@ impl<S: Store> Engine<S> {
                 provider_id: d.provider_id,
                 error_reason: d.reason,
                 next_attempt_at: d.next_attempt_at,
-                events: self.has_webhook(&row.app_id),
+                webhook: self.has_webhook(&row.app_id),
             });
         }
         let mut recorded = 0;

@@ -9,7 +9,7 @@ use chrono::TimeDelta;
 
 use super::{Engine, EngineError};
 use crate::hooks::{self, HookClient, HookFailure};
-use crate::store::{FallbackOutcome, Store, StoreError};
+use crate::store::{FallbackFinish, FallbackOutcome, LeaseTerms, OutboxRetry, Store, StoreError};
 
 /// How far back the sweep looks for pushes that may still need a fallback.
 const FALLBACK_HORIZON: TimeDelta = TimeDelta::days(3);
@@ -83,10 +83,12 @@ impl<S: Store> Engine<S> {
                     .store
                     .outbox_lease(
                         app,
-                        worker,
+                        &LeaseTerms {
+                            owner: worker,
+                            until: now + self.settings.lease,
+                            limit: i64::from(client.config.batch_size),
+                        },
                         now,
-                        now + self.settings.lease,
-                        i64::from(client.config.batch_size),
                     )
                     .await?;
                 let Some(first) = batch.first() else { break };
@@ -119,11 +121,13 @@ impl<S: Store> Engine<S> {
                             .store
                             .outbox_retry(
                                 worker,
-                                &ids,
-                                first.attempts,
-                                self.retry_at(attempt, &failure),
-                                &failure.message,
-                                max,
+                                &OutboxRetry {
+                                    ids: &ids,
+                                    attempts: first.attempts,
+                                    next_attempt_at: self.retry_at(attempt, &failure),
+                                    error: &failure.message,
+                                    max_attempts: max,
+                                },
                             )
                             .await? as usize;
                         // The endpoint is failing: the rest waits for the next pass.
@@ -142,10 +146,17 @@ impl<S: Store> Engine<S> {
             .await?;
         let due = self
             .store
-            .fallback_lease(worker, now, now + self.settings.lease, 100)
+            .fallback_lease(
+                &LeaseTerms {
+                    owner: worker,
+                    until: now + self.settings.lease,
+                    limit: 100,
+                },
+                now,
+            )
             .await?;
         for f in due {
-            let events = self.has_webhook(&f.app_id);
+            let webhook = self.has_webhook(&f.app_id);
             let outcome = match self.hooks.fallback(&f.app_id, f.topic.as_deref()) {
                 None => FallbackOutcome::Failed {
                     error: "no fallback channel is configured any more".to_owned(),
@@ -184,7 +195,15 @@ impl<S: Store> Engine<S> {
             }
             match self
                 .store
-                .fallback_finish(&f, worker, &outcome, events, self.now())
+                .fallback_finish(
+                    &FallbackFinish {
+                        fallback: &f,
+                        worker,
+                        outcome: &outcome,
+                        webhook,
+                    },
+                    self.now(),
+                )
                 .await
             {
                 Ok(()) => {}

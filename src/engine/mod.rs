@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tokio_util::sync::CancellationToken;
 
 use crate::campaign::{AppContext, CampaignDefinition, ValidCampaign};
 use crate::clock::Clock;
@@ -59,18 +60,10 @@ pub struct EngineSettings {
     pub retry: RetryPolicy,
 }
 
+/// The configuration's defaults (`EngineConfig`), defined there once.
 impl Default for EngineSettings {
     fn default() -> Self {
-        Self {
-            worker_id: default_worker_id(),
-            chunk_size: 500,
-            lease: TimeDelta::seconds(60),
-            chunks_in_flight: 4,
-            sends_per_chunk: 256,
-            flush_every: 250,
-            tick: Duration::from_secs(1),
-            retry: RetryPolicy::default(),
-        }
+        Self::from_config(&crate::config::EngineConfig::default())
     }
 }
 
@@ -79,16 +72,13 @@ impl EngineSettings {
         Self {
             worker_id: c.worker_id.clone().unwrap_or_else(default_worker_id),
             chunk_size: c.chunk_size,
-            lease: TimeDelta::from_std(c.lease).unwrap_or(TimeDelta::seconds(60)),
+            // Past `TimeDelta`'s range (centuries): as good as never expiring.
+            lease: TimeDelta::from_std(c.lease).unwrap_or(TimeDelta::MAX),
             chunks_in_flight: c.chunks_in_flight,
             sends_per_chunk: c.sends_per_chunk,
             flush_every: c.flush_every,
             tick: c.tick,
-            retry: RetryPolicy {
-                base: c.retry_base,
-                max: c.retry_max,
-                max_attempts: c.max_attempts,
-            },
+            retry: RetryPolicy::from_config(c),
         }
     }
 }
@@ -145,9 +135,8 @@ pub struct Engine<S> {
     campaigns: Mutex<HashMap<i64, Arc<CampaignCtx>>>,
     /// Turns to send a chunk: `chunks_in_flight` of them.
     sending: tokio::sync::Semaphore,
-    stopping: Arc<AtomicBool>,
-    /// Wakes what waits on a throttle when `stop` is called.
-    stopped: tokio::sync::Notify,
+    /// Cancelled once to stop: every loop, throttle and sleep waits on it.
+    shutdown: CancellationToken,
     rows_queued: Arc<tokio::sync::Notify>,
     hooks: hooks::Hooks,
     /// Counts the release loop's turns (see [`Engine::heartbeat`]).
@@ -188,8 +177,7 @@ impl<S: Store> Engine<S> {
             settings,
             campaigns: Mutex::new(HashMap::new()),
             sending: tokio::sync::Semaphore::new(permits),
-            stopping: Arc::new(AtomicBool::new(false)),
-            stopped: tokio::sync::Notify::new(),
+            shutdown: CancellationToken::new(),
             rows_queued: Arc::new(tokio::sync::Notify::new()),
             hooks,
             heartbeat: tokio::sync::watch::channel(0).0,
@@ -229,25 +217,26 @@ impl<S: Store> Engine<S> {
         &self.settings
     }
 
+    /// Stops with `token` instead of a token of its own: the daemon's one
+    /// shutdown token, which the API waits on too.
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
     /// Asks the engine to stop: nothing new is released or leased, sends not yet
     /// started are given back, in-flight ones finish and are recorded.
     pub fn stop(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.stopped.notify_waiters();
+        self.shutdown.cancel();
     }
 
     /// Resolves once `stop` has been called.
     async fn until_stopped(&self) {
-        // Created before the check, so a `stop` in between is not missed.
-        let notified = self.stopped.notified();
-        if self.is_stopping() {
-            return;
-        }
-        notified.await;
+        self.shutdown.cancelled().await;
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+        self.shutdown.is_cancelled()
     }
 
     /// One pass over every stage.
@@ -288,17 +277,19 @@ impl<S: Store> Engine<S> {
     /// sending delivery rows are three loops: a slot that comes due while a large
     /// one is being sent is released on time and its first chunk leased next
     /// (chunks go by their place in their slot), and a transactional push is sent
-    /// at once instead of after the campaign traffic in flight. `wake` interrupts
-    /// the sleeps (shutdown, new work).
-    pub async fn run(&self, wake: Arc<tokio::sync::Notify>) {
+    /// at once instead of after the campaign traffic in flight. `stop` ends every
+    /// loop and sleep at once (one token).
+    pub async fn run(&self) {
         let released = tokio::sync::Notify::new();
+        // Hooks go by the tick: nothing signals new hook work.
+        let by_tick = tokio::sync::Notify::new();
         tokio::join!(
-            self.release_loop(&wake, &released),
-            self.dispatch_loop(Work::Chunks, &wake, &released),
-            self.dispatch_loop(Work::Rows, &wake, &self.rows_queued),
+            self.release_loop(&released),
+            self.dispatch_loop(Work::Chunks, &released),
+            self.dispatch_loop(Work::Rows, &self.rows_queued),
             async {
                 if self.has_hooks() {
-                    self.dispatch_loop(Work::Hooks, &wake, &wake).await;
+                    self.dispatch_loop(Work::Hooks, &by_tick).await;
                 }
             },
         );
@@ -312,7 +303,7 @@ impl<S: Store> Engine<S> {
 
     /// Sleeps until the next due slot (at most the tick) between passes; a database
     /// error is logged and retried with backoff.
-    async fn release_loop(&self, wake: &tokio::sync::Notify, released: &tokio::sync::Notify) {
+    async fn release_loop(&self, released: &tokio::sync::Notify) {
         let mut failures = 0u32;
         while !self.is_stopping() {
             let pass = async {
@@ -344,19 +335,14 @@ impl<S: Store> Engine<S> {
             }
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
-                _ = wake.notified() => {}
+                _ = self.until_stopped() => {}
             }
         }
     }
 
     /// Leases and sends while there is work; otherwise waits for `more` (a release,
-    /// or a push queued), the tick (retries coming due) or `wake`.
-    async fn dispatch_loop(
-        &self,
-        work: Work,
-        wake: &tokio::sync::Notify,
-        more: &tokio::sync::Notify,
-    ) {
+    /// or a push queued), the tick (retries coming due) or `stop`.
+    async fn dispatch_loop(&self, work: Work, more: &tokio::sync::Notify) {
         let mut failures = 0u32;
         while !self.is_stopping() {
             let pass = match work {
@@ -385,7 +371,7 @@ impl<S: Store> Engine<S> {
             tokio::select! {
                 _ = tokio::time::sleep(sleep) => {}
                 _ = more.notified() => {}
-                _ = wake.notified() => {}
+                _ = self.until_stopped() => {}
             }
         }
     }

@@ -7,7 +7,7 @@ use tracing::Instrument;
 use super::{Engine, EngineError};
 use crate::campaign::PlanSchedule;
 use crate::planner::{self, PlanRequest, ZoneCount};
-use crate::store::{DueSlot, NewSlot, SlotCompletion, Store};
+use crate::store::{DueSlot, NewSlot, SlotCompletion, SlotRelease, Store};
 
 /// Slots of one campaign occurrence released in one transaction.
 const RELEASE_BATCH: usize = 32;
@@ -62,10 +62,12 @@ impl<S: Store> Engine<S> {
         let won = self
             .store
             .slot_release(
-                group,
-                &segment,
-                self.settings.chunk_size,
-                &self.settings.worker_id,
+                &SlotRelease {
+                    slots: group,
+                    segment: &segment,
+                    chunk_size: self.settings.chunk_size,
+                    worker: &self.settings.worker_id,
+                },
                 now,
             )
             .await?;

@@ -106,17 +106,22 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
 }
 
+/// The configuration's defaults (`EngineConfig`), defined there once.
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            base: Duration::from_secs(1),
-            max: Duration::from_secs(15 * 60),
-            max_attempts: 8,
-        }
+        Self::from_config(&crate::config::EngineConfig::default())
     }
 }
 
 impl RetryPolicy {
+    pub fn from_config(c: &crate::config::EngineConfig) -> Self {
+        Self {
+            base: c.retry_base,
+            max: c.retry_max,
+            max_attempts: c.max_attempts,
+        }
+    }
+
     /// The delay before attempt `attempt + 1` (attempts count from 1), or `None`
     /// when attempts are used up. `jitter` in [0, 1) picks the point in the window.
     pub fn delay(

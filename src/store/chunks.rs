@@ -9,18 +9,22 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::segment::Segment;
 use super::sql::SqlStore;
-use super::StoreError;
+use super::{LeaseTerms, StoreError};
 use crate::campaign::Platform;
 use crate::state::ChunkState;
 use serde_json::Value;
 use sqlx::types::Json;
 
 use super::deliveries::NewDelivery;
+
 /// A chunk of a slot's audience, leased to one worker.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct LeasedChunk {
     pub id: i64,
-    pub slot_id: i64,
+    /// The slot the chunk was cut from: the lead of the slots released with
+    /// it (one per zone), whose recipients the chunk spans together.
+    #[sqlx(rename = "slot_id")]
+    pub lead_slot_id: i64,
     pub campaign_id: i64,
     pub first_device_id: i64,
     pub last_device_id: i64,
@@ -70,7 +74,7 @@ pub struct ChunkWrite<'a> {
     pub occurrence: &'a str,
     pub deliveries: &'a [NewDelivery],
     /// The app has a status webhook: each written status also goes to its outbox.
-    pub events: bool,
+    pub webhook: bool,
 }
 
 pub trait ChunkStore: Send + Sync {
@@ -78,18 +82,18 @@ pub trait ChunkStore: Send + Sync {
     /// lease expired (their owner died), each with its attempt incremented.
     fn chunk_lease(
         &self,
-        worker: &str,
+        terms: &LeaseTerms<'_>,
         now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: i64,
     ) -> impl Future<Output = Result<Vec<LeasedChunk>, StoreError>> + Send;
 
+    /// Moves a held chunk lease's end to `until`; `LeaseLost` when it is no
+    /// longer this worker's attempt.
     fn chunk_lease_extend(
         &self,
         chunk: &LeasedChunk,
         worker: &str,
         until: DateTime<Utc>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     fn slot_get_info(
         &self,
@@ -163,11 +167,14 @@ where
 {
     async fn chunk_lease(
         &self,
-        worker: &str,
+        terms: &LeaseTerms<'_>,
         now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: i64,
     ) -> Result<Vec<super::LeasedChunk>, StoreError> {
+        let LeaseTerms {
+            owner: worker,
+            until: lease_until,
+            limit,
+        } = *terms;
         // Polled while the tables under it grow: planned afresh at every call.
         Ok(sqlx::query_as(D::LEASE_CHUNKS)
             .persistent(false)
@@ -184,7 +191,7 @@ where
         chunk: &super::LeasedChunk,
         worker: &str,
         until: DateTime<Utc>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE slot_chunks SET lease_expires_at = $4 \
              WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
@@ -195,7 +202,12 @@ where
         .bind(until)
         .execute(&self.write)
         .await?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() == 0 {
+            return Err(StoreError::LeaseLost {
+                what: format!("chunk {}", chunk.id),
+            });
+        }
+        Ok(())
     }
 
     async fn slot_get_info(&self, slot_id: i64) -> Result<Option<super::SlotInfo>, StoreError> {
@@ -219,13 +231,13 @@ where
         // The chunk spans every zone released with its slot (itself among them).
         let group: Vec<(i64, String)> =
             sqlx::query_as("SELECT id, zone FROM slots WHERE released_with = $1 ORDER BY id")
-                .bind(chunk.slot_id)
+                .bind(chunk.lead_slot_id)
                 .fetch_all(&self.read)
                 .await?;
         if group.is_empty() {
-            return Err(StoreError::Invalid(format!(
+            return Err(StoreError::Invariant(format!(
                 "chunk {}: slot {} was not released",
-                chunk.id, chunk.slot_id
+                chunk.id, chunk.lead_slot_id
             )));
         }
         let all = group.iter().any(|(_, z)| z == crate::planner::ALL_ZONES);
@@ -283,7 +295,7 @@ where
     ) -> Result<u64, StoreError> {
         use crate::state::{DeliveryStatus, StateMachine};
         if D::ONE_WRITER
-            && !w.events
+            && !w.webhook
             && w.deliveries
                 .iter()
                 .all(|d| d.status == DeliveryStatus::Sent)
@@ -332,7 +344,7 @@ where
             .map(|(id, status, reason)| (*id, status.clone(), 1, reason.clone()))
             .collect();
         Self::insert_events(&mut tx, &events, now).await?;
-        if w.events {
+        if w.webhook {
             let ids: Vec<i64> = written.iter().map(|(id, _, _)| *id).collect();
             Self::outbox_deliveries(&mut tx, &ids, now).await?;
         }

@@ -8,7 +8,7 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use super::dialect::{Arg, Column, Dialect};
 use super::sql::SqlStore;
-use super::StoreError;
+use super::{LeaseTerms, StoreError};
 use crate::campaign::Platform;
 use crate::state::{DeliveryStatus, StateMachine};
 use serde_json::Value;
@@ -57,7 +57,7 @@ pub struct DeliveryUpdate {
     pub error_reason: Option<String>,
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// The row's app has a status webhook: the change also goes to its outbox.
-    pub events: bool,
+    pub webhook: bool,
 }
 
 pub(super) fn new_delivery_rows(
@@ -107,7 +107,7 @@ pub(super) fn new_delivery_arrays(
             )
         })
         .collect();
-    serde_json::to_string(&rows).map_err(|e| StoreError::Invalid(format!("delivery rows: {e}")))
+    serde_json::to_string(&rows).map_err(|e| StoreError::Invariant(format!("delivery rows: {e}")))
 }
 
 pub(super) fn update_rows(rows: &[DeliveryUpdate], time: impl Fn(DateTime<Utc>) -> Value) -> Value {
@@ -162,10 +162,8 @@ pub trait DeliveryStore: Send + Sync {
     /// pushes) and rows whose lease expired, highest priority first.
     fn delivery_lease(
         &self,
-        worker: &str,
+        terms: &LeaseTerms<'_>,
         now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: i64,
     ) -> impl Future<Output = Result<Vec<LeasedDelivery>, StoreError>> + Send;
 
     /// Writes attempts' outcomes in one statement, fenced by worker and attempt;
@@ -214,17 +212,20 @@ where
         if n == 0 {
             return Ok(Vec::new());
         }
-        let n = i64::try_from(n).map_err(|_| StoreError::Invalid(format!("{n} ids")))?;
+        let n = i64::try_from(n).map_err(|_| StoreError::Invariant(format!("{n} ids")))?;
         self.dialect.reserve_ids(&self.write, n).await
     }
 
     async fn delivery_lease(
         &self,
-        worker: &str,
+        terms: &LeaseTerms<'_>,
         now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-        limit: i64,
     ) -> Result<Vec<super::LeasedDelivery>, StoreError> {
+        let LeaseTerms {
+            owner: worker,
+            until: lease_until,
+            limit,
+        } = *terms;
         // Polled while the tables under it grow: planned afresh at every call.
         let ids: Vec<i64> = sqlx::query_scalar(D::LEASE_DELIVERIES)
             .persistent(false)
@@ -297,7 +298,7 @@ where
         Self::insert_events(&mut tx, &events, now).await?;
         let hooked: Vec<i64> = updates
             .iter()
-            .filter(|u| u.events && changed_set.contains(&u.id))
+            .filter(|u| u.webhook && changed_set.contains(&u.id))
             .map(|u| u.id)
             .collect();
         Self::outbox_deliveries(&mut tx, &hooked, now).await?;

@@ -12,7 +12,28 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::sql::SqlStore;
-use super::StoreError;
+use super::{LeaseTerms, StoreError};
+
+/// A refused webhook batch to try again: its rows (leased at `attempts`), when,
+/// and why; rows past `max_attempts` are dead instead.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxRetry<'a> {
+    pub ids: &'a [i64],
+    pub attempts: i32,
+    pub next_attempt_at: DateTime<Utc>,
+    pub error: &'a str,
+    pub max_attempts: i32,
+}
+
+/// A fallback attempt's outcome, written by the worker holding its lease.
+#[derive(Debug, Clone, Copy)]
+pub struct FallbackFinish<'a> {
+    pub fallback: &'a LeasedFallback,
+    pub worker: &'a str,
+    pub outcome: &'a FallbackOutcome,
+    /// The app has a status webhook: a final outcome also goes to its outbox.
+    pub webhook: bool,
+}
 
 /// A status change waiting for its app's webhook.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -72,10 +93,8 @@ pub trait HookStore: Send + Sync {
     fn outbox_lease(
         &self,
         app_id: &str,
-        worker: &str,
+        terms: &LeaseTerms<'_>,
         now: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: i64,
     ) -> impl Future<Output = Result<Vec<OutboxEvent>, StoreError>> + Send;
 
     /// Removes status changes the webhook took, fenced by the batch's lease:
@@ -92,11 +111,7 @@ pub trait HookStore: Send + Sync {
     fn outbox_retry(
         &self,
         worker: &str,
-        ids: &[i64],
-        attempts: i32,
-        next_attempt_at: DateTime<Utc>,
-        error: &str,
-        max_attempts: i32,
+        retry: &OutboxRetry<'_>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Queues a fallback for each user of a push (queued since `since`) that
@@ -110,10 +125,8 @@ pub trait HookStore: Send + Sync {
 
     fn fallback_lease(
         &self,
-        worker: &str,
+        terms: &LeaseTerms<'_>,
         now: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: i64,
     ) -> impl Future<Output = Result<Vec<LeasedFallback>, StoreError>> + Send;
 
     /// Writes a fallback attempt's outcome, fenced by worker and attempt; a final
@@ -121,10 +134,7 @@ pub trait HookStore: Send + Sync {
     /// `LeaseLost` when another worker has taken the fallback over.
     fn fallback_finish(
         &self,
-        fallback: &LeasedFallback,
-        worker: &str,
-        outcome: &FallbackOutcome,
-        events: bool,
+        finish: &FallbackFinish<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -152,16 +162,15 @@ where
     async fn outbox_lease(
         &self,
         app_id: &str,
-        worker: &str,
+        terms: &LeaseTerms<'_>,
         now: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: i64,
     ) -> Result<Vec<super::OutboxEvent>, StoreError> {
-        let lock = if D::FOR_UPDATE.is_empty() {
-            ""
-        } else {
-            " FOR UPDATE SKIP LOCKED"
-        };
+        let LeaseTerms {
+            owner: worker,
+            until,
+            limit,
+        } = *terms;
+        let lock = D::SKIP_LOCKED;
         // In order: while a refused batch waits for its retry, the app's later
         // changes wait behind it. A batch keeps its members from its first
         // lease on (`batch_id`): only rows of the oldest row's batch are taken
@@ -240,15 +249,14 @@ where
         fenced(done, ids)
     }
 
-    async fn outbox_retry(
-        &self,
-        worker: &str,
-        ids: &[i64],
-        attempts: i32,
-        next_attempt_at: DateTime<Utc>,
-        error: &str,
-        max_attempts: i32,
-    ) -> Result<u64, StoreError> {
+    async fn outbox_retry(&self, worker: &str, retry: &OutboxRetry<'_>) -> Result<u64, StoreError> {
+        let OutboxRetry {
+            ids,
+            attempts,
+            next_attempt_at,
+            error,
+            max_attempts,
+        } = *retry;
         let rows = id_rows(ids);
         let sql = format!(
             "UPDATE webhook_outbox SET state = CASE WHEN attempts >= $4 THEN 'dead' ELSE 'pending' END, \
@@ -327,16 +335,15 @@ where
 
     async fn fallback_lease(
         &self,
-        worker: &str,
+        terms: &LeaseTerms<'_>,
         now: DateTime<Utc>,
-        until: DateTime<Utc>,
-        limit: i64,
     ) -> Result<Vec<super::LeasedFallback>, StoreError> {
-        let lock = if D::FOR_UPDATE.is_empty() {
-            ""
-        } else {
-            " FOR UPDATE SKIP LOCKED"
-        };
+        let LeaseTerms {
+            owner: worker,
+            until,
+            limit,
+        } = *terms;
+        let lock = D::SKIP_LOCKED;
         let ids: Vec<i64> = sqlx::query_scalar(&format!(
             "UPDATE fallbacks SET state = 'leased', attempts = attempts + 1, lease_owner = $2, lease_expires_at = $3, updated_at = $1 \
              WHERE id IN (SELECT id FROM fallbacks \
@@ -371,12 +378,15 @@ where
 
     async fn fallback_finish(
         &self,
-        f: &super::LeasedFallback,
-        worker: &str,
-        outcome: &super::FallbackOutcome,
-        events: bool,
+        finish: &FallbackFinish<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let FallbackFinish {
+            fallback: f,
+            worker,
+            outcome,
+            webhook,
+        } = *finish;
         use super::FallbackOutcome;
         let (state, next, error, step) = match outcome {
             FallbackOutcome::Sent => ("sent", now, None, Some("fallback_sent")),
@@ -436,7 +446,7 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            if events {
+            if webhook {
                 sqlx::query(
                     "INSERT INTO webhook_outbox (app_id, delivery_id, request_id, user_id, status, detail, at, \
                        next_attempt_at) \

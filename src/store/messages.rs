@@ -20,9 +20,20 @@ pub(super) const MESSAGE_SELECT: &str =
        d.status, d.attempts, d.provider_id, d.error_reason, d.created_at, d.updated_at, d.sent_at \
      FROM deliveries d LEFT JOIN users u ON u.id = d.user_id LEFT JOIN devices v ON v.id = d.device_id";
 
+/// A receipt the app reported for one of its messages.
+#[derive(Debug, Clone, Copy)]
+pub struct Receipt<'a> {
+    pub app_id: &'a str,
+    /// The delivery's id (the message id the payload carried).
+    pub id: i64,
+    pub status: crate::state::DeliveryStatus,
+    /// The app has a status webhook: the change also goes to its outbox.
+    pub webhook: bool,
+}
+
 /// One message (delivery) as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct MessageRecord {
+pub struct DeliveryRecord {
     pub id: i64,
     pub campaign_id: Option<i64>,
     pub request_id: Option<String>,
@@ -56,7 +67,7 @@ pub struct NewPush<'a> {
     /// Leased ahead of lower priorities (campaign retries are 0).
     pub priority: i16,
     /// The app has a status webhook: the queued messages go to its outbox.
-    pub events: bool,
+    pub webhook: bool,
     /// A fallback channel applies: users with no active device get a fallback now,
     /// and the sweep watches the others' deliveries.
     pub fallback: bool,
@@ -83,7 +94,7 @@ pub struct PushMessage {
 
 /// Which of an app's messages to list, newest first.
 #[derive(Debug, Clone, Default)]
-pub struct MessageFilter<'a> {
+pub struct DeliveryFilter<'a> {
     pub user_external_id: Option<&'a str>,
     pub campaign_id: Option<i64>,
     pub request_id: Option<&'a str>,
@@ -96,7 +107,7 @@ pub struct MessageFilter<'a> {
 
 /// One recorded status change of a message.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
-pub struct MessageEvent {
+pub struct DeliveryEvent {
     pub status: String,
     pub attempt: i32,
     pub detail: Option<String>,
@@ -119,24 +130,21 @@ pub trait MessageStore: Send + Sync {
         &self,
         app_id: &str,
         id: i64,
-    ) -> impl Future<Output = Result<Option<(MessageRecord, Vec<MessageEvent>)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<(DeliveryRecord, Vec<DeliveryEvent>)>, StoreError>> + Send;
 
     /// A page of an app's messages, newest first.
     fn message_list(
         &self,
         app_id: &str,
-        filter: &MessageFilter<'_>,
-    ) -> impl Future<Output = Result<Vec<MessageRecord>, StoreError>> + Send;
+        filter: &DeliveryFilter<'_>,
+    ) -> impl Future<Output = Result<Vec<DeliveryRecord>, StoreError>> + Send;
 
     /// A receipt from the app (`delivered`, `opened`, `dismissed`) for one of its
     /// messages: moves the status forward along the delivery state machine and
     /// appends the step to the history. `NotFound` for another app's message.
     fn receipt_record(
         &self,
-        app_id: &str,
-        id: i64,
-        status: crate::state::DeliveryStatus,
-        events: bool,
+        receipt: &Receipt<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<ReceiptOutcome, StoreError>> + Send;
 
@@ -187,9 +195,9 @@ where
         &self,
         app_id: &str,
         id: i64,
-    ) -> Result<Option<(super::MessageRecord, Vec<super::MessageEvent>)>, StoreError> {
+    ) -> Result<Option<(super::DeliveryRecord, Vec<super::DeliveryEvent>)>, StoreError> {
         let sql = format!("{} WHERE d.id = $1 AND d.app_id = $2", MESSAGE_SELECT);
-        let record: Option<super::MessageRecord> = sqlx::query_as(&sql)
+        let record: Option<super::DeliveryRecord> = sqlx::query_as(&sql)
             .bind(id)
             .bind(app_id)
             .fetch_optional(&self.read)
@@ -209,8 +217,8 @@ where
     async fn message_list(
         &self,
         app_id: &str,
-        f: &super::MessageFilter<'_>,
-    ) -> Result<Vec<super::MessageRecord>, StoreError> {
+        f: &super::DeliveryFilter<'_>,
+    ) -> Result<Vec<super::DeliveryRecord>, StoreError> {
         use super::segment::Bind;
         use crate::state::StateMachine;
         let mut binds = vec![Bind::Text(app_id.to_owned())];
@@ -256,7 +264,7 @@ where
             " ORDER BY d.id DESC LIMIT {}",
             param(Bind::Int(f.limit), &mut binds)
         ));
-        let mut q = sqlx::query_as::<_, super::MessageRecord>(&sql);
+        let mut q = sqlx::query_as::<_, super::DeliveryRecord>(&sql);
         for b in binds {
             q = Self::bind_segment(q, b);
         }
@@ -265,12 +273,15 @@ where
 
     async fn receipt_record(
         &self,
-        app_id: &str,
-        id: i64,
-        status: crate::state::DeliveryStatus,
-        events: bool,
+        receipt: &Receipt<'_>,
         now: DateTime<Utc>,
     ) -> Result<super::ReceiptOutcome, StoreError> {
+        let Receipt {
+            app_id,
+            id,
+            status,
+            webhook,
+        } = *receipt;
         use crate::state::{DeliveryStatus, StateMachine};
         let mut tx = self.begin_write().await?;
         let lock = format!(
@@ -311,7 +322,7 @@ where
             now,
         )
         .await?;
-        if events {
+        if webhook {
             Self::outbox_deliveries(&mut tx, &[id], now).await?;
         }
         tx.commit().await?;
@@ -399,7 +410,7 @@ where
             .bind(as_rows(&users))
             .fetch_all(&mut *tx)
             .await?;
-        if p.events {
+        if p.webhook {
             Self::outbox_deliveries(&mut tx, &queued, now).await?;
             Self::outbox_deliveries(&mut tx, &no_device, now).await?;
         }

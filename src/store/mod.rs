@@ -8,6 +8,8 @@
 
 use std::future::Future;
 
+use chrono::{DateTime, Utc};
+
 use crate::config::{DatabaseConfig, DatabaseKind};
 use crate::state::{CampaignState, StateError};
 
@@ -35,37 +37,56 @@ pub use campaigns::{
 pub use chunks::{ChunkStore, ChunkWrite, LeasedChunk, Recipient, SlotInfo};
 pub use deliveries::{DeliveryStore, DeliveryUpdate, LeasedDelivery, NewDelivery};
 pub use dialect::Dialect;
-pub use hooks::{FallbackOutcome, HookStore, LeasedFallback, OutboxEvent};
+pub use hooks::{
+    FallbackFinish, FallbackOutcome, HookStore, LeasedFallback, OutboxEvent, OutboxRetry,
+};
 pub use idempotency::{ClaimOutcome, ClaimTimes, IdempotencyKey, IdempotencyStore};
 pub use messages::{
-    MessageEvent, MessageFilter, MessageRecord, MessageStore, NewPush, PushMessage, PushQueued,
-    ReceiptOutcome,
+    DeliveryEvent, DeliveryFilter, DeliveryRecord, MessageStore, NewPush, PushMessage, PushQueued,
+    Receipt, ReceiptOutcome,
 };
 pub use postgres::{PgDialect, PgStore};
-pub use release::{DueSlot, ReleaseStore, Released, SlotCompletion};
+pub use release::{DueSlot, ReleaseStore, Released, SlotCompletion, SlotRelease};
 pub use segment::{Segment, TopicRule};
 pub use sql::SqlStore;
 pub use sqlite::{SqliteDialect, SqliteStore};
 
+/// Why a store call failed. Callers tell the caller's fault (`Invalid`,
+/// `NotFound`, the domain refusals) from the database's (`Database`,
+/// `Migrate`) and from a bug (`Invariant`), which no input can cause.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database failed or could not be reached; trying again may help.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// `database.url` cannot be used (its scheme, its directory).
+    #[error("database.url: {0}")]
+    Config(String),
+    /// What the call named does not exist (or belongs to another app).
     #[error("{what} not found")]
     NotFound { what: String },
+    /// A domain refusal: the campaign is past the states that can be edited.
     #[error("campaign {key:?} is {state}: it can no longer be edited")]
     NotEditable { key: String, state: CampaignState },
+    /// Another writer changed it first; the call may be repeated.
     #[error("campaign {key:?} changed concurrently; try again")]
     Conflict { key: String },
+    /// A state change its machine does not allow.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The caller's input is unacceptable; the message names what.
     #[error("{0}")]
     Invalid(String),
     /// The lease was taken over (it expired) or released: the write-back is refused.
     #[error("lease lost on {what}")]
     LeaseLost { what: String },
+    /// What the database holds, or what the code handed the store, breaks an
+    /// invariant: a bug or a hand-edited database, never the caller's input.
+    #[error("broken invariant: {0}")]
+    Invariant(String),
 }
 
 /// Everything the rest of Meridian asks of the database: its lifecycle here,
@@ -97,6 +118,17 @@ pub trait Store:
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
 
+/// What a worker asks for when it leases work, the same for every queue: who
+/// it is, until when the lease holds, and how many items at most. Each leased
+/// item comes back with its attempt, and every write-back is fenced by owner
+/// and attempt: one that lost its lease is `StoreError::LeaseLost`.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTerms<'a> {
+    pub owner: &'a str,
+    pub until: DateTime<Utc>,
+    pub limit: i64,
+}
+
 /// A store of either kind, chosen by the configured URL.
 pub enum AnyStore {
     Postgres(PgStore),
@@ -105,7 +137,7 @@ pub enum AnyStore {
 
 impl AnyStore {
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
-        let kind = cfg.kind().map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let kind = cfg.kind().map_err(|e| StoreError::Config(e.to_string()))?;
         Ok(match kind {
             DatabaseKind::Postgres => Self::Postgres(PgStore::connect(cfg).await?),
             DatabaseKind::Sqlite => Self::Sqlite(SqliteStore::connect(cfg).await?),

@@ -13,6 +13,16 @@ use super::StoreError;
 use serde_json::Value;
 use sqlx::types::Json;
 
+/// Slots of one campaign occurrence to release together, by one worker.
+#[derive(Debug, Clone, Copy)]
+pub struct SlotRelease<'a> {
+    pub slots: &'a [DueSlot],
+    pub segment: &'a Segment<'a>,
+    /// Device ids per chunk.
+    pub chunk_size: i64,
+    pub worker: &'a str,
+}
+
 /// A pending slot whose time has come.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct DueSlot {
@@ -70,10 +80,7 @@ pub trait ReleaseStore: Send + Sync {
     /// first won slot (`released_with`).
     fn slot_release(
         &self,
-        slots: &[DueSlot],
-        segment: &Segment<'_>,
-        chunk_size: i64,
-        worker: &str,
+        release: &SlotRelease<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<(i64, Released)>, StoreError>> + Send;
 
@@ -142,12 +149,15 @@ where
 
     async fn slot_release(
         &self,
-        slots: &[super::DueSlot],
-        segment: &super::Segment<'_>,
-        chunk_size: i64,
-        worker: &str,
+        release: &SlotRelease<'_>,
         now: DateTime<Utc>,
     ) -> Result<Vec<(i64, super::Released)>, StoreError> {
+        let SlotRelease {
+            slots,
+            segment,
+            chunk_size,
+            worker,
+        } = *release;
         use super::segment::Zones;
         let Some(first) = slots.first() else {
             return Ok(Vec::new());
@@ -156,7 +166,7 @@ where
             .iter()
             .any(|s| s.campaign_id != first.campaign_id || s.occurrence != first.occurrence)
         {
-            return Err(StoreError::Invalid(
+            return Err(StoreError::Invariant(
                 "slots released together must share campaign and occurrence".to_owned(),
             ));
         }

@@ -93,10 +93,7 @@ impl SqliteStore {
         if file != Path::new(":memory:") {
             if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
                 std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Invalid(format!(
-                        "database.url: cannot create {}: {e}",
-                        dir.display()
-                    ))
+                    StoreError::Config(format!("cannot create {}: {e}", dir.display()))
                 })?;
             }
         }
@@ -222,7 +219,7 @@ impl Dialect for SqliteDialect {
             .fetch_optional(write)
             .await?;
             let end = end.ok_or_else(|| {
-                StoreError::Invalid(
+                StoreError::Invariant(
                     "deliveries has no AUTOINCREMENT counter (migration 0013)".into(),
                 )
             })?;

@@ -454,7 +454,15 @@ pub async fn release_one<S: Store>(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<meridian::store::Released>, meridian::store::StoreError> {
     let won = store
-        .slot_release(std::slice::from_ref(slot), segment, chunk_size, worker, now)
+        .slot_release(
+            &meridian::store::SlotRelease {
+                slots: std::slice::from_ref(slot),
+                segment,
+                chunk_size,
+                worker,
+            },
+            now,
+        )
         .await?;
     Ok(won.into_iter().next().map(|(_, r)| r))
 }
