@@ -23,11 +23,11 @@ use common::arg;
 use std::time::Instant;
 
 use chrono::TimeDelta;
-use meridian::campaign::{parse_toml, CampaignDefinition};
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
-use meridian::state::DeliveryStatus;
+use meridian::domain::campaign::{parse_toml, CampaignDefinition};
+use meridian::domain::state::DeliveryStatus;
 use meridian::store::{ChunkWrite, DeliveryUpdate, LeaseTerms, NewDelivery, SqliteStore, Store};
 use sqlx::Connection;
 

@@ -28,14 +28,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use meridian::campaign::parse_toml;
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
+use meridian::domain::campaign::parse_toml;
+use meridian::domain::zone::canonical_zones;
 use meridian::engine::{Engine, EngineSettings};
 use meridian::provider::jwt;
 use meridian::store::{SqliteStore, Store};
-use meridian::zone::canonical_zones;
 
 /// glibc malloc spends a fifth of the send path in contention and consolidation.
 #[global_allocator]
@@ -287,7 +287,7 @@ where
     for key in ["e2e", "small"] {
         loop {
             let c = store.campaign_get("shop", key).await.unwrap();
-            if c.is_some_and(|c| c.state == meridian::state::CampaignState::Completed) {
+            if c.is_some_and(|c| c.state == meridian::domain::state::CampaignState::Completed) {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

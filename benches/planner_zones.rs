@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
-use meridian::campaign::{Audience, DevicePolicy, Missed, PlanSchedule};
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::DatabaseConfig;
-use meridian::planner::{plan, PlanRequest, ZoneCount};
+use meridian::domain::campaign::{Audience, DevicePolicy, Missed, PlanSchedule};
+use meridian::domain::planner::{plan, PlanRequest, ZoneCount};
+use meridian::domain::zone::canonical_zones;
 use meridian::store::{PgStore, Segment, SqliteStore, Store, TopicRule};
-use meridian::zone::canonical_zones;
 use sqlx::Connection;
 
 fn arg(name: &str) -> Option<String> {
@@ -39,7 +39,7 @@ fn bench_planner(users: u64) {
         .collect();
     let now = Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap();
     let local = PlanSchedule::Local {
-        at: meridian::campaign::parse_local_datetime("2026-12-01T09:00").unwrap(),
+        at: meridian::domain::campaign::parse_local_datetime("2026-12-01T09:00").unwrap(),
         missed: Missed::Skip,
         grace: Duration::from_secs(3600),
     };

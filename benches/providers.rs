@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use meridian::campaign::{Message, Platform};
 use meridian::clock::SystemClock;
 use meridian::config::Config;
+use meridian::domain::campaign::{Message, Platform};
 use meridian::provider::app::{AppProviders, Push};
 use meridian::provider::jwt;
 use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;

@@ -22,12 +22,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use meridian::campaign::parse_toml;
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
+use meridian::domain::campaign::parse_toml;
+use meridian::domain::state::CampaignState;
 use meridian::engine::{Engine, EngineSettings};
-use meridian::state::CampaignState;
 use meridian::store::{DeliveryFilter, SqliteStore, Store};
 
 #[global_allocator]

@@ -11,7 +11,7 @@ use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-use crate::zone::parse_zone;
+use crate::domain::zone::parse_zone;
 
 pub const DEFAULT_CONFIG_PATH: &str = "config/meridian.toml";
 

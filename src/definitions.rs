@@ -6,18 +6,18 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 
-use crate::campaign::{
+use crate::config::{AppConfig, Config};
+use crate::domain::campaign::{
     from_json, parse_toml, AppContext, CampaignDefinition, DefinitionError, DesiredStatus,
     FieldError, ValidCampaign, ValidationErrors,
 };
-use crate::config::{AppConfig, Config};
-use crate::planner::{self, Plan, PlanError, PlanRequest};
-use crate::state::{CampaignState, StateError, StateMachine};
+use crate::domain::planner::{self, Plan, PlanError, PlanRequest};
+use crate::domain::state::{CampaignState, StateError, StateMachine};
+use crate::domain::zone::TZDATA_VERSION;
 use crate::store::{
     AppRecord, CampaignRecord, CampaignSave, NewSlot, SaveOutcome, Segment, Store, StoreError,
     TopicRule,
 };
-use crate::zone::TZDATA_VERSION;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -188,9 +188,9 @@ pub async fn plan_campaign<S: Store>(
         // is sent to at their own local time too.
         let present: std::collections::HashSet<String> =
             zones.iter().map(|z| z.zone.clone()).collect();
-        for tz in crate::zone::canonical_zones() {
+        for tz in crate::domain::zone::canonical_zones() {
             if !present.contains(tz.name()) {
-                zones.push(crate::planner::ZoneCount {
+                zones.push(crate::domain::planner::ZoneCount {
                     zone: tz.name().to_owned(),
                     recipients: 0,
                 });
@@ -218,7 +218,7 @@ pub async fn plan_campaign<S: Store>(
 
 /// Whether the campaign's slots depend on the recipient's zone.
 fn per_zone(c: &ValidCampaign) -> bool {
-    use crate::campaign::PlanSchedule;
+    use crate::domain::campaign::PlanSchedule;
     c.quiet_hours.is_some()
         || matches!(
             c.schedule,
@@ -319,7 +319,7 @@ pub async fn resume<S: Store>(
     c: &CampaignRecord,
     now: DateTime<Utc>,
 ) -> Result<CampaignState, StoreError> {
-    use crate::state::SlotState;
+    use crate::domain::state::SlotState;
     let started = store
         .slot_list(c.id)
         .await?

@@ -24,8 +24,8 @@ use futures::{Stream, StreamExt};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::audience::{CheckedUser, InvalidField, UserBody};
 use crate::clock::Clock;
+use crate::domain::audience::{CheckedUser, InvalidField, UserBody};
 use crate::store::{Store, StoreError, UserUpsert};
 
 /// Rows written per batch: one transaction of a few set-based statements.
@@ -177,7 +177,10 @@ async fn write_ready<S: Store, E>(
     rows: &mut Rows,
 ) -> Result<(), ImportError<E>> {
     for batch in std::mem::take(&mut rows.ready) {
-        let users: Vec<UserUpsert<'_>> = batch.iter().map(|u| u.upsert(app_id)).collect();
+        let users: Vec<UserUpsert<'_>> = batch
+            .iter()
+            .map(|u| UserUpsert::checked(app_id, u))
+            .collect();
         match store.user_upsert_many(&users, clock.now()).await {
             Ok(n) => rows.summary.accepted += n,
             Err(source) => {

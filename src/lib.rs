@@ -3,25 +3,19 @@
 //! See ARCHITECTURE.md for the bird's-eye view and the map of these modules.
 
 pub mod api;
-pub mod audience;
-pub mod campaign;
 pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod definitions;
 pub mod demo;
+pub mod domain;
 pub mod engine;
 pub mod hooks;
 pub mod import;
 pub mod logging;
-pub mod message;
 pub mod metrics;
 pub mod notify;
-pub use message::payload;
-pub mod planner;
 pub mod provider;
 pub mod service;
 pub mod simulator;
-pub mod state;
 pub mod store;
-pub mod zone;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::state::{DeliveryStatus, StateMachine};
+use crate::domain::state::{DeliveryStatus, StateMachine};
 
 pub const DELIVERIES: &str = "meridian_deliveries_total";
 pub const PROVIDER_LATENCY: &str = "meridian_provider_request_duration_seconds";

@@ -7,7 +7,7 @@ use common::api::{key_for, start, Api};
 use common::TestDb;
 use meridian::api;
 use meridian::clock::{Clock, SystemClock};
-use meridian::state::DeviceState;
+use meridian::domain::state::DeviceState;
 use meridian::store::Store;
 use serde_json::{json, Value};
 

@@ -6,7 +6,6 @@ mod common;
 
 use common::api::{start, Api};
 use common::TestDb;
-use meridian::campaign::from_json;
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::Config;
 use meridian::definitions::topic_rules;
@@ -80,7 +79,7 @@ async fn release_kathmandu<S: Store>(api: &Api<S>, id: i64) {
         .filter(|s| s.campaign_id == id && s.zone == "Asia/Kathmandu")
         .collect();
     assert_eq!(due.len(), 1);
-    let def = from_json(due[0].definition.0.clone()).unwrap();
+    let def = due[0].definition.0.clone().unwrap();
     let segment = Segment {
         app_id: "shop",
         audience: &def.audience,

@@ -5,11 +5,11 @@ mod common;
 
 use chrono::{DateTime, TimeZone, Utc};
 use common::TestDb;
-use meridian::campaign::{parse_toml, Platform};
 use meridian::config::Config;
 use meridian::definitions::{self, ApplyError};
-use meridian::planner::PlanError;
-use meridian::state::{CampaignState, SlotState};
+use meridian::domain::campaign::{parse_toml, Platform};
+use meridian::domain::planner::PlanError;
+use meridian::domain::state::{CampaignState, SlotState};
 use meridian::store::{DeviceUpsert, SaveOutcome, Store, StoreError};
 
 fn config() -> Config {

@@ -1,6 +1,8 @@
-//! The crate's layers import each other in one direction only: no top-level
-//! module of `src/` reaches, through `crate::` paths, a module that reaches it
-//! back. Read from the source, so a new cycle fails here, naming its modules.
+//! The crate's layers import each other in one direction only: no module of
+//! `src/` (a top-level one, or one of `src/domain/`) reaches, through `crate::`
+//! paths, a module that reaches it back. Read from the source, so a new cycle
+//! fails here, naming its modules. Files inside one module's folder (the
+//! store's aggregates, say) are that module's parts and may use each other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -21,14 +23,20 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
                 continue;
             }
             let rel = path.strip_prefix(&src).unwrap();
-            let top = rel
+            let parts: Vec<String> = rel
                 .components()
-                .next()
-                .unwrap()
-                .as_os_str()
-                .to_string_lossy()
-                .trim_end_matches(".rs")
-                .to_owned();
+                .map(|c| {
+                    c.as_os_str()
+                        .to_string_lossy()
+                        .trim_end_matches(".rs")
+                        .to_owned()
+                })
+                .collect();
+            let top = match parts.as_slice() {
+                [domain, module, ..] if domain == "domain" => format!("domain::{module}"),
+                [first, ..] => first.clone(),
+                [] => continue,
+            };
             if top == "main" || top == "lib" {
                 continue;
             }
@@ -44,11 +52,20 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
                 .join("\n");
             let deps = graph.entry(top.clone()).or_default();
             for (i, _) in code.match_indices("crate::") {
-                let name: String = code[i + "crate::".len()..]
+                let path: String = code[i + "crate::".len()..]
                     .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_' || *c == ':')
                     .collect();
-                if !name.is_empty() && name != top {
+                let mut names = path.split("::");
+                let name = match names.next() {
+                    Some("domain") => match names.next() {
+                        Some(m) if !m.is_empty() => format!("domain::{m}"),
+                        _ => continue,
+                    },
+                    Some(m) if !m.is_empty() => m.to_owned(),
+                    _ => continue,
+                };
+                if name != top {
                     deps.insert(name);
                 }
             }
@@ -92,4 +109,20 @@ fn no_two_modules_import_each_other_directly_or_in_a_circle() {
         })
         .collect();
     assert!(cycles.is_empty(), "import cycles:\n{}", cycles.join("\n"));
+}
+
+/// The pure domain depends on nothing outside it: the edges (store, API,
+/// providers, engine) depend on it.
+#[test]
+fn the_domain_names_no_module_outside_it() {
+    let graph = imports();
+    let domain: Vec<&String> = graph.keys().filter(|m| m.starts_with("domain::")).collect();
+    assert!(domain.len() >= 6, "read too few domain modules: {domain:?}");
+    for m in domain {
+        let outside: Vec<&String> = graph[m]
+            .iter()
+            .filter(|d| !d.starts_with("domain::"))
+            .collect();
+        assert!(outside.is_empty(), "{m} imports {outside:?}");
+    }
 }

@@ -10,13 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meridian::campaign::Platform;
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
+use meridian::domain::campaign::Platform;
+use meridian::domain::state::CampaignState;
 use meridian::provider::jwt;
 use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
-use meridian::state::CampaignState;
 use meridian::store::{AnyStore, DeviceUpsert, Store};
 use meridian::with_store;
 

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use common::rig::{at, get, post, release_one, rig};
 use common::TestDb;
-use meridian::campaign::Platform;
 use meridian::clock::Clock;
 use meridian::config::Config;
 use meridian::definitions;
+use meridian::domain::campaign::Platform;
+use meridian::domain::state::{CampaignState, DeviceState};
 use meridian::simulator::Behaviour;
-use meridian::state::{CampaignState, DeviceState};
 use meridian::store::LeaseTerms;
 use meridian::store::{DeviceUpsert, Store, StoreError};
 
@@ -272,7 +272,7 @@ async fn faults_are_retried_and_dead_tokens_skipped_later<S: Store + Clone>(db: 
 }
 
 async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
-    use meridian::state::DeliveryStatus;
+    use meridian::domain::state::DeliveryStatus;
     use meridian::store::{ChunkWrite, NewDelivery};
     let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
     rig.device(1, "UTC", Platform::Ios, false).await;
@@ -402,7 +402,7 @@ async fn a_campaign_whose_every_slot_was_skipped_completes<S: Store + Clone>(db:
     assert!(
         slots
             .iter()
-            .all(|s| s.state == meridian::state::SlotState::Skipped),
+            .all(|s| s.state == meridian::domain::state::SlotState::Skipped),
         "{slots:?}"
     );
     assert_eq!(rig.state("gone").await, CampaignState::Scheduled);
@@ -446,7 +446,7 @@ async fn a_recurring_slot_completes_with_its_next_occurrence<S: Store + Clone>(d
     };
     db.raw(drop).await.unwrap();
     engine.run_until_idle().await.unwrap();
-    let utc: Vec<(String, meridian::state::SlotState)> = rig
+    let utc: Vec<(String, meridian::domain::state::SlotState)> = rig
         .store
         .slot_list(id)
         .await
@@ -455,7 +455,7 @@ async fn a_recurring_slot_completes_with_its_next_occurrence<S: Store + Clone>(d
         .filter(|s| s.zone == "UTC")
         .map(|s| (s.occurrence, s.state))
         .collect();
-    use meridian::state::SlotState;
+    use meridian::domain::state::SlotState;
     assert_eq!(
         utc,
         [
@@ -542,7 +542,10 @@ async fn cancel_stops_the_zones_not_yet_sent<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(rig.accepted(&berlin), 0, "a cancelled campaign sent");
     let slots = rig.store.slot_list(id).await.unwrap();
     let berlin_slot = slots.iter().find(|s| s.zone == "Europe/Berlin").unwrap();
-    assert_eq!(berlin_slot.state, meridian::state::SlotState::Cancelled);
+    assert_eq!(
+        berlin_slot.state,
+        meridian::domain::state::SlotState::Cancelled
+    );
     // Cancelled is final.
     let c = rig.store.campaign_get("shop", "c").await.unwrap().unwrap();
     assert!(definitions::resume(&*rig.store, &c, rig.clock.now())
@@ -650,14 +653,16 @@ async fn frequency_caps_suppress_and_count<S: Store + Clone>(db: &TestDb<S>) {
 }
 
 /// The stored definition of a due slot's campaign.
-fn definition_of(slot: &meridian::store::DueSlot) -> meridian::campaign::CampaignDefinition {
-    serde_json::from_value(slot.definition.0.clone()).unwrap()
+fn definition_of(
+    slot: &meridian::store::CampaignSlot,
+) -> meridian::domain::campaign::CampaignDefinition {
+    slot.definition.0.clone().unwrap()
 }
 
 /// The segment a campaign of the shop app sends to, as the engine builds it.
 fn segment_of<'a>(
     config: &'a Config,
-    def: &'a meridian::campaign::CampaignDefinition,
+    def: &'a meridian::domain::campaign::CampaignDefinition,
 ) -> meridian::store::Segment<'a> {
     meridian::store::Segment {
         app_id: "shop",
@@ -862,7 +867,11 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
     for zone in ["Europe/Berlin", "Europe/Paris"] {
         let slot = slots.iter().find(|x| x.zone == zone).unwrap();
         assert_eq!(slot.first_sent_at, Some(now), "{zone}");
-        assert_eq!(slot.state, meridian::state::SlotState::Completed, "{zone}");
+        assert_eq!(
+            slot.state,
+            meridian::domain::state::SlotState::Completed,
+            "{zone}"
+        );
     }
     assert_eq!(rig.sim.stats().total_accepted(), 6);
 }

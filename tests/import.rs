@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use common::TestDb;
 use meridian::api::{self, keys};
-use meridian::campaign::Platform;
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::Config;
 use meridian::definitions;
+use meridian::domain::campaign::Platform;
 use meridian::store::{DeviceUpsert, NewApiKey, Store, UserUpsert};
 use serde_json::{json, Value};
 use sqlx::Connection;

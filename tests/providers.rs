@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeDelta;
-use meridian::campaign::{Message, Platform};
 use meridian::clock::{Clock, ManualClock, SystemClock};
-use meridian::payload::{self, Envelope, FcmTarget};
+use meridian::domain::campaign::{Message, Platform};
+use meridian::domain::message::payload::{self, Envelope, FcmTarget};
 use meridian::provider::apns::{
     ApnsClient, ApnsCredentials, ApnsNotification, ApnsPriority, ApnsSettings,
 };
@@ -213,7 +213,7 @@ async fn apns_many_concurrent_streams_each_device_once() {
 #[tokio::test]
 async fn apns_dead_token_is_token_invalid_and_the_device_is_marked() {
     use meridian::config::DatabaseConfig;
-    use meridian::state::DeviceState;
+    use meridian::domain::state::DeviceState;
     use meridian::store::{AppRecord, DeviceUpsert, SqliteStore, Store};
     let rig = rig().await;
     let client = rig.apns(Arc::new(SystemClock));

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use common::rig::{at, get, post, rig, rig_with, Receiver};
 use common::TestDb;
-use meridian::campaign::Platform;
 use meridian::clock::Clock;
+use meridian::domain::campaign::Platform;
 use meridian::store::Store;
 
 /// A transactional push reaches users by external id, by phone (an id of digits

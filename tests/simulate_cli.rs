@@ -7,9 +7,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
-use meridian::campaign::{Message, Platform};
 use meridian::clock::SystemClock;
 use meridian::config::Config;
+use meridian::domain::campaign::{Message, Platform};
 use meridian::provider::app::{AppProviders, Push};
 use meridian::provider::{jwt, Outcome};
 use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;

@@ -4,10 +4,10 @@ mod common;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use common::TestDb;
-use meridian::campaign::{AttributeFilter, Audience, DevicePolicy, FilterOp, Platform};
 use meridian::config::DatabaseKind;
-use meridian::planner::{Disposition, ZoneCount};
-use meridian::state::{
+use meridian::domain::campaign::{AttributeFilter, Audience, DevicePolicy, FilterOp, Platform};
+use meridian::domain::planner::{Disposition, ZoneCount};
+use meridian::domain::state::{
     CampaignState, ChunkState, DeliveryStatus, DeviceState, FallbackState, OutboxState, SlotState,
     StateMachine,
 };

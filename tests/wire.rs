@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use common::rig::{at, get, post, rig};
 use common::TestDb;
-use meridian::campaign::Platform;
 use meridian::clock::Clock;
+use meridian::domain::campaign::Platform;
 use meridian::store::{DeviceUpsert, Store};
 
 /// The id a notification carries (`apns-id`, `meridian.id`, `data.meridian_id`).

@@ -5,7 +5,7 @@
 //! id space as they are when people register over time.
 
 use meridian::clock::{Clock, SystemClock};
-use meridian::zone::canonical_zones;
+use meridian::domain::zone::canonical_zones;
 use sqlx::Connection;
 
 // Not every bench starts the simulator.

@@ -17,11 +17,11 @@ use super::formats::{self, ExternalId, IanaZone, LanguageTag};
 
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
 use super::{ApiError, ApiState, AppKey, Body, Path};
-use crate::audience::{
+use crate::domain::audience::{
     check_external_id, check_locale, check_token, check_zone, CheckedUser, UserBody,
 };
-use crate::campaign::Platform;
-use crate::store::{DeviceUpsert, Store};
+use crate::domain::campaign::Platform;
+use crate::store::{DeviceUpsert, Store, UserUpsert};
 
 /// A user as stored.
 #[derive(Debug, Serialize, ToSchema)]
@@ -166,7 +166,7 @@ pub async fn put_user<S: Store>(
 ) -> Result<Json<UserView>, ApiError> {
     let user = CheckedUser::check("externalId", external_id, body)?;
     st.store
-        .user_upsert(&user.upsert(&app), st.clock.now())
+        .user_upsert(&UserUpsert::checked(&app, &user), st.clock.now())
         .await?;
     Ok(Json(UserView {
         external_id: user.external_id,

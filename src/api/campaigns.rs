@@ -21,12 +21,12 @@ use utoipa::{IntoParams, IntoResponses, PartialSchema, ToSchema};
 
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
 use super::{idempotency, page_limit, ApiError, ApiState, AppKey, Body, Path, Query};
-use crate::campaign::{from_json, CampaignDefinition, DesiredStatus, ValidationErrors};
 use crate::definitions::{self, Action, ApplyError};
-use crate::planner::{Disposition, ALL_ZONES};
-use crate::state::{CampaignState, SlotState, StateMachine};
+use crate::domain::campaign::{from_json, CampaignDefinition, DesiredStatus, ValidationErrors};
+use crate::domain::planner::{Disposition, ALL_ZONES};
+use crate::domain::state::{CampaignState, SlotState, StateMachine};
+use crate::domain::zone::parse_zone;
 use crate::store::{CampaignFilter, CampaignRecord, SaveOutcome, Store, StoreError};
-use crate::zone::parse_zone;
 
 impl From<ApplyError> for ApiError {
     fn from(e: ApplyError) -> Self {
@@ -65,7 +65,7 @@ pub fn definition_for(app: &str, mut body: Value) -> Result<CampaignDefinition, 
             }
             Some(Value::String(named)) if named == app => {}
             Some(_) => {
-                return Err(ValidationErrors(vec![crate::campaign::FieldError {
+                return Err(ValidationErrors(vec![crate::domain::campaign::FieldError {
                     field: "app".to_owned(),
                     message: format!("must be {app:?}, the API key's app (or be left out)"),
                 }])

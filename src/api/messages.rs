@@ -8,7 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
 use super::{page_limit, ApiError, ApiState, AppKey, Body, Path, Query};
-use crate::state::{DeliveryStatus, StateMachine};
+use crate::domain::state::{DeliveryStatus, StateMachine};
 use crate::store::{DeliveryEvent, DeliveryFilter, DeliveryRecord, Receipt, ReceiptOutcome, Store};
 
 /// One step of a message's history.

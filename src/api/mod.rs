@@ -11,7 +11,7 @@ pub mod messages;
 pub mod openapi;
 pub mod push;
 
-pub use crate::audience::formats;
+pub use crate::domain::audience::formats;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -511,8 +511,8 @@ fn json_rejection(r: JsonRejection) -> ApiError {
 }
 
 /// A refused user or device field is a 400 naming it.
-impl From<crate::audience::InvalidField> for ApiError {
-    fn from(e: crate::audience::InvalidField) -> Self {
+impl From<crate::domain::audience::InvalidField> for ApiError {
+    fn from(e: crate::domain::audience::InvalidField) -> Self {
         Self::field(&e.field, e.message)
     }
 }

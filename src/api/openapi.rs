@@ -18,7 +18,7 @@ use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::{ApiError, ApiState};
-use crate::state::{CampaignState, SlotState, StateMachine};
+use crate::domain::state::{CampaignState, SlotState, StateMachine};
 
 /// The security scheme every route but `/health` and `/openapi.json` requires.
 pub const BEARER: &str = "bearer";

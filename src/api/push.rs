@@ -23,9 +23,9 @@ use utoipa::{PartialSchema, ToSchema};
 use super::formats;
 use super::openapi::ErrorBody;
 use super::{ApiState, KeyOf};
-use crate::campaign::Message;
 use crate::clock::Clock;
 use crate::config::{AppConfig, PushLimits};
+use crate::domain::campaign::Message;
 use crate::store::{NewPush, Store, TopicRule};
 
 /// Deliveries of transactional pushes are leased ahead of campaign retries (0).
@@ -483,7 +483,7 @@ fn request_id() -> Result<String, super::keys::RandomError> {
 /// The phone number an id of digits only is tried as when no external id matches.
 fn phone_of(id: &str) -> Option<String> {
     if id.bytes().all(|b| b.is_ascii_digit()) {
-        crate::audience::normalize_phone(&format!("+{id}"))
+        crate::domain::audience::normalize_phone(&format!("+{id}"))
     } else {
         None
     }

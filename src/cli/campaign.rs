@@ -7,7 +7,7 @@ use clap::Subcommand;
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::Config;
 use meridian::definitions::{self, ApplyError};
-use meridian::state::{CampaignState, SlotState, StateMachine};
+use meridian::domain::state::{CampaignState, SlotState, StateMachine};
 use meridian::store::{SaveOutcome, Store};
 
 use super::Failure;
@@ -159,7 +159,7 @@ pub async fn campaign_command<S: Store>(
         CampaignCommand::Plan { file } => {
             let mut def =
                 definitions::read_file(&file).map_err(|e| Failure::Input(e.to_string()))?;
-            def.status = meridian::campaign::DesiredStatus::Scheduled;
+            def.status = meridian::domain::campaign::DesiredStatus::Scheduled;
             let prepared = definitions::prepare(store, config, &def, clock.now())
                 .await
                 .map_err(|e| apply_failure(&file, e))?;

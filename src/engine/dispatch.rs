@@ -8,10 +8,10 @@ use tracing::Instrument;
 
 use super::outcome::{decide, Decision};
 use super::{Engine, EngineError};
-use crate::campaign::Message;
+use crate::domain::campaign::Message;
+use crate::domain::state::{DeliveryStatus, DeviceState};
 use crate::provider::app::Push;
 use crate::provider::Outcome;
-use crate::state::DeliveryStatus;
 use crate::store::{
     ChunkWrite, DeliveryUpdate, LeaseTerms, LeasedChunk, LeasedDelivery, NewDelivery, Store,
     StoreError,
@@ -130,7 +130,7 @@ impl<S: Store> Engine<S> {
     /// noted yet (a chunk spans the zones released together).
     async fn note_first_sends(
         &self,
-        slot: &crate::store::SlotInfo,
+        slot: &crate::store::CampaignSlot,
         first_sends: &FirstSends,
         noted: &mut HashSet<i64>,
     ) -> Result<(), StoreError> {
@@ -184,7 +184,7 @@ impl<S: Store> Engine<S> {
         let Some(slot) = self.store.slot_get_info(chunk.lead_slot_id).await? else {
             return Ok(0);
         };
-        let Some(ctx) = self.campaign_ctx(slot.campaign_id, &slot.definition.0) else {
+        let Some(ctx) = self.campaign_ctx(&slot) else {
             self.store.chunk_return(&chunk, worker, self.now()).await?;
             return Ok(0);
         };
@@ -480,7 +480,7 @@ impl<S: Store> Engine<S> {
             reason: Some(reason.to_owned()),
             next_attempt_at: None,
         };
-        if row.device_state != "active" {
+        if row.device_state != DeviceState::Active {
             return fail(DeliveryStatus::TokenInvalid, "device token was invalidated");
         }
         let campaign;
@@ -503,7 +503,7 @@ impl<S: Store> Engine<S> {
                 let Some(slot) = slot else {
                     return fail(DeliveryStatus::Failed, "no message for this delivery");
                 };
-                let Some(ctx) = self.campaign_ctx(slot.campaign_id, &slot.definition.0) else {
+                let Some(ctx) = self.campaign_ctx(&slot) else {
                     return fail(DeliveryStatus::Failed, "campaign definition is not valid");
                 };
                 campaign = ctx;

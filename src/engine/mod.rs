@@ -15,13 +15,13 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::campaign::{AppContext, CampaignDefinition, ValidCampaign};
 use crate::clock::Clock;
 use crate::config::{AppConfig, Config};
 use crate::definitions::topic_rules;
+use crate::domain::campaign::{AppContext, CampaignDefinition, ValidCampaign};
 use crate::provider::app::AppProviders;
 use crate::provider::{Pacer, ProviderError, RetryPolicy};
-use crate::store::{Segment, Store, StoreError};
+use crate::store::{CampaignSlot, Segment, Store, StoreError};
 
 mod dispatch;
 mod hooks;
@@ -90,8 +90,8 @@ fn default_worker_id() -> String {
 
 /// A campaign ready to send: its validated definition and pacing.
 struct CampaignCtx {
-    /// The stored definition this was built from: the cache key's check.
-    source: serde_json::Value,
+    /// The campaign's revision this was validated at: the cache's check.
+    revision: i32,
     campaign: ValidCampaign,
     app: AppConfig,
     collapse_key: String,
@@ -377,21 +377,21 @@ impl<S: Store> Engine<S> {
     }
 
     /// The validated campaign for a stored definition (cached per campaign).
-    fn campaign_ctx(
-        &self,
-        campaign_id: i64,
-        definition: &serde_json::Value,
-    ) -> Option<Arc<CampaignCtx>> {
+    fn campaign_ctx(&self, slot: &CampaignSlot) -> Option<Arc<CampaignCtx>> {
+        let campaign_id = slot.campaign_id;
         let mut cache = self
             .campaigns
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // Compared with what it was built from (no serialization per chunk), so an
-        // edited definition is rebuilt and an unchanged one keeps its throttle.
-        if let Some(c) = cache.get(&campaign_id).filter(|c| c.source == *definition) {
+        // Kept per revision: an edit (which moves it) is validated again, an
+        // unchanged campaign keeps its throttle.
+        if let Some(c) = cache
+            .get(&campaign_id)
+            .filter(|c| c.revision == slot.revision)
+        {
             return Some(c.clone());
         }
-        let def: CampaignDefinition = match serde_json::from_value(definition.clone()) {
+        let def: &CampaignDefinition = match &slot.definition.0 {
             Ok(d) => d,
             Err(error) => {
                 tracing::error!(message = "Stored campaign does not parse.", campaign_id, %error);
@@ -426,7 +426,7 @@ impl<S: Store> Engine<S> {
             .clone()
             .unwrap_or_else(|| format!("campaign-{campaign_id}"));
         let ctx = Arc::new(CampaignCtx {
-            source: definition.clone(),
+            revision: slot.revision,
             campaign,
             app,
             collapse_key,

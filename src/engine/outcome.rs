@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+use crate::domain::state::DeliveryStatus;
 use crate::provider::{Outcome, RetryPolicy};
-use crate::state::DeliveryStatus;
 
 /// A delivery's new status after an attempt, with what goes with it.
 #[derive(Debug, Clone, PartialEq, Eq)]

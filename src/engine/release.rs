@@ -5,9 +5,9 @@ use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
 use super::{Engine, EngineError};
-use crate::campaign::PlanSchedule;
-use crate::planner::{self, PlanRequest, ZoneCount};
-use crate::store::{DueSlot, NewSlot, SlotCompletion, SlotRelease, Store};
+use crate::domain::campaign::PlanSchedule;
+use crate::domain::planner::{self, PlanRequest, ZoneCount};
+use crate::store::{CampaignSlot, NewSlot, SlotCompletion, SlotRelease, Store};
 
 /// Slots of one campaign occurrence released in one transaction.
 const RELEASE_BATCH: usize = 32;
@@ -51,11 +51,11 @@ impl<S: Store> Engine<S> {
     /// this instance won.
     async fn release_group(
         &self,
-        group: &[DueSlot],
+        group: &[CampaignSlot],
         now: DateTime<Utc>,
     ) -> Result<usize, EngineError> {
         let first = &group[0];
-        let Some(ctx) = self.campaign_ctx(first.campaign_id, &first.definition.0) else {
+        let Some(ctx) = self.campaign_ctx(first) else {
             return Ok(0);
         };
         let segment = ctx.segment();
@@ -117,7 +117,7 @@ impl<S: Store> Engine<S> {
         let Some(slot) = self.store.slot_get_info(slot_id).await? else {
             return Ok(vec![]);
         };
-        let Some(ctx) = self.campaign_ctx(campaign_id, &slot.definition.0) else {
+        let Some(ctx) = self.campaign_ctx(&slot) else {
             return Ok(vec![]);
         };
         if !matches!(ctx.campaign.schedule, PlanSchedule::Cron { .. }) {

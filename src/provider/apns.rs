@@ -16,7 +16,7 @@ use super::http::{post, H2Pool};
 use super::jwt::Es256Key;
 use super::{config_error, retry_after, HttpSettings, Outcome, ProviderError};
 use crate::clock::Clock;
-use crate::payload::APNS_MAX_PAYLOAD;
+use crate::domain::message::payload::APNS_MAX_PAYLOAD;
 
 pub const PRODUCTION_URL: &str = "https://api.push.apple.com";
 pub const SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";

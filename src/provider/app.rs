@@ -9,10 +9,10 @@ use chrono::{DateTime, Utc};
 use super::apns::{ApnsClient, ApnsCredentials, ApnsNotification, ApnsPriority, ApnsSettings};
 use super::fcm::{FcmClient, FcmSettings, ServiceAccount};
 use super::{apns_id_for, config_error, HttpSettings, Outcome, Pacer, ProviderError};
-use crate::campaign::{Message, Platform, Priority};
 use crate::clock::Clock;
 use crate::config::{AppConfig, ConnectionConfig};
-use crate::payload::{self, Envelope, FcmTarget};
+use crate::domain::campaign::{Message, Platform, Priority};
+use crate::domain::message::payload::{self, Envelope, FcmTarget};
 
 /// One message to one device.
 #[derive(Debug, Clone, Copy)]

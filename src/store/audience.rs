@@ -10,9 +10,10 @@ use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::segment::Segment;
 use super::sql::SqlStore;
 use super::StoreError;
-use crate::campaign::Platform;
-use crate::planner::ZoneCount;
-use crate::state::DeviceState;
+use crate::domain::audience::CheckedUser;
+use crate::domain::campaign::Platform;
+use crate::domain::planner::ZoneCount;
+use crate::domain::state::DeviceState;
 use serde_json::Value;
 use sqlx::types::Json;
 
@@ -136,7 +137,19 @@ pub struct UserUpsert<'a> {
     pub attributes: Option<&'a Value>,
 }
 
-impl UserUpsert<'_> {
+impl<'a> UserUpsert<'a> {
+    /// A user the audience's checks accepted, in `app_id`.
+    pub fn checked(app_id: &'a str, user: &'a CheckedUser) -> Self {
+        Self {
+            app_id,
+            external_id: &user.external_id,
+            phone: user.phone.as_deref(),
+            timezone: user.timezone.as_deref(),
+            locale: user.locale.as_deref(),
+            attributes: user.attributes.as_ref(),
+        }
+    }
+
     /// The users as JSON rows for one set-based batch upsert, one row per app and
     /// external id: a user listed twice gets the later row's fields over the
     /// earlier one's, as if the two were written one after the other.
@@ -479,7 +492,7 @@ where
     async fn audience_count_by_zone(
         &self,
         segment: &super::Segment<'_>,
-    ) -> Result<Vec<crate::planner::ZoneCount>, StoreError> {
+    ) -> Result<Vec<crate::domain::planner::ZoneCount>, StoreError> {
         let (sql, binds) = super::segment::zone_counts_sql::<D>(segment);
         let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
         for b in binds {
@@ -488,7 +501,7 @@ where
         let rows = q.fetch_all(&self.read).await?;
         Ok(rows
             .into_iter()
-            .map(|(zone, n)| crate::planner::ZoneCount {
+            .map(|(zone, n)| crate::domain::planner::ZoneCount {
                 zone,
                 recipients: u64::try_from(n).unwrap_or(0),
             })

@@ -9,9 +9,9 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::sql::SqlStore;
 use super::StoreError;
-use crate::planner::Disposition;
-use crate::state::CampaignState;
-use crate::state::SlotState;
+use crate::domain::planner::Disposition;
+use crate::domain::state::CampaignState;
+use crate::domain::state::SlotState;
 use serde_json::Value;
 use sqlx::types::Json;
 
@@ -229,7 +229,7 @@ where
         now: DateTime<Utc>,
     ) -> Result<(super::CampaignRecord, super::SaveOutcome), StoreError> {
         use super::{CampaignRecord, SaveOutcome, StoreError};
-        use crate::state::{CampaignState, StateMachine};
+        use crate::domain::state::{CampaignState, StateMachine};
         let scheduled_at = (c.state == CampaignState::Scheduled).then_some(now);
         let mut tx = self.begin_write().await?;
         let select = format!(
@@ -385,7 +385,7 @@ where
         app_id: &str,
         f: &super::CampaignFilter,
     ) -> Result<Vec<super::CampaignRecord>, StoreError> {
-        use crate::state::StateMachine;
+        use crate::domain::state::StateMachine;
         let sql = format!(
             "SELECT {} FROM campaigns WHERE app_id = $1 AND ($2 IS NULL OR state = $2) \
              AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
@@ -414,11 +414,11 @@ where
     async fn campaign_set_state(
         &self,
         campaign_id: i64,
-        from: crate::state::CampaignState,
-        to: crate::state::CampaignState,
+        from: crate::domain::state::CampaignState,
+        to: crate::domain::state::CampaignState,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        use crate::state::StateMachine;
+        use crate::domain::state::StateMachine;
         from.check_transition(to)?;
         let done = sqlx::query(
             "UPDATE campaigns SET state = $3, updated_at = $4, \
@@ -451,10 +451,10 @@ where
     async fn campaign_cancel(
         &self,
         campaign_id: i64,
-        from: crate::state::CampaignState,
+        from: crate::domain::state::CampaignState,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        use crate::state::{CampaignState, StateMachine};
+        use crate::domain::state::{CampaignState, StateMachine};
         from.check_transition(CampaignState::Cancelled)?;
         let mut tx = self.begin_write().await?;
         let done = sqlx::query("UPDATE campaigns SET state = 'cancelled', updated_at = $3 WHERE id = $1 AND state = $2")

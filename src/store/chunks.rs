@@ -7,11 +7,12 @@ use chrono::{DateTime, Utc};
 use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use super::dialect::{Arg, Column, Dialect, RowsAffected};
+use super::release::CampaignSlot;
 use super::segment::Segment;
 use super::sql::SqlStore;
 use super::{LeaseTerms, StoreError};
-use crate::campaign::Platform;
-use crate::state::ChunkState;
+use crate::domain::campaign::Platform;
+use crate::domain::state::ChunkState;
 use serde_json::Value;
 use sqlx::types::Json;
 
@@ -29,18 +30,6 @@ pub struct LeasedChunk {
     pub first_device_id: i64,
     pub last_device_id: i64,
     pub attempt: i32,
-}
-
-/// What a worker needs to know about a slot to send its chunks.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct SlotInfo {
-    pub slot_id: i64,
-    pub campaign_id: i64,
-    pub app_id: String,
-    pub zone: String,
-    pub occurrence: String,
-    pub fire_at: DateTime<Utc>,
-    pub definition: Json<Value>,
 }
 
 /// One device to send to.
@@ -98,7 +87,7 @@ pub trait ChunkStore: Send + Sync {
     fn slot_get_info(
         &self,
         slot_id: i64,
-    ) -> impl Future<Output = Result<Option<SlotInfo>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<CampaignSlot>, StoreError>> + Send;
 
     /// The chunk's recipients not yet served for the slot's occurrence, over every
     /// zone released with the chunk's slot (`slot` is that slot), each with the slot
@@ -106,7 +95,7 @@ pub trait ChunkStore: Send + Sync {
     fn chunk_recipient_list(
         &self,
         chunk: &LeasedChunk,
-        slot: &SlotInfo,
+        slot: &CampaignSlot,
         segment: &Segment<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<Recipient>, StoreError>> + Send;
@@ -210,9 +199,9 @@ where
         Ok(())
     }
 
-    async fn slot_get_info(&self, slot_id: i64) -> Result<Option<super::SlotInfo>, StoreError> {
+    async fn slot_get_info(&self, slot_id: i64) -> Result<Option<super::CampaignSlot>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT s.id AS slot_id, s.campaign_id, k.app_id, s.zone, s.occurrence, s.fire_at, k.definition \
+            "SELECT s.id AS slot_id, s.campaign_id, k.app_id, s.zone, s.occurrence, s.fire_at, k.revision, k.definition \
              FROM slots s JOIN campaigns k ON k.id = s.campaign_id WHERE s.id = $1",
         )
         .bind(slot_id)
@@ -223,7 +212,7 @@ where
     async fn chunk_recipient_list(
         &self,
         chunk: &super::LeasedChunk,
-        slot: &super::SlotInfo,
+        slot: &super::CampaignSlot,
         segment: &super::Segment<'_>,
         now: DateTime<Utc>,
     ) -> Result<Vec<super::Recipient>, StoreError> {
@@ -240,7 +229,9 @@ where
                 chunk.id, chunk.lead_slot_id
             )));
         }
-        let all = group.iter().any(|(_, z)| z == crate::planner::ALL_ZONES);
+        let all = group
+            .iter()
+            .any(|(_, z)| z == crate::domain::planner::ALL_ZONES);
         let zone_list: Vec<String> = group.iter().map(|(_, z)| z.clone()).collect();
         let zones = match zone_list.as_slice() {
             _ if all => Zones::Any,
@@ -293,7 +284,7 @@ where
         w: &super::ChunkWrite<'_>,
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        use crate::state::{DeliveryStatus, StateMachine};
+        use crate::domain::state::{DeliveryStatus, StateMachine};
         if D::ONE_WRITER
             && !w.webhook
             && w.deliveries

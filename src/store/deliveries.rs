@@ -9,8 +9,8 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 use super::dialect::{Arg, Column, Dialect};
 use super::sql::SqlStore;
 use super::{LeaseTerms, StoreError};
-use crate::campaign::Platform;
-use crate::state::{DeliveryStatus, StateMachine};
+use crate::domain::campaign::Platform;
+use crate::domain::state::{DeliveryStatus, DeviceState, StateMachine};
 use serde_json::Value;
 use sqlx::types::Json;
 
@@ -43,7 +43,8 @@ pub struct LeasedDelivery {
     #[sqlx(try_from = "String")]
     pub platform: Platform,
     pub locale: Option<String>,
-    pub device_state: String,
+    #[sqlx(try_from = "String")]
+    pub device_state: DeviceState,
 }
 
 /// The outcome of a leased delivery's attempt, fenced by `attempts`.
@@ -254,7 +255,7 @@ where
         updates: &[super::DeliveryUpdate],
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        use crate::state::DeliveryStatus;
+        use crate::domain::state::DeliveryStatus;
         if updates.is_empty() {
             return Ok(0);
         }

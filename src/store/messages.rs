@@ -26,7 +26,7 @@ pub struct Receipt<'a> {
     pub app_id: &'a str,
     /// The delivery's id (the message id the payload carried).
     pub id: i64,
-    pub status: crate::state::DeliveryStatus,
+    pub status: crate::domain::state::DeliveryStatus,
     /// The app has a status webhook: the change also goes to its outbox.
     pub webhook: bool,
 }
@@ -98,7 +98,7 @@ pub struct DeliveryFilter<'a> {
     pub user_external_id: Option<&'a str>,
     pub campaign_id: Option<i64>,
     pub request_id: Option<&'a str>,
-    pub status: Option<crate::state::DeliveryStatus>,
+    pub status: Option<crate::domain::state::DeliveryStatus>,
     pub since: Option<DateTime<Utc>>,
     /// Only messages with a smaller id (the cursor of the previous page).
     pub before_id: Option<i64>,
@@ -220,7 +220,7 @@ where
         f: &super::DeliveryFilter<'_>,
     ) -> Result<Vec<super::DeliveryRecord>, StoreError> {
         use super::segment::Bind;
-        use crate::state::StateMachine;
+        use crate::domain::state::StateMachine;
         let mut binds = vec![Bind::Text(app_id.to_owned())];
         let mut sql = format!("{} WHERE d.app_id = $1", MESSAGE_SELECT);
         let param = |b: Bind, binds: &mut Vec<Bind>| {
@@ -282,7 +282,7 @@ where
             status,
             webhook,
         } = *receipt;
-        use crate::state::{DeliveryStatus, StateMachine};
+        use crate::domain::state::{DeliveryStatus, StateMachine};
         let mut tx = self.begin_write().await?;
         let lock = format!(
             "SELECT status FROM deliveries WHERE id = $1 AND app_id = $2{}",

@@ -11,7 +11,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 
 use crate::config::{DatabaseConfig, DatabaseKind};
-use crate::state::{CampaignState, StateError};
+use crate::domain::state::{CampaignState, StateError};
 
 mod apps;
 mod audience;
@@ -34,7 +34,7 @@ pub use audience::{AudienceStore, DeviceRecord, DeviceUpsert, UserUpsert};
 pub use campaigns::{
     CampaignFilter, CampaignRecord, CampaignSave, CampaignStore, NewSlot, SaveOutcome, SlotRecord,
 };
-pub use chunks::{ChunkStore, ChunkWrite, LeasedChunk, Recipient, SlotInfo};
+pub use chunks::{ChunkStore, ChunkWrite, LeasedChunk, Recipient};
 pub use deliveries::{DeliveryStore, DeliveryUpdate, LeasedDelivery, NewDelivery};
 pub use dialect::Dialect;
 pub use hooks::{
@@ -46,7 +46,9 @@ pub use messages::{
     Receipt, ReceiptOutcome,
 };
 pub use postgres::{PgDialect, PgStore};
-pub use release::{DueSlot, ReleaseStore, Released, SlotCompletion, SlotRelease};
+pub use release::{
+    CampaignSlot, ReleaseStore, Released, SlotCompletion, SlotRelease, StoredDefinition,
+};
 pub use segment::{Segment, TopicRule};
 pub use sql::SqlStore;
 pub use sqlite::{SqliteDialect, SqliteStore};

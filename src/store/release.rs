@@ -10,29 +10,47 @@ use super::dialect::{Arg, Column, Dialect};
 use super::segment::Segment;
 use super::sql::SqlStore;
 use super::StoreError;
+use crate::domain::campaign::CampaignDefinition;
 use serde_json::Value;
 use sqlx::types::Json;
 
 /// Slots of one campaign occurrence to release together, by one worker.
 #[derive(Debug, Clone, Copy)]
 pub struct SlotRelease<'a> {
-    pub slots: &'a [DueSlot],
+    pub slots: &'a [CampaignSlot],
     pub segment: &'a Segment<'a>,
     /// Device ids per chunk.
     pub chunk_size: i64,
     pub worker: &'a str,
 }
 
-/// A pending slot whose time has come.
+/// A slot with what sending it needs of its campaign: a due slot to release,
+/// or a released one whose chunks are sent. The definition is parsed here, at
+/// the store's edge; `revision` tells whether it changed since the engine last
+/// validated it.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
-pub struct DueSlot {
+pub struct CampaignSlot {
     pub slot_id: i64,
     pub campaign_id: i64,
     pub app_id: String,
     pub zone: String,
     pub occurrence: String,
     pub fire_at: DateTime<Utc>,
-    pub definition: Json<Value>,
+    pub revision: i32,
+    #[sqlx(try_from = "Json<Value>")]
+    pub definition: StoredDefinition,
+}
+
+/// A campaign's stored definition, parsed once as it is read. A row that no
+/// longer parses (a hand-edited database) is still read, so one bad campaign
+/// does not fail the query for all the others: the engine skips and logs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDefinition(pub Result<CampaignDefinition, String>);
+
+impl From<Json<Value>> for StoredDefinition {
+    fn from(v: Json<Value>) -> Self {
+        Self(serde_json::from_value(v.0).map_err(|e| e.to_string()))
+    }
 }
 
 /// How a slot was released.
@@ -66,7 +84,7 @@ pub trait ReleaseStore: Send + Sync {
         &self,
         now: DateTime<Utc>,
         limit: i64,
-    ) -> impl Future<Output = Result<Vec<DueSlot>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<CampaignSlot>, StoreError>> + Send;
 
     /// The earliest `fire_at` of a pending slot (to sleep until).
     fn slot_next_due_at(
@@ -125,9 +143,9 @@ where
         &self,
         now: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<super::DueSlot>, StoreError> {
+    ) -> Result<Vec<super::CampaignSlot>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT s.id AS slot_id, s.campaign_id, k.app_id, s.zone, s.occurrence, s.fire_at, k.definition \
+            "SELECT s.id AS slot_id, s.campaign_id, k.app_id, s.zone, s.occurrence, s.fire_at, k.revision, k.definition \
              FROM slots s JOIN campaigns k ON k.id = s.campaign_id \
              WHERE s.state = 'pending' AND s.fire_at <= $1 AND k.state IN ('scheduled', 'running') \
              ORDER BY s.fire_at, s.id LIMIT $2",
@@ -173,7 +191,9 @@ where
         // Who was left out and why, per zone: read before the write transaction
         // (a snapshot at release like the rest), so counting a large zone never
         // holds SQLite's one writer.
-        let all_due = slots.iter().any(|s| s.zone == crate::planner::ALL_ZONES);
+        let all_due = slots
+            .iter()
+            .any(|s| s.zone == crate::domain::planner::ALL_ZONES);
         let due_zones: Vec<String> = slots.iter().map(|s| s.zone.clone()).collect();
         let count_zones = if all_due {
             Zones::Any
@@ -251,7 +271,9 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let all = won.iter().any(|(_, z)| z == crate::planner::ALL_ZONES);
+        let all = won
+            .iter()
+            .any(|(_, z)| z == crate::domain::planner::ALL_ZONES);
         let slot_of = |zone: &str| {
             won.iter()
                 .find(|(_, z)| all || z == zone)

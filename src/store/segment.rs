@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::campaign::{scalar_text, Audience, DevicePolicy, FilterOp};
+use crate::domain::campaign::{scalar_text, Audience, DevicePolicy, FilterOp};
 use std::marker::PhantomData;
 
 use super::dialect::Dialect;
@@ -437,7 +437,7 @@ pub fn zone_counts_sql<D: Dialect>(segment: &Segment<'_>) -> (String, Vec<Bind>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::campaign::{AttributeFilter, Platform};
+    use crate::domain::campaign::{AttributeFilter, Platform};
 
     #[test]
     fn binds_follow_placeholders_in_order() {

@@ -22,7 +22,7 @@ use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::segment::Bind;
 use super::{ChunkWrite, LeasedChunk, NewSlot, Store, StoreError};
 use crate::config::DatabaseKind;
-use crate::state::{ChunkState, StateMachine};
+use crate::domain::state::{ChunkState, StateMachine};
 
 /// The store over one backend: see [`super::SqliteStore`] and [`super::PgStore`].
 #[derive(Debug)]

@@ -6,16 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use meridian::campaign::{parse_toml, Platform};
 use meridian::clock::{Clock, ManualClock};
 use meridian::config::Config;
 use meridian::definitions;
+use meridian::domain::campaign::{parse_toml, Platform};
+use meridian::domain::state::CampaignState;
 use meridian::engine::{Engine, EngineSettings};
 use meridian::provider::jwt::{self, Es256Key, Rs256Key};
 use meridian::simulator::{
     ApnsKey, Behaviour, FcmAccount, Simulator, SimulatorConfig, TEST_SERVICE_ACCOUNT_KEY,
 };
-use meridian::state::CampaignState;
 use meridian::store::{DeviceUpsert, Store};
 
 use super::TestDb;
@@ -447,7 +447,7 @@ pub async fn get(base: &str, key: &str, path: &str) -> serde_json::Value {
 /// single-slot call): `None` when another worker released it first.
 pub async fn release_one<S: Store>(
     store: &S,
-    slot: &meridian::store::DueSlot,
+    slot: &meridian::store::CampaignSlot,
     segment: &meridian::store::Segment<'_>,
     chunk_size: i64,
     worker: &str,

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::domain::locale::Locale;
+
 pub const MAX_BUTTONS: usize = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -124,15 +126,6 @@ pub(crate) fn is_http_url(s: &str) -> bool {
     url::Url::parse(s)
         .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
         .unwrap_or(false)
-}
-
-pub(crate) fn valid_locale(s: &str) -> bool {
-    let mut parts = s.split(['-', '_']);
-    let lang_ok = parts
-        .next()
-        .is_some_and(|l| (2..=3).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphabetic()));
-    lang_ok
-        && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
 /// What a string holding U+0000 is told: Postgres stores it in neither text nor
@@ -248,7 +241,7 @@ impl Message {
             }
         }
         for (locale, text) in &self.locales {
-            if !valid_locale(locale) {
+            if !Locale::is_valid(locale) {
                 errs.push(
                     format!("message.locales.{locale}"),
                     "is not a locale such as \"de\" or \"pt-BR\"",

@@ -7,8 +7,8 @@ pub mod formats;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use crate::campaign::{nul_at, Platform, NUL_REFUSED};
-use crate::store::UserUpsert;
+use crate::domain::campaign::{nul_at, Platform, NUL_REFUSED};
+use crate::domain::locale::{Locale, LOCALE_EXPECTED};
 use formats::{IanaZone, LanguageTag, PhoneNumber};
 
 /// A field of a user or device that the checks refused, and why.
@@ -99,7 +99,7 @@ pub fn check_token(platform: Platform, token: &str) -> Result<(), InvalidField> 
 
 pub fn check_zone(zone: Option<&str>) -> Result<(), InvalidField> {
     match zone {
-        Some(z) if crate::zone::parse_zone(z).is_none() => Err(InvalidField::new(
+        Some(z) if crate::domain::zone::parse_zone(z).is_none() => Err(InvalidField::new(
             "timezone",
             format!("{z:?} is not an IANA time zone"),
         )),
@@ -109,18 +109,7 @@ pub fn check_zone(zone: Option<&str>) -> Result<(), InvalidField> {
 
 pub fn check_locale(locale: Option<&str>) -> Result<(), InvalidField> {
     match locale {
-        Some(l)
-            if l.is_empty()
-                || l.len() > 35
-                || !l
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-        {
-            Err(InvalidField::new(
-                "locale",
-                "expected a language tag such as \"en-US\"",
-            ))
-        }
+        Some(l) if !Locale::is_valid(l) => Err(InvalidField::new("locale", LOCALE_EXPECTED)),
         _ => Ok(()),
     }
 }
@@ -170,18 +159,6 @@ impl CheckedUser {
             attributes,
         })
     }
-
-    /// The store's view of this user, in `app_id`.
-    pub fn upsert<'a>(&'a self, app_id: &'a str) -> UserUpsert<'a> {
-        UserUpsert {
-            app_id,
-            external_id: &self.external_id,
-            phone: self.phone.as_deref(),
-            timezone: self.timezone.as_deref(),
-            locale: self.locale.as_deref(),
-            attributes: self.attributes.as_ref(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -224,8 +201,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(user.phone.as_deref(), Some("+4915112345678"));
-        let upsert = user.upsert("shop");
-        assert_eq!((upsert.app_id, upsert.external_id), ("shop", "u1"));
         for nul in [
             serde_json::json!({"a": ["x\u{0}"]}),
             serde_json::json!({"\u{0}": 1}),

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::message::Message;
+use crate::domain::message::Message;
 
 /// Apple's limit for a regular remote notification payload.
 pub const APNS_MAX_PAYLOAD: usize = 4096;
@@ -130,7 +130,7 @@ pub fn fcm_message(message: &Message, target: FcmTarget<'_>, env: Envelope<'_>) 
     if !message.buttons.is_empty() {
         data.insert("buttons".into(), json!(json!(message.buttons).to_string()));
     }
-    let high = message.priority == crate::message::Priority::High;
+    let high = message.priority == crate::domain::message::Priority::High;
     // No `click_action`: FCM reads it as an intent *action* (`new
     // Intent(click_action)`), which no deep-link filter (VIEW + scheme/host)
     // matches, so a tap opened nothing. A tap opens the app's launcher activity
@@ -230,7 +230,7 @@ impl<'a> ApsView<'a> {
 #[derive(Serialize)]
 struct MeridianView<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    buttons: &'a [crate::message::Button],
+    buttons: &'a [crate::domain::message::Button],
     #[serde(skip_serializing_if = "Option::is_none")]
     deeplink: Option<&'a str>,
     id: &'a str,
@@ -403,7 +403,7 @@ pub fn fcm_message_bytes(
 ) -> Result<Vec<u8>, serde_json::Error> {
     use std::borrow::Cow;
     let (title, body) = localized(message, target.locale);
-    let high = message.priority == crate::message::Priority::High;
+    let high = message.priority == crate::domain::message::Priority::High;
     let buttons = if message.buttons.is_empty() {
         None
     } else {
@@ -459,7 +459,7 @@ pub fn fcm_message_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::{Button, LocalizedText};
+    use crate::domain::message::{Button, LocalizedText};
 
     fn message() -> Message {
         let mut m = Message {
@@ -497,7 +497,7 @@ mod tests {
             badge: Some(1),
             ttl: Some(std::time::Duration::from_secs(3600)),
             collapse_key: Some("order-1234".into()),
-            priority: crate::message::Priority::High,
+            priority: crate::domain::message::Priority::High,
             buttons: vec![Button {
                 id: "track".into(),
                 label: "Track parcel".into(),
@@ -519,7 +519,7 @@ mod tests {
 
     /// The JSON block after `marker` in `docs/payloads.md`.
     fn documented_block(marker: &str) -> Value {
-        let doc = include_str!("../../docs/payloads.md");
+        let doc = include_str!("../../../docs/payloads.md");
         let after = &doc[doc.find(marker).expect("marker in the doc")..];
         let start = after.find("```json").expect("a json block") + "```json".len();
         let end = start + after[start..].find("```").expect("the block's end");
@@ -640,7 +640,7 @@ mod tests {
         full.channel_id = Some("promo".into());
         full.url = Some("https://example.com/x".into());
         full.ttl = Some(std::time::Duration::from_secs(60));
-        full.priority = crate::message::Priority::Normal;
+        full.priority = crate::domain::message::Priority::Normal;
         full.buttons.push(Button {
             id: "b2".into(),
             label: "Two".into(),

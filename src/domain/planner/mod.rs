@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
-use crate::campaign::{Missed, PlanSchedule, QuietWindow};
-use crate::zone::{parse_zone, resolve_local, LocalFit, TZDATA_VERSION};
+use crate::domain::campaign::{Missed, PlanSchedule, QuietWindow};
+use crate::domain::zone::{parse_zone, resolve_local, LocalFit, TZDATA_VERSION};
 
 mod cron;
 
@@ -412,7 +412,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn local(s: &str) -> NaiveDateTime {
-        crate::campaign::parse_local_datetime(s).unwrap()
+        crate::domain::campaign::parse_local_datetime(s).unwrap()
     }
 
     fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
@@ -739,7 +739,7 @@ mod tests {
 
     #[test]
     fn many_zones_share_few_instants() {
-        let zs: Vec<ZoneCount> = crate::zone::canonical_zones()
+        let zs: Vec<ZoneCount> = crate::domain::zone::canonical_zones()
             .iter()
             .map(|tz| ZoneCount {
                 zone: tz.name().to_owned(),

@@ -8,12 +8,13 @@ use chrono::{DateTime, NaiveDateTime, NaiveTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use crate::message::{check_nul, valid_key, valid_locale};
-pub use crate::message::{
+use crate::domain::locale::Locale;
+use crate::domain::message::{check_nul, valid_key};
+pub use crate::domain::message::{
     nul_at, Button, FieldError, LocalizedText, Message, Priority, ValidationErrors, MAX_BUTTONS,
     NUL_REFUSED,
 };
-use crate::zone::parse_zone;
+use crate::domain::zone::parse_zone;
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3600);
 
@@ -313,7 +314,7 @@ impl Audience {
             }
         }
         for (i, l) in self.locales.iter().enumerate() {
-            if !valid_locale(l) {
+            if !Locale::is_valid(l) {
                 errs.push(
                     format!("audience.locales[{i}]"),
                     "is not a locale such as \"de\" or \"pt-BR\"",

@@ -5,7 +5,7 @@
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike, Utc};
 use chrono_tz::Tz;
 
-use crate::zone::{resolve_local, LocalFit};
+use crate::domain::zone::{resolve_local, LocalFit};
 
 /// How far ahead a cron schedule's next occurrence is looked for: a little over
 /// eight years, so that 29 February is found across a century year that is not a
@@ -77,8 +77,8 @@ pub fn next_wall_time(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::campaign::PlanSchedule;
-    use crate::planner::{plan, PlanRequest, ZoneCount};
+    use crate::domain::campaign::PlanSchedule;
+    use crate::domain::planner::{plan, PlanRequest, ZoneCount};
     use chrono::TimeZone;
     use proptest::prelude::*;
 
@@ -96,7 +96,7 @@ mod tests {
 
     #[test]
     fn a_cron_that_never_fires_is_refused_in_every_zone_and_in_one() {
-        let zs: Vec<ZoneCount> = crate::zone::canonical_zones()
+        let zs: Vec<ZoneCount> = crate::domain::zone::canonical_zones()
             .iter()
             .map(|tz| ZoneCount {
                 zone: tz.name().to_owned(),
@@ -192,7 +192,7 @@ mod tests {
         /// is generous for a debug build on a busy machine.
         #[test]
         fn planning_any_cron_in_every_zone_stays_within_a_time_budget(expr in cron_expr()) {
-            let zs: Vec<ZoneCount> = crate::zone::canonical_zones()
+            let zs: Vec<ZoneCount> = crate::domain::zone::canonical_zones()
                 .iter()
                 .map(|tz| ZoneCount { zone: tz.name().to_owned(), recipients: 1 })
                 .collect();

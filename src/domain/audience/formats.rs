@@ -19,8 +19,9 @@ pub const FCM_TOKEN: &str = "^[!-~]{1,4096}$";
 /// A phone number as people write it: `+` or `00`, then 7 to 15 digits not
 /// starting with 0, with spaces, dots, dashes and parentheses anywhere.
 pub const PHONE: &str = "^[ .()-]*(\\+|0[ .()-]*0)[ .()-]*[1-9]([ .()-]*[0-9]){6,14}[ .()-]*$";
-/// A language tag as the API takes it (`de-DE`, `pt_BR`).
-pub const LANGUAGE_TAG: &str = "^[A-Za-z0-9_-]{1,35}$";
+/// A language tag as `domain::locale::Locale` takes it (`de-DE`, `pt_BR`); its
+/// length limit is the schema's `maxLength`.
+pub const LANGUAGE_TAG: &str = "^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8})*$";
 /// Something besides white space.
 pub const NOT_BLANK: &str = "\\S";
 /// An http(s) URL with a host.
@@ -82,9 +83,11 @@ pub struct LanguageTag;
 impl PartialSchema for LanguageTag {
     fn schema() -> RefOr<Schema> {
         string(
-            "A language tag such as `de-DE`: 1 to 35 letters, digits, `-` and `_`",
+            "A language tag such as `de-DE`: a language of 2 or 3 letters, then subtags of \
+             1 to 8 letters or digits after `-` or `_`",
             LANGUAGE_TAG,
         )
+        .max_length(Some(crate::domain::locale::Locale::MAX_LEN))
         .into()
     }
 }
