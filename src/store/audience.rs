@@ -225,7 +225,7 @@ pub trait AudienceStore: Send + Sync {
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
     /// Creates or updates many users in one transaction of a few set-based
-    /// statements, each as [`Store::user_upsert`] would (a user listed twice as if
+    /// statements, each as [`AudienceStore::user_upsert`] would (a user listed twice as if
     /// its rows came one after the other). Returns how many rows were given.
     fn user_upsert_many(
         &self,

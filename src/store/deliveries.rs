@@ -17,7 +17,7 @@ use sqlx::types::Json;
 /// A delivery's first outcome, written with the row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
-    /// Reserved before the send ([`super::Store::delivery_id_reserve`]).
+    /// Reserved before the send ([`super::DeliveryStore::delivery_id_reserve`]).
     pub id: i64,
     pub device_id: i64,
     pub slot_id: i64,

@@ -23,7 +23,7 @@
 //!
 //! The sqlx database type is [`Dialect::Db`]. Rust does not carry a trait's
 //! `where` clauses to its users (RFC 2089 is not implemented), so each generic
-//! store `impl` restates what it needs of `Db` (see [`super::sql`]).
+//! store `impl` restates what it needs of `Db` (see `store/sql.rs`).
 
 use std::future::Future;
 
@@ -63,7 +63,7 @@ pub trait Arg<'q, D: Database>: Encode<'q, D> + Type<D> {}
 impl<'q, D: Database, T: Encode<'q, D> + Type<D>> Arg<'q, D> for T {}
 
 /// A Rust type the store binds and reads as a column (the store's `where`
-/// clauses name each one, see [`super::sql`]).
+/// clauses name each one, see `store/sql.rs`).
 pub trait Column<'r, D: Database>: Encode<'r, D> + Decode<'r, D> + Type<D> {}
 impl<'r, D: Database, T: Encode<'r, D> + Decode<'r, D> + Type<D>> Column<'r, D> for T {}
 
