@@ -28,7 +28,9 @@ use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
 use meridian::domain::campaign::{parse_toml, CampaignDefinition};
 use meridian::domain::state::DeliveryStatus;
-use meridian::store::{ChunkWrite, DeliveryUpdate, LeaseTerms, NewDelivery, SqliteStore, Store};
+use meridian::store::{
+    ChunkWrite, DeliveryUpdate, Lease, LeaseTerms, NewDelivery, SqliteStore, Store,
+};
 use sqlx::Connection;
 
 #[global_allocator]
@@ -212,7 +214,6 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
             for batch in rows.chunks(500) {
                 let w = ChunkWrite {
                     chunk,
-                    worker: "bench",
                     app_id: "shop",
                     occurrence: &slot.occurrence,
                     deliveries: batch,
@@ -220,10 +221,7 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
                 };
                 written += store.chunk_record(&w, SystemClock.now()).await.unwrap();
             }
-            store
-                .chunk_finish(chunk, "bench", SystemClock.now())
-                .await
-                .unwrap();
+            store.chunk_finish(chunk, SystemClock.now()).await.unwrap();
         }
     }
     let send = t.elapsed().as_secs_f64();
@@ -249,11 +247,16 @@ async fn eager<S: Store>(store: &S, config: &Config, raw: &Raw) -> Vec<(&'static
         if rows.is_empty() {
             break;
         }
+        let until = now + TimeDelta::seconds(60);
         let updates: Vec<DeliveryUpdate> = rows
             .iter()
             .map(|r| DeliveryUpdate {
                 id: r.0,
-                attempts: r.1,
+                lease: Lease {
+                    owner: "bench".into(),
+                    attempt: r.1,
+                    until,
+                },
                 device_id: r.2,
                 status: DeliveryStatus::Sent,
                 provider_id: Some(format!("00000000-0000-4000-8000-{:012x}", r.0)),
@@ -264,7 +267,7 @@ async fn eager<S: Store>(store: &S, config: &Config, raw: &Raw) -> Vec<(&'static
             .collect();
         for batch in updates.chunks(500) {
             written += store
-                .delivery_record("bench", batch, SystemClock.now())
+                .delivery_record(batch, SystemClock.now())
                 .await
                 .unwrap();
         }

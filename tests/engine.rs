@@ -331,7 +331,8 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         .await
         .unwrap();
     assert_eq!(b.len(), 1);
-    assert_eq!(b[0].attempt, a[0].attempt + 1);
+    assert_eq!(b[0].lease.attempt, a[0].lease.attempt + 1);
+    assert_eq!(b[0].lease.owner, "b");
     let slot = s.slot_get_info(a[0].lead_slot_id).await.unwrap().unwrap();
     let recipients = s
         .chunk_recipient_list(&b[0], &slot, &segment, rig.clock.now())
@@ -347,38 +348,37 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
         error_reason: None,
         next_attempt_at: None,
     };
-    let write = |chunk, worker| ChunkWrite {
+    let write = |chunk| ChunkWrite {
         chunk,
-        worker,
         app_id: "shop",
         occurrence: &slot.occurrence,
         deliveries: std::slice::from_ref(&delivery),
         webhook: false,
     };
-    let stale = s.chunk_record(&write(&a[0], "a"), later).await;
+    let stale = s.chunk_record(&write(&a[0]), later).await;
     assert!(
         matches!(stale, Err(StoreError::LeaseLost { .. })),
         "{stale:?}"
     );
-    assert_eq!(s.chunk_record(&write(&b[0], "b"), later).await.unwrap(), 1);
-    let stale = s.chunk_finish(&a[0], "a", later).await;
+    assert_eq!(s.chunk_record(&write(&b[0]), later).await.unwrap(), 1);
+    let stale = s.chunk_finish(&a[0], later).await;
     assert!(
         matches!(stale, Err(StoreError::LeaseLost { .. })),
         "a lost lease is an error, never an ignored bool: {stale:?}"
     );
-    let stale = s.chunk_return(&a[0], "a", later).await;
+    let stale = s.chunk_return(&a[0], later).await;
     assert!(
         matches!(stale, Err(StoreError::LeaseLost { .. })),
         "{stale:?}"
     );
     let until = later + TimeDelta::seconds(60);
-    let stale = s.chunk_lease_extend(&a[0], "a", until).await;
+    let stale = s.chunk_lease_extend(&a[0], until).await;
     assert!(
         matches!(stale, Err(StoreError::LeaseLost { .. })),
         "{stale:?}"
     );
-    s.chunk_lease_extend(&b[0], "b", until).await.unwrap();
-    s.chunk_finish(&b[0], "b", later).await.unwrap();
+    s.chunk_lease_extend(&b[0], until).await.unwrap();
+    s.chunk_finish(&b[0], later).await.unwrap();
     assert_eq!(
         s.delivery_count_by_status(id).await.unwrap().get("sent"),
         Some(&1)
@@ -851,7 +851,7 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
                 && slots.contains(&slot_of_zone["Europe/Paris"]),
             "a chunk spans both zones: {recipients:?}"
         );
-        s.chunk_return(c, "a", now).await.unwrap();
+        s.chunk_return(c, now).await.unwrap();
     }
     // Sent, each delivery is counted under its own zone's slot, and both slots
     // note their first send.

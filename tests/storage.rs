@@ -1259,20 +1259,15 @@ async fn outbox_write_backs_are_fenced_by_attempt<S: Store>(db: &TestDb<S>) {
         .await
         .unwrap();
     assert_eq!(again.len(), 1);
-    assert_eq!(again[0].attempts, first[0].attempts + 1);
-    let ids = [first[0].id];
+    assert_eq!(again[0].lease.attempt, first[0].lease.attempt + 1);
     for stale in [
-        s.outbox_ack("w", &ids, first[0].attempts).await,
-        s.outbox_retry(
-            "w",
-            &meridian::store::OutboxRetry {
-                ids: &ids,
-                attempts: first[0].attempts,
-                next_attempt_at: later,
-                error: "x",
-                max_attempts: 10,
-            },
-        )
+        s.outbox_ack(&first).await,
+        s.outbox_retry(&meridian::store::OutboxRetry {
+            events: &first,
+            next_attempt_at: later,
+            error: "x",
+            max_attempts: 10,
+        })
         .await,
     ] {
         assert!(
@@ -1280,7 +1275,7 @@ async fn outbox_write_backs_are_fenced_by_attempt<S: Store>(db: &TestDb<S>) {
             "{stale:?}"
         );
     }
-    assert_eq!(s.outbox_ack("w", &ids, again[0].attempts).await.unwrap(), 1);
+    assert_eq!(s.outbox_ack(&again).await.unwrap(), 1);
 }
 
 /// Delivery ids reserved before a campaign's send are never handed out again:
@@ -1488,7 +1483,9 @@ async fn row_lease_takes_due_and_lapsed_rows_in_order<S: Store>(db: &TestDb<S>) 
         db.store.delivery_lease(&terms, now).await
     };
     let ids = |rows: Vec<meridian::store::LeasedDelivery>| {
-        rows.iter().map(|r| (r.id, r.attempts)).collect::<Vec<_>>()
+        rows.iter()
+            .map(|r| (r.id, r.lease.attempt))
+            .collect::<Vec<_>>()
     };
     assert_eq!(
         ids(lease(1).await.unwrap()),

@@ -104,7 +104,7 @@ impl<S: Store> Engine<S> {
                         // held by a chunk in flight that is not being polled.
                         let give_back = failed.is_some();
                         for c in chunks {
-                            if c.attempt > 1 {
+                            if c.lease.attempt > 1 {
                                 crate::metrics::lease_takeover();
                             }
                             leased += usize::from(!give_back);
@@ -163,9 +163,7 @@ impl<S: Store> Engine<S> {
     /// Sends a leased chunk, or gives it straight back.
     async fn take_chunk(&self, chunk: LeasedChunk, give_back: bool) -> Result<usize, EngineError> {
         if give_back {
-            self.store
-                .chunk_return(&chunk, &self.settings.worker_id, self.now())
-                .await?;
+            self.store.chunk_return(&chunk, self.now()).await?;
             return Ok(0);
         }
         let span = tracing::info_span!(
@@ -173,24 +171,23 @@ impl<S: Store> Engine<S> {
             chunk_id = chunk.id,
             campaign_id = chunk.campaign_id,
             slot_id = chunk.lead_slot_id,
-            attempt = chunk.attempt,
+            attempt = chunk.lease.attempt,
         );
         self.process_chunk(chunk).instrument(span).await
     }
 
     /// Sends a chunk's recipients and records each outcome; returns how many were recorded.
     async fn process_chunk(&self, chunk: LeasedChunk) -> Result<usize, EngineError> {
-        let worker = self.settings.worker_id.as_str();
         let Some(slot) = self.store.slot_get_info(chunk.lead_slot_id).await? else {
             return Ok(0);
         };
         let Some(ctx) = self.campaign_ctx(&slot) else {
-            self.store.chunk_return(&chunk, worker, self.now()).await?;
+            self.store.chunk_return(&chunk, self.now()).await?;
             return Ok(0);
         };
         let app_id = ctx.campaign.definition.app.clone();
         let Some(providers) = self.providers_for(&app_id) else {
-            self.store.chunk_return(&chunk, worker, self.now()).await?;
+            self.store.chunk_return(&chunk, self.now()).await?;
             return Ok(0);
         };
         let mut recipients = self
@@ -321,9 +318,9 @@ impl<S: Store> Engine<S> {
             drop(sending);
             let now = self.now();
             if given_back {
-                self.store.chunk_return(&chunk, worker, now).await?;
+                self.store.chunk_return(&chunk, now).await?;
             } else {
-                self.store.chunk_finish(&chunk, worker, now).await?;
+                self.store.chunk_finish(&chunk, now).await?;
             }
             Ok::<usize, StoreError>(recorded)
         };
@@ -335,7 +332,7 @@ impl<S: Store> Engine<S> {
             loop {
                 tokio::time::sleep(every).await;
                 let until = self.now() + self.settings.lease;
-                match self.store.chunk_lease_extend(&chunk, worker, until).await {
+                match self.store.chunk_lease_extend(&chunk, until).await {
                     Ok(()) => {}
                     Err(StoreError::LeaseLost { .. }) => tracing::warn!(
                         message = "Chunk lease lost while sending.",
@@ -363,7 +360,7 @@ impl<S: Store> Engine<S> {
             Err(e) => {
                 // Give the chunk back now rather than at lease expiry; its unflushed
                 // sends are what a retake may repeat (the documented duplicate bound).
-                if let Err(error) = self.store.chunk_return(&chunk, worker, self.now()).await {
+                if let Err(error) = self.store.chunk_return(&chunk, self.now()).await {
                     tracing::warn!(message = "Cannot give a failed chunk back; it waits for its lease to lapse.", chunk_id = chunk.id, %error);
                 }
                 Err(e.into())
@@ -388,7 +385,6 @@ impl<S: Store> Engine<S> {
             .chunk_record(
                 &ChunkWrite {
                     chunk,
-                    worker: &self.settings.worker_id,
                     app_id,
                     occurrence,
                     deliveries: batch,
@@ -422,7 +418,7 @@ impl<S: Store> Engine<S> {
             );
             updates.push(DeliveryUpdate {
                 id: row.id,
-                attempts: row.attempts,
+                lease: row.lease.clone(),
                 device_id: row.device_id,
                 status: d.status,
                 provider_id: d.provider_id,
@@ -433,10 +429,7 @@ impl<S: Store> Engine<S> {
         }
         let mut recorded = 0;
         for batch in updates.chunks(self.settings.flush_every.max(1)) {
-            recorded += self
-                .store
-                .delivery_record(&self.settings.worker_id, batch, self.now())
-                .await? as usize;
+            recorded += self.store.delivery_record(batch, self.now()).await? as usize;
         }
         Ok(recorded)
     }
@@ -540,7 +533,7 @@ impl<S: Store> Engine<S> {
                 expires_at,
             })
             .await;
-        let attempt = u32::try_from(row.attempts).unwrap_or(1);
+        let attempt = u32::try_from(row.lease.attempt).unwrap_or(1);
         decide(
             &outcome,
             attempt,

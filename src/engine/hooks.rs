@@ -92,14 +92,13 @@ impl<S: Store> Engine<S> {
                     )
                     .await?;
                 let Some(first) = batch.first() else { break };
-                let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
                 let last = batch.last().map_or(first.id, |e| e.id);
                 let key = format!("status-{}-{last}", first.id);
                 match client
                     .post(&hooks::status_body(app, &batch), &key, self.now())
                     .await
                 {
-                    Ok(()) => match self.store.outbox_ack(worker, &ids, first.attempts).await {
+                    Ok(()) => match self.store.outbox_ack(&batch).await {
                         Ok(n) => report.events_sent += n as usize,
                         // Another worker took the batch over (the lease lapsed while
                         // posting): it sends it again under the same key.
@@ -110,25 +109,21 @@ impl<S: Store> Engine<S> {
                         Err(e) => return Err(e.into()),
                     },
                     Err(failure) => {
-                        let attempt = u32::try_from(first.attempts).unwrap_or(1);
+                        let attempt = u32::try_from(first.lease.attempt).unwrap_or(1);
                         let max = if failure.retry {
                             i32::try_from(client.config.max_attempts).unwrap_or(i32::MAX)
                         } else {
                             0
                         };
-                        tracing::warn!(message = "Status webhook refused a batch.", app = %app, error = %failure.message, attempt, events = ids.len());
+                        tracing::warn!(message = "Status webhook refused a batch.", app = %app, error = %failure.message, attempt, events = batch.len());
                         report.events_failed += self
                             .store
-                            .outbox_retry(
-                                worker,
-                                &OutboxRetry {
-                                    ids: &ids,
-                                    attempts: first.attempts,
-                                    next_attempt_at: self.retry_at(attempt, &failure),
-                                    error: &failure.message,
-                                    max_attempts: max,
-                                },
-                            )
+                            .outbox_retry(&OutboxRetry {
+                                events: &batch,
+                                next_attempt_at: self.retry_at(attempt, &failure),
+                                error: &failure.message,
+                                max_attempts: max,
+                            })
                             .await? as usize;
                         // The endpoint is failing: the rest waits for the next pass.
                         break;
@@ -172,7 +167,7 @@ impl<S: Store> Engine<S> {
                     {
                         Ok(()) => FallbackOutcome::Sent,
                         Err(failure) => {
-                            let attempt = u32::try_from(f.attempts).unwrap_or(1);
+                            let attempt = u32::try_from(f.lease.attempt).unwrap_or(1);
                             tracing::warn!(message = "Fallback channel refused.", app = %f.app_id, request_id = %f.request_id, error = %failure.message, attempt);
                             if failure.retry && attempt < client.config.max_attempts {
                                 FallbackOutcome::Retry {
@@ -198,7 +193,6 @@ impl<S: Store> Engine<S> {
                 .fallback_finish(
                     &FallbackFinish {
                         fallback: &f,
-                        worker,
                         outcome: &outcome,
                         webhook,
                     },

@@ -10,7 +10,7 @@ use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::release::CampaignSlot;
 use super::segment::Segment;
 use super::sql::SqlStore;
-use super::{LeaseTerms, StoreError};
+use super::{Lease, LeaseTerms, StoreError};
 use crate::domain::campaign::Platform;
 use crate::domain::state::ChunkState;
 use serde_json::Value;
@@ -29,7 +29,8 @@ pub struct LeasedChunk {
     pub campaign_id: i64,
     pub first_device_id: i64,
     pub last_device_id: i64,
-    pub attempt: i32,
+    #[sqlx(flatten)]
+    pub lease: Lease,
 }
 
 /// One device to send to.
@@ -58,7 +59,6 @@ pub struct Recipient {
 #[derive(Debug, Clone)]
 pub struct ChunkWrite<'a> {
     pub chunk: &'a LeasedChunk,
-    pub worker: &'a str,
     pub app_id: &'a str,
     pub occurrence: &'a str,
     pub deliveries: &'a [NewDelivery],
@@ -76,11 +76,10 @@ pub trait ChunkStore: Send + Sync {
     ) -> impl Future<Output = Result<Vec<LeasedChunk>, StoreError>> + Send;
 
     /// Moves a held chunk lease's end to `until`; `LeaseLost` when it is no
-    /// longer this worker's attempt.
+    /// longer the chunk's attempt.
     fn chunk_lease_extend(
         &self,
         chunk: &LeasedChunk,
-        worker: &str,
         until: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -120,7 +119,6 @@ pub trait ChunkStore: Send + Sync {
     fn chunk_finish(
         &self,
         chunk: &LeasedChunk,
-        worker: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -129,7 +127,6 @@ pub trait ChunkStore: Send + Sync {
     fn chunk_return(
         &self,
         chunk: &LeasedChunk,
-        worker: &str,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
@@ -178,7 +175,6 @@ where
     async fn chunk_lease_extend(
         &self,
         chunk: &super::LeasedChunk,
-        worker: &str,
         until: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let done = sqlx::query(
@@ -186,8 +182,8 @@ where
              WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
         )
         .bind(chunk.id)
-        .bind(chunk.attempt)
-        .bind(worker)
+        .bind(chunk.lease.attempt)
+        .bind(&chunk.lease.owner)
         .bind(until)
         .execute(&self.write)
         .await?;
@@ -300,8 +296,8 @@ where
         );
         let held: Option<i64> = sqlx::query_scalar(&lock)
             .bind(w.chunk.id)
-            .bind(w.chunk.attempt)
-            .bind(w.worker)
+            .bind(w.chunk.lease.attempt)
+            .bind(&w.chunk.lease.owner)
             .fetch_optional(&mut *tx)
             .await?;
         if held.is_none() {
@@ -375,19 +371,16 @@ where
     async fn chunk_finish(
         &self,
         chunk: &super::LeasedChunk,
-        worker: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.close_chunk(chunk, worker, ChunkState::Done, now).await
+        self.close_chunk(chunk, ChunkState::Done, now).await
     }
 
     async fn chunk_return(
         &self,
         chunk: &super::LeasedChunk,
-        worker: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.close_chunk(chunk, worker, ChunkState::Pending, now)
-            .await
+        self.close_chunk(chunk, ChunkState::Pending, now).await
     }
 }

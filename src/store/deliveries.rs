@@ -8,7 +8,7 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use super::dialect::{Arg, Column, Dialect};
 use super::sql::SqlStore;
-use super::{LeaseTerms, StoreError};
+use super::{Lease, LeaseTerms, StoreError};
 use crate::domain::campaign::Platform;
 use crate::domain::state::{DeliveryStatus, DeviceState, StateMachine};
 use serde_json::Value;
@@ -37,7 +37,9 @@ pub struct LeasedDelivery {
     pub slot_id: Option<i64>,
     pub request_id: Option<String>,
     pub device_id: i64,
-    pub attempts: i32,
+    /// Its `attempt` counts the row's send attempts, this one included.
+    #[sqlx(flatten)]
+    pub lease: Lease,
     pub created_at: DateTime<Utc>,
     pub token: String,
     #[sqlx(try_from = "String")]
@@ -47,11 +49,11 @@ pub struct LeasedDelivery {
     pub device_state: DeviceState,
 }
 
-/// The outcome of a leased delivery's attempt, fenced by `attempts`.
+/// The outcome of a leased delivery's attempt, fenced by its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryUpdate {
     pub id: i64,
-    pub attempts: i32,
+    pub lease: Lease,
     pub device_id: i64,
     pub status: DeliveryStatus,
     pub provider_id: Option<String>,
@@ -115,7 +117,8 @@ pub(super) fn update_rows(rows: &[DeliveryUpdate], time: impl Fn(DateTime<Utc>) 
     rows.iter()
         .map(|d| {
             serde_json::json!({
-                "delivery_id": d.id, "attempts": d.attempts, "status": d.status.to_string(),
+                "delivery_id": d.id, "attempts": d.lease.attempt,
+                "lease_owner": d.lease.owner, "status": d.status.to_string(),
                 "provider_id": d.provider_id, "error_reason": d.error_reason,
                 "next_attempt_at": d.next_attempt_at.map(&time),
             })
@@ -137,6 +140,7 @@ pub(super) const NEW_DELIVERY_COLUMNS: &[(&str, &str)] = &[
 pub(super) const UPDATE_COLUMNS: &[(&str, &str)] = &[
     ("delivery_id", "bigint"),
     ("attempts", "integer"),
+    ("lease_owner", "text"),
     ("status", "text"),
     ("provider_id", "text"),
     ("error_reason", "text"),
@@ -167,11 +171,10 @@ pub trait DeliveryStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<LeasedDelivery>, StoreError>> + Send;
 
-    /// Writes attempts' outcomes in one statement, fenced by worker and attempt;
+    /// Writes attempts' outcomes in one statement, each fenced by its lease;
     /// returns how many rows were still ours.
     fn delivery_record(
         &self,
-        worker: &str,
         updates: &[DeliveryUpdate],
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
@@ -240,7 +243,8 @@ where
             return Ok(vec![]);
         }
         let sql = format!(
-            "SELECT d.id, d.app_id, d.campaign_id, d.slot_id, d.request_id, d.device_id, d.attempts, d.created_at, \
+            "SELECT d.id, d.app_id, d.campaign_id, d.slot_id, d.request_id, d.device_id, \
+                    d.lease_owner, d.attempts AS lease_attempt, d.lease_expires_at, d.created_at, \
                     v.token, v.platform, v.lang AS locale, v.state AS device_state \
              FROM deliveries d JOIN devices v ON v.id = d.device_id WHERE d.id {} ORDER BY d.id",
             D::ID_IN
@@ -251,7 +255,6 @@ where
 
     async fn delivery_record(
         &self,
-        worker: &str,
         updates: &[super::DeliveryUpdate],
         now: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
@@ -261,8 +264,8 @@ where
         }
         let mut tx = self.begin_write().await?;
         let rows = update_rows(updates, D::time_json);
-        let source = D::json_rows("$3", UPDATE_COLUMNS);
-        // Fenced: only rows still leased by this worker at this attempt change.
+        let source = D::json_rows("$2", UPDATE_COLUMNS);
+        // Fenced: only rows still held under the update's lease change.
         // `(SELECT 'leased')` keeps Postgres from driving the update from the
         // partial index of leased rows (every leased row, each joined against the
         // whole batch, the JSON read again per row: 54 ms for 500 rows instead of
@@ -274,12 +277,11 @@ where
                sent_at = CASE WHEN x.status = 'sent' THEN $1 ELSE d.sent_at END \
              FROM {source} \
              WHERE d.id = x.delivery_id AND d.attempts = x.attempts AND d.status = (SELECT 'leased') \
-               AND d.lease_owner = $2 \
+               AND d.lease_owner = x.lease_owner \
              RETURNING id"
         );
         let changed: Vec<i64> = sqlx::query_scalar(&sql)
             .bind(now)
-            .bind(worker)
             .bind(D::json(rows))
             .fetch_all(&mut *tx)
             .await?;
@@ -291,7 +293,7 @@ where
                 (
                     u.id,
                     u.status.to_string(),
-                    u.attempts,
+                    u.lease.attempt,
                     u.error_reason.clone(),
                 )
             })

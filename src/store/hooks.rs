@@ -12,14 +12,13 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
 use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::sql::SqlStore;
-use super::{LeaseTerms, StoreError};
+use super::{Lease, LeaseTerms, StoreError};
 
-/// A refused webhook batch to try again: its rows (leased at `attempts`), when,
-/// and why; rows past `max_attempts` are dead instead.
+/// A refused webhook batch to try again: its events, when, and why; events
+/// past `max_attempts` are dead instead.
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxRetry<'a> {
-    pub ids: &'a [i64],
-    pub attempts: i32,
+    pub events: &'a [OutboxEvent],
     pub next_attempt_at: DateTime<Utc>,
     pub error: &'a str,
     pub max_attempts: i32,
@@ -29,7 +28,6 @@ pub struct OutboxRetry<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct FallbackFinish<'a> {
     pub fallback: &'a LeasedFallback,
-    pub worker: &'a str,
     pub outcome: &'a FallbackOutcome,
     /// The app has a status webhook: a final outcome also goes to its outbox.
     pub webhook: bool,
@@ -46,7 +44,9 @@ pub struct OutboxEvent {
     pub status: String,
     pub detail: Option<String>,
     pub at: DateTime<Utc>,
-    pub attempts: i32,
+    /// Its `attempt` counts the webhook calls that carried the event.
+    #[sqlx(flatten)]
+    pub lease: Lease,
 }
 
 /// A fallback leased for an attempt, with what the channel is sent.
@@ -59,7 +59,9 @@ pub struct LeasedFallback {
     pub user_external_id: String,
     pub phone: Option<String>,
     pub reason: String,
-    pub attempts: i32,
+    /// Its `attempt` counts the channel's attempts, this one included.
+    #[sqlx(flatten)]
+    pub lease: Lease,
     pub topic: Option<String>,
     pub message: sqlx::types::Json<serde_json::Value>,
 }
@@ -69,12 +71,28 @@ pub(super) fn id_rows(ids: &[i64]) -> serde_json::Value {
     ids.iter().map(|id| serde_json::json!({"id": id})).collect()
 }
 
+/// Events with their leases, for `json_rows(…, LEASED_EVENT_COLUMNS)`.
+fn leased_event_rows(events: &[OutboxEvent]) -> serde_json::Value {
+    events
+        .iter()
+        .map(|e| {
+            serde_json::json!({"id": e.id, "attempts": e.lease.attempt, "lease_owner": e.lease.owner})
+        })
+        .collect()
+}
+
+const LEASED_EVENT_COLUMNS: &[(&str, &str)] = &[
+    ("id", "bigint"),
+    ("attempts", "integer"),
+    ("lease_owner", "text"),
+];
+
 /// A batch write-back that touched no row lost its lease (a batch is leased,
 /// acknowledged and retried whole).
-pub(super) fn fenced(done: u64, ids: &[i64]) -> Result<u64, StoreError> {
-    if done == 0 && !ids.is_empty() {
+pub(super) fn fenced(done: u64, events: &[OutboxEvent]) -> Result<u64, StoreError> {
+    if done == 0 && !events.is_empty() {
         return Err(StoreError::LeaseLost {
-            what: format!("webhook events {:?}..", ids.first()),
+            what: format!("webhook events {:?}..", events.first().map(|e| e.id)),
         });
     }
     Ok(done)
@@ -97,20 +115,17 @@ pub trait HookStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<OutboxEvent>, StoreError>> + Send;
 
-    /// Removes status changes the webhook took, fenced by the batch's lease:
-    /// `worker` and the `attempts` it was leased with (`LeaseLost` otherwise).
+    /// Removes status changes the webhook took, each fenced by its lease
+    /// (`LeaseLost` when the batch's lease was lost).
     fn outbox_ack(
         &self,
-        worker: &str,
-        ids: &[i64],
-        attempts: i32,
+        events: &[OutboxEvent],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Puts status changes the webhook refused back for a later attempt, or marks
     /// them dead after `max_attempts`.
     fn outbox_retry(
         &self,
-        worker: &str,
         retry: &OutboxRetry<'_>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
@@ -129,7 +144,7 @@ pub trait HookStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<LeasedFallback>, StoreError>> + Send;
 
-    /// Writes a fallback attempt's outcome, fenced by worker and attempt; a final
+    /// Writes a fallback attempt's outcome, fenced by its lease; a final
     /// one becomes a step in the history of the user's messages of the push.
     /// `LeaseLost` when another worker has taken the fallback over.
     fn fallback_finish(
@@ -214,7 +229,7 @@ where
         }
         let sql = format!(
             "SELECT o.id, o.delivery_id, o.request_id, d.campaign_id, u.external_id AS user_external_id, \
-               o.status, o.detail, o.at, o.attempts \
+               o.status, o.detail, o.at, o.lease_owner, o.attempts AS lease_attempt, o.lease_expires_at \
              FROM webhook_outbox o LEFT JOIN deliveries d ON d.id = o.delivery_id \
                LEFT JOIN users u ON u.id = o.user_id \
              WHERE o.id IN (SELECT x.id FROM {}) ORDER BY o.id",
@@ -227,54 +242,43 @@ where
             .await?)
     }
 
-    async fn outbox_ack(
-        &self,
-        worker: &str,
-        ids: &[i64],
-        attempts: i32,
-    ) -> Result<u64, StoreError> {
-        let rows = id_rows(ids);
+    async fn outbox_ack(&self, events: &[OutboxEvent]) -> Result<u64, StoreError> {
         let sql = format!(
-            "DELETE FROM webhook_outbox WHERE id IN (SELECT x.id FROM {}) AND state = 'leased' \
-               AND lease_owner = $2 AND attempts = $3",
-            D::json_rows("$1", &[("id", "bigint")])
+            "DELETE FROM webhook_outbox WHERE state = 'leased' \
+               AND (id, attempts, lease_owner) IN (SELECT x.id, x.attempts, x.lease_owner FROM {})",
+            D::json_rows("$1", LEASED_EVENT_COLUMNS)
         );
         let done = sqlx::query(&sql)
-            .bind(D::json(rows))
-            .bind(worker)
-            .bind(attempts)
+            .bind(D::json(leased_event_rows(events)))
             .execute(&self.write)
             .await?
             .rows_affected();
-        fenced(done, ids)
+        fenced(done, events)
     }
 
-    async fn outbox_retry(&self, worker: &str, retry: &OutboxRetry<'_>) -> Result<u64, StoreError> {
+    async fn outbox_retry(&self, retry: &OutboxRetry<'_>) -> Result<u64, StoreError> {
         let OutboxRetry {
-            ids,
-            attempts,
+            events,
             next_attempt_at,
             error,
             max_attempts,
         } = *retry;
-        let rows = id_rows(ids);
         let sql = format!(
-            "UPDATE webhook_outbox SET state = CASE WHEN attempts >= $4 THEN 'dead' ELSE 'pending' END, \
-               next_attempt_at = $3, last_error = $5, lease_owner = NULL, lease_expires_at = NULL \
-             WHERE id IN (SELECT x.id FROM {}) AND state = 'leased' AND lease_owner = $2 AND attempts = $6",
-            D::json_rows("$1", &[("id", "bigint")])
+            "UPDATE webhook_outbox SET state = CASE WHEN attempts >= $3 THEN 'dead' ELSE 'pending' END, \
+               next_attempt_at = $2, last_error = $4, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE state = 'leased' \
+               AND (id, attempts, lease_owner) IN (SELECT x.id, x.attempts, x.lease_owner FROM {})",
+            D::json_rows("$1", LEASED_EVENT_COLUMNS)
         );
         let done = sqlx::query(&sql)
-            .bind(D::json(rows))
-            .bind(worker)
+            .bind(D::json(leased_event_rows(events)))
             .bind(next_attempt_at)
             .bind(max_attempts)
             .bind(error)
-            .bind(attempts)
             .execute(&self.write)
             .await?
             .rows_affected();
-        fenced(done, ids)
+        fenced(done, events)
     }
 
     async fn fallback_sweep(
@@ -364,7 +368,7 @@ where
         }
         let sql = format!(
             "SELECT f.id, f.app_id, f.request_id, f.user_id, u.external_id AS user_external_id, u.phone, \
-               f.reason, f.attempts, p.topic, p.message \
+               f.reason, f.lease_owner, f.attempts AS lease_attempt, f.lease_expires_at, p.topic, p.message \
              FROM fallbacks f JOIN users u ON u.id = f.user_id JOIN push_requests p ON p.id = f.request_id \
              WHERE f.id IN (SELECT x.id FROM {}) ORDER BY f.id",
             D::json_rows("$1", &[("id", "bigint")])
@@ -383,7 +387,6 @@ where
     ) -> Result<(), StoreError> {
         let FallbackFinish {
             fallback: f,
-            worker,
             outcome,
             webhook,
         } = *finish;
@@ -402,8 +405,8 @@ where
              WHERE id = $1 AND attempts = $2 AND lease_owner = $3 AND state = 'leased'",
         )
         .bind(f.id)
-        .bind(f.attempts)
-        .bind(worker)
+        .bind(f.lease.attempt)
+        .bind(&f.lease.owner)
         .bind(state)
         .bind(next)
         .bind(error)
@@ -441,7 +444,7 @@ where
             .bind(&f.request_id)
             .bind(f.user_id)
             .bind(step)
-            .bind(f.attempts)
+            .bind(f.lease.attempt)
             .bind(&detail)
             .bind(now)
             .execute(&mut *tx)

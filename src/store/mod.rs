@@ -122,13 +122,30 @@ pub trait Store:
 
 /// What a worker asks for when it leases work, the same for every queue: who
 /// it is, until when the lease holds, and how many items at most. Each leased
-/// item comes back with its attempt, and every write-back is fenced by owner
-/// and attempt: one that lost its lease is `StoreError::LeaseLost`.
+/// item comes back carrying its [`Lease`].
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseTerms<'a> {
     pub owner: &'a str,
     pub until: DateTime<Utc>,
     pub limit: i64,
+}
+
+/// The lease a leased item (chunk, delivery row, webhook event, fallback) is
+/// held under, carried by the item so a write-back needs nothing else. Every
+/// write-back is fenced by `owner` and `attempt`: one whose lease lapsed and
+/// was taken over (a higher attempt) or released is `StoreError::LeaseLost`,
+/// never zero rows ignored. Read from the columns `lease_owner`,
+/// `lease_attempt` (each table's attempt counter, aliased) and `lease_expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Lease {
+    #[sqlx(rename = "lease_owner")]
+    pub owner: String,
+    /// Counts every lease of the item, the first one 1: a retake increments it.
+    #[sqlx(rename = "lease_attempt")]
+    pub attempt: i32,
+    /// When the lease ends as taken; an extension moves it in the database only.
+    #[sqlx(rename = "lease_expires_at")]
+    pub until: DateTime<Utc>,
 }
 
 /// A store of either kind, chosen by the configured URL.

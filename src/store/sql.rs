@@ -233,8 +233,8 @@ where
             .bind(now)
             .bind(D::new_delivery_arg(w.deliveries)?)
             .bind(w.chunk.id)
-            .bind(w.chunk.attempt)
-            .bind(w.worker)
+            .bind(w.chunk.lease.attempt)
+            .bind(&w.chunk.lease.owner)
             .execute(&self.write)
             .await?;
         if done.rows_affected() == 0 {
@@ -243,8 +243,8 @@ where
                 "SELECT id FROM slot_chunks WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
             )
             .bind(w.chunk.id)
-            .bind(w.chunk.attempt)
-            .bind(w.worker)
+            .bind(w.chunk.lease.attempt)
+            .bind(&w.chunk.lease.owner)
             .fetch_optional(&self.write)
             .await?;
             if held.is_none() {
@@ -260,7 +260,6 @@ where
     pub(super) async fn close_chunk(
         &self,
         chunk: &LeasedChunk,
-        worker: &str,
         state: ChunkState,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
@@ -270,8 +269,8 @@ where
              WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND state = 'leased'",
         )
         .bind(chunk.id)
-        .bind(chunk.attempt)
-        .bind(worker)
+        .bind(chunk.lease.attempt)
+        .bind(&chunk.lease.owner)
         .bind(now)
         .bind(state.as_str())
         .execute(&self.write)

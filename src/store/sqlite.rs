@@ -163,7 +163,7 @@ impl Dialect for SqliteDialect {
             SELECT c.id FROM slot_chunks c JOIN campaigns k ON k.id = c.campaign_id \
             WHERE k.state = 'running' AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease_expires_at < $1)) \
             ORDER BY c.seq, c.id LIMIT $2) \
-        RETURNING id, slot_id, campaign_id, first_device_id, last_device_id, attempt";
+        RETURNING id, slot_id, campaign_id, first_device_id, last_device_id, lease_owner, attempt AS lease_attempt, lease_expires_at";
 
     /// Each way a row becomes leasable is read through its own partial index, the
     /// campaign's state checked inside each branch so rows of a paused campaign
