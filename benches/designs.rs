@@ -27,6 +27,7 @@ use meridian::clock::{Clock, SystemClock};
 use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
 use meridian::domain::campaign::{parse_toml, CampaignDefinition};
+use meridian::domain::ids::{DeliveryId, DeviceId};
 use meridian::domain::state::DeliveryStatus;
 use meridian::store::{
     ChunkWrite, DeliveryUpdate, Lease, LeaseTerms, NewDelivery, SqliteStore, Store,
@@ -206,7 +207,10 @@ async fn lazy<S: Store>(store: &S, config: &Config) -> Vec<(&'static str, f64)> 
                     slot_id: r.slot_id,
                     user_id: r.user_id,
                     status: DeliveryStatus::Sent,
-                    provider_id: Some(format!("00000000-0000-4000-8000-{:012x}", r.device_id)),
+                    provider_id: Some(format!(
+                        "00000000-0000-4000-8000-{:012x}",
+                        r.device_id.get()
+                    )),
                     error_reason: None,
                     next_attempt_at: None,
                 })
@@ -251,13 +255,13 @@ async fn eager<S: Store>(store: &S, config: &Config, raw: &Raw) -> Vec<(&'static
         let updates: Vec<DeliveryUpdate> = rows
             .iter()
             .map(|r| DeliveryUpdate {
-                id: r.0,
+                id: DeliveryId::new(r.0),
                 lease: Lease {
                     owner: "bench".into(),
                     attempt: r.1,
                     until,
                 },
-                device_id: r.2,
+                device_id: DeviceId::new(r.2),
                 status: DeliveryStatus::Sent,
                 provider_id: Some(format!("00000000-0000-4000-8000-{:012x}", r.0)),
                 error_reason: None,

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use meridian::clock::SystemClock;
 use meridian::config::Config;
 use meridian::domain::campaign::{Message, Platform};
+use meridian::domain::ids::DeliveryId;
 use meridian::provider::app::{AppProviders, Push};
 use meridian::provider::jwt;
 use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
@@ -112,7 +113,7 @@ async fn main() {
             // Warm up: connections and (FCM) the access token.
             for t in tokens.iter().take(100) {
                 let push = Push {
-                    delivery_id: 1,
+                    delivery_id: DeliveryId::new(1),
                     platform,
                     token: t,
                     locale: None,
@@ -130,7 +131,7 @@ async fn main() {
                     let message = &message;
                     async move {
                         let push = Push {
-                            delivery_id: i as i64,
+                            delivery_id: DeliveryId::new(i as i64),
                             platform,
                             token: t,
                             locale: None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use meridian::clock::{Clock, ManualClock, SystemClock};
 use meridian::domain::campaign::{Message, Platform};
+use meridian::domain::ids::DeliveryId;
 use meridian::domain::message::payload::{self, Envelope, FcmTarget};
 use meridian::provider::apns::{
     ApnsClient, ApnsCredentials, ApnsNotification, ApnsPriority, ApnsSettings,
@@ -141,7 +142,7 @@ fn apns_payload(id: &str) -> Vec<u8> {
 }
 
 async fn send_apns(client: &ApnsClient, token: &str, delivery: i64) -> Outcome {
-    let id = apns_id_for(delivery);
+    let id = apns_id_for(DeliveryId::new(delivery));
     let body = apns_payload(&id);
     client
         .send(&ApnsNotification {
@@ -178,7 +179,7 @@ async fn apns_accepts_and_echoes_our_id() {
     assert_eq!(
         outcome,
         Outcome::Accepted {
-            provider_id: Some(apns_id_for(42))
+            provider_id: Some(apns_id_for(DeliveryId::new(42)))
         }
     );
     let stats = rig.sim.stats();
@@ -359,7 +360,7 @@ async fn apns_oversized_payload_is_refused_before_sending() {
     let outcome = client
         .send(&ApnsNotification {
             device_token: &token,
-            apns_id: &apns_id_for(1),
+            apns_id: &apns_id_for(DeliveryId::new(1)),
             payload: &body,
             priority: ApnsPriority::Normal,
             expiration: None,
@@ -628,7 +629,7 @@ async fn pacing_keeps_every_second_at_or_under_the_app_rate() {
         async move {
             providers
                 .send(&Push {
-                    delivery_id: i as i64,
+                    delivery_id: DeliveryId::new(i as i64),
                     platform: Platform::Ios,
                     token: t,
                     locale: None,

@@ -102,7 +102,7 @@ base_url = "{base}"
     {
         let outcome = providers
             .send(&Push {
-                delivery_id: i as i64 + 1,
+                delivery_id: meridian::domain::ids::DeliveryId::new(i as i64 + 1),
                 platform,
                 token,
                 locale: None,

@@ -1292,7 +1292,8 @@ async fn reserved_delivery_ids_are_never_taken_again<S: Store>(db: &TestDb<S>) {
     .await
     .unwrap();
     let second = db.store.delivery_id_reserve(2).await.unwrap();
-    let all: std::collections::BTreeSet<i64> = first.iter().chain(&second).copied().collect();
+    let all: std::collections::BTreeSet<meridian::domain::ids::DeliveryId> =
+        first.iter().chain(&second).copied().collect();
     assert_eq!(all.len(), 5, "{first:?} {second:?}");
     // No row, the pushed one included, took a reserved id.
     for id in &all {
@@ -1484,7 +1485,7 @@ async fn row_lease_takes_due_and_lapsed_rows_in_order<S: Store>(db: &TestDb<S>) 
     };
     let ids = |rows: Vec<meridian::store::LeasedDelivery>| {
         rows.iter()
-            .map(|r| (r.id, r.lease.attempt))
+            .map(|r| (r.id.get(), r.lease.attempt))
             .collect::<Vec<_>>()
     };
     assert_eq!(

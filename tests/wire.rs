@@ -75,7 +75,8 @@ async fn each_notification_carries_its_own_delivery_id<S: Store + Clone>(db: &Te
             format!("campaign-{without_key}")
         };
         if token == ios {
-            let apns_id = meridian::provider::apns_id_for(id);
+            let apns_id =
+                meridian::provider::apns_id_for(meridian::domain::ids::DeliveryId::new(id));
             assert_eq!(send.headers.get("apns-id"), Some(&apns_id), "{send:?}");
             assert_eq!(message["providerId"].as_str(), Some(apns_id.as_str()));
             assert_eq!(send.headers.get("apns-collapse-id"), Some(&collapse));

@@ -5,6 +5,7 @@
 
 pub mod audience;
 pub mod campaign;
+pub mod ids;
 pub mod locale;
 pub mod message;
 pub mod planner;

@@ -190,14 +190,19 @@ impl<S: Store> Engine<S> {
             self.store.chunk_return(&chunk, self.now()).await?;
             return Ok(0);
         };
-        let mut recipients = self
+        let recipients = self
             .store
             .chunk_recipient_list(&chunk, &slot, &ctx.segment(), self.now())
             .await?;
         // Each notification carries the id its delivery row will have.
         let ids = self.store.delivery_id_reserve(recipients.len()).await?;
-        for (r, id) in recipients.iter_mut().zip(ids) {
-            r.delivery_id = id;
+        if ids.len() != recipients.len() {
+            return Err(StoreError::Invariant(format!(
+                "{} delivery ids reserved for {} recipients",
+                ids.len(),
+                recipients.len()
+            ))
+            .into());
         }
         let message = &ctx.campaign.definition.message;
         let expires_at = message
@@ -213,8 +218,8 @@ impl<S: Store> Engine<S> {
             // is unchanged, while the next chunk's lease and read are already done
             // when one finishes. (The semaphore is never closed.)
             let sending = self.sending.acquire().await.ok();
-            let mut sends = futures::stream::iter(recipients)
-                .map(|r| {
+            let mut sends = futures::stream::iter(ids.into_iter().zip(recipients))
+                .map(|(delivery_id, r)| {
                     let providers = &providers;
                     let ctx = &ctx;
                     let first_sends = &first_sends;
@@ -229,7 +234,7 @@ impl<S: Store> Engine<S> {
                                 reason: Some(cap),
                                 next_attempt_at: None,
                             };
-                            return Some((r, d));
+                            return Some((delivery_id, r, d));
                         }
                         if let Some(t) = &ctx.throttle {
                             // A throttled send not yet started gives way to a stop.
@@ -246,14 +251,14 @@ impl<S: Store> Engine<S> {
                                 reason: Some("TTL passed before sending".to_owned()),
                                 next_attempt_at: None,
                             };
-                            return Some((r, d));
+                            return Some((delivery_id, r, d));
                         }
                         if let Ok(mut m) = first_sends.lock() {
                             m.entry(r.slot_id).or_insert(now);
                         }
                         let outcome = providers
                             .send(&Push {
-                                delivery_id: r.delivery_id,
+                                delivery_id,
                                 platform: r.platform,
                                 token: &r.token,
                                 locale: r.locale.as_deref(),
@@ -270,7 +275,7 @@ impl<S: Store> Engine<S> {
                             expires_at,
                             fastrand::f64(),
                         );
-                        Some((r, d))
+                        Some((delivery_id, r, d))
                     }
                 })
                 .buffer_unordered(self.settings.sends_per_chunk.max(1));
@@ -283,14 +288,14 @@ impl<S: Store> Engine<S> {
             while let Some(item) = sends.next().await {
                 match item {
                     None => given_back = true,
-                    Some((r, d)) => batch.push({
+                    Some((delivery_id, r, d)) => batch.push({
                         crate::metrics::delivery(
                             d.status,
                             providers.provider_for(r.platform),
                             d.reason.as_deref(),
                         );
                         NewDelivery {
-                            id: r.delivery_id,
+                            id: delivery_id,
                             device_id: r.device_id,
                             slot_id: r.slot_id,
                             user_id: r.user_id,

@@ -12,12 +12,13 @@ use super::{apns_id_for, config_error, HttpSettings, Outcome, Pacer, ProviderErr
 use crate::clock::Clock;
 use crate::config::{AppConfig, ConnectionConfig};
 use crate::domain::campaign::{Message, Platform, Priority};
+use crate::domain::ids::DeliveryId;
 use crate::domain::message::payload::{self, Envelope, FcmTarget};
 
 /// One message to one device.
 #[derive(Debug, Clone, Copy)]
 pub struct Push<'a> {
-    pub delivery_id: i64,
+    pub delivery_id: DeliveryId,
     pub platform: Platform,
     pub token: &'a str,
     pub locale: Option<&'a str>,

@@ -202,8 +202,8 @@ fn period(n: u32, window: Duration, burst: u32) -> Duration {
 
 /// APNs wants a UUID in `apns-id`; ours is derived from the delivery id, so
 /// Apple's answer and our record share one id.
-pub fn apns_id_for(delivery_id: i64) -> String {
-    let v = delivery_id as u64;
+pub fn apns_id_for(delivery_id: crate::domain::ids::DeliveryId) -> String {
+    let v = delivery_id.get() as u64;
     format!(
         "00000000-0000-4000-8000-{:04x}{:08x}",
         (v >> 32) & 0xffff,
@@ -254,7 +254,7 @@ mod tests {
 
     #[test]
     fn apns_id_is_a_uuid_that_encodes_the_delivery() {
-        let id = apns_id_for(0x1234_5678_9abc);
+        let id = apns_id_for(crate::domain::ids::DeliveryId::new(0x1234_5678_9abc));
         assert_eq!(id, "00000000-0000-4000-8000-123456789abc");
         assert_eq!(id.len(), 36);
     }

@@ -173,7 +173,9 @@ pub(super) fn apns(
     let id = match apns_id {
         Some(id) => id.clone(),
         None => HeaderValue::try_from(crate::provider::apns_id_for(
-            state.counter.fetch_add(1, Ordering::Relaxed) as i64,
+            crate::domain::ids::DeliveryId::new(
+                state.counter.fetch_add(1, Ordering::Relaxed) as i64
+            ),
         ))
         .unwrap_or(HeaderValue::from_static(
             "00000000-0000-4000-8000-000000000000",

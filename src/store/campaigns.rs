@@ -9,6 +9,7 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::sql::SqlStore;
 use super::StoreError;
+use crate::domain::ids::DeliveryId;
 use crate::domain::planner::Disposition;
 use crate::domain::state::CampaignState;
 use crate::domain::state::SlotState;
@@ -478,7 +479,7 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        let cancelled: Vec<i64> = sqlx::query_scalar(
+        let cancelled: Vec<DeliveryId> = sqlx::query_scalar(
             "UPDATE deliveries SET status = 'cancelled', next_attempt_at = NULL, updated_at = $2 \
              WHERE campaign_id = $1 AND status IN ('queued', 'retry') RETURNING id",
         )
@@ -486,7 +487,7 @@ where
         .bind(now)
         .fetch_all(&mut *tx)
         .await?;
-        let events: Vec<(i64, String, i32, Option<String>)> = cancelled
+        let events: Vec<(DeliveryId, String, i32, Option<String>)> = cancelled
             .iter()
             .map(|id| {
                 (

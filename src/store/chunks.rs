@@ -12,6 +12,7 @@ use super::segment::Segment;
 use super::sql::SqlStore;
 use super::{Lease, LeaseTerms, StoreError};
 use crate::domain::campaign::Platform;
+use crate::domain::ids::{DeliveryId, DeviceId, UserId};
 use crate::domain::state::ChunkState;
 use serde_json::Value;
 use sqlx::types::Json;
@@ -36,17 +37,13 @@ pub struct LeasedChunk {
 /// One device to send to.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Recipient {
-    pub device_id: i64,
+    pub device_id: DeviceId,
     pub zone: String,
     /// The slot of the device's zone among the chunk's release (filled in after
     /// the read).
     #[sqlx(skip)]
     pub slot_id: i64,
-    pub user_id: Option<i64>,
-    /// The id its delivery will have (reserved after the read): the message id
-    /// the notification carries.
-    #[sqlx(skip)]
-    pub delivery_id: i64,
+    pub user_id: Option<UserId>,
     pub token: String,
     #[sqlx(try_from = "String")]
     pub platform: Platform,
@@ -315,7 +312,7 @@ where
              ON CONFLICT (campaign_id, occurrence, device_id) DO NOTHING \
              RETURNING id, status, error_reason"
         );
-        let written: Vec<(i64, String, Option<String>)> = sqlx::query_as(&insert)
+        let written: Vec<(DeliveryId, String, Option<String>)> = sqlx::query_as(&insert)
             .bind(w.app_id)
             .bind(w.chunk.campaign_id)
             .bind(w.occurrence)
@@ -325,17 +322,17 @@ where
             .await?;
         // The first status of a sent delivery is implied by its row; every other
         // first outcome (retry, failure, dead token) starts the history.
-        let events: Vec<(i64, String, i32, Option<String>)> = written
+        let events: Vec<(DeliveryId, String, i32, Option<String>)> = written
             .iter()
             .filter(|(_, status, _)| status != DeliveryStatus::Sent.as_str())
             .map(|(id, status, reason)| (*id, status.clone(), 1, reason.clone()))
             .collect();
         Self::insert_events(&mut tx, &events, now).await?;
         if w.webhook {
-            let ids: Vec<i64> = written.iter().map(|(id, _, _)| *id).collect();
+            let ids: Vec<DeliveryId> = written.iter().map(|(id, _, _)| *id).collect();
             Self::outbox_deliveries(&mut tx, &ids, now).await?;
         }
-        let dead: Vec<(i64, String)> = w
+        let dead: Vec<(DeviceId, String)> = w
             .deliveries
             .iter()
             .filter(|d| d.status == DeliveryStatus::TokenInvalid)

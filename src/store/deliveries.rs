@@ -10,6 +10,7 @@ use super::dialect::{Arg, Column, Dialect};
 use super::sql::SqlStore;
 use super::{Lease, LeaseTerms, StoreError};
 use crate::domain::campaign::Platform;
+use crate::domain::ids::{DeliveryId, DeviceId, UserId};
 use crate::domain::state::{DeliveryStatus, DeviceState, StateMachine};
 use serde_json::Value;
 use sqlx::types::Json;
@@ -18,10 +19,10 @@ use sqlx::types::Json;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
     /// Reserved before the send ([`super::DeliveryStore::delivery_id_reserve`]).
-    pub id: i64,
-    pub device_id: i64,
+    pub id: DeliveryId,
+    pub device_id: DeviceId,
     pub slot_id: i64,
-    pub user_id: Option<i64>,
+    pub user_id: Option<UserId>,
     pub status: DeliveryStatus,
     pub provider_id: Option<String>,
     pub error_reason: Option<String>,
@@ -31,12 +32,12 @@ pub struct NewDelivery {
 /// A delivery row leased for another attempt (retries, transactional pushes).
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct LeasedDelivery {
-    pub id: i64,
+    pub id: DeliveryId,
     pub app_id: String,
     pub campaign_id: Option<i64>,
     pub slot_id: Option<i64>,
     pub request_id: Option<String>,
-    pub device_id: i64,
+    pub device_id: DeviceId,
     /// Its `attempt` counts the row's send attempts, this one included.
     #[sqlx(flatten)]
     pub lease: Lease,
@@ -52,9 +53,9 @@ pub struct LeasedDelivery {
 /// The outcome of a leased delivery's attempt, fenced by its lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryUpdate {
-    pub id: i64,
+    pub id: DeliveryId,
     pub lease: Lease,
-    pub device_id: i64,
+    pub device_id: DeviceId,
     pub status: DeliveryStatus,
     pub provider_id: Option<String>,
     pub error_reason: Option<String>,
@@ -86,10 +87,10 @@ pub(super) fn new_delivery_arrays(
     time: impl Fn(DateTime<Utc>) -> String,
 ) -> Result<String, StoreError> {
     type Row<'a> = (
+        DeliveryId,
+        DeviceId,
         i64,
-        i64,
-        i64,
-        Option<i64>,
+        Option<UserId>,
         &'a str,
         &'a Option<String>,
         &'a Option<String>,
@@ -161,7 +162,7 @@ pub trait DeliveryStore: Send + Sync {
     fn delivery_id_reserve(
         &self,
         n: usize,
-    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<DeliveryId>, StoreError>> + Send;
 
     /// Leases delivery rows due for an attempt (retries, queued transactional
     /// pushes) and rows whose lease expired, highest priority first.
@@ -212,12 +213,13 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
-    async fn delivery_id_reserve(&self, n: usize) -> Result<Vec<i64>, StoreError> {
+    async fn delivery_id_reserve(&self, n: usize) -> Result<Vec<DeliveryId>, StoreError> {
         if n == 0 {
             return Ok(Vec::new());
         }
         let n = i64::try_from(n).map_err(|_| StoreError::Invariant(format!("{n} ids")))?;
-        self.dialect.reserve_ids(&self.write, n).await
+        let ids = self.dialect.reserve_ids(&self.write, n).await?;
+        Ok(ids.into_iter().map(DeliveryId::new).collect())
     }
 
     async fn delivery_lease(
@@ -280,13 +282,13 @@ where
                AND d.lease_owner = x.lease_owner \
              RETURNING id"
         );
-        let changed: Vec<i64> = sqlx::query_scalar(&sql)
+        let changed: Vec<DeliveryId> = sqlx::query_scalar(&sql)
             .bind(now)
             .bind(D::json(rows))
             .fetch_all(&mut *tx)
             .await?;
-        let changed_set: std::collections::HashSet<i64> = changed.iter().copied().collect();
-        let events: Vec<(i64, String, i32, Option<String>)> = updates
+        let changed_set: std::collections::HashSet<DeliveryId> = changed.iter().copied().collect();
+        let events: Vec<(DeliveryId, String, i32, Option<String>)> = updates
             .iter()
             .filter(|u| changed_set.contains(&u.id))
             .map(|u| {
@@ -299,13 +301,13 @@ where
             })
             .collect();
         Self::insert_events(&mut tx, &events, now).await?;
-        let hooked: Vec<i64> = updates
+        let hooked: Vec<DeliveryId> = updates
             .iter()
             .filter(|u| u.webhook && changed_set.contains(&u.id))
             .map(|u| u.id)
             .collect();
         Self::outbox_deliveries(&mut tx, &hooked, now).await?;
-        let dead: Vec<(i64, String)> = updates
+        let dead: Vec<(DeviceId, String)> = updates
             .iter()
             .filter(|u| changed_set.contains(&u.id) && u.status == DeliveryStatus::TokenInvalid)
             .map(|u| (u.device_id, u.error_reason.clone().unwrap_or_default()))

@@ -12,6 +12,7 @@ use super::dialect::{Arg, Column, Dialect};
 use super::segment::TopicRule;
 use super::sql::SqlStore;
 use super::StoreError;
+use crate::domain::ids::DeliveryId;
 
 /// A message as the API shows it. No foreign keys on deliveries (see 0004): user
 /// and device are left joins.
@@ -314,7 +315,7 @@ where
         Self::insert_events(
             &mut tx,
             &[(
-                id,
+                DeliveryId::new(id),
                 status.as_str().to_owned(),
                 0,
                 Some("receipt".to_owned()),
@@ -323,7 +324,7 @@ where
         )
         .await?;
         if webhook {
-            Self::outbox_deliveries(&mut tx, &[id], now).await?;
+            Self::outbox_deliveries(&mut tx, &[DeliveryId::new(id)], now).await?;
         }
         tx.commit().await?;
         Ok(super::ReceiptOutcome::Recorded)
@@ -391,7 +392,7 @@ where
                     .collect::<Vec<_>>(),
             ))
         };
-        let queued: Vec<i64> = sqlx::query_scalar(&insert)
+        let queued: Vec<DeliveryId> = sqlx::query_scalar(&insert)
             .bind(p.app_id)
             .bind(p.request_id)
             .bind(p.priority)
@@ -402,14 +403,15 @@ where
             .bind(p.topic.as_ref().map(|t| t.default_subscribed))
             .fetch_all(&mut *tx)
             .await?;
-        let no_device: Vec<i64> = sqlx::query_scalar(&super::push::no_device_sql(D::json_rows))
-            .bind(p.app_id)
-            .bind(p.request_id)
-            .bind(p.priority)
-            .bind(now)
-            .bind(as_rows(&users))
-            .fetch_all(&mut *tx)
-            .await?;
+        let no_device: Vec<DeliveryId> =
+            sqlx::query_scalar(&super::push::no_device_sql(D::json_rows))
+                .bind(p.app_id)
+                .bind(p.request_id)
+                .bind(p.priority)
+                .bind(now)
+                .bind(as_rows(&users))
+                .fetch_all(&mut *tx)
+                .await?;
         if p.webhook {
             Self::outbox_deliveries(&mut tx, &queued, now).await?;
             Self::outbox_deliveries(&mut tx, &no_device, now).await?;

@@ -21,6 +21,7 @@ mod deliveries;
 pub mod dialect;
 mod hooks;
 mod idempotency;
+mod ids;
 mod messages;
 mod postgres;
 pub mod push;

@@ -22,6 +22,7 @@ use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::segment::Bind;
 use super::{ChunkWrite, LeasedChunk, NewSlot, Store, StoreError};
 use crate::config::DatabaseKind;
+use crate::domain::ids::{DeliveryId, DeviceId};
 use crate::domain::state::{ChunkState, StateMachine};
 
 /// The store over one backend: see [`super::SqliteStore`] and [`super::PgStore`].
@@ -161,7 +162,7 @@ where
     /// Queues the current status of these deliveries for their app's webhook.
     pub(super) async fn outbox_deliveries(
         tx: &mut sqlx::Transaction<'_, D::Db>,
-        ids: &[i64],
+        ids: &[DeliveryId],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         if ids.is_empty() {
@@ -184,7 +185,7 @@ where
     /// Appends history rows: (delivery id, status, attempt, detail).
     pub(super) async fn insert_events(
         tx: &mut sqlx::Transaction<'_, D::Db>,
-        events: &[(i64, String, i32, Option<String>)],
+        events: &[(DeliveryId, String, i32, Option<String>)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         if events.is_empty() {
@@ -286,7 +287,7 @@ where
     /// Marks dead tokens invalid: (device id, reason).
     pub(super) async fn invalidate_devices(
         tx: &mut sqlx::Transaction<'_, D::Db>,
-        dead: &[(i64, String)],
+        dead: &[(DeviceId, String)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         if dead.is_empty() {
