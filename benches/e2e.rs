@@ -65,9 +65,15 @@ async fn main() {
     }
     let backend = arg("--backend").unwrap_or_else(|| "sqlite".to_owned());
     let android = std::env::args().any(|a| a == "--android");
-    let rate = arg("--rate").map_or(String::new(), |r| format!("rate_per_second = {r}\n"));
-    let mut sim = common::sim::start(&rate, "");
-    let (base, dir, config) = (sim.base.clone(), sim.dir.path(), sim.config.clone());
+    let rate = arg("--rate").map_or(String::new(), |r| format!("\nrate_per_second = {r}"));
+    let mut sim = common::sim::SimProcess::start(0);
+    let config = sim.config(
+        common::BENCH_APP,
+        &format!("{}{rate}", common::BENCH_CONNECTION),
+        "",
+    );
+    let (base, dir, pid) = (sim.base(), sim.dir.path().to_owned(), sim.pid());
+    let dir = dir.as_path();
     let p = |n: &str| dir.join(n);
     println!(
         "meridian e2e bench: {devices} devices over {} zones, backend {backend}",
@@ -93,7 +99,7 @@ async fn main() {
         "postgres" => {
             let (mut c, url) = common::fresh_pg_database("meridian_e2e").await;
             let store = common::pg_store(&url).await;
-            rate = run(store, &config, devices, &base, sim.child.id(), |s| {
+            rate = run(store, &config, devices, &base, pid, |s| {
                 common::seed_postgres(url.as_str().to_owned(), s, android)
             })
             .await;
@@ -110,7 +116,7 @@ async fn main() {
             })
             .await
             .unwrap();
-            rate = run(store, &config, devices, &base, sim.child.id(), |s| {
+            rate = run(store, &config, devices, &base, pid, |s| {
                 common::seed_sqlite(url.clone(), s, android)
             })
             .await;
@@ -132,8 +138,8 @@ fn wire_ceiling(base: &str, dir: &std::path::Path) -> Option<f64> {
     let jwt = jwt::Es256Key::from_pem(&p8)
         .ok()?
         .sign(
-            &serde_json::json!({"alg": "ES256", "kid": "K"}),
-            &serde_json::json!({"iss": "T", "iat": SystemClock.now().timestamp()}),
+            &serde_json::json!({"alg": "ES256", "kid": "KEY1234567"}),
+            &serde_json::json!({"iss": "TEAM123456", "iat": SystemClock.now().timestamp()}),
         )
         .ok()?;
     let body = dir.join("payload.json");

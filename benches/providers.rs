@@ -6,19 +6,19 @@
 //!
 //!     cargo bench --bench providers -- [--messages N] [--connections C]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
 use meridian::clock::SystemClock;
-use meridian::config::Config;
 use meridian::domain::campaign::{Message, Platform};
 use meridian::domain::ids::DeliveryId;
 use meridian::provider::app::{AppProviders, Push};
-use meridian::provider::jwt;
-use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
+
+// The tests' simulator helper; this bench uses part of it.
+#[allow(dead_code)]
+#[path = "../tests/common/sim.rs"]
+mod sim;
 
 /// glibc malloc spends a fifth of the send path in contention and consolidation.
 #[global_allocator]
@@ -48,50 +48,7 @@ async fn main() {
     let connections: usize = arg("--connections")
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);
-    let dir = tempfile::tempdir().unwrap();
-    let p = |name: &str| dir.path().join(name);
-    std::fs::write(p("AuthKey.p8"), jwt::generate_p8().unwrap()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("https://127.0.0.1:{port}");
-    let account = serde_json::json!({
-        "project_id": "bench", "client_email": "bench@bench.iam.gserviceaccount.com",
-        "private_key": TEST_SERVICE_ACCOUNT_KEY, "token_uri": format!("{base}/token"),
-    });
-    std::fs::write(p("sa.json"), account.to_string()).unwrap();
-    let config = |ca: &str, concurrency: usize| {
-        format!(
-            "[apps.b.apns]\nbundle_id = \"com.example.bench\"\nkey_file = \"{}\"\nkey_id = \"K\"\nteam_id = \"T\"\nbase_url = \"{base}\"\n{ca}\n\
-             [apps.b.apns.connection]\nconnections = {connections}\nconcurrency = {concurrency}\n\
-             [apps.b.fcm]\nservice_account_file = \"{}\"\nbase_url = \"{base}\"\n{ca}\n\
-             [apps.b.fcm.connection]\nconnections = {connections}\nconcurrency = {concurrency}\n",
-            p("AuthKey.p8").display(),
-            p("sa.json").display()
-        )
-    };
-    std::fs::write(p("sim.toml"), config("", 1)).unwrap();
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args([
-            "--config",
-            p("sim.toml").to_str().unwrap(),
-            "simulate",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--ca-out")
-        .arg(p("ca.pem"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = sim.stdout.take().unwrap();
-    assert!(BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.ends_with("ready")));
-    let ca_line = format!("ca_file = \"{}\"", p("ca.pem").display());
+    let sim = sim::SimProcess::start(0);
     let message = Message {
         title: "Benchmark".into(),
         body: "A message of ordinary length for a push notification.".into(),
@@ -105,10 +62,14 @@ async fn main() {
         ("fcm", Platform::Android, &android_tokens),
     ] {
         for concurrency in [64usize, 256, 1024] {
-            let cfg: Config = toml::from_str(&config(&ca_line, concurrency)).unwrap();
-            cfg.validate().unwrap();
+            let cfg = sim.config(
+                "",
+                &format!("connections = {connections}\nconcurrency = {concurrency}"),
+                "",
+            );
             let providers = Arc::new(
-                AppProviders::from_config("b", &cfg.apps["b"], Arc::new(SystemClock)).unwrap(),
+                AppProviders::from_config("shop", &cfg.apps["shop"], Arc::new(SystemClock))
+                    .unwrap(),
             );
             // Warm up: connections and (FCM) the access token.
             for t in tokens.iter().take(100) {
@@ -123,7 +84,7 @@ async fn main() {
                 };
                 assert!(providers.send(&push).await.is_accepted());
             }
-            let cpu_before = (cpu_seconds(std::process::id()), cpu_seconds(sim.id()));
+            let cpu_before = (cpu_seconds(std::process::id()), cpu_seconds(sim.pid()));
             let start = Instant::now();
             let accepted = futures::stream::iter(tokens.iter().enumerate())
                 .map(|(i, t)| {
@@ -155,11 +116,9 @@ async fn main() {
                 "{name:<5} concurrency {concurrency:>5}: {accepted} accepted in {secs:.2} s = {:.0} msgs/s; CPU client {}, simulator {}",
                 accepted as f64 / secs,
                 cpu(cpu_before.0, std::process::id()),
-                cpu(cpu_before.1, sim.id()),
+                cpu(cpu_before.1, sim.pid()),
             );
             assert_eq!(accepted, messages);
         }
     }
-    let _ = sim.kill();
-    let _ = sim.wait();
 }

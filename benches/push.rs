@@ -39,8 +39,10 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
     let backend = arg("--backend").unwrap_or_else(|| "sqlite".to_owned());
-    let sim = common::sim::start(
-        "",
+    let sim = common::sim::SimProcess::start(0);
+    let config = sim.config(
+        common::BENCH_APP,
+        common::BENCH_CONNECTION,
         "[server.push]\nrequests_per_minute = 100000000\nmax_ids = 1000\n",
     );
     println!("meridian push bench: {users} users with one device each, backend {backend}");
@@ -48,7 +50,7 @@ async fn main() {
         "postgres" => {
             let (mut c, url) = common::fresh_pg_database("meridian_push").await;
             let store = common::pg_store(&url).await;
-            run(store, &sim.config, users, |n| {
+            run(store, &config, users, |n| {
                 common::seed_postgres(url.as_str().to_owned(), n, false)
             })
             .await;
@@ -62,7 +64,7 @@ async fn main() {
             })
             .await
             .unwrap();
-            run(store, &sim.config, users, |n| {
+            run(store, &config, users, |n| {
                 common::seed_sqlite(url.clone(), n, false)
             })
             .await;

@@ -5,18 +5,16 @@ mod common;
 
 use meridian::store::prelude::*;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::sim::SimProcess;
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
 use meridian::domain::campaign::Platform;
 use meridian::domain::state::CampaignState;
-use meridian::provider::jwt;
-use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
 use meridian::store::{AnyStore, DeviceUpsert, Store};
 use meridian::with_store;
 
@@ -61,11 +59,15 @@ impl Proc {
 }
 
 struct Setup {
+    /// The daemons' configs, databases and campaigns.
     dir: tempfile::TempDir,
-    port: u16,
-    _sim: Proc,
+    sim: SimProcess,
     http: reqwest::Client,
 }
+
+/// App `shop` as the daemons run it (its providers come from the simulator helper).
+const SHOP: &str =
+    "default_timezone = \"UTC\"\n[apps.shop.topics]\nmarketing = { default_subscribed = false }";
 
 const DEVICES: u32 = 1000;
 /// chunks_in_flight × (sends_per_chunk + flush_every) below: the most a kill can duplicate.
@@ -76,77 +78,12 @@ fn path(dir: &Path, n: &str) -> PathBuf {
 }
 
 async fn setup(latency_ms: u64) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    std::fs::write(path(d, "key.p8"), jwt::generate_p8().unwrap()).unwrap();
-    let port = common::free_port();
-    let sa = serde_json::json!({
-        "project_id": "p", "client_email": "m@p.iam.gserviceaccount.com",
-        "private_key": TEST_SERVICE_ACCOUNT_KEY, "token_uri": format!("https://127.0.0.1:{port}/token"),
-    });
-    std::fs::write(path(d, "sa.json"), sa.to_string()).unwrap();
-    std::fs::write(path(d, "sim.toml"), apps_toml(d, port, false)).unwrap();
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .arg("--config")
-        .arg(path(d, "sim.toml"))
-        .args([
-            "simulate",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--latency-ms",
-            &latency_ms.to_string(),
-        ])
-        .arg("--ca-out")
-        .arg(path(d, "ca.pem"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = sim.stdout.take().unwrap();
-    assert!(BufReader::new(out)
-        .lines()
-        .map_while(Result::ok)
-        .any(|l| l.ends_with("ready")));
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(path(d, "ca.pem")).unwrap()).unwrap();
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
+    let sim = SimProcess::start(latency_ms);
     Setup {
-        dir,
-        port,
-        _sim: Proc(sim),
-        http,
+        dir: tempfile::tempdir().unwrap(),
+        http: sim.http(),
+        sim,
     }
-}
-
-fn apps_toml(d: &Path, port: u16, with_ca: bool) -> String {
-    let ca = if with_ca {
-        format!("ca_file = \"{}\"", path(d, "ca.pem").display())
-    } else {
-        String::new()
-    };
-    format!(
-        r#"
-[apps.shop]
-default_timezone = "UTC"
-[apps.shop.topics]
-marketing = {{ default_subscribed = false }}
-[apps.shop.apns]
-bundle_id = "com.example.shop"
-key_file = "{key}"
-key_id = "KEY1234567"
-team_id = "TEAM123456"
-base_url = "https://127.0.0.1:{port}"
-{ca}
-[apps.shop.fcm]
-service_account_file = "{sa}"
-base_url = "https://127.0.0.1:{port}"
-{ca}
-"#,
-        key = path(d, "key.p8").display(),
-        sa = path(d, "sa.json").display(),
-    )
 }
 
 impl Setup {
@@ -173,7 +110,7 @@ shutdown_grace = "10s"
 {apps}
 "#,
             campaigns = path(d, "campaigns").display(),
-            apps = apps_toml(d, self.port, true),
+            apps = self.sim.app_toml(SHOP, ""),
         );
         let file = path(d, &format!("{name}.toml"));
         std::fs::write(&file, text).unwrap();
@@ -187,7 +124,7 @@ shutdown_grace = "10s"
 
     async fn stats(&self) -> serde_json::Value {
         self.http
-            .get(format!("https://127.0.0.1:{}/_sim/stats", self.port))
+            .get(format!("{}/_sim/stats", self.sim.base()))
             .send()
             .await
             .unwrap()
@@ -232,7 +169,7 @@ shutdown_grace = "10s"
 
     /// Seeds the audience and writes a "now" campaign file.
     async fn seed(&self, db_url: &str) -> Vec<String> {
-        let config: Config = toml::from_str(&apps_toml(self.dir.path(), self.port, true)).unwrap();
+        let config: Config = self.sim.config(SHOP, "", "");
         let store = AnyStore::connect(&DatabaseConfig {
             url: db_url.into(),
             ..DatabaseConfig::default()

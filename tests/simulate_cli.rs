@@ -3,88 +3,23 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use meridian::clock::SystemClock;
-use meridian::config::Config;
 use meridian::domain::campaign::{Message, Platform};
 use meridian::provider::app::{AppProviders, Push};
-use meridian::provider::{jwt, Outcome};
-use meridian::simulator::TEST_SERVICE_ACCOUNT_KEY;
+use meridian::provider::Outcome;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::sim::SimProcess;
 
 #[tokio::test]
 async fn simulate_trusts_the_configured_keys_and_providers_send_through_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let p = |name: &str| dir.path().join(name);
-    std::fs::write(p("AuthKey.p8"), jwt::generate_p8().unwrap()).unwrap();
-    let port = common::free_port();
-    let base = format!("https://127.0.0.1:{port}");
-    let account = serde_json::json!({
-        "type": "service_account",
-        "project_id": "demo-project",
-        "client_email": "meridian@demo-project.iam.gserviceaccount.com",
-        "private_key": TEST_SERVICE_ACCOUNT_KEY,
-        "token_uri": format!("{base}/token"),
-    });
-    std::fs::write(p("sa.json"), account.to_string()).unwrap();
-    let config_text = |ca: &str| {
-        format!(
-            r#"
-[apps.shop.apns]
-bundle_id = "com.example.shop"
-key_file = "{key}"
-key_id = "ABC123DEFG"
-team_id = "TEAM123456"
-base_url = "{base}"
-{ca}
-[apps.shop.fcm]
-service_account_file = "{sa}"
-base_url = "{base}"
-{ca}
-"#,
-            key = p("AuthKey.p8").display(),
-            sa = p("sa.json").display(),
-        )
-    };
-    std::fs::write(p("sim.toml"), config_text("")).unwrap();
-
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args([
-            "--config",
-            p("sim.toml").to_str().unwrap(),
-            "simulate",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--ca-out")
-        .arg(p("ca.pem"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = Killed(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.ends_with("ready"));
-    assert!(ready, "simulator did not start");
-
-    let ca_line = format!("ca_file = \"{}\"", p("ca.pem").display());
-    let config: Config = toml::from_str(&config_text(&ca_line)).unwrap();
-    config.validate().unwrap();
+    // The shared helper runs `meridian simulate --config … --ca-out …` and
+    // waits for its "ready" line; the providers read the same config file's keys.
+    let sim = SimProcess::start(0);
+    let base = sim.base();
+    let config = sim.config("", "", "");
     let providers =
         AppProviders::from_config("shop", &config.apps["shop"], Arc::new(SystemClock)).unwrap();
     let message = Message {
@@ -117,12 +52,7 @@ base_url = "{base}"
         );
     }
 
-    let ca = reqwest::Certificate::from_pem(&std::fs::read(p("ca.pem")).unwrap()).unwrap();
-    let http = reqwest::Client::builder()
-        .use_rustls_tls()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
+    let http = sim.http();
     let stats: serde_json::Value = http
         .get(format!("{base}/_sim/stats"))
         .send()
@@ -135,7 +65,6 @@ base_url = "{base}"
     assert_eq!(stats["fcm_accepted"], 1);
     assert_eq!(stats["accepted_per_token"][&ios_token], 1);
     assert_eq!(stats["oauth_grants"], 1);
-    drop(child);
 }
 
 #[test]

@@ -8,9 +8,17 @@ use meridian::clock::{Clock, SystemClock};
 use meridian::domain::zone::canonical_zones;
 use sqlx::Connection;
 
-// Not every bench starts the simulator.
+// Not every bench starts the simulator; the tests' helper is the one helper.
 #[allow(dead_code)]
+#[path = "../../tests/common/sim.rs"]
 pub mod sim;
+
+/// App `shop`'s topics in the benchmarks.
+#[allow(dead_code)]
+pub const BENCH_APP: &str = "[apps.shop.topics]\nmarketing = { default_subscribed = false }";
+/// Each provider's connections in the benchmarks (as before the shared helper).
+#[allow(dead_code)]
+pub const BENCH_CONNECTION: &str = "connections = 2\nconcurrency = 1024";
 
 const SEED_USERS_PG: &str = "INSERT INTO users (app_id, external_id, timezone, created_at, updated_at) \
     SELECT 'shop', 'u' || g, ($2::text[])[1 + g % array_length($2::text[], 1)], $3, $3 FROM generate_series(1, $1) g";

@@ -11,6 +11,7 @@ use sqlx::Connection;
 
 pub mod api;
 pub mod rig;
+pub mod sim;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
