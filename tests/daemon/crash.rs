@@ -1,0 +1,279 @@
+//! Killed, stopped, doubled and cut off from Postgres: every device is served,
+//! duplicates stay within their bound.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_dispatch_then_restart_serves_everyone_with_bounded_duplicates() {
+    let setup = setup(40).await;
+    let db = format!("sqlite://{}", path(setup.dir.path(), "m.db").display());
+    let tokens = setup.seed(&db).await;
+    let config = setup.serve_config("a", &db);
+    let mut first = setup.serve(&config);
+    setup
+        .wait_for("a quarter sent", Duration::from_secs(60), |m| {
+            m.len() >= tokens.len() / 4
+        })
+        .await;
+    first.0.kill().unwrap(); // SIGKILL
+    first.0.wait().unwrap();
+    let at_kill = setup.accepted().await.len();
+    assert!(
+        at_kill < tokens.len(),
+        "killed after everything was sent; slow the simulator down"
+    );
+    let _second = setup.serve(&config);
+    setup
+        .wait_for(
+            "everyone served",
+            Duration::from_secs(90),
+            all_served(&tokens),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = setup.accepted().await;
+    let total: u64 = tokens.iter().map(|t| counts[t]).sum();
+    let duplicates = total - tokens.len() as u64;
+    assert!(
+        duplicates <= DUPLICATE_BOUND,
+        "{duplicates} duplicates, bound {DUPLICATE_BOUND}"
+    );
+}
+
+/// `meridian serve` answers the REST API on `server.listen` with a key created by
+/// `meridian apikey create`, and stops cleanly on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_answers_the_api_with_a_cli_key() {
+    let setup = setup(0).await;
+    let db = format!("sqlite://{}", path(setup.dir.path(), "api.db").display());
+    let config = setup.serve_config("api", &db);
+    let port = common::free_port();
+    listen_on(&config, port, "");
+    let key = create_api_key(&config);
+    let mut daemon = setup.serve(&config);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_healthy(&base, Duration::from_secs(30)).await;
+    let put = |key: &str| {
+        http.put(format!("{base}/v1/users/u-api"))
+            .bearer_auth(key)
+            .json(&serde_json::json!({"timezone": "Asia/Kathmandu"}))
+            .send()
+    };
+    assert_eq!(put(&key).await.unwrap().status().as_u16(), 200);
+    assert_eq!(put("mrd_wrong").await.unwrap().status().as_u16(), 401);
+    daemon.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_restart_finishes_with_no_duplicates() {
+    let setup = setup(40).await;
+    let db = format!("sqlite://{}", path(setup.dir.path(), "m.db").display());
+    let tokens = setup.seed(&db).await;
+    let config = setup.serve_config("a", &db);
+    let mut first = setup.serve(&config);
+    setup
+        .wait_for("a quarter sent", Duration::from_secs(60), |m| {
+            m.len() >= tokens.len() / 4
+        })
+        .await;
+    first.terminate();
+    let after_stop = setup.accepted().await.len();
+    assert!(
+        after_stop < tokens.len(),
+        "stopped after everything was sent; slow the simulator down"
+    );
+    let _second = setup.serve(&config);
+    setup
+        .assert_each_served_once(&tokens, "a drained stop must not duplicate")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_postgres_share_the_work_without_duplicates() {
+    let Some(db) = common::postgres().await else {
+        return;
+    };
+    let setup = setup(5).await;
+    let tokens = setup.seed(&db.url).await;
+    let a = setup.serve(&setup.serve_config("instance-a", &db.url));
+    let b = setup.serve(&setup.serve_config("instance-b", &db.url));
+    setup
+        .assert_each_served_once(&tokens, "two instances sent a message twice")
+        .await;
+    drop(a);
+    drop(b);
+    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let workers: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT finished_by FROM slot_chunks WHERE finished_by IS NOT NULL ORDER BY 1",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        workers,
+        ["instance-a", "instance-b"],
+        "both instances did work"
+    );
+    use sqlx::Connection;
+    c.close().await.ok();
+    db.finish().await;
+}
+
+/// A throwaway Postgres cluster of our own (initdb into a temp dir, its own port),
+/// so stopping it never disturbs the shared server the other tests use.
+struct OwnPostgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl OwnPostgres {
+    fn start() -> Option<Self> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .find(|b| b.join("initdb").exists())?;
+        let dir = tempfile::tempdir().ok()?;
+        // initdb refuses to run as root; the cluster belongs to the postgres user.
+        let as_postgres = running_as_root();
+        let chown = |p: &Path| {
+            if as_postgres {
+                let _ = Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(p)
+                    .status();
+            }
+        };
+        chown(dir.path());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let data = dir.path().join("data");
+        let ok = run_pg(
+            as_postgres,
+            &bin.join("initdb"),
+            &[
+                "-D",
+                data.to_str()?,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        if !ok {
+            return None;
+        }
+        let pg = Self { dir, bin, port };
+        pg.pg_ctl("start").then_some(pg)
+    }
+
+    fn pg_ctl(&self, action: &str) -> bool {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("log");
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let mut args = vec![
+            "-D",
+            data.to_str().unwrap_or(""),
+            "-l",
+            log.to_str().unwrap_or(""),
+            "-w",
+            "-o",
+            &opts,
+        ];
+        if action == "stop" {
+            args.extend(["-m", "fast"]);
+        }
+        args.push(action);
+        run_pg(running_as_root(), &self.bin.join("pg_ctl"), &args)
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        self.pg_ctl("stop");
+    }
+}
+
+/// Whether this process runs as root (then the cluster runs as `postgres`).
+fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn run_pg(as_postgres: bool, program: &Path, args: &[&str]) -> bool {
+    let status = if as_postgres {
+        Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+    } else {
+        Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+    };
+    status.map(|s| s.success()).unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_during_dispatch_loses_nothing() {
+    let Some(pg) = OwnPostgres::start() else {
+        let required = std::env::var("MERIDIAN_REQUIRE_PG").is_ok_and(|v| v == "1" || v == "true");
+        assert!(
+            !required,
+            "Postgres binaries (initdb, pg_ctl) are required for the outage test"
+        );
+        eprintln!("SKIPPED: no Postgres binaries to start a throwaway cluster");
+        return;
+    };
+    let setup = setup(40).await;
+    let tokens = setup.seed(&pg.url()).await;
+    let _serve = setup.serve(&setup.serve_config("outage", &pg.url()));
+    setup
+        .wait_for("a quarter sent", Duration::from_secs(60), |m| {
+            m.len() >= tokens.len() / 4
+        })
+        .await;
+    assert!(pg.pg_ctl("stop"), "stopping the throwaway Postgres");
+    let during = setup.accepted().await.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(pg.pg_ctl("start"), "starting it again");
+    assert!(
+        during < tokens.len(),
+        "the outage came after everything was sent; slow the simulator down"
+    );
+    setup
+        .wait_for(
+            "everyone served after the outage",
+            Duration::from_secs(120),
+            all_served(&tokens),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = setup.accepted().await;
+    let total: u64 = tokens.iter().map(|t| counts[t]).sum();
+    let duplicates = total - tokens.len() as u64;
+    assert!(
+        duplicates <= DUPLICATE_BOUND,
+        "{duplicates} duplicates, bound {DUPLICATE_BOUND}"
+    );
+}

@@ -1,0 +1,150 @@
+//! Who a campaign reaches: frequency caps, attribute audiences, user lists.
+
+use super::*;
+
+/// `promo` is capped at 2 pushes per user in any 24 hours (see the rig's config).
+async fn frequency_caps_suppress_and_count<S: Store + Clone>(db: &TestDb<S>) {
+    let t0 = at(2026, 11, 23, 10, 0);
+    let rig = rig(db, t0).await;
+    let mut tokens = Vec::new();
+    for n in 0..5 {
+        let platform = if n % 2 == 0 {
+            Platform::Ios
+        } else {
+            Platform::Android
+        };
+        tokens.push(rig.device(n, "Europe/Berlin", platform, false).await);
+    }
+    // user-4 has a second device: one push to a user is one push however many
+    // devices it reaches, so both devices go or neither does.
+    let second = "fcm-second-device-of-user-4";
+    rig.store
+        .device_upsert(
+            &DeviceUpsert {
+                app_id: "shop",
+                user_external_id: Some("user-4"),
+                install_id: None,
+                platform: Platform::Android,
+                token: second,
+                timezone: Some("Europe/Berlin"),
+                locale: None,
+                primary: false,
+            },
+            t0,
+        )
+        .await
+        .unwrap();
+    tokens.push(second.to_owned());
+    let engine = rig.engine("worker-a", 4);
+    let counts = |id: i64| {
+        let store = rig.store.clone();
+        async move {
+            let mut totals = BTreeMap::new();
+            for (_, kind, n) in store.slot_count_by_state(id).await.unwrap() {
+                *totals.entry(kind).or_insert(0) += n;
+            }
+            (store.delivery_count_by_status(id).await.unwrap(), totals)
+        }
+    };
+    let sent_all = |n: u64| tokens.iter().all(|t| rig.accepted(t) == n);
+
+    rig.schedule_for("p1", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    rig.clock.set(t0 + TimeDelta::hours(1));
+    rig.schedule_for("p2", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    assert!(sent_all(2), "two promo pushes are within the cap");
+    // Another topic has no cap and does not count towards promo's.
+    rig.clock.set(t0 + TimeDelta::hours(2));
+    rig.schedule("m1", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    assert!(sent_all(3));
+
+    rig.clock.set(t0 + TimeDelta::hours(3));
+    let p3 = rig.schedule_for("p3", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    assert!(sent_all(3), "the third promo push in 24 h is held back");
+    let (by_status, by_reason) = counts(p3).await;
+    assert_eq!(by_status, BTreeMap::from([("suppressed".to_owned(), 6)]));
+    assert_eq!(by_reason["recipients"], 6);
+    assert_eq!(by_reason["excluded:capped"], 6);
+    assert_eq!(rig.state("p3").await, CampaignState::Completed);
+
+    // Once the first push leaves the 24-hour window there is room for one more.
+    rig.clock
+        .set(t0 + TimeDelta::hours(24) + TimeDelta::minutes(1));
+    let p4 = rig.schedule_for("p4", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    assert!(sent_all(4));
+    let (by_status, by_reason) = counts(p4).await;
+    assert_eq!(by_status, BTreeMap::from([("sent".to_owned(), 6)]));
+    assert!(!by_reason.contains_key("excluded:capped"));
+}
+
+/// An audience filtered by attributes still counts every device of the zone: one
+/// whose user lacks the attribute is left out by the segment, and a device with no
+/// user at all (it cannot have opted in) is counted as opted out, not dropped.
+async fn an_attribute_audience_counts_devices_without_a_user<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 30, 12, 0)).await;
+    for n in 0..3 {
+        rig.device(n, "UTC", Platform::Ios, false).await;
+    }
+    let gold = serde_json::json!({"plan": "gold"});
+    for n in 0..2 {
+        rig.store
+            .user_upsert(
+                &meridian::store::UserUpsert {
+                    app_id: "shop",
+                    external_id: &format!("user-{n}"),
+                    phone: None,
+                    timezone: Some("UTC"),
+                    locale: None,
+                    attributes: Some(&gold),
+                },
+                rig.clock.now(),
+            )
+            .await
+            .unwrap();
+    }
+    rig.device_of(None, Some("install-1"), "fcm-anonymous", false)
+        .await;
+    let text =
+        "key = \"gold\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hi\"\n\
+                body = \"Gold\"\n[audience]\ntopics = [\"marketing\"]\n\
+                [[audience.attributes]]\nattribute = \"plan\"\nop = \"eq\"\nvalue = \"gold\"\n\
+                [schedule]\ntype = \"now\"\n";
+    let id = rig.save(text).await;
+    rig.engine("a", 10).run_until_idle().await.unwrap();
+    let counts = rig.counts_by_kind(id).await;
+    assert_eq!(counts["recipients"], 2, "{counts:?}");
+    assert_eq!(counts["excluded:segment"], 1, "{counts:?}");
+    assert_eq!(counts["excluded:opted_out"], 1, "{counts:?}");
+    assert_eq!(rig.sim.stats().total_accepted(), 2);
+}
+
+/// An audience that names its users is counted against those users: the rest of
+/// the app is not "left out by the segment".
+async fn a_user_list_is_counted_against_the_users_it_names<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 30, 12, 0)).await;
+    for n in 0..6 {
+        rig.device(n, "UTC", Platform::Ios, false).await;
+    }
+    rig.unsubscribed("user-9", "UTC").await;
+    let text = "key = \"listed\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hi\"\n\
+                body = \"You\"\n[audience]\ntopics = [\"marketing\"]\nusers = [\"user-1\", \"user-2\", \"user-9\"]\n\
+                [schedule]\ntype = \"now\"\n";
+    let id = rig.save(text).await;
+    rig.engine("a", 10).run_until_idle().await.unwrap();
+    let counts = rig.counts_by_kind(id).await;
+    assert_eq!(counts["recipients"], 2, "{counts:?}");
+    assert_eq!(counts["excluded:opted_out"], 1, "{counts:?}");
+    assert_eq!(counts["excluded:segment"], 0, "{counts:?}");
+    assert_eq!(counts["excluded:no_device"], 0, "{counts:?}");
+    assert_eq!(rig.sim.stats().total_accepted(), 2);
+}
+
+storage_tests!(
+    a_user_list_is_counted_against_the_users_it_names,
+    an_attribute_audience_counts_devices_without_a_user,
+    frequency_caps_suppress_and_count,
+);
