@@ -181,12 +181,18 @@ impl<S: Store> Engine<S> {
         let Some(slot) = self.store.slot_get_info(chunk.lead_slot_id).await? else {
             return Ok(0);
         };
-        let Some(ctx) = self.campaign_ctx(&slot) else {
-            self.store.chunk_return(&chunk, self.now()).await?;
-            return Ok(0);
+        let ctx = match self.campaign_ctx(&slot) {
+            Ok(ctx) => ctx,
+            Err(why) => {
+                // Back to pending first: a resumed campaign sends it.
+                self.store.chunk_return(&chunk, self.now()).await?;
+                self.pause_unsendable(slot.campaign_id, &why).await?;
+                return Ok(0);
+            }
         };
         let app_id = ctx.campaign.definition.app.clone();
         let Some(providers) = self.providers_for(&app_id) else {
+            // Every configured app has its providers (Engine::new).
             self.store.chunk_return(&chunk, self.now()).await?;
             return Ok(0);
         };
@@ -501,7 +507,7 @@ impl<S: Store> Engine<S> {
                 let Some(slot) = slot else {
                     return fail(DeliveryStatus::Failed, "no message for this delivery");
                 };
-                let Some(ctx) = self.campaign_ctx(&slot) else {
+                let Ok(ctx) = self.campaign_ctx(&slot) else {
                     return fail(DeliveryStatus::Failed, "campaign definition is not valid");
                 };
                 campaign = ctx;

@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::config::{AppConfig, Config};
 use crate::definitions::topic_rules;
 use crate::domain::campaign::{AppContext, CampaignDefinition, ValidCampaign};
+use crate::domain::state::CampaignState;
 use crate::provider::app::AppProviders;
 use crate::provider::{Pacer, ProviderError, RetryPolicy};
 use crate::store::{CampaignSlot, Segment, Store, StoreError};
@@ -376,8 +377,10 @@ impl<S: Store> Engine<S> {
         }
     }
 
-    /// The validated campaign for a stored definition (cached per campaign).
-    fn campaign_ctx(&self, slot: &CampaignSlot) -> Option<Arc<CampaignCtx>> {
+    /// The validated campaign for a stored definition (cached per campaign), or
+    /// why it cannot be sent as stored: its definition does not parse, its app
+    /// is not configured, or it no longer validates against the app's config.
+    fn campaign_ctx(&self, slot: &CampaignSlot) -> Result<Arc<CampaignCtx>, String> {
         let campaign_id = slot.campaign_id;
         let mut cache = self
             .campaigns
@@ -389,29 +392,21 @@ impl<S: Store> Engine<S> {
             .get(&campaign_id)
             .filter(|c| c.revision == slot.revision)
         {
-            return Some(c.clone());
+            return Ok(c.clone());
         }
         let def: &CampaignDefinition = match &slot.definition.0 {
             Ok(d) => d,
-            Err(error) => {
-                tracing::error!(message = "Stored campaign does not parse.", campaign_id, %error);
-                return None;
-            }
+            Err(error) => return Err(format!("its stored definition does not parse: {error}")),
         };
         let Some(app) = self.config.app(&def.app).cloned() else {
-            tracing::error!(message = "Campaign's app is not configured.", campaign_id, app = %def.app);
-            return None;
+            return Err(format!("its app {:?} is not configured", def.app));
         };
-        let campaign = match def.validate(&AppContext {
-            app_id: &def.app,
-            topics: app.topic_names(),
-        }) {
-            Ok(c) => c,
-            Err(error) => {
-                tracing::error!(message = "Stored campaign is no longer valid.", campaign_id, %error);
-                return None;
-            }
-        };
+        let campaign = def
+            .validate(&AppContext {
+                app_id: &def.app,
+                topics: app.topic_names(),
+            })
+            .map_err(|error| format!("it is no longer valid: {error}"))?;
         let throttle = campaign
             .definition
             .throttle_per_minute
@@ -433,7 +428,34 @@ impl<S: Store> Engine<S> {
             throttle,
         });
         cache.insert(campaign_id, ctx.clone());
-        Some(ctx)
+        Ok(ctx)
+    }
+
+    /// Pauses a campaign this instance cannot send as stored, so its due slots
+    /// and chunks stop being taken (and retaken) ahead of every other
+    /// campaign's; an operator fixes the cause (the app's config, a topic) and
+    /// resumes it, or cancels it. Logged once, when the pause takes.
+    async fn pause_unsendable(&self, campaign_id: i64, why: &str) -> Result<(), StoreError> {
+        for from in [CampaignState::Running, CampaignState::Scheduled] {
+            match self
+                .store
+                .campaign_set_state(campaign_id, from, CampaignState::Paused, self.now())
+                .await
+            {
+                Ok(()) => {
+                    tracing::error!(
+                        message = "Campaign paused: it cannot be sent as stored.",
+                        campaign_id,
+                        reason = why
+                    );
+                    return Ok(());
+                }
+                // Not in that state: try the other, or it is already paused or over.
+                Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Whether the app's status changes go to a webhook (its outbox).

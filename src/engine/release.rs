@@ -55,8 +55,12 @@ impl<S: Store> Engine<S> {
         now: DateTime<Utc>,
     ) -> Result<usize, EngineError> {
         let first = &group[0];
-        let Some(ctx) = self.campaign_ctx(first) else {
-            return Ok(0);
+        let ctx = match self.campaign_ctx(first) {
+            Ok(ctx) => ctx,
+            Err(why) => {
+                self.pause_unsendable(first.campaign_id, &why).await?;
+                return Ok(0);
+            }
         };
         let segment = ctx.segment();
         let won = self
@@ -92,7 +96,11 @@ impl<S: Store> Engine<S> {
         let due = self.store.slot_list_completable().await?;
         let mut completions = Vec::with_capacity(due.len());
         for (slot_id, campaign_id) in due {
-            let next = self.next_occurrence(slot_id, campaign_id).await?;
+            // Left pending when its next occurrence cannot be planned now: a
+            // recurring zone must not end because of a config it was run under.
+            let Some(next) = self.next_occurrence(slot_id, campaign_id).await? else {
+                continue;
+            };
             completions.push(SlotCompletion {
                 slot_id,
                 campaign_id,
@@ -108,20 +116,25 @@ impl<S: Store> Engine<S> {
     }
 
     /// The next occurrence of a recurring campaign's slot, in the slot's zone
-    /// (nothing for a campaign that does not recur, or whose schedule has ended).
+    /// (nothing for a campaign that does not recur, or whose schedule has
+    /// ended); `None` when the campaign cannot be read as stored (it is paused).
     async fn next_occurrence(
         &self,
         slot_id: i64,
         campaign_id: i64,
-    ) -> Result<Vec<NewSlot>, EngineError> {
+    ) -> Result<Option<Vec<NewSlot>>, EngineError> {
         let Some(slot) = self.store.slot_get_info(slot_id).await? else {
-            return Ok(vec![]);
+            return Ok(Some(vec![]));
         };
-        let Some(ctx) = self.campaign_ctx(&slot) else {
-            return Ok(vec![]);
+        let ctx = match self.campaign_ctx(&slot) {
+            Ok(ctx) => ctx,
+            Err(why) => {
+                self.pause_unsendable(campaign_id, &why).await?;
+                return Ok(None);
+            }
         };
         if !matches!(ctx.campaign.schedule, PlanSchedule::Cron { .. }) {
-            return Ok(vec![]);
+            return Ok(Some(vec![]));
         }
         // After this occurrence, and never in the past: occurrences missed while
         // no instance ran are skipped, not sent late.
@@ -139,22 +152,23 @@ impl<S: Store> Engine<S> {
         }) {
             Ok(p) => p,
             // The schedule's last occurrence has been sent: the zone is done.
-            Err(planner::PlanError::NoOccurrence { .. }) => return Ok(vec![]),
+            Err(planner::PlanError::NoOccurrence { .. }) => return Ok(Some(vec![])),
             Err(error) => {
                 tracing::warn!(message = "No next occurrence planned.", campaign_id, %error);
-                return Ok(vec![]);
+                return Ok(Some(vec![]));
             }
         };
-        Ok(plan
-            .slots
-            .iter()
-            .map(|s| NewSlot {
-                occurrence: s.occurrence.clone(),
-                zone: slot.zone.clone(),
-                fire_at: s.fire_at,
-                disposition: s.disposition,
-                planned_count: 0,
-            })
-            .collect())
+        Ok(Some(
+            plan.slots
+                .iter()
+                .map(|s| NewSlot {
+                    occurrence: s.occurrence.clone(),
+                    zone: slot.zone.clone(),
+                    fire_at: s.fire_at,
+                    disposition: s.disposition,
+                    planned_count: 0,
+                })
+                .collect(),
+        ))
     }
 }

@@ -2,6 +2,7 @@
 //! resume and cancel, fairness between campaigns.
 
 use super::*;
+use meridian::config::DatabaseKind;
 
 async fn each_zone_is_released_at_its_own_nine<S: Store + Clone>(db: &TestDb<S>) {
     // The week of 1 November 2026: New York and St John's fall back that morning,
@@ -448,7 +449,79 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
     assert_eq!(rig.sim.stats().total_accepted(), 6);
 }
 
+/// A campaign the engine cannot send as stored is paused instead of being
+/// taken, given back and taken again ahead of every other campaign: one was
+/// released and then its definition stopped parsing (its chunks were retaken
+/// in a loop that never went idle), one names an app no longer configured.
+/// The other campaign is sent; theirs wait, pending, for an operator.
+async fn an_unsendable_campaign_is_paused_and_the_others_go_on<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    let mut tokens = Vec::new();
+    for n in 0..20 {
+        tokens.push(rig.device(n, "UTC", Platform::Android, false).await);
+    }
+    let broken = rig.schedule("broken", "type = \"now\"").await;
+    let gone = rig.schedule("gone", "type = \"now\"").await;
+    rig.schedule("fine", "type = \"now\"").await;
+    let now = rig.clock.now();
+    let due = rig.store.slot_list_due(now, 10).await.unwrap();
+    let slot = due.iter().find(|s| s.campaign_id == broken).unwrap();
+    let def = definition_of(slot);
+    let segment = segment_of(&rig.config, &def);
+    release_one(&*rig.store, slot, &segment, 5, "w", now)
+        .await
+        .unwrap()
+        .unwrap();
+    db.raw(&format!(
+        "UPDATE campaigns SET definition = '{{\"app\": 5}}', revision = revision + 1 WHERE id = {broken}"
+    ))
+    .await
+    .unwrap();
+    let set_app = match rig.store.kind() {
+        DatabaseKind::Postgres => "jsonb_set(definition, '{app}', '\"gone\"')",
+        DatabaseKind::Sqlite => "json_set(definition, '$.app', 'gone')",
+    };
+    db.raw(&format!(
+        "UPDATE campaigns SET definition = {set_app}, revision = revision + 1 WHERE id = {gone}"
+    ))
+    .await
+    .unwrap();
+    let engine = rig.engine("worker-a", 5);
+    tokio::time::timeout(std::time::Duration::from_secs(60), engine.run_until_idle())
+        .await
+        .expect("the engine goes idle")
+        .unwrap();
+    assert!(
+        tokens.iter().all(|t| rig.accepted(t) == 1),
+        "fine is sent once"
+    );
+    assert_eq!(rig.state("fine").await, CampaignState::Completed);
+    assert_eq!(rig.state("broken").await, CampaignState::Paused);
+    assert_eq!(rig.state("gone").await, CampaignState::Paused);
+    for id in [broken, gone] {
+        assert!(rig
+            .store
+            .delivery_count_by_status(id)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    let pending = db
+        .raw_texts(&format!(
+            "SELECT state FROM slot_chunks WHERE campaign_id = {broken}"
+        ))
+        .await
+        .unwrap();
+    assert!(
+        !pending.is_empty() && pending.iter().all(|s| s == "pending"),
+        "{pending:?}"
+    );
+    // Paused, they are no longer taken: the next pass does nothing.
+    assert!(!engine.run_until_idle().await.unwrap().did_work());
+}
+
 storage_tests!(
+    an_unsendable_campaign_is_paused_and_the_others_go_on,
     a_campaign_whose_every_slot_was_skipped_completes,
     a_recurring_slot_completes_with_its_next_occurrence,
     zones_due_together_keep_their_own_counts,
