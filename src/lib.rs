@@ -5,6 +5,7 @@
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod definitions;
 pub mod demo;

@@ -18,6 +18,7 @@ use cli::apikey::ApikeyCommand;
 use cli::campaign::CampaignCommand;
 use cli::demo::DemoArgs;
 use cli::import::ImportCommand;
+use cli::operator::OperatorCommand;
 use cli::simulate::SimulateArgs;
 use cli::{connect, daemon_failure, Failure};
 
@@ -55,6 +56,9 @@ enum Command {
     /// Manage API keys (one app each; the secret is printed once).
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+    /// Manage the console's operators (accounts with a role, not push users).
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Bulk-load data into an app.
     #[command(subcommand)]
     Import(ImportCommand),
@@ -121,6 +125,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let store = connect(&config).await?;
             let result = with_store!(&store, s => {
                 let r = cli::apikey::apikey_command(s, &config, cmd).await;
+                s.close().await;
+                r
+            });
+            result
+        }
+        Command::Operator(cmd) => {
+            let store = connect(&config).await?;
+            let result = with_store!(&store, s => {
+                let r = cli::operator::operator_command(s, &config, cmd).await;
                 s.close().await;
                 r
             });

@@ -67,7 +67,9 @@ impl<S: Store> Service<S> {
                 .with_rows_queued(e.rows_queued())
                 .with_scheduler(Arc::new(move || probe.ticking()));
         }
-        let router = api::router(api_state);
+        // The console shares the port and the state; it needs the client's address.
+        let router = crate::console::beside(api::router(api_state.clone()), api_state)
+            .into_make_service_with_connect_info::<SocketAddr>();
         let api_server = tokio::spawn({
             let stop = shutdown.clone();
             async move {

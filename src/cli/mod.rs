@@ -22,6 +22,7 @@ pub mod campaign;
 pub mod check;
 pub mod demo;
 pub mod import;
+pub mod operator;
 pub mod simulate;
 
 use anyhow::Context;

@@ -88,6 +88,9 @@ pub struct ServerConfig {
     /// Limits of `POST /v1/push`, per API key.
     #[serde(default)]
     pub push: PushLimits,
+    /// The web console under `/console`.
+    #[serde(default)]
+    pub console: ConsoleConfig,
 }
 
 impl Default for ServerConfig {
@@ -95,8 +98,43 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             push: PushLimits::default(),
+            console: ConsoleConfig::default(),
         }
     }
+}
+
+/// The console's sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A session unused this long ends.
+    #[serde(default = "default_console_idle", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after sign-in, however active.
+    #[serde(default = "default_console_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Marks the session cookie `Secure`: set it when the console is reached over
+    /// HTTPS (through a TLS proxy), so the browser never sends it in clear.
+    #[serde(default)]
+    pub secure_cookie: bool,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: default_console_idle(),
+            max_age: default_console_max_age(),
+            secure_cookie: false,
+        }
+    }
+}
+
+fn default_console_idle() -> Duration {
+    Duration::from_secs(2 * 3600)
+}
+
+fn default_console_max_age() -> Duration {
+    Duration::from_secs(12 * 3600)
 }
 
 /// The partner contract's limits on transactional pushes, per API key.

@@ -8,6 +8,7 @@ pub mod campaign;
 pub mod ids;
 pub mod locale;
 pub mod message;
+pub mod operator;
 pub mod planner;
 pub mod state;
 pub mod zone;

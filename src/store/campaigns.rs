@@ -166,6 +166,12 @@ pub trait CampaignStore: Send + Sync {
         campaign_id: i64,
     ) -> impl Future<Output = Result<Vec<SlotRecord>, StoreError>> + Send;
 
+    /// The next pending send of each of an app's campaigns that has one.
+    fn campaign_next_send_list(
+        &self,
+        app_id: &str,
+    ) -> impl Future<Output = Result<std::collections::HashMap<i64, DateTime<Utc>>, StoreError>> + Send;
+
     /// Moves a campaign from `from` to `to`, fenced by `from`.
     fn campaign_set_state(
         &self,
@@ -399,6 +405,20 @@ where
             .bind(f.limit)
             .fetch_all(&self.read)
             .await?)
+    }
+
+    async fn campaign_next_send_list(
+        &self,
+        app_id: &str,
+    ) -> Result<std::collections::HashMap<i64, DateTime<Utc>>, StoreError> {
+        let rows: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT s.campaign_id, min(s.fire_at) FROM slots s JOIN campaigns k ON k.id = s.campaign_id \
+             WHERE k.app_id = $1 AND s.state = 'pending' GROUP BY s.campaign_id",
+        )
+        .bind(app_id)
+        .fetch_all(&self.read)
+        .await?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn slot_list(&self, campaign_id: i64) -> Result<Vec<super::SlotRecord>, StoreError> {

@@ -23,6 +23,7 @@ mod hooks;
 mod idempotency;
 mod ids;
 mod messages;
+mod operators;
 mod postgres;
 pub mod push;
 mod release;
@@ -45,6 +46,9 @@ pub use idempotency::{ClaimOutcome, ClaimTimes, IdempotencyKey, IdempotencyStore
 pub use messages::{
     DeliveryEvent, DeliveryFilter, DeliveryRecord, MessageStore, NewPush, PushMessage, PushQueued,
     Receipt, ReceiptOutcome,
+};
+pub use operators::{
+    AuditEntry, NewOperator, NewSession, OperatorRecord, OperatorStore, SessionRecord,
 };
 pub use postgres::{PgDialect, PgStore};
 pub use release::{
@@ -107,6 +111,7 @@ pub trait Store:
     + MessageStore
     + IdempotencyStore
     + HookStore
+    + OperatorStore
     + Send
     + Sync
     + 'static
@@ -180,6 +185,6 @@ macro_rules! with_store {
 pub mod prelude {
     pub use super::{
         AppStore, AudienceStore, CampaignStore, ChunkStore, DeliveryStore, HookStore,
-        IdempotencyStore, MessageStore, ReleaseStore, Store,
+        IdempotencyStore, MessageStore, OperatorStore, ReleaseStore, Store,
     };
 }

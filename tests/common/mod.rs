@@ -10,6 +10,7 @@ use meridian::store::{PgStore, SqliteStore, Store};
 use sqlx::Connection;
 
 pub mod api;
+pub mod console;
 pub mod rig;
 pub mod sim;
 

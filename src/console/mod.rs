@@ -1,0 +1,142 @@
+//! The web console under `/console`: server-rendered pages (askama templates in
+//! `templates/console/`, checked at compile time and escaped by default) over
+//! the same store and validation code as the REST API. Operators sign in with
+//! a password (`accounts`, `auth`); a session is a random token in an
+//! `HttpOnly` cookie, stored hashed; every state-changing form carries the
+//! session's CSRF token; every page is sent with a strict CSP (no script at
+//! all yet) and may not be framed.
+
+pub mod accounts;
+pub mod auth;
+mod pages;
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::api::ApiState;
+use crate::store::Store;
+
+/// The session cookie (host-only, path `/console`).
+pub const SESSION_COOKIE: &str = "meridian_session";
+/// The sign-in form's CSRF cookie (double submit: no session exists yet).
+pub const LOGIN_COOKIE: &str = "meridian_login";
+
+/// Failed sign-ins within [`THROTTLE_WINDOW_MINUTES`] after which an account is
+/// refused (whoever tries), and after which an address is refused.
+pub const MAX_FAILURES_PER_ACCOUNT: i64 = 5;
+pub const MAX_FAILURES_PER_ADDRESS: i64 = 20;
+pub const THROTTLE_WINDOW_MINUTES: i64 = 15;
+
+/// The stylesheet, embedded: the binary serves everything the console needs.
+const CSS: &str = include_str!("../../static/console.css");
+
+/// The console's routes, with the security headers and the client's address.
+// HTML pages, not API operations: they have no place in the OpenAPI document
+// that `Routes::add` keeps (clippy.toml steers API routes there).
+#[allow(clippy::disallowed_methods)]
+pub fn router<S: Store>(state: ApiState<S>) -> Router {
+    Router::new()
+        .route("/console", get(pages::home::<S>))
+        .route("/console/", get(pages::home::<S>))
+        .route(
+            "/console/login",
+            get(pages::login_form::<S>).post(pages::login::<S>),
+        )
+        .route("/console/logout", post(pages::logout::<S>))
+        .route("/console/apps/{app}/campaigns", get(pages::campaigns::<S>))
+        .route(
+            "/console/apps/{app}/campaigns/{id}",
+            get(pages::campaign::<S>),
+        )
+        .route(
+            "/console/apps/{app}/campaigns/{id}/{action}",
+            post(pages::campaign_action::<S>),
+        )
+        .route("/console/audit", get(pages::audit::<S>))
+        .route("/console/static/console.css", get(stylesheet))
+        .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(client_address))
+        .with_state(state)
+}
+
+/// The API's router with the console beside it, on one port.
+#[allow(clippy::disallowed_methods)] // see `router`
+pub fn beside<S: Store>(api: Router, state: ApiState<S>) -> Router {
+    api.merge(router(state))
+}
+
+/// The address a request came from, as the audit log and the throttle see it.
+#[derive(Debug, Clone)]
+pub struct ClientAddress(pub String);
+
+async fn client_address(mut req: Request, next: Next) -> Response {
+    let addr = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string());
+    req.extensions_mut().insert(ClientAddress(addr));
+    next.run(req).await
+}
+
+/// No script may run but our own files (there are none yet), nothing loads
+/// from elsewhere, forms post only here, no page may be framed; pages are
+/// never cached (they show live state and carry CSRF tokens).
+async fn security_headers(req: Request, next: Next) -> Response {
+    let is_asset = req.uri().path().starts_with("/console/static/");
+    let mut res = next.run(req).await;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' https: data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !is_asset {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+/// A version of the stylesheet for its URL and ETag: the first 16 hex digits
+/// of its SHA-256, so a new build's file is fetched again.
+pub fn asset_version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| auth::token_hash(CSS)[..16].to_owned())
+}
+
+async fn stylesheet(headers: HeaderMap) -> Response {
+    let etag = format!("\"{}\"", asset_version());
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == etag);
+    let builder = Response::builder()
+        .header(header::ETAG, &etag)
+        .header(header::CACHE_CONTROL, "public, max-age=3600");
+    let res = if fresh {
+        builder
+            .status(axum::http::StatusCode::NOT_MODIFIED)
+            .body(axum::body::Body::empty())
+    } else {
+        builder
+            .header(header::CONTENT_TYPE, "text/css; charset=utf-8")
+            .body(axum::body::Body::from(CSS))
+    };
+    res.unwrap_or_else(|_| Response::new(axum::body::Body::empty()))
+}
