@@ -13,6 +13,7 @@ pub mod api;
 pub mod console;
 pub mod rig;
 pub mod sim;
+pub mod webdriver;
 
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

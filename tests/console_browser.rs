@@ -1,0 +1,149 @@
+//! The console in a real headless Chromium (Debian's, over WebDriver): signing
+//! in, a campaign's plan with every zone at its own 09:00 (Asia/Kathmandu's
+//! +05:45 included), scheduling it, a title with `<script>` shown as text, a
+//! viewer without the buttons, and the pages at 1440 and 390 px. Screenshots
+//! are saved under `target/console-screenshots/`.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::console::{operator, serve_console, PASSWORD};
+use common::webdriver::{self, Browser};
+use meridian::clock::{Clock, SystemClock};
+use meridian::config::Config;
+use meridian::definitions;
+use meridian::domain::campaign::{parse_toml, Platform};
+use meridian::domain::operator::{AppGrant, Role};
+use meridian::domain::state::CampaignState;
+use meridian::store::prelude::*;
+use meridian::store::DeviceUpsert;
+
+async fn sign_in(b: &Browser, base: &str, email: &str) {
+    b.goto(&format!("{base}/console/login")).await;
+    b.type_into("#email", email).await;
+    b.type_into("#password", PASSWORD).await;
+    b.click("#sign-in").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_plans_and_schedules_a_local_nine_oclock_campaign_in_chromium() {
+    if !webdriver::available() {
+        return;
+    }
+    let db = common::sqlite().await;
+    let config: Config = toml::from_str(common::api::CONFIG).unwrap();
+    let store = Arc::new(db.store.clone());
+    let now = SystemClock.now();
+    definitions::sync_apps(&*store, &config, now).await.unwrap();
+    // One device in each zone; `news` reaches everyone who did not opt out.
+    let zones = [
+        "Asia/Kathmandu",
+        "Europe/Berlin",
+        "America/New_York",
+        "Australia/Adelaide",
+    ];
+    for (n, zone) in zones.iter().enumerate() {
+        let user = format!("u{n}");
+        let token = format!("fcm-{n}");
+        store
+            .device_upsert(
+                &DeviceUpsert {
+                    app_id: "shop",
+                    user_external_id: Some(&user),
+                    install_id: None,
+                    platform: Platform::Android,
+                    token: &token,
+                    timezone: Some(zone),
+                    locale: None,
+                    primary: false,
+                },
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    // 30 March 2031: Europe has just moved to summer time (Berlin +02:00),
+    // Adelaide is on summer time until April (+10:30), New York since March (-04:00).
+    let text = "key = \"spring-sale\"\napp = \"shop\"\nname = \"<script>alert(1)</script> Spring sale\"\nstatus = \"draft\"\n\
+        [message]\ntitle = \"<script>alert(1)</script>\"\nbody = \"Our spring sale starts now.\"\n\
+        [audience]\ntopics = [\"news\"]\n[schedule]\ntype = \"local\"\nat = \"2031-03-31T09:00\"\n";
+    let def = parse_toml("t.toml", text).unwrap();
+    let prepared = definitions::prepare(&*store, &config, &def, now)
+        .await
+        .unwrap();
+    let id = definitions::save(&*store, prepared, now)
+        .await
+        .unwrap()
+        .record
+        .id;
+    operator(&*store, "ed@example.com", Role::Editor, AppGrant::All).await;
+    operator(&*store, "vi@example.com", Role::Viewer, AppGrant::All).await;
+    let base = serve_console(store.clone(), config).await;
+
+    let b = Browser::start(1440, 1000).await;
+    sign_in(&b, &base, "ed@example.com").await;
+    assert!(
+        b.url().await.ends_with("/console/apps/other/campaigns")
+            || b.url().await.ends_with("/console/apps/shop/campaigns")
+    );
+    b.goto(&format!("{base}/console/apps/shop/campaigns")).await;
+    assert_eq!(b.count("table.list tbody tr").await, 1);
+    b.screenshot("campaigns-1440").await;
+    b.click("table.list tbody a").await;
+    // The script in the title is text on the page, not a script.
+    assert_eq!(b.text(".title").await, "<script>alert(1)</script>");
+    assert_eq!(b.count("main script").await, 0);
+    b.click("#action-schedule").await;
+    assert!(
+        b.url().await.ends_with("?done=schedule"),
+        "{}",
+        b.url().await
+    );
+    assert_eq!(
+        store
+            .campaign_get_by_id("shop", id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        CampaignState::Scheduled
+    );
+    // The plan: every zone at its own 09:00, Kathmandu's at 03:15 UTC.
+    let kathmandu = b.text("tr[id='zone-Asia/Kathmandu']").await;
+    assert!(
+        kathmandu.contains("09:00 (UTC+05:45)") && kathmandu.contains("2031-03-31 03:15"),
+        "{kathmandu}"
+    );
+    let berlin = b.text("tr[id='zone-Europe/Berlin']").await;
+    assert!(
+        berlin.contains("09:00 (UTC+02:00)") && berlin.contains("07:00"),
+        "{berlin}"
+    );
+    let adelaide = b.text("tr[id='zone-Australia/Adelaide']").await;
+    assert!(
+        adelaide.contains("09:00 (UTC+10:30)") && adelaide.contains("2031-03-30 22:30"),
+        "{adelaide}"
+    );
+    b.screenshot("campaign-plan-1440").await;
+    b.resize(390, 844).await;
+    b.screenshot("campaign-plan-390").await;
+    assert!(
+        !b.overflows().await,
+        "the plan fits 390 px without scrolling sideways"
+    );
+
+    // A viewer sees the plan but no action.
+    let v = Browser::start(1440, 1000).await;
+    sign_in(&v, &base, "vi@example.com").await;
+    v.wait_url("/campaigns").await;
+    v.goto(&format!("{base}/console/apps/shop/campaigns/{id}"))
+        .await;
+    assert_eq!(v.count("#action-pause").await, 0);
+    assert!(v
+        .text("tr[id='zone-Asia/Kathmandu']")
+        .await
+        .contains("03:15"));
+    v.screenshot("campaign-viewer-1440").await;
+    db.finish().await;
+}
