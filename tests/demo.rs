@@ -181,8 +181,29 @@ async fn the_demo_delivers_the_first_zones_and_says_where_to_look() {
         "{out}"
     );
 
+    // The console, with an admin whose printed password signs in.
+    let console_line = out
+        .lines()
+        .find(|l| {
+            l.contains(&format!(
+                "Console at {api}/console: sign in as demo@example.com, password "
+            ))
+        })
+        .unwrap_or_else(|| panic!("the console's URL and account: {out}"));
+    let password = console_line.rsplit(' ').next().unwrap();
+
     // The database holds what the summary said.
     let store = open(dir.path()).await;
+    let operator = store
+        .operator_get_by_email("demo@example.com")
+        .await
+        .unwrap()
+        .expect("the demo's operator");
+    assert_eq!(operator.role, meridian::domain::operator::Role::Admin);
+    assert!(meridian::console::auth::verify_password(
+        password,
+        &operator.password_hash
+    ));
     let campaigns = store.campaign_list_by_key("demo-local-time").await.unwrap();
     assert_eq!(campaigns.len(), 1);
     let counts = store

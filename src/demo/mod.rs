@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The console account the demo creates (an admin, password printed once).
+pub const DEMO_OPERATOR: &str = "demo@example.com";
 pub const APP: &str = "demo";
 
 pub const CAMPAIGN_KEY: &str = "demo-local-time";
@@ -71,6 +73,8 @@ pub enum DemoError {
     Service(#[from] ServiceError),
     #[error("the demo campaign: {0}")]
     Campaign(#[from] ApplyError),
+    #[error("the demo's console operator: {0}")]
+    Operator(#[from] crate::console::accounts::AccountError),
     #[error("POST /v1/push: {0}")]
     Push(String),
 }
@@ -192,6 +196,25 @@ pub async fn run(options: &Options, clock: Arc<dyn Clock>) -> Result<Demo, DemoE
     console.line(&format!(
         "  REST API at {api}, API key {} (app {APP:?})",
         key.secret
+    ));
+    let password =
+        crate::console::auth::random_password().map_err(|e| DemoError::Config(e.to_string()))?;
+    crate::console::accounts::add(
+        store.as_ref(),
+        DEMO_OPERATOR,
+        crate::domain::operator::Role::Admin,
+        &crate::domain::operator::AppGrant::All,
+        &password,
+        &crate::console::accounts::Actor {
+            operator_id: None,
+            name: "demo",
+            address: None,
+        },
+        clock.now(),
+    )
+    .await?;
+    console.line(&format!(
+        "  Console at {api}/console: sign in as {DEMO_OPERATOR}, password {password}"
     ));
 
     let lead = options.lead;

@@ -309,6 +309,7 @@ pub(super) fn next_steps(
         format!("  curl \"{api}/v1/messages?campaign={campaign_id}&status=token_invalid&limit=5\" -H \"Authorization: Bearer $KEY\""),
         format!("  curl \"{api}/v1/messages?request={request_id}\" -H \"Authorization: Bearer $KEY\""),
         format!("  curl {api}/v1/campaigns/{campaign_id}/slots -H \"Authorization: Bearer $KEY\""),
+        format!("  {api}/console in a browser (the account printed above)"),
         format!("  curl {api}/health"),
         format!("  curl {api}/metrics"),
         format!(
