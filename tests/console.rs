@@ -325,9 +325,14 @@ async fn user_strings_are_escaped_and_pages_carry_a_strict_policy<S: Store + Clo
     ] {
         let page = browser.get(&path).await;
         assert_eq!(page.status, 200);
-        // No script element anywhere (the console has none of its own); the
-        // title is there as text, its brackets escaped.
-        assert!(!page.body.contains("<script"), "{path}");
+        // One script element, our own file (no inline script); the title is
+        // there as text, its brackets escaped.
+        assert_eq!(page.body.matches("<script").count(), 1, "{path}");
+        assert!(
+            page.body
+                .contains("<script src=\"/console/static/htmx.min.js"),
+            "{path}"
+        );
         let at = page.body.find("alert(1)").expect("the title is shown");
         let around = &page.body[at.saturating_sub(20)..at];
         assert!(
@@ -389,7 +394,56 @@ async fn disabling_an_operator_ends_their_sessions<S: Store + Clone>(db: &TestDb
     );
 }
 
+/// However many watch a campaign, its live region reads the database at most
+/// once a second: twenty concurrent polls and the page itself share one read.
+async fn live_progress_reads_once_a_second_however_many_watch<S: Store + Clone>(db: &TestDb<S>) {
+    let config: Config = toml::from_str(common::api::CONFIG).unwrap();
+    let store = Arc::new(db.store.clone());
+    definitions::sync_apps(&*store, &config, SystemClock.now())
+        .await
+        .unwrap();
+    let live = Arc::new(meridian::console::live::LiveCache::default());
+    let base =
+        common::console::serve_console_with(store.clone(), config.clone(), live.clone()).await;
+    let c = Console {
+        base,
+        store,
+        config,
+    };
+    let id = c.draft("watched", "Watched").await;
+    operator(&*c.store, "vi@example.com", Role::Viewer, AppGrant::All).await;
+    let browser = Client::new(&c.base);
+    browser.sign_in("vi@example.com", PASSWORD).await;
+    let page = browser
+        .get(&format!("/console/apps/shop/campaigns/{id}"))
+        .await;
+    assert!(page.body.contains(&format!(
+        "hx-get=\"/console/apps/shop/campaigns/{id}/live\""
+    )));
+    let path = format!("/console/apps/shop/campaigns/{id}/live");
+    let polls = futures::future::join_all((0..20).map(|_| browser.get(&path))).await;
+    assert!(polls
+        .iter()
+        .all(|p| p.status == 200 && p.body.contains("id=\"live\"")));
+    assert_eq!(live.reads(), 1, "one read for the page and twenty polls");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(browser.get(&path).await.status, 200);
+    assert_eq!(live.reads(), 2, "read again once a second has passed");
+    // Another app's operator gets nothing of it.
+    operator(
+        &*c.store,
+        "o@example.com",
+        Role::Admin,
+        AppGrant::Only(vec!["other".into()]),
+    )
+    .await;
+    let outsider = Client::new(&c.base);
+    outsider.sign_in("o@example.com", PASSWORD).await;
+    assert_eq!(outsider.get(&path).await.status, 404);
+}
+
 storage_tests!(
+    live_progress_reads_once_a_second_however_many_watch,
     signing_in_sets_a_safe_cookie_and_rotates_the_session,
     forms_without_their_csrf_token_are_refused,
     sign_in_is_throttled_per_account,

@@ -147,3 +147,48 @@ async fn an_editor_plans_and_schedules_a_local_nine_oclock_campaign_in_chromium(
     v.screenshot("campaign-viewer-1440").await;
     db.finish().await;
 }
+
+/// A campaign sent by the engine to the simulator while an operator watches its
+/// page: the counts and each zone's state change without a reload (htmx polls
+/// the live region), ending completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_campaign_page_shows_progress_live_while_the_engine_sends() {
+    if !webdriver::available() {
+        return;
+    }
+    let db = common::sqlite().await;
+    let rig = common::rig::rig(&db, SystemClock.now()).await;
+    let zones = ["Asia/Kathmandu", "Europe/Berlin", "America/New_York"];
+    for n in 0..30 {
+        rig.device(n, zones[n as usize % 3], Platform::Android, n % 10 == 9)
+            .await;
+    }
+    let id = rig.schedule("now", "type = \"now\"").await;
+    operator(&*rig.store, "vi@example.com", Role::Viewer, AppGrant::All).await;
+    let base = serve_console(rig.store.clone(), (*rig.config).clone()).await;
+    let b = Browser::start(1440, 1000).await;
+    sign_in(&b, &base, "vi@example.com").await;
+    b.wait_url("/campaigns").await;
+    b.goto(&format!("{base}/console/apps/shop/campaigns/{id}"))
+        .await;
+    assert_eq!(b.text("#live-state").await, "scheduled");
+    b.screenshot("live-before").await;
+    rig.engine("worker", 5).run_until_idle().await.unwrap();
+    // No reload: the region is polled and swapped in place.
+    let mut state = String::new();
+    for _ in 0..100 {
+        if b.count("#count-sent").await == 1 {
+            state = b.text("#live-state").await;
+            if state == "completed" {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "completed");
+    assert_eq!(b.text("#count-sent").await, "27");
+    assert_eq!(b.text("#count-token_invalid").await, "3");
+    assert!(b.text("table.plan tbody").await.contains("completed"));
+    b.screenshot("live-after").await;
+    db.finish().await;
+}

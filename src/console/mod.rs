@@ -8,9 +8,11 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod live;
 mod pages;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderMap, HeaderValue};
@@ -35,12 +37,47 @@ pub const THROTTLE_WINDOW_MINUTES: i64 = 15;
 
 /// The stylesheet, embedded: the binary serves everything the console needs.
 const CSS: &str = include_str!("../../static/console.css");
+/// htmx 2.0.4 (0BSD), from the npm package `htmx.org`'s `dist/htmx.min.js`,
+/// SHA-256 e209dda5c8235479f3166defc7750e1dbcd5a5c1808b7792fc2e6733768fb447.
+const HTMX: &str = include_str!("../../static/htmx.min.js");
+
+/// What the console's handlers reach: the API's state, and the live snapshots.
+pub struct ConsoleState<S> {
+    pub api: ApiState<S>,
+    pub live: Arc<live::LiveCache>,
+}
+
+impl<S> Clone for ConsoleState<S> {
+    fn clone(&self) -> Self {
+        Self {
+            api: self.api.clone(),
+            live: self.live.clone(),
+        }
+    }
+}
+
+impl<S> std::ops::Deref for ConsoleState<S> {
+    type Target = ApiState<S>;
+
+    fn deref(&self) -> &ApiState<S> {
+        &self.api
+    }
+}
 
 /// The console's routes, with the security headers and the client's address.
 // HTML pages, not API operations: they have no place in the OpenAPI document
 // that `Routes::add` keeps (clippy.toml steers API routes there).
 #[allow(clippy::disallowed_methods)]
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
+    router_with(ConsoleState {
+        api: state,
+        live: Arc::default(),
+    })
+}
+
+/// [`router`] over a given state (tests read its live cache).
+#[allow(clippy::disallowed_methods)] // see `router`
+pub fn router_with<S: Store>(state: ConsoleState<S>) -> Router {
     Router::new()
         .route("/console", get(pages::home::<S>))
         .route("/console/", get(pages::home::<S>))
@@ -58,8 +95,13 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
             "/console/apps/{app}/campaigns/{id}/{action}",
             post(pages::campaign_action::<S>),
         )
+        .route(
+            "/console/apps/{app}/campaigns/{id}/live",
+            get(pages::campaign_live::<S>),
+        )
         .route("/console/audit", get(pages::audit::<S>))
         .route("/console/static/console.css", get(stylesheet))
+        .route("/console/static/htmx.min.js", get(htmx))
         .layer(axum::middleware::from_fn(security_headers))
         .layer(axum::middleware::from_fn(client_address))
         .with_state(state)
@@ -69,6 +111,12 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
 #[allow(clippy::disallowed_methods)] // see `router`
 pub fn beside<S: Store>(api: Router, state: ApiState<S>) -> Router {
     api.merge(router(state))
+}
+
+/// [`beside`] over a given console state (tests read its live cache).
+#[allow(clippy::disallowed_methods)] // see `router`
+pub fn beside_with<S: Store>(api: Router, state: ConsoleState<S>) -> Router {
+    api.merge(router_with(state))
 }
 
 /// The address a request came from, as the audit log and the throttle see it.
@@ -121,7 +169,21 @@ pub fn asset_version() -> &'static str {
 }
 
 async fn stylesheet(headers: HeaderMap) -> Response {
-    let etag = format!("\"{}\"", asset_version());
+    asset(&headers, CSS, "text/css; charset=utf-8", asset_version())
+}
+
+async fn htmx(headers: HeaderMap) -> Response {
+    asset(
+        &headers,
+        HTMX,
+        "text/javascript; charset=utf-8",
+        "htmx-2.0.4",
+    )
+}
+
+/// An embedded file with its ETag; `304` when the browser has it.
+fn asset(headers: &HeaderMap, body: &'static str, content_type: &str, version: &str) -> Response {
+    let etag = format!("\"{version}\"");
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -135,8 +197,8 @@ async fn stylesheet(headers: HeaderMap) -> Response {
             .body(axum::body::Body::empty())
     } else {
         builder
-            .header(header::CONTENT_TYPE, "text/css; charset=utf-8")
-            .body(axum::body::Body::from(CSS))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(axum::body::Body::from(body))
     };
     res.unwrap_or_else(|_| Response::new(axum::body::Body::empty()))
 }

@@ -11,9 +11,10 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
 use super::auth::{dummy_hash, random_token, same, token_hash, verify_password};
+use super::live::Snapshot;
 use super::{
-    asset_version, ClientAddress, LOGIN_COOKIE, MAX_FAILURES_PER_ACCOUNT, MAX_FAILURES_PER_ADDRESS,
-    SESSION_COOKIE, THROTTLE_WINDOW_MINUTES,
+    asset_version, ClientAddress, ConsoleState, LOGIN_COOKIE, MAX_FAILURES_PER_ACCOUNT,
+    MAX_FAILURES_PER_ADDRESS, SESSION_COOKIE, THROTTLE_WINDOW_MINUTES,
 };
 use crate::api::ApiState;
 use crate::definitions::{self, Action};
@@ -212,7 +213,7 @@ fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> HeaderValu
 
 /// `/console`: the operator's first app.
 pub async fn home<S: Store>(
-    State(st): State<ApiState<S>>,
+    State(st): State<ConsoleState<S>>,
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
     let s = signed(&st, &headers).await?;
@@ -259,7 +260,9 @@ fn login_page(
     Ok(res)
 }
 
-pub async fn login_form<S: Store>(State(st): State<ApiState<S>>) -> Result<Response, PageError> {
+pub async fn login_form<S: Store>(
+    State(st): State<ConsoleState<S>>,
+) -> Result<Response, PageError> {
     login_page(
         st.config.server.console.secure_cookie,
         StatusCode::OK,
@@ -276,7 +279,7 @@ pub struct LoginForm {
 }
 
 pub async fn login<S: Store>(
-    State(st): State<ApiState<S>>,
+    State(st): State<ConsoleState<S>>,
     Extension(addr): Extension<ClientAddress>,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
@@ -385,7 +388,7 @@ pub struct CsrfForm {
 }
 
 pub async fn logout<S: Store>(
-    State(st): State<ApiState<S>>,
+    State(st): State<ConsoleState<S>>,
     Extension(addr): Extension<ClientAddress>,
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
@@ -446,7 +449,7 @@ fn minute(t: DateTime<Utc>) -> String {
 }
 
 pub async fn campaigns<S: Store>(
-    State(st): State<ApiState<S>>,
+    State(st): State<ConsoleState<S>>,
     headers: HeaderMap,
     Path(app): Path<String>,
     Query(query): Query<ListQuery>,
@@ -497,7 +500,20 @@ struct SlotRow {
     utc: String,
     disposition: String,
     planned: i64,
+    sent: i64,
+    not_sent: i64,
     state: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/live.html")]
+struct LivePart<'a> {
+    app: &'a str,
+    id: i64,
+    trigger: &'a str,
+    state: String,
+    totals: Vec<(String, i64)>,
+    slots: Vec<SlotRow>,
 }
 
 #[derive(Template)]
@@ -509,19 +525,21 @@ struct CampaignPage<'a> {
     id: i64,
     key: String,
     name: String,
-    state: String,
     revision: i32,
     title: String,
     body: String,
     flash: Option<String>,
     actions: Vec<&'static str>,
     csrf: String,
-    counts: Vec<(String, i64)>,
-    slots: Vec<SlotRow>,
+    live: String,
 }
 
 /// A slot's wall time in its own zone, with the zone's offset then.
 fn local_time(zone: &str, at: DateTime<Utc>) -> String {
+    if zone == "*" {
+        // A `now` or `at` campaign: one slot for every zone at one instant.
+        return "the same instant everywhere".to_owned();
+    }
     match zone.parse::<chrono_tz::Tz>() {
         Ok(tz) => at
             .with_timezone(&tz)
@@ -531,8 +549,55 @@ fn local_time(zone: &str, at: DateTime<Utc>) -> String {
     }
 }
 
+/// Statuses that count as sent, and as final without a send.
+const SENT: &[&str] = &["sent", "delivered", "opened"];
+const NOT_SENT: &[&str] = &[
+    "failed",
+    "token_invalid",
+    "suppressed",
+    "expired",
+    "cancelled",
+];
+
+/// The live region: counts and each zone's send. Polled every 2 s while the
+/// campaign can still change.
+fn live_part(app: &str, id: i64, snap: &Snapshot) -> Result<String, PageError> {
+    let sum = |counts: Option<&std::collections::BTreeMap<String, i64>>, which: &[&str]| {
+        counts.map_or(0, |c| which.iter().filter_map(|s| c.get(*s)).sum())
+    };
+    let settled = matches!(
+        snap.state,
+        CampaignState::Completed | CampaignState::Cancelled | CampaignState::Draft
+    );
+    Ok(LivePart {
+        app,
+        id,
+        trigger: if settled { "none" } else { "every 2s" },
+        state: snap.state.to_string(),
+        totals: snap.totals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        slots: snap
+            .slots
+            .iter()
+            .map(|x| {
+                let counts = snap.by_slot.get(&x.id);
+                SlotRow {
+                    local: local_time(&x.zone, x.fire_at),
+                    utc: minute(x.fire_at),
+                    zone: x.zone.clone(),
+                    disposition: x.disposition.clone(),
+                    planned: x.planned_count,
+                    sent: sum(counts, SENT),
+                    not_sent: sum(counts, NOT_SENT),
+                    state: x.state.to_string(),
+                }
+            })
+            .collect(),
+    }
+    .render()?)
+}
+
 async fn campaign_page<S: Store>(
-    st: &ApiState<S>,
+    st: &ConsoleState<S>,
     s: &Signed,
     app: &str,
     id: i64,
@@ -543,8 +608,11 @@ async fn campaign_page<S: Store>(
         .campaign_get_by_id(app, id)
         .await?
         .ok_or(PageError::NotFound)?;
-    let slots = st.store.slot_list(id).await?;
-    let counts = st.store.delivery_count_by_status(id).await?;
+    let snap = st
+        .live
+        .get(&*st.store, app, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
     let text = |field: &str| {
         c.definition.0["message"][field]
             .as_str()
@@ -569,26 +637,30 @@ async fn campaign_page<S: Store>(
         body: text("body"),
         key: c.key.clone(),
         name: c.name.clone(),
-        state: c.state.to_string(),
         revision: c.revision,
         flash,
         actions,
         csrf: s.session.csrf_token.clone(),
-        counts: counts.into_iter().collect(),
-        slots: slots
-            .into_iter()
-            .map(|x| SlotRow {
-                local: local_time(&x.zone, x.fire_at),
-                utc: minute(x.fire_at),
-                zone: x.zone,
-                disposition: x.disposition,
-                planned: x.planned_count,
-                state: x.state.to_string(),
-            })
-            .collect(),
+        live: live_part(app, id, &snap)?,
     }
     .render()?;
     Ok(Html(html))
+}
+
+/// The live region alone, for htmx to swap in.
+pub async fn campaign_live<S: Store>(
+    State(st): State<ConsoleState<S>>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, i64)>,
+) -> Result<Response, PageError> {
+    let s = signed(&st, &headers).await?;
+    s.app(&app)?;
+    let snap = st
+        .live
+        .get(&*st.store, &app, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    Ok(Html(live_part(&app, id, &snap)?).into_response())
 }
 
 #[derive(Deserialize)]
@@ -597,7 +669,7 @@ pub struct DoneQuery {
 }
 
 pub async fn campaign<S: Store>(
-    State(st): State<ApiState<S>>,
+    State(st): State<ConsoleState<S>>,
     headers: HeaderMap,
     Path((app, id)): Path<(String, i64)>,
     Query(query): Query<DoneQuery>,
@@ -616,7 +688,7 @@ pub async fn campaign<S: Store>(
 }
 
 pub async fn campaign_action<S: Store>(
-    State(st): State<ApiState<S>>,
+    State(st): State<ConsoleState<S>>,
     Extension(addr): Extension<ClientAddress>,
     headers: HeaderMap,
     Path((app, id, action)): Path<(String, i64, String)>,
@@ -635,6 +707,7 @@ pub async fn campaign_action<S: Store>(
     let now = st.clock.now();
     match definitions::act(&*st.store, &st.config, &c, action, now).await {
         Ok(_) => {
+            st.live.forget(id);
             let name = format!("campaign_{}", action.as_str());
             st.store
                 .audit_append(&s.audit(&name, Some(&app), Some(&c.key), &addr, now))
@@ -671,7 +744,7 @@ struct AuditPage<'a> {
 }
 
 pub async fn audit<S: Store>(
-    State(st): State<ApiState<S>>,
+    State(st): State<ConsoleState<S>>,
     headers: HeaderMap,
 ) -> Result<Response, PageError> {
     let s = signed(&st, &headers).await?;

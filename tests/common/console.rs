@@ -18,8 +18,21 @@ pub const PASSWORD: &str = "violet-harbour-lantern-42";
 /// Serves the API and the console over `store` (with the client's address, as
 /// `serve` does); the base URL.
 pub async fn serve_console<S: Store>(store: Arc<S>, config: Config) -> String {
-    let state = ApiState::new(store, Arc::new(config), Arc::new(SystemClock));
-    let router = meridian::console::beside(meridian::api::router(state.clone()), state)
+    serve_console_with(store, config, Arc::default()).await
+}
+
+/// [`serve_console`] with the live cache the caller holds (to count its reads).
+pub async fn serve_console_with<S: Store>(
+    store: Arc<S>,
+    config: Config,
+    live: Arc<meridian::console::live::LiveCache>,
+) -> String {
+    let api = ApiState::new(store, Arc::new(config), Arc::new(SystemClock));
+    let state = meridian::console::ConsoleState {
+        api: api.clone(),
+        live,
+    };
+    let router = meridian::console::beside_with(meridian::api::router(api), state)
         .into_make_service_with_connect_info::<SocketAddr>();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
