@@ -245,6 +245,17 @@ async fn roles_and_apps_are_enforced_on_the_server<S: Store + Clone>(db: &TestDb
     outsider.sign_in("other@example.com", PASSWORD).await;
     assert_eq!(outsider.get(&page_path).await.status, 404);
     assert_eq!(
+        outsider
+            .get("/console/apps/shop/messages?by=user&q=u1")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        outsider.get("/console/apps/shop/messages/1").await.status,
+        404
+    );
+    assert_eq!(
         outsider.get("/console/apps/shop/campaigns").await.status,
         404
     );

@@ -190,5 +190,31 @@ async fn the_campaign_page_shows_progress_live_while_the_engine_sends() {
     assert_eq!(b.text("#count-token_invalid").await, "3");
     assert!(b.text("table.plan tbody").await.contains("completed"));
     b.screenshot("live-after").await;
+
+    // One recipient's history, found by their phone number as support would.
+    rig.user("user-4", Some("+4915112345678")).await;
+    b.click("#nav-messages").await;
+    b.wait_url("/messages").await;
+    b.click("#by option[value='phone']").await;
+    b.type_into("#q", "+49 151 1234 5678").await;
+    b.click("#find").await;
+    b.wait_url("by=phone&q=%2B49+151+1234+5678").await;
+    assert_eq!(b.count("#messages tbody tr a").await, 1);
+    assert!(b.text("#messages tbody").await.contains("user-4"));
+    b.click("#messages tbody a").await;
+    b.wait_url("/messages/").await;
+    let history = b.text("#history").await;
+    assert!(
+        history.contains("queued") || history.contains("sent"),
+        "{history}"
+    );
+    assert_eq!(b.text("#message-status").await, "sent");
+    b.screenshot("message-history").await;
+    // A dead token's message says why.
+    b.goto(&format!(
+        "{base}/console/apps/shop/messages?by=user&q=user-9"
+    ))
+    .await;
+    assert!(b.text("#messages tbody").await.contains("token_invalid"));
     db.finish().await;
 }

@@ -99,6 +99,11 @@ pub fn router_with<S: Store>(state: ConsoleState<S>) -> Router {
             "/console/apps/{app}/campaigns/{id}/live",
             get(pages::campaign_live::<S>),
         )
+        .route("/console/apps/{app}/messages", get(pages::messages::<S>))
+        .route(
+            "/console/apps/{app}/messages/{id}",
+            get(pages::message::<S>),
+        )
         .route("/console/audit", get(pages::audit::<S>))
         .route("/console/static/console.css", get(stylesheet))
         .route("/console/static/htmx.min.js", get(htmx))

@@ -262,6 +262,14 @@ pub trait AudienceStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The external ids of an app's users with this phone number (normalised,
+    /// E.164), at most 20.
+    fn user_find_by_phone(
+        &self,
+        app_id: &str,
+        phone: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// A user's explicit topic choices, by topic; `None` when the user does not exist.
     fn subscription_list(
         &self,
@@ -463,6 +471,21 @@ where
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn user_find_by_phone(
+        &self,
+        app_id: &str,
+        phone: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        // Read through `users_by_phone` (app_id, phone).
+        Ok(sqlx::query_scalar(
+            "SELECT external_id FROM users WHERE app_id = $1 AND phone = $2 ORDER BY external_id LIMIT 20",
+        )
+        .bind(app_id)
+        .bind(phone)
+        .fetch_all(&self.read)
+        .await?)
     }
 
     async fn subscription_list(

@@ -124,17 +124,17 @@ impl Browser {
             .to_owned()
     }
 
-    /// Waits (up to 10 s) until the page's URL ends with `suffix`: a click's
+    /// Waits (up to 10 s) until the page's URL contains `part`: a click's
     /// navigation finishes after the click returns.
-    pub async fn wait_url(&self, suffix: &str) -> String {
+    pub async fn wait_url(&self, part: &str) -> String {
         for _ in 0..100 {
             let url = self.url().await;
-            if url.ends_with(suffix) {
+            if url.contains(part) {
                 return url;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("never reached …{suffix}; at {}", self.url().await);
+        panic!("never reached …{part}…; at {}", self.url().await);
     }
 
     /// The first element matching a CSS selector (panics when there is none).
