@@ -1,0 +1,310 @@
+//! An app's campaigns, a campaign, its live region and its actions.
+
+use super::*;
+
+struct CampaignRow {
+    id: i64,
+    key: String,
+    name: String,
+    state: String,
+    next_send: String,
+    updated: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/campaigns.html")]
+struct CampaignsPage<'a> {
+    asset_version: &'a str,
+    nav: Option<Nav>,
+    app: &'a str,
+    states: Vec<String>,
+    state: String,
+    q: String,
+    rows: Vec<CampaignRow>,
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    q: String,
+}
+
+pub async fn campaigns<S: Store>(
+    State(st): State<ConsoleState<S>>,
+    headers: HeaderMap,
+    Path(app): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> Result<Response, PageError> {
+    let s = signed(&st, &headers).await?;
+    s.app(&app)?;
+    let state = CampaignState::parse(&query.state).ok();
+    let needle = query.q.trim().to_lowercase();
+    let next = st.store.campaign_next_send_list(&app).await?;
+    let rows = st
+        .store
+        .campaign_list(Some(&app))
+        .await?
+        .into_iter()
+        .filter(|c| state.is_none_or(|s| c.state == s))
+        .filter(|c| {
+            needle.is_empty()
+                || c.key.to_lowercase().contains(&needle)
+                || c.name.to_lowercase().contains(&needle)
+        })
+        .map(|c| CampaignRow {
+            next_send: next
+                .get(&c.id)
+                .map_or_else(|| "—".to_owned(), |t| minute(*t)),
+            id: c.id,
+            key: c.key,
+            name: c.name,
+            state: c.state.to_string(),
+            updated: minute(c.updated_at),
+        })
+        .collect();
+    let html = CampaignsPage {
+        asset_version: asset_version(),
+        nav: Some(s.nav(&app)),
+        app: &app,
+        states: CampaignState::ALL.iter().map(|s| s.to_string()).collect(),
+        state: state.map(|s| s.to_string()).unwrap_or_default(),
+        q: query.q.clone(),
+        rows,
+    }
+    .render()?;
+    Ok(Html(html).into_response())
+}
+
+struct SlotRow {
+    zone: String,
+    local: String,
+    utc: String,
+    disposition: String,
+    planned: i64,
+    sent: i64,
+    not_sent: i64,
+    state: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/live.html")]
+struct LivePart<'a> {
+    app: &'a str,
+    id: i64,
+    trigger: &'a str,
+    state: String,
+    totals: Vec<(String, i64)>,
+    slots: Vec<SlotRow>,
+}
+
+#[derive(Template)]
+#[template(path = "console/campaign.html")]
+struct CampaignPage<'a> {
+    asset_version: &'a str,
+    nav: Option<Nav>,
+    app: &'a str,
+    id: i64,
+    key: String,
+    name: String,
+    revision: i32,
+    title: String,
+    body: String,
+    flash: Option<String>,
+    actions: Vec<&'static str>,
+    csrf: String,
+    live: String,
+}
+
+/// A slot's wall time in its own zone, with the zone's offset then.
+fn local_time(zone: &str, at: DateTime<Utc>) -> String {
+    if zone == "*" {
+        // A `now` or `at` campaign: one slot for every zone at one instant.
+        return "the same instant everywhere".to_owned();
+    }
+    match zone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => at
+            .with_timezone(&tz)
+            .format("%a %d %b %H:%M (UTC%:z)")
+            .to_string(),
+        Err(_) => "?".to_owned(),
+    }
+}
+
+/// Statuses that count as sent, and as final without a send.
+const SENT: &[&str] = &["sent", "delivered", "opened"];
+const NOT_SENT: &[&str] = &[
+    "failed",
+    "token_invalid",
+    "suppressed",
+    "expired",
+    "cancelled",
+];
+
+/// The live region: counts and each zone's send. Polled every 2 s while the
+/// campaign can still change.
+fn live_part(app: &str, id: i64, snap: &Snapshot) -> Result<String, PageError> {
+    let sum = |counts: Option<&std::collections::BTreeMap<String, i64>>, which: &[&str]| {
+        counts.map_or(0, |c| which.iter().filter_map(|s| c.get(*s)).sum())
+    };
+    let settled = matches!(
+        snap.state,
+        CampaignState::Completed | CampaignState::Cancelled | CampaignState::Draft
+    );
+    Ok(LivePart {
+        app,
+        id,
+        trigger: if settled { "none" } else { "every 2s" },
+        state: snap.state.to_string(),
+        totals: snap.totals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        slots: snap
+            .slots
+            .iter()
+            .map(|x| {
+                let counts = snap.by_slot.get(&x.id);
+                SlotRow {
+                    local: local_time(&x.zone, x.fire_at),
+                    utc: minute(x.fire_at),
+                    zone: x.zone.clone(),
+                    disposition: x.disposition.clone(),
+                    planned: x.planned_count,
+                    sent: sum(counts, SENT),
+                    not_sent: sum(counts, NOT_SENT),
+                    state: x.state.to_string(),
+                }
+            })
+            .collect(),
+    }
+    .render()?)
+}
+
+async fn campaign_page<S: Store>(
+    st: &ConsoleState<S>,
+    s: &Signed,
+    app: &str,
+    id: i64,
+    flash: Option<String>,
+) -> Result<Html<String>, PageError> {
+    let c = st
+        .store
+        .campaign_get_by_id(app, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let snap = st
+        .live
+        .get(&*st.store, app, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let text = |field: &str| {
+        c.definition.0["message"][field]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let actions = if s.session.role.can(Permission::EditCampaigns) {
+        Action::ALL
+            .into_iter()
+            .filter(|a| a.admits(c.state))
+            .map(Action::as_str)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let html = CampaignPage {
+        asset_version: asset_version(),
+        nav: Some(s.nav(app)),
+        app,
+        id,
+        title: text("title"),
+        body: text("body"),
+        key: c.key.clone(),
+        name: c.name.clone(),
+        revision: c.revision,
+        flash,
+        actions,
+        csrf: s.session.csrf_token.clone(),
+        live: live_part(app, id, &snap)?,
+    }
+    .render()?;
+    Ok(Html(html))
+}
+
+/// The live region alone, for htmx to swap in.
+pub async fn campaign_live<S: Store>(
+    State(st): State<ConsoleState<S>>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, i64)>,
+) -> Result<Response, PageError> {
+    let s = signed(&st, &headers).await?;
+    s.app(&app)?;
+    let snap = st
+        .live
+        .get(&*st.store, &app, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    Ok(Html(live_part(&app, id, &snap)?).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+pub async fn campaign<S: Store>(
+    State(st): State<ConsoleState<S>>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, i64)>,
+    Query(query): Query<DoneQuery>,
+) -> Result<Response, PageError> {
+    let s = signed(&st, &headers).await?;
+    s.app(&app)?;
+    // Only known actions make a message: a link cannot put words on the page.
+    let flash = query
+        .done
+        .as_deref()
+        .and_then(Action::parse)
+        .map(|a| format!("Done: {}.", a.as_str()));
+    Ok(campaign_page(&st, &s, &app, id, flash)
+        .await?
+        .into_response())
+}
+
+pub async fn campaign_action<S: Store>(
+    State(st): State<ConsoleState<S>>,
+    Extension(addr): Extension<ClientAddress>,
+    headers: HeaderMap,
+    Path((app, id, action)): Path<(String, i64, String)>,
+    Form(form): Form<CsrfForm>,
+) -> Result<Response, PageError> {
+    let s = signed(&st, &headers).await?;
+    s.app(&app)?;
+    s.csrf(&form.csrf)?;
+    s.require(Permission::EditCampaigns)?;
+    let action = Action::parse(&action).ok_or(PageError::NotFound)?;
+    let c = st
+        .store
+        .campaign_get_by_id(&app, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let now = st.clock.now();
+    match definitions::act(&*st.store, &st.config, &c, action, now).await {
+        Ok(_) => {
+            st.live.forget(id);
+            let name = format!("campaign_{}", action.as_str());
+            st.store
+                .audit_append(&s.audit(&name, Some(&app), Some(&c.key), &addr, now))
+                .await?;
+            Ok(Redirect::to(&format!(
+                "/console/apps/{app}/campaigns/{id}?done={}",
+                action.as_str()
+            ))
+            .into_response())
+        }
+        Err(e) if e.is_input() => {
+            let page = campaign_page(&st, &s, &app, id, Some(e.to_string())).await?;
+            Ok((StatusCode::CONFLICT, page).into_response())
+        }
+        Err(e) => Err(PageError::Internal(e.to_string())),
+    }
+}

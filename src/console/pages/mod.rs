@@ -1,0 +1,233 @@
+//! The console's pages and forms. Every handler checks, on the server: a live
+//! session, the app granted to the operator (else 404, as if it did not
+//! exist), the role's permission (else 403) and, for a form, its CSRF token.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Deserialize;
+
+use super::auth::{dummy_hash, random_token, same, token_hash, verify_password};
+use super::live::Snapshot;
+use super::{
+    asset_version, ClientAddress, ConsoleState, LOGIN_COOKIE, MAX_FAILURES_PER_ACCOUNT,
+    MAX_FAILURES_PER_ADDRESS, SESSION_COOKIE, THROTTLE_WINDOW_MINUTES,
+};
+use crate::api::ApiState;
+use crate::definitions::{self, Action};
+use crate::domain::operator::{normalize_email, Permission};
+use crate::domain::state::{CampaignState, StateMachine};
+use crate::store::{AuditEntry, NewSession, SessionRecord, Store, StoreError};
+
+/// Why a page is not shown.
+#[derive(Debug)]
+pub enum PageError {
+    /// No live session: to the sign-in page.
+    SignIn,
+    Forbidden(String),
+    NotFound,
+    /// The form's CSRF token is missing or wrong.
+    Csrf,
+    Internal(String),
+}
+
+impl From<StoreError> for PageError {
+    fn from(e: StoreError) -> Self {
+        PageError::Internal(e.to_string())
+    }
+}
+
+impl From<askama::Error> for PageError {
+    fn from(e: askama::Error) -> Self {
+        PageError::Internal(e.to_string())
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/error.html")]
+struct ErrorPage<'a> {
+    asset_version: &'a str,
+    nav: Option<Nav>,
+    heading: &'a str,
+    message: &'a str,
+}
+
+fn error_page(status: StatusCode, heading: &str, message: &str) -> Response {
+    let page = ErrorPage {
+        asset_version: asset_version(),
+        nav: None,
+        heading,
+        message,
+    };
+    match page.render() {
+        Ok(html) => (status, Html(html)).into_response(),
+        Err(_) => (status, message.to_owned()).into_response(),
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        match self {
+            PageError::SignIn => Redirect::to("/console/login").into_response(),
+            PageError::Forbidden(why) => error_page(StatusCode::FORBIDDEN, "Not allowed", &why),
+            PageError::NotFound => error_page(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "There is no such page, or it is not yours to see.",
+            ),
+            PageError::Csrf => error_page(
+                StatusCode::FORBIDDEN,
+                "The form expired",
+                "Reload the page and try again.",
+            ),
+            PageError::Internal(error) => {
+                tracing::error!(message = "Console page failed.", %error);
+                error_page(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Something went wrong",
+                    "The error is in the server's log.",
+                )
+            }
+        }
+    }
+}
+
+/// The header's navigation: the operator's apps and who is signed in.
+pub struct Nav {
+    apps: Vec<String>,
+    current: String,
+    admin: bool,
+    email: String,
+    role: String,
+    csrf: String,
+}
+
+/// A signed-in request: the session and the apps it may see (configured and granted).
+struct Signed {
+    session: SessionRecord,
+    apps: Vec<String>,
+}
+
+impl Signed {
+    fn nav(&self, current: &str) -> Nav {
+        Nav {
+            apps: self.apps.clone(),
+            current: current.to_owned(),
+            admin: self.session.role.can(Permission::ManageOperators),
+            email: self.session.email.clone(),
+            role: self.session.role.to_string(),
+            csrf: self.session.csrf_token.clone(),
+        }
+    }
+
+    /// The app if the operator may see it; otherwise 404, as for an unknown app.
+    fn app(&self, app: &str) -> Result<(), PageError> {
+        if self.apps.iter().any(|a| a == app) {
+            Ok(())
+        } else {
+            Err(PageError::NotFound)
+        }
+    }
+
+    fn require(&self, p: Permission) -> Result<(), PageError> {
+        if self.session.role.can(p) {
+            Ok(())
+        } else {
+            Err(PageError::Forbidden(format!(
+                "Your role ({}) cannot do this.",
+                self.session.role
+            )))
+        }
+    }
+
+    fn csrf(&self, token: &str) -> Result<(), PageError> {
+        if same(&self.session.csrf_token, token) {
+            Ok(())
+        } else {
+            Err(PageError::Csrf)
+        }
+    }
+
+    fn audit(
+        &self,
+        action: &str,
+        app: Option<&str>,
+        target: Option<&str>,
+        addr: &ClientAddress,
+        now: DateTime<Utc>,
+    ) -> AuditEntry {
+        AuditEntry {
+            at: now,
+            operator_id: Some(self.session.operator_id),
+            actor: self.session.email.clone(),
+            action: action.to_owned(),
+            app_id: app.map(str::to_owned),
+            target: target.map(str::to_owned),
+            address: Some(addr.0.clone()),
+            detail: None,
+        }
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+async fn signed<S: Store>(st: &ApiState<S>, headers: &HeaderMap) -> Result<Signed, PageError> {
+    let token = cookie(headers, SESSION_COOKIE).ok_or(PageError::SignIn)?;
+    let now = st.clock.now();
+    let idle =
+        TimeDelta::from_std(st.config.server.console.idle_timeout).unwrap_or(TimeDelta::hours(2));
+    let session = st
+        .store
+        .session_get(&token_hash(token), now, now - idle)
+        .await?
+        .ok_or(PageError::SignIn)?;
+    let apps = st
+        .config
+        .apps
+        .keys()
+        .filter(|a| session.apps.allows(a))
+        .cloned()
+        .collect();
+    Ok(Signed { session, apps })
+}
+
+fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/console; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// `/console`: the operator's first app.
+
+#[derive(Deserialize)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+fn minute(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M").to_string()
+}
+
+mod audit;
+mod campaigns;
+mod messages;
+mod session;
+
+pub use audit::audit;
+pub use campaigns::{campaign, campaign_action, campaign_live, campaigns};
+pub use messages::{message, messages};
+pub use session::{home, login, login_form, logout};
