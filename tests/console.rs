@@ -453,7 +453,173 @@ async fn live_progress_reads_once_a_second_however_many_watch<S: Store + Clone>(
     assert_eq!(outsider.get(&path).await.status, 404);
 }
 
+/// Admins create an app's API key (its secret shown once, working against the
+/// API at once), revoke it, and add and disable operators; editors and admins
+/// of only some apps cannot.
+async fn admins_manage_keys_and_operators<S: Store + Clone>(db: &TestDb<S>) {
+    let c = console(db).await;
+    operator(&*c.store, "ad@example.com", Role::Admin, AppGrant::All).await;
+    operator(&*c.store, "ed@example.com", Role::Editor, AppGrant::All).await;
+    operator(
+        &*c.store,
+        "shopadmin@example.com",
+        Role::Admin,
+        AppGrant::Only(vec!["shop".into()]),
+    )
+    .await;
+    let admin = Client::new(&c.base);
+    admin.sign_in("ad@example.com", PASSWORD).await;
+    let page = admin.get("/console/apps/shop/keys").await;
+    assert_eq!(page.status, 200);
+    let created = admin
+        .post(
+            "/console/apps/shop/keys",
+            &[("csrf", &page.csrf()), ("name", "backend")],
+        )
+        .await;
+    assert_eq!(created.status, 200);
+    let marker = "id=\"new-secret\">";
+    let at = created.body.find(marker).expect("the secret, once") + marker.len();
+    let secret = created.body[at..].split('<').next().unwrap().to_owned();
+    assert!(secret.starts_with("mrd_"), "{secret}");
+    let api = reqwest::Client::new();
+    let call = |key: String| {
+        let api = api.clone();
+        let url = format!("{}/v1/campaigns", c.base);
+        async move {
+            api.get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(call(secret.clone()).await, 200);
+    let again = admin.get("/console/apps/shop/keys").await;
+    assert!(!again.body.contains(&secret) && again.body.contains("backend"));
+    let twice = admin
+        .post(
+            "/console/apps/shop/keys",
+            &[("csrf", &page.csrf()), ("name", "backend")],
+        )
+        .await;
+    assert_eq!(twice.status, 409);
+    let revoked = admin
+        .post(
+            "/console/apps/shop/keys/backend/revoke",
+            &[("csrf", &page.csrf())],
+        )
+        .await;
+    assert_eq!(revoked.status, 303);
+    assert_eq!(call(secret).await, 401);
+
+    let editor = Client::new(&c.base);
+    editor.sign_in("ed@example.com", PASSWORD).await;
+    assert_eq!(editor.get("/console/apps/shop/keys").await.status, 403);
+    assert_eq!(editor.get("/console/operators").await.status, 403);
+    let limited = Client::new(&c.base);
+    limited.sign_in("shopadmin@example.com", PASSWORD).await;
+    assert_eq!(limited.get("/console/apps/shop/keys").await.status, 200);
+    assert_eq!(
+        limited.get("/console/operators").await.status,
+        403,
+        "could grant apps it lacks"
+    );
+
+    let ops = admin.get("/console/operators").await;
+    let weak = admin
+        .post(
+            "/console/operators",
+            &[
+                ("csrf", &ops.csrf()),
+                ("email", "not-an-email"),
+                ("role", "viewer"),
+                ("apps", ""),
+            ],
+        )
+        .await;
+    assert_eq!(weak.status, 422);
+    assert!(weak.body.contains("not an email address"), "{}", weak.body);
+    let added = admin
+        .post(
+            "/console/operators",
+            &[
+                ("csrf", &ops.csrf()),
+                ("email", "new@example.com"),
+                ("role", "viewer"),
+                ("apps", "shop"),
+            ],
+        )
+        .await;
+    assert_eq!(added.status, 200);
+    let marker = "id=\"new-password\">";
+    let at = added.body.find(marker).expect("the password, once") + marker.len();
+    let password = added.body[at..].split('<').next().unwrap().to_owned();
+    let newcomer = Client::new(&c.base);
+    assert_eq!(
+        newcomer.sign_in("new@example.com", &password).await.status,
+        303
+    );
+    assert_eq!(
+        newcomer.get("/console/apps/other/campaigns").await.status,
+        404
+    );
+    let id = c
+        .store
+        .operator_get_by_email("new@example.com")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let off = admin
+        .post(
+            &format!("/console/operators/{id}/disable"),
+            &[("csrf", &ops.csrf())],
+        )
+        .await;
+    assert_eq!(off.status, 303);
+    assert_eq!(
+        newcomer
+            .get("/console/apps/shop/campaigns")
+            .await
+            .location
+            .as_deref(),
+        Some("/console/login")
+    );
+    let me = c
+        .store
+        .operator_get_by_email("ad@example.com")
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    let selfie = admin
+        .post(
+            &format!("/console/operators/{me}/disable"),
+            &[("csrf", &ops.csrf())],
+        )
+        .await;
+    assert_eq!(selfie.status, 403);
+    let actions = c.actions().await;
+    for a in [
+        "api_key_created",
+        "api_key_revoked",
+        "operator_added",
+        "operator_disabled",
+    ] {
+        assert!(
+            actions
+                .iter()
+                .any(|(who, x)| x == a && who == "ad@example.com"),
+            "{a}: {actions:?}"
+        );
+    }
+}
+
 storage_tests!(
+    admins_manage_keys_and_operators,
     live_progress_reads_once_a_second_however_many_watch,
     signing_in_sets_a_safe_cookie_and_rotates_the_session,
     forms_without_their_csrf_token_are_refused,

@@ -104,6 +104,22 @@ pub fn router_with<S: Store>(state: ConsoleState<S>) -> Router {
             "/console/apps/{app}/messages/{id}",
             get(pages::message::<S>),
         )
+        .route(
+            "/console/apps/{app}/keys",
+            get(pages::keys::<S>).post(pages::key_create::<S>),
+        )
+        .route(
+            "/console/apps/{app}/keys/{name}/revoke",
+            post(pages::key_revoke::<S>),
+        )
+        .route(
+            "/console/operators",
+            get(pages::operators::<S>).post(pages::operator_add::<S>),
+        )
+        .route(
+            "/console/operators/{id}/{verb}",
+            post(pages::operator_set::<S>),
+        )
         .route("/console/audit", get(pages::audit::<S>))
         .route("/console/static/console.css", get(stylesheet))
         .route("/console/static/htmx.min.js", get(htmx))

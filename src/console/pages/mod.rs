@@ -222,11 +222,13 @@ fn minute(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M").to_string()
 }
 
+mod admin;
 mod audit;
 mod campaigns;
 mod messages;
 mod session;
 
+pub use admin::{key_create, key_revoke, keys, operator_add, operator_set, operators};
 pub use audit::audit;
 pub use campaigns::{campaign, campaign_action, campaign_live, campaigns};
 pub use messages::{message, messages};
