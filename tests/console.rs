@@ -618,7 +618,116 @@ async fn admins_manage_keys_and_operators<S: Store + Clone>(db: &TestDb<S>) {
     }
 }
 
+/// An editor sends a campaign's message to one user as a test: queued as a
+/// transactional push (found under its request id), audited; a viewer cannot.
+async fn editors_send_a_test_push<S: Store + Clone>(db: &TestDb<S>) {
+    let c = console(db).await;
+    let id = c.draft("tested", "Tested").await;
+    c.store
+        .device_upsert(
+            &meridian::store::DeviceUpsert {
+                app_id: "shop",
+                user_external_id: Some("u1"),
+                install_id: None,
+                platform: meridian::domain::campaign::Platform::Android,
+                token: "fcm-u1",
+                timezone: None,
+                locale: None,
+                primary: false,
+            },
+            SystemClock.now(),
+        )
+        .await
+        .unwrap();
+    operator(&*c.store, "ed@example.com", Role::Editor, AppGrant::All).await;
+    operator(&*c.store, "vi@example.com", Role::Viewer, AppGrant::All).await;
+    let path = format!("/console/apps/shop/campaigns/{id}/test");
+    let editor = Client::new(&c.base);
+    editor.sign_in("ed@example.com", PASSWORD).await;
+    let page = editor
+        .get(&format!("/console/apps/shop/campaigns/{id}"))
+        .await;
+    let sent = editor
+        .post(
+            &path,
+            &[("csrf", &page.csrf()), ("to_kind", "user"), ("to", "u1")],
+        )
+        .await;
+    assert_eq!(sent.status, 200);
+    assert!(
+        sent.body.contains("queued for 1 device(s) of user"),
+        "{}",
+        sent.body
+    );
+    let at = sent.body.find("req_").unwrap();
+    let request: String = sent.body[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let rows = c
+        .store
+        .message_list(
+            "shop",
+            &meridian::store::DeliveryFilter {
+                user_external_id: None,
+                campaign_id: None,
+                request_id: Some(&request),
+                status: None,
+                since: None,
+                before_id: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{request}");
+    assert_eq!(rows[0].user_external_id.as_deref(), Some("u1"));
+    assert_eq!(
+        c.state(id).await,
+        CampaignState::Draft,
+        "a test does not touch the campaign"
+    );
+    let nobody = editor
+        .post(
+            &path,
+            &[
+                ("csrf", &page.csrf()),
+                ("to_kind", "user"),
+                ("to", "nobody"),
+            ],
+        )
+        .await;
+    assert!(nobody.body.contains("no device found"), "{}", nobody.body);
+    let blank = editor
+        .post(
+            &path,
+            &[("csrf", &page.csrf()), ("to_kind", "user"), ("to", " ")],
+        )
+        .await;
+    assert_eq!(blank.status, 422);
+    let viewer = Client::new(&c.base);
+    viewer.sign_in("vi@example.com", PASSWORD).await;
+    let vpage = viewer
+        .get(&format!("/console/apps/shop/campaigns/{id}"))
+        .await;
+    assert!(!vpage.body.contains("send-test"));
+    let refused = viewer
+        .post(
+            &path,
+            &[("csrf", &vpage.csrf()), ("to_kind", "user"), ("to", "u1")],
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    let actions = c.actions().await;
+    assert_eq!(
+        actions.iter().filter(|(_, a)| a == "test_push").count(),
+        2,
+        "{actions:?}"
+    );
+}
+
 storage_tests!(
+    editors_send_a_test_push,
     admins_manage_keys_and_operators,
     live_progress_reads_once_a_second_however_many_watch,
     signing_in_sets_a_safe_cookie_and_rotates_the_session,

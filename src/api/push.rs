@@ -411,12 +411,45 @@ pub async fn post_push<S: Store>(
     if app.apns.is_none() && app.fcm.is_none() {
         return unavailable();
     }
-    let Ok(request_id) = request_id() else {
-        return unavailable();
-    };
-    let Ok(message) = serde_json::to_value(&request.message) else {
-        return unavailable();
-    };
+    match queue(&st, &key.app, app, &request).await {
+        Ok((request_id, q)) => answer(
+            StatusCode::OK,
+            PushAccepted {
+                success: true,
+                request_id,
+                accepted: q.deliveries,
+                unknown: q.unknown,
+            },
+        ),
+        Err(error) => {
+            tracing::error!(message = "Cannot queue a push.", %error);
+            unavailable()
+        }
+    }
+}
+
+/// Why a checked push could not be queued (never the caller's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("no request id: {0}")]
+    Random(#[from] super::keys::RandomError),
+    #[error("the message: {0}")]
+    Message(#[from] serde_json::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Queues a checked push of `app_id` (the API's `POST /v1/push` and the
+/// console's test push): a new request id, a row per device found, the
+/// engine's row loop woken. Returns the request id and what was queued.
+pub async fn queue<S: Store>(
+    st: &ApiState<S>,
+    app_id: &str,
+    app: &AppConfig,
+    request: &PushRequest,
+) -> Result<(String, crate::store::PushQueued), QueueError> {
+    let request_id = request_id()?;
+    let message = serde_json::to_value(&request.message)?;
     let users: Vec<(String, Option<String>)> = request
         .user_ids
         .iter()
@@ -434,7 +467,7 @@ pub async fn post_push<S: Store>(
         .store
         .push_queue(
             &NewPush {
-                app_id: &key.app,
+                app_id,
                 request_id: &request_id,
                 message: &message,
                 users: &users,
@@ -448,27 +481,11 @@ pub async fn post_push<S: Store>(
             },
             st.clock.now(),
         )
-        .await;
-    match queued {
-        Ok(q) => {
-            if let Some(wake) = &st.rows_queued {
-                wake.notify_one();
-            }
-            answer(
-                StatusCode::OK,
-                PushAccepted {
-                    success: true,
-                    request_id,
-                    accepted: q.deliveries,
-                    unknown: q.unknown,
-                },
-            )
-        }
-        Err(error) => {
-            tracing::error!(message = "Cannot queue a push.", %error);
-            unavailable()
-        }
+        .await?;
+    if let Some(wake) = &st.rows_queued {
+        wake.notify_one();
     }
+    Ok((request_id, queued))
 }
 
 /// `req_` and 16 random bytes in hex.

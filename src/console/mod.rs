@@ -96,6 +96,10 @@ pub fn router_with<S: Store>(state: ConsoleState<S>) -> Router {
             post(pages::campaign_action::<S>),
         )
         .route(
+            "/console/apps/{app}/campaigns/{id}/test",
+            post(pages::campaign_test::<S>),
+        )
+        .route(
             "/console/apps/{app}/campaigns/{id}/live",
             get(pages::campaign_live::<S>),
         )

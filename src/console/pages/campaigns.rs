@@ -113,6 +113,7 @@ struct CampaignPage<'a> {
     body: String,
     flash: Option<String>,
     actions: Vec<&'static str>,
+    can_test: bool,
     csrf: String,
     live: String,
 }
@@ -223,6 +224,7 @@ async fn campaign_page<S: Store>(
         revision: c.revision,
         flash,
         actions,
+        can_test: s.session.role.can(Permission::EditCampaigns),
         csrf: s.session.csrf_token.clone(),
         live: live_part(app, id, &snap)?,
     }
@@ -307,4 +309,82 @@ pub async fn campaign_action<S: Store>(
         }
         Err(e) => Err(PageError::Internal(e.to_string())),
     }
+}
+
+#[derive(Deserialize)]
+pub struct TestForm {
+    csrf: String,
+    /// `user` (an external id) or `install` (an install id).
+    to_kind: String,
+    to: String,
+}
+
+/// Sends the campaign's message now to one user or install (an editor's own
+/// phone), as a transactional push through the API's own queueing, whatever
+/// the campaign's audience or state; recorded in the audit log.
+pub async fn campaign_test<S: Store>(
+    State(st): State<ConsoleState<S>>,
+    Extension(addr): Extension<ClientAddress>,
+    headers: HeaderMap,
+    Path((app, id)): Path<(String, i64)>,
+    Form(form): Form<TestForm>,
+) -> Result<Response, PageError> {
+    let s = signed(&st, &headers).await?;
+    s.app(&app)?;
+    s.csrf(&form.csrf)?;
+    s.require(Permission::EditCampaigns)?;
+    let c = st
+        .store
+        .campaign_get_by_id(&app, id)
+        .await?
+        .ok_or(PageError::NotFound)?;
+    let app_config = st.config.app(&app).ok_or(PageError::NotFound)?;
+    let to = form.to.trim().to_owned();
+    if !matches!(form.to_kind.as_str(), "user" | "install") {
+        return Err(PageError::NotFound);
+    }
+    // User and install ids obey one rule (the API's).
+    let invalid = crate::domain::audience::check_external_id("to", &to)
+        .err()
+        .map(|e| e.to_string());
+    if let Some(message) = invalid {
+        let page = campaign_page(&st, &s, &app, id, Some(message)).await?;
+        return Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response());
+    }
+    let message: crate::domain::message::Message =
+        serde_json::from_value(c.definition.0["message"].clone())
+            .map_err(|e| PageError::Internal(format!("campaign #{id}'s message: {e}")))?;
+    let (user_ids, install_ids) = if form.to_kind == "user" {
+        (vec![to.clone()], Vec::new())
+    } else {
+        (Vec::new(), vec![to.clone()])
+    };
+    let request = crate::api::push::PushRequest {
+        user_ids,
+        install_ids,
+        message,
+        topic: None,
+        primary_only: false,
+    };
+    let (request_id, queued) = crate::api::push::queue(&st.api, &app, app_config, &request)
+        .await
+        .map_err(|e| PageError::Internal(e.to_string()))?;
+    let now = st.clock.now();
+    let mut entry = s.audit("test_push", Some(&app), Some(&c.key), &addr, now);
+    entry.detail = Some(format!("{} {to} → {request_id}", form.to_kind));
+    st.store.audit_append(&entry).await?;
+    let flash = if queued.deliveries == 0 {
+        format!(
+            "Test push {request_id}: no device found for {} {to:?}.",
+            form.to_kind
+        )
+    } else {
+        format!(
+            "Test push {request_id} queued for {} device(s) of {} {to:?}; find it under Messages.",
+            queued.deliveries, form.to_kind
+        )
+    };
+    Ok(campaign_page(&st, &s, &app, id, Some(flash))
+        .await?
+        .into_response())
 }

@@ -230,6 +230,6 @@ mod session;
 
 pub use admin::{key_create, key_revoke, keys, operator_add, operator_set, operators};
 pub use audit::audit;
-pub use campaigns::{campaign, campaign_action, campaign_live, campaigns};
+pub use campaigns::{campaign, campaign_action, campaign_live, campaign_test, campaigns};
 pub use messages::{message, messages};
 pub use session::{home, login, login_form, logout};
