@@ -4,6 +4,15 @@
 use chrono::{DateTime, Utc};
 
 use super::auth::{hash_password, HashError};
+
+/// Argon2id takes tens of milliseconds by design: off the runtime's threads.
+async fn hashed(password: &str) -> Result<String, AccountError> {
+    let password = password.to_owned();
+    tokio::task::spawn_blocking(move || hash_password(&password))
+        .await
+        .map_err(|e| AccountError::Hash(HashError::from(e)))?
+        .map_err(AccountError::from)
+}
 use crate::config::Config;
 use crate::domain::operator::{check_password, normalize_email, AppGrant, Role};
 use crate::store::{AuditEntry, NewOperator, OperatorRecord, Store, StoreError};
@@ -41,13 +50,20 @@ pub struct Actor<'a> {
 }
 
 impl Actor<'_> {
-    pub fn entry(&self, action: &str, target: Option<&str>, now: DateTime<Utc>) -> AuditEntry {
+    /// The audit line of an action of this actor.
+    pub fn entry(
+        &self,
+        action: &str,
+        app: Option<&str>,
+        target: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> AuditEntry {
         AuditEntry {
             at: now,
             operator_id: self.operator_id,
             actor: self.name.to_owned(),
             action: action.to_owned(),
-            app_id: None,
+            app_id: app.map(str::to_owned),
             target: target.map(str::to_owned),
             address: self.address.map(str::to_owned),
             detail: None,
@@ -92,7 +108,7 @@ pub async fn add<S: Store>(
 ) -> Result<String, AccountError> {
     let email = normalize_email(email).map_err(|m| invalid("email", m))?;
     check_password(password, &email).map_err(|m| invalid("password", m))?;
-    let hash = hash_password(password)?;
+    let hash = hashed(password).await?;
     store
         .operator_create(
             &NewOperator {
@@ -108,7 +124,7 @@ pub async fn add<S: Store>(
             StoreError::Invalid(m) => invalid("email", m),
             other => other.into(),
         })?;
-    let mut entry = actor.entry("operator_added", Some(&email), now);
+    let mut entry = actor.entry("operator_added", None, Some(&email), now);
     entry.detail = Some(format!("role {role}"));
     store.audit_append(&entry).await?;
     Ok(email)
@@ -132,10 +148,10 @@ pub async fn reset_password<S: Store>(
 ) -> Result<(), AccountError> {
     let op = find(store, email).await?;
     check_password(password, &op.email).map_err(|m| invalid("password", m))?;
-    let hash = hash_password(password)?;
+    let hash = hashed(password).await?;
     store.operator_set_password(op.id, &hash, now).await?;
     store
-        .audit_append(&actor.entry("operator_password_reset", Some(&op.email), now))
+        .audit_append(&actor.entry("operator_password_reset", None, Some(&op.email), now))
         .await?;
     Ok(())
 }
@@ -156,7 +172,7 @@ pub async fn set_disabled<S: Store>(
         "operator_enabled"
     };
     store
-        .audit_append(&actor.entry(action, Some(&op.email), now))
+        .audit_append(&actor.entry(action, None, Some(&op.email), now))
         .await?;
     Ok(())
 }

@@ -10,6 +10,12 @@ use base64::Engine as _;
 #[error("cannot hash the password: {0}")]
 pub struct HashError(String);
 
+impl From<tokio::task::JoinError> for HashError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        HashError(e.to_string())
+    }
+}
+
 /// An Argon2id hash (the crate's defaults: 19 MiB, 2 passes, 1 lane, as
 /// OWASP's password storage sheet recommends) in the PHC string format.
 pub fn hash_password(password: &str) -> Result<String, HashError> {
@@ -41,9 +47,7 @@ pub fn dummy_hash() -> &'static str {
 
 /// 32 random bytes, URL-safe base64: a session token or a CSRF token.
 pub fn random_token() -> Result<String, HashError> {
-    let mut bytes = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| HashError("the system's random source failed".to_owned()))?;
+    let bytes = crate::api::keys::random_bytes::<32>().map_err(|e| HashError(e.to_string()))?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
@@ -52,11 +56,10 @@ pub fn random_password() -> Result<String, HashError> {
     random_token().map(|t| t[..20].to_owned())
 }
 
-/// What a session is stored by: the SHA-256 of its token, so the table alone
-/// cannot sign anyone in.
+/// What a session is stored by: the SHA-256 of its token, as API keys are
+/// stored, so the table alone cannot sign anyone in.
 pub fn token_hash(token: &str) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::api::keys::hash(token)
 }
 
 /// Constant-time equality of two strings (CSRF tokens).

@@ -1,7 +1,7 @@
 //! Admins' pages: an app's API keys (the secret shown once) and the operators.
 
 use super::*;
-use crate::console::accounts::{self, AccountError, Actor};
+use crate::console::accounts::{self, AccountError};
 use crate::domain::operator::AppGrant;
 
 struct KeyRow {
@@ -242,14 +242,6 @@ pub struct NewOperatorForm {
     apps: String,
 }
 
-fn actor<'a>(s: &'a Signed, addr: &'a ClientAddress) -> Actor<'a> {
-    Actor {
-        operator_id: Some(s.session.operator_id),
-        name: &s.session.email,
-        address: Some(&addr.0),
-    }
-}
-
 /// The operators page again, with why the form was refused.
 async fn refuse<S: Store>(
     st: &ConsoleState<S>,
@@ -303,7 +295,7 @@ pub async fn operator_add<S: Store>(
         role,
         &grant,
         &password,
-        &actor(&s, &addr),
+        &s.actor(&addr),
         now,
     )
     .await
@@ -348,7 +340,7 @@ pub async fn operator_set<S: Store>(
         &*st.store,
         &op.email,
         disabled,
-        &actor(&s, &addr),
+        &s.actor(&addr),
         st.clock.now(),
     )
     .await

@@ -159,15 +159,15 @@ impl Signed {
         addr: &ClientAddress,
         now: DateTime<Utc>,
     ) -> AuditEntry {
-        AuditEntry {
-            at: now,
+        self.actor(addr).entry(action, app, target, now)
+    }
+
+    /// The operator as the audit log and account changes name them.
+    fn actor<'a>(&'a self, addr: &'a ClientAddress) -> crate::console::accounts::Actor<'a> {
+        crate::console::accounts::Actor {
             operator_id: Some(self.session.operator_id),
-            actor: self.session.email.clone(),
-            action: action.to_owned(),
-            app_id: app.map(str::to_owned),
-            target: target.map(str::to_owned),
-            address: Some(addr.0.clone()),
-            detail: None,
+            name: &self.session.email,
+            address: Some(&addr.0),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Signing in and out, and the way in.
 
 use super::*;
+use crate::console::accounts::Actor;
 
 pub async fn home<S: Store>(
     State(st): State<ConsoleState<S>>,
@@ -111,16 +112,14 @@ pub async fn login<S: Store>(
         Some(o) if matches && o.disabled_at.is_none() => o,
         _ => {
             st.store
-                .audit_append(&AuditEntry {
-                    at: now,
-                    operator_id: None,
-                    actor: email.clone(),
-                    action: "signin_failed".to_owned(),
-                    app_id: None,
-                    target: None,
-                    address: Some(addr.0.clone()),
-                    detail: None,
-                })
+                .audit_append(
+                    &Actor {
+                        operator_id: None,
+                        name: &email,
+                        address: Some(&addr.0),
+                    }
+                    .entry("signin_failed", None, None, now),
+                )
                 .await?;
             return login_page(
                 secure,
@@ -151,16 +150,14 @@ pub async fn login<S: Store>(
         )
         .await?;
     st.store
-        .audit_append(&AuditEntry {
-            at: now,
-            operator_id: Some(operator.id),
-            actor: operator.email.clone(),
-            action: "signin".to_owned(),
-            app_id: None,
-            target: None,
-            address: Some(addr.0.clone()),
-            detail: None,
-        })
+        .audit_append(
+            &Actor {
+                operator_id: Some(operator.id),
+                name: &operator.email,
+                address: Some(&addr.0),
+            }
+            .entry("signin", None, None, now),
+        )
         .await?;
     let mut res = Redirect::to("/console").into_response();
     let h = res.headers_mut();
