@@ -95,11 +95,7 @@ async fn an_editor_plans_and_schedules_a_local_nine_oclock_campaign_in_chromium(
     assert_eq!(b.text(".title").await, "<script>alert(1)</script>");
     assert_eq!(b.count("main script").await, 0);
     b.click("#action-schedule").await;
-    assert!(
-        b.url().await.ends_with("?done=schedule"),
-        "{}",
-        b.url().await
-    );
+    b.wait_url("?done=schedule").await;
     assert_eq!(
         store
             .campaign_get_by_id("shop", id)
@@ -125,6 +121,13 @@ async fn an_editor_plans_and_schedules_a_local_nine_oclock_campaign_in_chromium(
         adelaide.contains("09:00 (UTC+10:30)") && adelaide.contains("2031-03-30 22:30"),
         "{adelaide}"
     );
+    // The zones with recipients are listed; the other 485 are folded away.
+    assert_eq!(
+        b.count("#live section > .scroll > table.plan > tbody > tr")
+            .await,
+        4
+    );
+    assert_eq!(b.count("#empty-zones tbody tr").await, 485);
     b.screenshot("campaign-plan-1440").await;
     b.resize(390, 844).await;
     b.screenshot("campaign-plan-390").await;

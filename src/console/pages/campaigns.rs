@@ -97,6 +97,8 @@ struct LivePart<'a> {
     state: String,
     totals: Vec<(String, i64)>,
     slots: Vec<SlotRow>,
+    /// Zones with no recipient (yet): their sends, folded away.
+    empty: Vec<SlotRow>,
 }
 
 #[derive(Template)]
@@ -153,29 +155,31 @@ fn live_part(app: &str, id: i64, snap: &Snapshot) -> Result<String, PageError> {
         snap.state,
         CampaignState::Completed | CampaignState::Cancelled | CampaignState::Draft
     );
+    let rows = snap.slots.iter().map(|x| {
+        let counts = snap.by_slot.get(&x.id);
+        SlotRow {
+            local: local_time(&x.zone, x.fire_at),
+            utc: minute(x.fire_at),
+            zone: x.zone.clone(),
+            disposition: x.disposition.clone(),
+            planned: x.planned_count,
+            sent: sum(counts, SENT),
+            not_sent: sum(counts, NOT_SENT),
+            state: x.state.to_string(),
+        }
+    });
+    // A per-zone campaign has a slot in every zone (for whoever registers
+    // there later); the zones nobody is in yet are folded away.
+    let (slots, empty): (Vec<SlotRow>, Vec<SlotRow>) =
+        rows.partition(|r| r.planned > 0 || r.sent > 0 || r.not_sent > 0);
     Ok(LivePart {
         app,
         id,
         trigger: if settled { "none" } else { "every 2s" },
         state: snap.state.to_string(),
         totals: snap.totals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        slots: snap
-            .slots
-            .iter()
-            .map(|x| {
-                let counts = snap.by_slot.get(&x.id);
-                SlotRow {
-                    local: local_time(&x.zone, x.fire_at),
-                    utc: minute(x.fire_at),
-                    zone: x.zone.clone(),
-                    disposition: x.disposition.clone(),
-                    planned: x.planned_count,
-                    sent: sum(counts, SENT),
-                    not_sent: sum(counts, NOT_SENT),
-                    state: x.state.to_string(),
-                }
-            })
-            .collect(),
+        slots,
+        empty,
     }
     .render()?)
 }
