@@ -403,16 +403,36 @@ pub async fn edit<S: Store>(
     patch: &serde_json::Value,
     now: DateTime<Utc>,
 ) -> Result<Applied, ApplyError> {
-    if !c.state.is_editable() {
-        return Err(StoreError::NotEditable {
-            key: c.key.clone(),
-            state: c.state,
-        }
-        .into());
-    }
+    editable(c)?;
     let mut doc = c.definition.0.clone();
     merge_patch(&mut doc, patch);
     let def = from_json(doc).map_err(|e| ValidationErrors(vec![e]))?;
+    replace(store, config, c, &def, now).await
+}
+
+/// Refuses a campaign that is no longer a draft or scheduled.
+fn editable(c: &CampaignRecord) -> Result<(), ApplyError> {
+    if c.state.is_editable() {
+        Ok(())
+    } else {
+        Err(StoreError::NotEditable {
+            key: c.key.clone(),
+            state: c.state,
+        }
+        .into())
+    }
+}
+
+/// Replaces an editable campaign's definition with a whole new one (the
+/// console's composer) and re-plans its slots. Key and app cannot change.
+pub async fn replace<S: Store>(
+    store: &S,
+    config: &Config,
+    c: &CampaignRecord,
+    def: &CampaignDefinition,
+    now: DateTime<Utc>,
+) -> Result<Applied, ApplyError> {
+    editable(c)?;
     let fixed = [
         (
             "key",
@@ -432,7 +452,7 @@ pub async fn edit<S: Store>(
     if !errors.is_empty() {
         return Err(ValidationErrors(errors).into());
     }
-    let prepared = prepare(store, config, &def, now).await?;
+    let prepared = prepare(store, config, def, now).await?;
     save(store, prepared, now).await
 }
 

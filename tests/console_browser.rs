@@ -13,7 +13,7 @@ use common::webdriver::{self, Browser};
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::Config;
 use meridian::definitions;
-use meridian::domain::campaign::{parse_toml, Platform};
+use meridian::domain::campaign::Platform;
 use meridian::domain::operator::{AppGrant, Role};
 use meridian::domain::state::CampaignState;
 use meridian::store::prelude::*;
@@ -27,7 +27,7 @@ async fn sign_in(b: &Browser, base: &str, email: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_editor_plans_and_schedules_a_local_nine_oclock_campaign_in_chromium() {
+async fn an_editor_composes_plans_and_schedules_a_local_nine_oclock_campaign_in_chromium() {
     if !webdriver::available() {
         return;
     }
@@ -63,38 +63,126 @@ async fn an_editor_plans_and_schedules_a_local_nine_oclock_campaign_in_chromium(
             .await
             .unwrap();
     }
-    // 30 March 2031: Europe has just moved to summer time (Berlin +02:00),
-    // Adelaide is on summer time until April (+10:30), New York since March (-04:00).
-    let text = "key = \"spring-sale\"\napp = \"shop\"\nname = \"<script>alert(1)</script> Spring sale\"\nstatus = \"draft\"\n\
-        [message]\ntitle = \"<script>alert(1)</script>\"\nbody = \"Our spring sale starts now.\"\n\
-        [audience]\ntopics = [\"news\"]\n[schedule]\ntype = \"local\"\nat = \"2031-03-31T09:00\"\n";
-    let def = parse_toml("t.toml", text).unwrap();
-    let prepared = definitions::prepare(&*store, &config, &def, now)
-        .await
-        .unwrap();
-    let id = definitions::save(&*store, prepared, now)
-        .await
-        .unwrap()
-        .record
-        .id;
     operator(&*store, "ed@example.com", Role::Editor, AppGrant::All).await;
     operator(&*store, "vi@example.com", Role::Viewer, AppGrant::All).await;
     let base = serve_console(store.clone(), config).await;
 
     let b = Browser::start(1440, 1000).await;
     sign_in(&b, &base, "ed@example.com").await;
-    assert!(
-        b.url().await.ends_with("/console/apps/other/campaigns")
-            || b.url().await.ends_with("/console/apps/shop/campaigns")
-    );
+    b.wait_url("/campaigns").await;
     b.goto(&format!("{base}/console/apps/shop/campaigns")).await;
-    assert_eq!(b.count("table.list tbody tr").await, 1);
-    b.screenshot("campaigns-1440").await;
-    b.click("table.list tbody a").await;
+    b.click("#new-campaign").await;
+    b.wait_url("/campaigns/new").await;
+
+    // Compose: the preview follows the typing, on both platforms.
+    b.type_into("#key", "spring-sale").await;
+    b.type_into("#name", "<script>alert(1)</script> Spring sale")
+        .await;
+    b.type_into("#title", "<script>alert(1)</script>").await;
+    b.type_into("#body", "Our spring sale starts now.").await;
+    b.type_into("#image", "https://img.example.com/spring.png")
+        .await;
+    b.type_into("#button1_id", "shop").await;
+    b.type_into("#button1_label", "Shop now").await;
+    b.type_into("#button2_id", "later").await;
+    b.type_into("#button2_label", "Remind me").await;
+    b.click("input[name='topics'][value='news']").await;
+    b.click("#schedule-local").await;
+    // 30 March 2031: Europe has just moved to summer time (Berlin +02:00),
+    // Adelaide is on summer time until April (+10:30), New York since March (-04:00).
+    b.set_value("#at_local", "2031-03-31T09:00").await;
+    b.wait_text("#preview-android .android-actions", "REMIND ME")
+        .await;
+    assert_eq!(
+        b.text("#preview-ios .ntitle").await,
+        "<script>alert(1)</script>"
+    );
+    assert_eq!(b.count("#preview-ios .ios-actions li").await, 2);
+    assert_eq!(b.count("#preview-android img.bigpicture").await, 1);
+    assert_eq!(b.count("#preview-ios img.thumb").await, 1);
+    // An error appears beside its field as it is typed, from the validator,
+    // and goes when it is fixed.
+    b.type_into("#link", "not a link").await;
+    b.click("input[name='link_kind'][value='url']").await;
+    b.wait_text("#err-link", "http or https URL").await;
+    b.screenshot("compose-error-1440").await;
+    b.clear("#link").await;
+    b.type_into("#link", "https://shop.example.com/spring")
+        .await;
+    for _ in 0..100 {
+        if b.text("#err-link").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.text("#err-link").await, "");
+    // A German text, previewed as German.
+    b.type_into("#locale1_tag", "de").await;
+    b.type_into("#locale1_title", "Frühlingsverkauf").await;
+    b.type_into("#locale1_body", "Jetzt zugreifen.").await;
+    b.wait_text("#preview_locale", "de").await;
+    b.click("#preview_locale option[value='de']").await;
+    b.wait_text("#preview-ios .ntitle", "Frühlingsverkauf")
+        .await;
+    b.screenshot("compose-1440").await;
+    b.resize(390, 844).await;
+    b.screenshot("compose-390").await;
+    assert!(!b.overflows().await, "the composer fits 390 px");
+    b.resize(1440, 1000).await;
+    b.click("#save").await;
+    b.wait_url("?done=saved").await;
+    let c = store
+        .campaign_get("shop", "spring-sale")
+        .await
+        .unwrap()
+        .unwrap();
+    let id = c.id;
+    assert_eq!(c.state, CampaignState::Draft);
+    let def = definitions::stored_definition(&c).unwrap();
+    assert_eq!(def.message.buttons.len(), 2);
+    assert_eq!(
+        def.message.image.as_deref(),
+        Some("https://img.example.com/spring.png")
+    );
+    assert_eq!(def.message.locales["de"].title, "Frühlingsverkauf");
+    assert_eq!(def.schedule.at.as_deref(), Some("2031-03-31T09:00"));
     // The script in the title is text on the page, not a script.
     assert_eq!(b.text(".title").await, "<script>alert(1)</script>");
     assert_eq!(b.count("main script").await, 0);
-    b.click("#action-schedule").await;
+
+    // The plan before scheduling: Kathmandu at its own 09:00, 03:15 UTC, on
+    // the timeline and in the table; Berlin's clocks changed that week.
+    b.click("#open-plan").await;
+    b.wait_url("/plan").await;
+    let kathmandu = b.text("tr[id='plan-Asia/Kathmandu']").await;
+    assert!(
+        kathmandu.contains("09:00 (UTC+05:45)") && kathmandu.contains("2031-03-31 03:15"),
+        "{kathmandu}"
+    );
+    assert_eq!(
+        b.count("#timeline circle[data-zones~='Asia/Kathmandu'][data-utc='2031-03-31 03:15']")
+            .await,
+        1
+    );
+    assert_eq!(b.count("#timeline circle").await, 4);
+    let berlin = b.text("tr[id='plan-Europe/Berlin']").await;
+    assert!(
+        berlin.contains("09:00 (UTC+02:00)")
+            && berlin.contains("07:00")
+            && berlin.contains("clocks changed in the week before: UTC+01:00 → UTC+02:00"),
+        "{berlin}"
+    );
+    b.screenshot("plan-draft-1440").await;
+
+    // Scheduling asks first, with the plan's outline.
+    b.click("#plan-schedule").await;
+    b.wait_url("/schedule").await;
+    assert!(b
+        .text("#consequence")
+        .await
+        .contains("4 recipient(s) in 4 send(s)"));
+    b.screenshot("confirm-schedule").await;
+    b.click("#confirm").await;
     b.wait_url("?done=schedule").await;
     assert_eq!(
         store
@@ -105,16 +193,11 @@ async fn an_editor_plans_and_schedules_a_local_nine_oclock_campaign_in_chromium(
             .state,
         CampaignState::Scheduled
     );
-    // The plan: every zone at its own 09:00, Kathmandu's at 03:15 UTC.
+    // The campaign page's plan: every zone at its own 09:00.
     let kathmandu = b.text("tr[id='zone-Asia/Kathmandu']").await;
     assert!(
         kathmandu.contains("09:00 (UTC+05:45)") && kathmandu.contains("2031-03-31 03:15"),
         "{kathmandu}"
-    );
-    let berlin = b.text("tr[id='zone-Europe/Berlin']").await;
-    assert!(
-        berlin.contains("09:00 (UTC+02:00)") && berlin.contains("07:00"),
-        "{berlin}"
     );
     let adelaide = b.text("tr[id='zone-Australia/Adelaide']").await;
     assert!(
@@ -136,18 +219,22 @@ async fn an_editor_plans_and_schedules_a_local_nine_oclock_campaign_in_chromium(
         "the plan fits 390 px without scrolling sideways"
     );
 
-    // A viewer sees the plan but no action.
+    // A viewer sees the plan but no action, and cannot reach one by its URL.
     let v = Browser::start(1440, 1000).await;
     sign_in(&v, &base, "vi@example.com").await;
     v.wait_url("/campaigns").await;
     v.goto(&format!("{base}/console/apps/shop/campaigns/{id}"))
         .await;
     assert_eq!(v.count("#action-pause").await, 0);
+    assert_eq!(v.count("#edit").await, 0);
     assert!(v
         .text("tr[id='zone-Asia/Kathmandu']")
         .await
         .contains("03:15"));
     v.screenshot("campaign-viewer-1440").await;
+    v.goto(&format!("{base}/console/apps/shop/campaigns/{id}/pause"))
+        .await;
+    assert_eq!(v.text("h1").await, "Not allowed");
     db.finish().await;
 }
 

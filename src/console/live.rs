@@ -22,6 +22,10 @@ pub struct Snapshot {
     pub by_slot: HashMap<i64, BTreeMap<String, i64>>,
     /// Deliveries by status, over every slot.
     pub totals: BTreeMap<String, i64>,
+    /// Recipients counted when each slot was released.
+    pub recipients: HashMap<i64, i64>,
+    /// Who each released slot left out, by reason (`opted_out`, `no_device`, …).
+    pub excluded: HashMap<i64, BTreeMap<String, i64>>,
 }
 
 type Entry = Arc<tokio::sync::Mutex<Option<(Instant, Arc<Snapshot>)>>>;
@@ -81,11 +85,28 @@ impl LiveCache {
             *totals.entry(status.clone()).or_default() += n;
             by_slot.entry(slot).or_default().insert(status, n);
         }
+        let mut recipients = HashMap::new();
+        let mut excluded: HashMap<i64, BTreeMap<String, i64>> = HashMap::new();
+        for (slot, kind, n) in store.slot_count_by_state(id).await? {
+            match kind.strip_prefix("excluded:") {
+                Some(reason) => {
+                    excluded
+                        .entry(slot)
+                        .or_default()
+                        .insert(reason.to_owned(), n);
+                }
+                None => {
+                    recipients.insert(slot, n);
+                }
+            }
+        }
         let snap = Arc::new(Snapshot {
             state: c.state,
             slots,
             by_slot,
             totals,
+            recipients,
+            excluded,
         });
         *held = Some((Instant::now(), snap.clone()));
         Ok(Some(snap))

@@ -8,8 +8,10 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod compose;
 pub mod live;
 mod pages;
+pub mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,12 +90,28 @@ pub fn router_with<S: Store>(state: ConsoleState<S>) -> Router {
         .route("/console/logout", post(pages::logout::<S>))
         .route("/console/apps/{app}/campaigns", get(pages::campaigns::<S>))
         .route(
+            "/console/apps/{app}/campaigns/new",
+            get(pages::compose_new::<S>).post(pages::compose_create::<S>),
+        )
+        .route(
+            "/console/apps/{app}/campaigns/{id}/edit",
+            get(pages::compose_edit::<S>).post(pages::compose_update::<S>),
+        )
+        .route(
+            "/console/apps/{app}/campaigns/{id}/plan",
+            get(pages::campaign_plan::<S>),
+        )
+        .route(
+            "/console/apps/{app}/compose/check",
+            post(pages::compose_check::<S>),
+        )
+        .route(
             "/console/apps/{app}/campaigns/{id}",
             get(pages::campaign::<S>),
         )
         .route(
             "/console/apps/{app}/campaigns/{id}/{action}",
-            post(pages::campaign_action::<S>),
+            get(pages::campaign_confirm::<S>).post(pages::campaign_action::<S>),
         )
         .route(
             "/console/apps/{app}/campaigns/{id}/test",

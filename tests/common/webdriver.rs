@@ -183,6 +183,47 @@ impl Browser {
         .await;
     }
 
+    /// Waits (up to 10 s) until the first element matching `css` has text
+    /// containing `part` (a live region or a preview updates after a request).
+    pub async fn wait_text(&self, css: &str, part: &str) -> String {
+        let mut last = String::new();
+        for _ in 0..100 {
+            if self.count(css).await > 0 {
+                last = self.text(css).await;
+                if last.contains(part) {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{css} never showed {part:?}; it shows {last:?}");
+    }
+
+    pub async fn clear(&self, css: &str) {
+        let e = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/clear"),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Sets an input's value as a picker would (a `datetime-local`'s keyboard
+    /// entry depends on the browser's locale) and fires its `input` event.
+    pub async fn set_value(&self, css: &str, value: &str) {
+        let e = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({
+                "script": "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input', {bubbles: true}));",
+                "args": [{(ELEMENT): e}, value],
+            })),
+        )
+        .await;
+    }
+
     pub async fn click(&self, css: &str) {
         let e = self.find(css).await;
         self.call(

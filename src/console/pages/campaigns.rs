@@ -21,6 +21,7 @@ struct CampaignsPage<'a> {
     state: String,
     q: String,
     rows: Vec<CampaignRow>,
+    can_edit: bool,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +73,7 @@ pub async fn campaigns<S: Store>(
         state: state.map(|s| s.to_string()).unwrap_or_default(),
         q: query.q.clone(),
         rows,
+        can_edit: s.session.role.can(Permission::EditCampaigns),
     }
     .render()?;
     Ok(Html(html).into_response())
@@ -116,23 +118,9 @@ struct CampaignPage<'a> {
     flash: Option<String>,
     actions: Vec<&'static str>,
     can_test: bool,
+    can_edit: bool,
     csrf: String,
     live: String,
-}
-
-/// A slot's wall time in its own zone, with the zone's offset then.
-fn local_time(zone: &str, at: DateTime<Utc>) -> String {
-    if zone == "*" {
-        // A `now` or `at` campaign: one slot for every zone at one instant.
-        return "the same instant everywhere".to_owned();
-    }
-    match zone.parse::<chrono_tz::Tz>() {
-        Ok(tz) => at
-            .with_timezone(&tz)
-            .format("%a %d %b %H:%M (UTC%:z)")
-            .to_string(),
-        Err(_) => "?".to_owned(),
-    }
 }
 
 /// Statuses that count as sent, and as final without a send.
@@ -158,7 +146,7 @@ fn live_part(app: &str, id: i64, snap: &Snapshot) -> Result<String, PageError> {
     let rows = snap.slots.iter().map(|x| {
         let counts = snap.by_slot.get(&x.id);
         SlotRow {
-            local: local_time(&x.zone, x.fire_at),
+            local: local_time(&x.zone, x.fire_at, None),
             utc: minute(x.fire_at),
             zone: x.zone.clone(),
             disposition: x.disposition.clone(),
@@ -191,11 +179,7 @@ async fn campaign_page<S: Store>(
     id: i64,
     flash: Option<String>,
 ) -> Result<Html<String>, PageError> {
-    let c = st
-        .store
-        .campaign_get_by_id(app, id)
-        .await?
-        .ok_or(PageError::NotFound)?;
+    let c = campaign_of(st, app, id).await?;
     let snap = st
         .live
         .get(&*st.store, app, id)
@@ -229,6 +213,7 @@ async fn campaign_page<S: Store>(
         flash,
         actions,
         can_test: s.session.role.can(Permission::EditCampaigns),
+        can_edit: s.session.role.can(Permission::EditCampaigns) && c.state.is_editable(),
         csrf: s.session.csrf_token.clone(),
         live: live_part(app, id, &snap)?,
     }
@@ -266,11 +251,12 @@ pub async fn campaign<S: Store>(
     let s = signed(&st, &headers).await?;
     s.app(&app)?;
     // Only known actions make a message: a link cannot put words on the page.
-    let flash = query
-        .done
-        .as_deref()
-        .and_then(Action::parse)
-        .map(|a| format!("Done: {}.", a.as_str()));
+    let flash = match query.done.as_deref() {
+        Some("saved") => Some("Saved.".to_owned()),
+        done => done
+            .and_then(Action::parse)
+            .map(|a| format!("Done: {}.", a.as_str())),
+    };
     Ok(campaign_page(&st, &s, &app, id, flash)
         .await?
         .into_response())
@@ -288,11 +274,7 @@ pub async fn campaign_action<S: Store>(
     s.csrf(&form.csrf)?;
     s.require(Permission::EditCampaigns)?;
     let action = Action::parse(&action).ok_or(PageError::NotFound)?;
-    let c = st
-        .store
-        .campaign_get_by_id(&app, id)
-        .await?
-        .ok_or(PageError::NotFound)?;
+    let c = campaign_of(&st, &app, id).await?;
     let now = st.clock.now();
     match definitions::act(&*st.store, &st.config, &c, action, now).await {
         Ok(_) => {
@@ -337,11 +319,7 @@ pub async fn campaign_test<S: Store>(
     s.app(&app)?;
     s.csrf(&form.csrf)?;
     s.require(Permission::EditCampaigns)?;
-    let c = st
-        .store
-        .campaign_get_by_id(&app, id)
-        .await?
-        .ok_or(PageError::NotFound)?;
+    let c = campaign_of(&st, &app, id).await?;
     let app_config = st.config.app(&app).ok_or(PageError::NotFound)?;
     let to = form.to.trim().to_owned();
     if !matches!(form.to_kind.as_str(), "user" | "install") {
@@ -391,4 +369,89 @@ pub async fn campaign_test<S: Store>(
     Ok(campaign_page(&st, &s, &app, id, Some(flash))
         .await?
         .into_response())
+}
+
+#[derive(Template)]
+#[template(path = "console/confirm.html")]
+struct ConfirmPage<'a> {
+    asset_version: &'a str,
+    nav: Option<Nav>,
+    app: &'a str,
+    id: i64,
+    name: String,
+    action: &'static str,
+    /// What the action will do, in a sentence or two.
+    consequence: String,
+    csrf: String,
+}
+
+/// `GET …/campaigns/{id}/{action}`: what the action will do, and a button to
+/// do it. The campaign page's action buttons lead here, so nothing changes
+/// on one click; scheduling shows the plan's outline first.
+pub async fn campaign_confirm<S: Store>(
+    State(st): State<ConsoleState<S>>,
+    headers: HeaderMap,
+    Path((app, id, action)): Path<(String, i64, String)>,
+) -> Result<Response, PageError> {
+    let s = signed(&st, &headers).await?;
+    s.app(&app)?;
+    s.require(Permission::EditCampaigns)?;
+    let action = Action::parse(&action).ok_or(PageError::NotFound)?;
+    let c = campaign_of(&st, &app, id).await?;
+    if !action.admits(c.state) {
+        return Err(PageError::Conflict(format!(
+            "You cannot {} a {} campaign.",
+            action.as_str(),
+            c.state
+        )));
+    }
+    let consequence = match action {
+        Action::Schedule => {
+            let mut def = definitions::stored_definition(&c)
+                .map_err(|e| PageError::Internal(e.to_string()))?;
+            def.status = crate::domain::campaign::DesiredStatus::Scheduled;
+            match definitions::prepare(&*st.store, &st.config, &def, st.clock.now()).await {
+                Ok(prepared) => {
+                    let slots = prepared.plan.map(|p| p.slots).unwrap_or_default();
+                    let sending: Vec<_> = slots
+                        .iter()
+                        .filter(|s| {
+                            s.recipients > 0
+                                && s.disposition != crate::domain::planner::Disposition::Skipped
+                        })
+                        .collect();
+                    let recipients: u64 = sending.iter().map(|s| s.recipients).sum();
+                    match (
+                        sending.iter().map(|s| s.fire_at).min(),
+                        sending.iter().map(|s| s.fire_at).max(),
+                    ) {
+                        (Some(first), Some(last)) => format!(
+                            "{recipients} recipient(s) in {} send(s), from {} to {} UTC, as the audience is now.",
+                            sending.len(),
+                            minute(first),
+                            minute(last)
+                        ),
+                        _ => "Nobody in the audience yet: each zone's send goes to whoever is there by then.".to_owned(),
+                    }
+                }
+                Err(e) if e.is_input() => format!("It cannot be scheduled as it is: {e}"),
+                Err(e) => return Err(PageError::Internal(e.to_string())),
+            }
+        }
+        Action::Pause => "No new message leaves until it is resumed; messages already handed to Apple or Google are not recalled.".to_owned(),
+        Action::Resume => "Sending continues where it stopped.".to_owned(),
+        Action::Cancel => "Every message not yet sent is cancelled. This cannot be undone.".to_owned(),
+    };
+    let html = ConfirmPage {
+        asset_version: asset_version(),
+        nav: Some(s.nav(&app)),
+        app: &app,
+        id,
+        name: c.name.clone(),
+        action: action.as_str(),
+        consequence,
+        csrf: s.session.csrf_token.clone(),
+    }
+    .render()?;
+    Ok(Html(html).into_response())
 }

@@ -29,6 +29,8 @@ pub enum PageError {
     SignIn,
     Forbidden(String),
     NotFound,
+    /// The request does not fit the thing's state (editing a running campaign).
+    Conflict(String),
     /// The form's CSRF token is missing or wrong.
     Csrf,
     Internal(String),
@@ -78,6 +80,7 @@ impl IntoResponse for PageError {
                 "Not found",
                 "There is no such page, or it is not yours to see.",
             ),
+            PageError::Conflict(why) => error_page(StatusCode::CONFLICT, "Not possible now", &why),
             PageError::Csrf => error_page(
                 StatusCode::FORBIDDEN,
                 "The form expired",
@@ -172,6 +175,18 @@ impl Signed {
     }
 }
 
+/// The app's campaign by id, or 404 (another app's is not found either).
+async fn campaign_of<S: Store>(
+    st: &ApiState<S>,
+    app: &str,
+    id: i64,
+) -> Result<crate::store::CampaignRecord, PageError> {
+    st.store
+        .campaign_get_by_id(app, id)
+        .await?
+        .ok_or(PageError::NotFound)
+}
+
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
@@ -218,6 +233,23 @@ pub struct CsrfForm {
     csrf: String,
 }
 
+/// A send's wall time in its zone, with the zone's offset then. A slot for
+/// everyone at once (`*`) has no local time; one for recipients without a
+/// zone (`""`) is read in the app's default zone when given.
+fn local_time(zone: &str, at: DateTime<Utc>, default: Option<chrono_tz::Tz>) -> String {
+    if zone == crate::domain::planner::ALL_ZONES {
+        return "the same instant everywhere".to_owned();
+    }
+    let tz = crate::domain::zone::parse_zone(zone).or(if zone.is_empty() { default } else { None });
+    match tz {
+        Some(tz) => at
+            .with_timezone(&tz)
+            .format("%a %d %b %H:%M (UTC%:z)")
+            .to_string(),
+        None => "?".to_owned(),
+    }
+}
+
 fn minute(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M").to_string()
 }
@@ -225,11 +257,17 @@ fn minute(t: DateTime<Utc>) -> String {
 mod admin;
 mod audit;
 mod campaigns;
+mod compose;
 mod messages;
+mod plan;
 mod session;
 
 pub use admin::{key_create, key_revoke, keys, operator_add, operator_set, operators};
 pub use audit::audit;
-pub use campaigns::{campaign, campaign_action, campaign_live, campaign_test, campaigns};
+pub use campaigns::{
+    campaign, campaign_action, campaign_confirm, campaign_live, campaign_test, campaigns,
+};
+pub use compose::{compose_check, compose_create, compose_edit, compose_new, compose_update};
 pub use messages::{message, messages};
+pub use plan::campaign_plan;
 pub use session::{home, login, login_form, logout};
