@@ -1054,7 +1054,86 @@ async fn the_plan_and_the_confirmation_come_before_scheduling<S: Store + Clone>(
     assert!(plan.body.contains("state-scheduled"));
 }
 
+/// After the engine sends to the simulator: the campaign page's funnel, sends
+/// per minute and progress, and its deliveries as a CSV streamed page by page.
+async fn a_sent_campaign_shows_its_funnel_and_downloads_as_csv<S: Store + Clone>(db: &TestDb<S>) {
+    use meridian::domain::campaign::Platform;
+    let rig = common::rig::rig(db, SystemClock.now()).await;
+    for n in 0..12 {
+        rig.device(n, "Europe/Berlin", Platform::Ios, n == 11).await;
+    }
+    let id = rig.schedule("now", "type = \"now\"").await;
+    rig.engine("worker", 5).run_until_idle().await.unwrap();
+    operator(&*rig.store, "vi@example.com", Role::Viewer, AppGrant::All).await;
+    let base = serve_console(rig.store.clone(), (*rig.config).clone()).await;
+    let browser = Client::new(&base);
+    browser.sign_in("vi@example.com", PASSWORD).await;
+    let page = browser
+        .get(&format!("/console/apps/shop/campaigns/{id}"))
+        .await;
+    assert!(
+        page.body
+            .contains(r#"<dd id="funnel-sent">11 (100.0%)</dd>"#),
+        "{}",
+        page.body
+    );
+    assert!(page
+        .body
+        .contains(r#"<dd id="funnel-opened">0 (0.0%)</dd>"#));
+    assert!(page
+        .body
+        .contains(r#"<progress id="progress" max="12" value="12">"#));
+    assert!(page.body.contains("id=\"per-minute\""));
+    assert!(page.body.contains("11 sent; one bar per 1 min"));
+
+    let csv = browser
+        .get(&format!("/console/apps/shop/campaigns/{id}/deliveries.csv"))
+        .await;
+    assert_eq!(csv.status, 200);
+    assert_eq!(csv.headers["content-type"], "text/csv; charset=utf-8");
+    assert!(csv.headers["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("now-deliveries.csv"));
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines[0], "message_id,user_external_id,platform,status,attempts,provider_id,error_reason,created_at,sent_at,updated_at");
+    assert_eq!(lines.len(), 13, "{}", csv.body);
+    assert_eq!(lines.iter().filter(|l| l.contains(",sent,")).count(), 11);
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains(",token_invalid,"))
+            .count(),
+        1
+    );
+    assert!(lines[1..].iter().all(|l| l.split(',').count() >= 10));
+    // Newest first, each message once.
+    let ids: Vec<i64> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]));
+    // Another app's operator gets nothing of it.
+    operator(
+        &*rig.store,
+        "o@example.com",
+        Role::Admin,
+        AppGrant::Only(vec!["other".into()]),
+    )
+    .await;
+    let outsider = Client::new(&base);
+    outsider.sign_in("o@example.com", PASSWORD).await;
+    assert_eq!(
+        outsider
+            .get(&format!("/console/apps/shop/campaigns/{id}/deliveries.csv"))
+            .await
+            .status,
+        404
+    );
+}
+
 storage_tests!(
+    a_sent_campaign_shows_its_funnel_and_downloads_as_csv,
     editors_compose_and_edit_campaigns,
     the_plan_and_the_confirmation_come_before_scheduling,
     editors_send_a_test_push,

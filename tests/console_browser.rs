@@ -279,6 +279,10 @@ async fn the_campaign_page_shows_progress_live_while_the_engine_sends() {
     assert_eq!(b.text("#count-sent").await, "27");
     assert_eq!(b.text("#count-token_invalid").await, "3");
     assert!(b.text("table.plan tbody").await.contains("completed"));
+    // The funnel and the sends per minute came with the same swap.
+    b.wait_text("#funnel-sent", "27 (100.0%)").await;
+    assert_eq!(b.count("#per-minute rect").await, 1);
+    assert_eq!(b.text("#progress-text").await, "30 of 30 settled");
     b.screenshot("live-after").await;
 
     // One recipient's history, found by their phone number as support would.

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub recipients: HashMap<i64, i64>,
     /// Who each released slot left out, by reason (`opted_out`, `no_device`, …).
     pub excluded: HashMap<i64, BTreeMap<String, i64>>,
+    /// Sends by minute since 1970, minutes with sends only.
+    pub per_minute: Vec<(i64, i64)>,
 }
 
 type Entry = Arc<tokio::sync::Mutex<Option<(Instant, Arc<Snapshot>)>>>;
@@ -107,6 +109,7 @@ impl LiveCache {
             totals,
             recipients,
             excluded,
+            per_minute: store.delivery_count_by_minute(id).await?,
         });
         *held = Some((Instant::now(), snap.clone()));
         Ok(Some(snap))

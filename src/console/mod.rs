@@ -8,6 +8,7 @@
 
 pub mod accounts;
 pub mod auth;
+pub mod charts;
 pub mod compose;
 pub mod live;
 mod pages;
@@ -96,6 +97,10 @@ pub fn router_with<S: Store>(state: ConsoleState<S>) -> Router {
         .route(
             "/console/apps/{app}/campaigns/{id}/edit",
             get(pages::compose_edit::<S>).post(pages::compose_update::<S>),
+        )
+        .route(
+            "/console/apps/{app}/campaigns/{id}/deliveries.csv",
+            get(pages::campaign_csv::<S>),
         )
         .route(
             "/console/apps/{app}/campaigns/{id}/plan",

@@ -191,6 +191,13 @@ pub trait DeliveryStore: Send + Sync {
         &self,
         campaign_id: i64,
     ) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
+
+    /// Sends of a campaign by minute: (minutes since 1970, count), minutes with
+    /// sends only, in order.
+    fn delivery_count_by_minute(
+        &self,
+        campaign_id: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, i64)>, StoreError>> + Send;
 }
 
 impl<D: Dialect> DeliveryStore for SqlStore<D>
@@ -338,6 +345,21 @@ where
             "SELECT d.slot_id, d.status, COUNT(*) FROM deliveries d WHERE d.campaign_id = $1 AND d.slot_id IS NOT NULL \
              GROUP BY d.slot_id, d.status ORDER BY d.slot_id, d.status",
         )
+        .bind(campaign_id)
+        .fetch_all(&self.read)
+        .await?)
+    }
+
+    async fn delivery_count_by_minute(
+        &self,
+        campaign_id: i64,
+    ) -> Result<Vec<(i64, i64)>, StoreError> {
+        let minute = D::epoch_minute("d.sent_at");
+        Ok(sqlx::query_as(&format!(
+            "SELECT {minute} AS m, COUNT(*) FROM deliveries d \
+             WHERE d.campaign_id = $1 AND d.sent_at IS NOT NULL \
+             GROUP BY m ORDER BY m"
+        ))
         .bind(campaign_id)
         .fetch_all(&self.read)
         .await?)

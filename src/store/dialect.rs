@@ -18,7 +18,7 @@
 //! | [`Dialect::not_served`] | `NOT EXISTS` probe | `LATERAL … LIMIT 1` | what each planner turns into one index probe per row |
 //! | [`Dialect::text_in`], [`Dialect::attribute`], [`Dialect::has_topic`] | JSON functions | array and `jsonb` operators | segment conditions |
 //! | [`Dialect::NO_ACTIVE_DEVICE`], [`Dialect::FENCE`] | `NOT EXISTS`, `LIMIT -1 OFFSET 0` | `LATERAL`, `OFFSET 0` | see each item |
-//! | [`Dialect::seconds_between`] | `julianday` | `EXTRACT(EPOCH …)` | date arithmetic |
+//! | [`Dialect::seconds_between`], [`Dialect::epoch_minute`] | `julianday`, `strftime('%s')` | `EXTRACT(EPOCH …)` | date arithmetic |
 //! | [`Dialect::migrate`], [`Dialect::reserve_ids`] | own migrations, id blocks | own migrations, a sequence | see each item |
 //!
 //! The sqlx database type is [`Dialect::Db`]. Rust does not carry a trait's
@@ -164,4 +164,8 @@ pub trait Dialect: Send + Sync + Clone + std::fmt::Debug + 'static {
 
     /// Seconds from `earlier` to `later` (two timestamps).
     fn seconds_between(later: &str, earlier: &str) -> String;
+
+    /// Whole minutes since 1970 of a timestamp column, as an integer (the
+    /// console's sends-per-minute chart groups by it).
+    fn epoch_minute(column: &str) -> String;
 }

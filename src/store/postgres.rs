@@ -189,4 +189,9 @@ impl Dialect for PgDialect {
     fn seconds_between(later: &str, earlier: &str) -> String {
         format!("EXTRACT(EPOCH FROM ({later} - {earlier}))")
     }
+
+    fn epoch_minute(column: &str) -> String {
+        // FLOOR first: a cast to an integer rounds, which would move 59.7 s on.
+        format!("(CAST(FLOOR(EXTRACT(EPOCH FROM {column})) AS BIGINT) / 60)")
+    }
 }

@@ -303,4 +303,8 @@ impl Dialect for SqliteDialect {
     fn seconds_between(later: &str, earlier: &str) -> String {
         format!("((julianday({later}) - julianday({earlier})) * 86400.0)")
     }
+
+    fn epoch_minute(column: &str) -> String {
+        format!("(CAST(strftime('%s', {column}) AS INTEGER) / 60)")
+    }
 }

@@ -101,6 +101,11 @@ struct LivePart<'a> {
     slots: Vec<SlotRow>,
     /// Zones with no recipient (yet): their sends, folded away.
     empty: Vec<SlotRow>,
+    /// Messages settled (sent or not) and planned, for the progress bar.
+    settled: i64,
+    planned: i64,
+    funnel: Vec<crate::console::charts::Stage>,
+    per_minute: Option<crate::console::charts::BarChart>,
 }
 
 #[derive(Template)]
@@ -160,6 +165,18 @@ fn live_part(app: &str, id: i64, snap: &Snapshot) -> Result<String, PageError> {
     // there later); the zones nobody is in yet are folded away.
     let (slots, empty): (Vec<SlotRow>, Vec<SlotRow>) =
         rows.partition(|r| r.planned > 0 || r.sent > 0 || r.not_sent > 0);
+    let done: i64 = slots.iter().map(|r| r.sent + r.not_sent).sum();
+    // Released slots count their recipients as released; pending ones as planned.
+    let planned = snap
+        .slots
+        .iter()
+        .map(|x| {
+            snap.recipients
+                .get(&x.id)
+                .copied()
+                .unwrap_or(x.planned_count)
+        })
+        .sum::<i64>();
     Ok(LivePart {
         app,
         id,
@@ -168,6 +185,10 @@ fn live_part(app: &str, id: i64, snap: &Snapshot) -> Result<String, PageError> {
         totals: snap.totals.iter().map(|(k, v)| (k.clone(), *v)).collect(),
         slots,
         empty,
+        settled: done,
+        planned: planned.max(done),
+        funnel: crate::console::charts::funnel(&snap.totals),
+        per_minute: crate::console::charts::per_minute(&snap.per_minute),
     }
     .render()?)
 }

@@ -258,6 +258,7 @@ mod admin;
 mod audit;
 mod campaigns;
 mod compose;
+mod export;
 mod messages;
 mod plan;
 mod session;
@@ -268,6 +269,7 @@ pub use campaigns::{
     campaign, campaign_action, campaign_confirm, campaign_live, campaign_test, campaigns,
 };
 pub use compose::{compose_check, compose_create, compose_edit, compose_new, compose_update};
+pub use export::campaign_csv;
 pub use messages::{message, messages};
 pub use plan::campaign_plan;
 pub use session::{home, login, login_form, logout};
