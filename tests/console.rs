@@ -106,10 +106,7 @@ async fn signing_in_sets_a_safe_cookie_and_rotates_the_session<S: Store + Clone>
     );
     let first = browser.cookie("meridian_session").unwrap();
     let home = browser.get("/console").await;
-    assert_eq!(
-        home.location.as_deref(),
-        Some("/console/apps/other/campaigns")
-    );
+    assert_eq!(home.location.as_deref(), Some("/console/apps/other"));
     let page = browser.get("/console/apps/shop/campaigns").await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("ana@example.com · editor"));
@@ -259,6 +256,7 @@ async fn roles_and_apps_are_enforced_on_the_server<S: Store + Clone>(db: &TestDb
         outsider.get("/console/apps/shop/campaigns").await.status,
         404
     );
+    assert_eq!(outsider.get("/console/apps/shop").await.status, 404);
     let nav = outsider.get("/console/apps/other/campaigns").await;
     assert!(
         nav.body.contains("/console/apps/other/campaigns")
@@ -1132,7 +1130,75 @@ async fn a_sent_campaign_shows_its_funnel_and_downloads_as_csv<S: Store + Clone>
     );
 }
 
+/// The overview finds the last day's messages by bisecting delivery ids: the
+/// boundary is the first message created at or after the time asked.
+async fn the_newest_messages_are_found_by_id<S: Store + Clone>(db: &TestDb<S>) {
+    use meridian::domain::campaign::Platform;
+    let start = SystemClock.now();
+    let rig = common::rig::rig(db, start).await;
+    for n in 0..7 {
+        rig.device(n, "Europe/Berlin", Platform::Android, false)
+            .await;
+    }
+    assert_eq!(
+        rig.store.delivery_first_since(start).await.unwrap(),
+        0,
+        "no deliveries"
+    );
+    let first = rig.schedule("first", "type = \"now\"").await;
+    rig.engine("worker", 3).run_until_idle().await.unwrap();
+    rig.clock.advance(chrono::TimeDelta::hours(2));
+    let second = rig.schedule("second", "type = \"now\"").await;
+    rig.engine("worker", 3).run_until_idle().await.unwrap();
+    let ids = |campaign: i64| {
+        let store = rig.store.clone();
+        async move {
+            let f = meridian::store::DeliveryFilter {
+                campaign_id: Some(campaign),
+                limit: 100,
+                ..Default::default()
+            };
+            let mut ids: Vec<i64> = store
+                .message_list("shop", &f)
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let later = ids(second).await;
+    assert_eq!(later.len(), 7);
+    let boundary = rig
+        .store
+        .delivery_first_since(start + chrono::TimeDelta::hours(1))
+        .await
+        .unwrap();
+    assert!(
+        boundary > later[0] - 8 && boundary <= later[0],
+        "{boundary} vs {later:?}"
+    );
+    let all = rig
+        .store
+        .delivery_first_since(start - chrono::TimeDelta::hours(1))
+        .await
+        .unwrap();
+    assert!(
+        all < later[0] - 6,
+        "the first campaign's messages are included"
+    );
+    let none = rig
+        .store
+        .delivery_first_since(start + chrono::TimeDelta::hours(3))
+        .await
+        .unwrap();
+    assert_eq!(none, later[6] + 1);
+}
+
 storage_tests!(
+    the_newest_messages_are_found_by_id,
     a_sent_campaign_shows_its_funnel_and_downloads_as_csv,
     editors_compose_and_edit_campaigns,
     the_plan_and_the_confirmation_come_before_scheduling,

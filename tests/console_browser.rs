@@ -69,7 +69,7 @@ async fn an_editor_composes_plans_and_schedules_a_local_nine_oclock_campaign_in_
 
     let b = Browser::start(1440, 1000).await;
     sign_in(&b, &base, "ed@example.com").await;
-    b.wait_url("/campaigns").await;
+    b.wait_url("/console/apps/").await;
     b.goto(&format!("{base}/console/apps/shop/campaigns")).await;
     b.click("#new-campaign").await;
     b.wait_url("/campaigns/new").await;
@@ -222,7 +222,7 @@ async fn an_editor_composes_plans_and_schedules_a_local_nine_oclock_campaign_in_
     // A viewer sees the plan but no action, and cannot reach one by its URL.
     let v = Browser::start(1440, 1000).await;
     sign_in(&v, &base, "vi@example.com").await;
-    v.wait_url("/campaigns").await;
+    v.wait_url("/console/apps/").await;
     v.goto(&format!("{base}/console/apps/shop/campaigns/{id}"))
         .await;
     assert_eq!(v.count("#action-pause").await, 0);
@@ -255,10 +255,11 @@ async fn the_campaign_page_shows_progress_live_while_the_engine_sends() {
     }
     let id = rig.schedule("now", "type = \"now\"").await;
     operator(&*rig.store, "vi@example.com", Role::Viewer, AppGrant::All).await;
-    let base = serve_console(rig.store.clone(), (*rig.config).clone()).await;
+    let base =
+        common::console::serve_console_uncached(rig.store.clone(), (*rig.config).clone()).await;
     let b = Browser::start(1440, 1000).await;
     sign_in(&b, &base, "vi@example.com").await;
-    b.wait_url("/campaigns").await;
+    b.wait_url("/console/apps/").await;
     b.goto(&format!("{base}/console/apps/shop/campaigns/{id}"))
         .await;
     assert_eq!(b.text("#live-state").await, "scheduled");
@@ -284,6 +285,16 @@ async fn the_campaign_page_shows_progress_live_while_the_engine_sends() {
     assert_eq!(b.count("#per-minute rect").await, 1);
     assert_eq!(b.text("#progress-text").await, "30 of 30 settled");
     b.screenshot("live-after").await;
+    // The app's overview: the audience, and the day's sends as a chart.
+    b.goto(&format!("{base}/console/apps/shop")).await;
+    assert_eq!(b.text("#sent-24h").await, "27");
+    assert_eq!(b.text("#invalid-rate").await, "10.0%");
+    assert_eq!(b.count("#sends-24h rect").await, 24);
+    b.screenshot("overview-1440").await;
+    b.resize(390, 844).await;
+    assert!(!b.overflows().await, "the overview fits 390 px");
+    b.screenshot("overview-390").await;
+    b.resize(1440, 1000).await;
 
     // One recipient's history, found by their phone number as support would.
     rig.user("user-4", Some("+4915112345678")).await;

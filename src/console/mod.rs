@@ -44,10 +44,34 @@ const CSS: &str = include_str!("../../static/console.css");
 /// SHA-256 e209dda5c8235479f3166defc7750e1dbcd5a5c1808b7792fc2e6733768fb447.
 const HTMX: &str = include_str!("../../static/htmx.min.js");
 
+/// How long an app's overview is shown before it is counted again: its counts
+/// read the app's whole audience, so however many watch, at most this often.
+pub const OVERVIEW_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the console's handlers reach: the API's state, and the live snapshots.
 pub struct ConsoleState<S> {
     pub api: ApiState<S>,
     pub live: Arc<live::LiveCache>,
+    /// Each app's overview, by app id, with when it was counted.
+    pub overviews:
+        Arc<live::Fresh<String, (chrono::DateTime<chrono::Utc>, crate::store::AppOverview)>>,
+}
+
+impl<S> ConsoleState<S> {
+    pub fn new(api: ApiState<S>, live: Arc<live::LiveCache>) -> Self {
+        Self {
+            api,
+            live,
+            overviews: Arc::new(live::Fresh::new(OVERVIEW_FRESH_FOR)),
+        }
+    }
+
+    /// Counts overviews again after `ttl` instead of [`OVERVIEW_FRESH_FOR`]
+    /// (a test that watches one change).
+    pub fn overviews_fresh_for(mut self, ttl: std::time::Duration) -> Self {
+        self.overviews = Arc::new(live::Fresh::new(ttl));
+        self
+    }
 }
 
 impl<S> Clone for ConsoleState<S> {
@@ -55,6 +79,7 @@ impl<S> Clone for ConsoleState<S> {
         Self {
             api: self.api.clone(),
             live: self.live.clone(),
+            overviews: self.overviews.clone(),
         }
     }
 }
@@ -72,10 +97,7 @@ impl<S> std::ops::Deref for ConsoleState<S> {
 // that `Routes::add` keeps (clippy.toml steers API routes there).
 #[allow(clippy::disallowed_methods)]
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
-    router_with(ConsoleState {
-        api: state,
-        live: Arc::default(),
-    })
+    router_with(ConsoleState::new(state, Arc::default()))
 }
 
 /// [`router`] over a given state (tests read its live cache).
@@ -89,6 +111,7 @@ pub fn router_with<S: Store>(state: ConsoleState<S>) -> Router {
             get(pages::login_form::<S>).post(pages::login::<S>),
         )
         .route("/console/logout", post(pages::logout::<S>))
+        .route("/console/apps/{app}", get(pages::overview::<S>))
         .route("/console/apps/{app}/campaigns", get(pages::campaigns::<S>))
         .route(
             "/console/apps/{app}/campaigns/new",

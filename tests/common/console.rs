@@ -28,10 +28,20 @@ pub async fn serve_console_with<S: Store>(
     live: Arc<meridian::console::live::LiveCache>,
 ) -> String {
     let api = ApiState::new(store, Arc::new(config), Arc::new(SystemClock));
-    let state = meridian::console::ConsoleState {
-        api: api.clone(),
-        live,
-    };
+    serve_state(meridian::console::ConsoleState::new(api, live)).await
+}
+
+/// [`serve_console`] counting each overview afresh (no 30 s reuse).
+#[allow(dead_code)] // not every test binary uses it
+pub async fn serve_console_uncached<S: Store>(store: Arc<S>, config: Config) -> String {
+    let api = ApiState::new(store, Arc::new(config), Arc::new(SystemClock));
+    let state = meridian::console::ConsoleState::new(api, Arc::default())
+        .overviews_fresh_for(std::time::Duration::ZERO);
+    serve_state(state).await
+}
+
+async fn serve_state<S: Store>(state: meridian::console::ConsoleState<S>) -> String {
+    let api = state.api.clone();
     let router = meridian::console::beside_with(meridian::api::router(api), state)
         .into_make_service_with_connect_info::<SocketAddr>();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

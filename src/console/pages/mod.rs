@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::Deserialize;
 
 use super::auth::{dummy_hash, random_token, same, token_hash, verify_password};
@@ -260,6 +260,7 @@ mod campaigns;
 mod compose;
 mod export;
 mod messages;
+mod overview;
 mod plan;
 mod session;
 
@@ -271,5 +272,6 @@ pub use campaigns::{
 pub use compose::{compose_check, compose_create, compose_edit, compose_new, compose_update};
 pub use export::campaign_csv;
 pub use messages::{message, messages};
+pub use overview::overview;
 pub use plan::campaign_plan;
 pub use session::{home, login, login_form, logout};

@@ -9,7 +9,7 @@ pub async fn home<S: Store>(
 ) -> Result<Response, PageError> {
     let s = signed(&st, &headers).await?;
     match s.apps.first() {
-        Some(app) => Ok(Redirect::to(&format!("/console/apps/{app}/campaigns")).into_response()),
+        Some(app) => Ok(Redirect::to(&format!("/console/apps/{app}")).into_response()),
         None => Ok(error_page(
             StatusCode::OK,
             "No app yet",
