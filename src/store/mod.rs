@@ -34,7 +34,8 @@ mod sqlite;
 pub use apps::{ApiKeyRecord, AppOverview, AppRecord, AppStore, NewApiKey};
 pub use audience::{AudienceStore, DeviceRecord, DeviceUpsert, UserUpsert};
 pub use campaigns::{
-    CampaignFilter, CampaignRecord, CampaignSave, CampaignStore, NewSlot, SaveOutcome, SlotRecord,
+    CampaignFilter, CampaignRecord, CampaignSave, CampaignStore, NewSlot, SaveOutcome,
+    SlotProgress, SlotRecord,
 };
 pub use chunks::{ChunkStore, ChunkWrite, LeasedChunk, Recipient};
 pub use deliveries::{DeliveryStore, DeliveryUpdate, LeasedDelivery, NewDelivery};

@@ -9,6 +9,8 @@ struct CampaignRow {
     state: String,
     next_send: String,
     updated: String,
+    /// Percent of its recipients settled; `None` before it runs.
+    progress: Option<u32>,
 }
 
 #[derive(Template)]
@@ -43,6 +45,24 @@ pub async fn campaigns<S: Store>(
     let state = CampaignState::parse(&query.state).ok();
     let needle = query.q.trim().to_lowercase();
     let next = st.store.campaign_next_send_list(&app).await?;
+    let mut progress: std::collections::HashMap<i64, (f64, f64)> = Default::default();
+    for slot in st.store.campaign_progress_list(&app).await? {
+        if slot.counts() {
+            let entry = progress.entry(slot.campaign_id).or_default();
+            entry.0 += slot.settled();
+            entry.1 += slot.planned_count as f64;
+        }
+    }
+    let percent = |c: &crate::store::CampaignRecord| match c.state {
+        CampaignState::Completed => Some(100),
+        CampaignState::Running | CampaignState::Paused => Some(
+            progress
+                .get(&c.id)
+                .filter(|(_, planned)| *planned > 0.0)
+                .map_or(0, |(done, planned)| (100.0 * done / planned).floor() as u32),
+        ),
+        _ => None,
+    };
     let rows = st
         .store
         .campaign_list(Some(&app))
@@ -55,6 +75,7 @@ pub async fn campaigns<S: Store>(
                 || c.name.to_lowercase().contains(&needle)
         })
         .map(|c| CampaignRow {
+            progress: percent(&c),
             next_send: next
                 .get(&c.id)
                 .map_or_else(|| "—".to_owned(), |t| minute(*t)),
