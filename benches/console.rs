@@ -327,8 +327,11 @@ where
     for _ in 0..n {
         let m = &sample[fastrand::usize(..sample.len())];
         times.push(
-            s.page(&format!("/console/apps/shop/messages/{}", m.id), "id=\"history\"")
-                .await,
+            s.page(
+                &format!("/console/apps/shop/messages/{}", m.id),
+                "id=\"history\"",
+            )
+            .await,
         );
     }
     report("message page", times);

@@ -351,6 +351,7 @@ async fn newest_message<S: Store>(api: &Api<S>, key: &str) -> i64 {
 async fn campaigns<S: Store>(api: &Api<S>) -> usize {
     let filter = CampaignFilter {
         state: None,
+        search: None,
         before_id: None,
         limit: 500,
     };

@@ -1199,7 +1199,72 @@ async fn the_newest_messages_are_found_by_id<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(none, later[6] + 1);
 }
 
+/// The campaign list filters and searches in SQL, a page at a time.
+async fn the_campaign_list_searches_and_pages<S: Store + Clone>(db: &TestDb<S>) {
+    let c = console(db).await;
+    for n in 0..52 {
+        c.draft(&format!("spring-{n:02}"), &format!("Spring {n}"))
+            .await;
+    }
+    let autumn = c.draft("autumn_100", "Autumn 100%").await;
+    operator(&*c.store, "vi@example.com", Role::Viewer, AppGrant::All).await;
+    let browser = Client::new(&c.base);
+    browser.sign_in("vi@example.com", PASSWORD).await;
+    let rows = |body: &str| body.matches("<tr>\n  <td><a href=").count();
+    let found = browser.get("/console/apps/shop/campaigns?q=AUTUMN").await;
+    assert_eq!(rows(&found.body), 1, "{}", found.body);
+    assert!(found.body.contains(&format!("/campaigns/{autumn}\"")));
+    // `%` and `_` are letters to the search, not patterns.
+    assert_eq!(
+        rows(
+            &browser
+                .get("/console/apps/shop/campaigns?q=100%25")
+                .await
+                .body
+        ),
+        1
+    );
+    assert_eq!(
+        rows(&browser.get("/console/apps/shop/campaigns?q=n_1").await.body),
+        1
+    );
+    assert_eq!(
+        rows(
+            &browser
+                .get("/console/apps/shop/campaigns?q=%25%25")
+                .await
+                .body
+        ),
+        0
+    );
+    assert_eq!(
+        rows(
+            &browser
+                .get("/console/apps/shop/campaigns?state=running")
+                .await
+                .body
+        ),
+        0
+    );
+    // 53 drafts: 50, then the 3 oldest behind "Older campaigns".
+    let first = browser
+        .get("/console/apps/shop/campaigns?state=draft")
+        .await;
+    assert_eq!(rows(&first.body), 50);
+    let start = first
+        .body
+        .find("id=\"older\"")
+        .map(|i| first.body[..i].rfind("href=\"").unwrap() + 6)
+        .unwrap();
+    let older =
+        first.body[start..start + first.body[start..].find('"').unwrap()].replace("&#38;", "&");
+    let second = browser.get(&older).await;
+    assert_eq!(rows(&second.body), 3, "{older}");
+    assert!(second.body.contains("spring-00") && !second.body.contains("id=\"older\""));
+}
+
 storage_tests!(
+    the_campaign_list_searches_and_pages,
     the_newest_messages_are_found_by_id,
     a_sent_campaign_shows_its_funnel_and_downloads_as_csv,
     editors_compose_and_edit_campaigns,

@@ -526,6 +526,7 @@ pub async fn list<S: Store>(
             &app,
             &CampaignFilter {
                 state,
+                search: None,
                 before_id,
                 limit,
             },

@@ -144,11 +144,28 @@ impl SlotProgress {
 
 /// Which of an app's campaigns to list, newest first.
 #[derive(Debug, Clone, Copy)]
-pub struct CampaignFilter {
+pub struct CampaignFilter<'a> {
     pub state: Option<CampaignState>,
+    /// Only campaigns whose key or name contains this (ASCII case ignored).
+    pub search: Option<&'a str>,
     /// Only campaigns with a smaller id (the cursor of the previous page).
     pub before_id: Option<i64>,
     pub limit: i64,
+}
+
+/// A `LIKE` pattern matching `needle` anywhere, its `%`, `_` and `\` escaped
+/// (the statement says `ESCAPE '\'`).
+fn contains_pattern(needle: &str) -> String {
+    let mut p = String::with_capacity(needle.len() + 2);
+    p.push('%');
+    for c in needle.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 pub trait CampaignStore: Send + Sync {
@@ -189,7 +206,7 @@ pub trait CampaignStore: Send + Sync {
     fn campaign_list_page(
         &self,
         app_id: &str,
-        filter: &CampaignFilter,
+        filter: &CampaignFilter<'_>,
     ) -> impl Future<Output = Result<Vec<CampaignRecord>, StoreError>> + Send;
 
     fn slot_list(
@@ -429,19 +446,23 @@ where
     async fn campaign_list_page(
         &self,
         app_id: &str,
-        f: &super::CampaignFilter,
+        f: &super::CampaignFilter<'_>,
     ) -> Result<Vec<super::CampaignRecord>, StoreError> {
         use crate::domain::state::StateMachine;
         let sql = format!(
             "SELECT {} FROM campaigns WHERE app_id = $1 AND ($2 IS NULL OR state = $2) \
-             AND ($3 IS NULL OR id < $3) ORDER BY id DESC LIMIT $4",
+             AND ($3 IS NULL OR id < $3) \
+             AND ($5 IS NULL OR lower(key) LIKE $5 ESCAPE '\\' OR lower(name) LIKE $5 ESCAPE '\\') \
+             ORDER BY id DESC LIMIT $4",
             CAMPAIGN_COLUMNS
         );
+        let pattern = f.search.map(contains_pattern);
         Ok(sqlx::query_as(&sql)
             .bind(app_id)
             .bind(f.state.map(|s| s.as_str()))
             .bind(f.before_id)
             .bind(f.limit)
+            .bind(pattern.as_deref())
             .fetch_all(&self.read)
             .await?)
     }

@@ -24,7 +24,12 @@ struct CampaignsPage<'a> {
     q: String,
     rows: Vec<CampaignRow>,
     can_edit: bool,
+    /// The next page's link, when there are more.
+    older: Option<String>,
 }
+
+/// Campaigns a page lists.
+const PAGE: i64 = 50;
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -32,6 +37,8 @@ pub struct ListQuery {
     state: String,
     #[serde(default)]
     q: String,
+    /// The cursor: campaigns older than this id.
+    before: Option<i64>,
 }
 
 pub async fn campaigns<S: Store>(
@@ -63,17 +70,30 @@ pub async fn campaigns<S: Store>(
         ),
         _ => None,
     };
-    let rows = st
+    let page = st
         .store
-        .campaign_list(Some(&app))
-        .await?
+        .campaign_list_page(
+            &app,
+            &crate::store::CampaignFilter {
+                state,
+                search: (!needle.is_empty()).then_some(needle.as_str()),
+                before_id: query.before,
+                limit: PAGE,
+            },
+        )
+        .await?;
+    let older = (page.len() as i64 == PAGE)
+        .then(|| page.last().map(|c| c.id))
+        .flatten()
+        .map(|id| {
+            let mut url = url::form_urlencoded::Serializer::new(String::new());
+            url.append_pair("state", &query.state)
+                .append_pair("q", &query.q)
+                .append_pair("before", &id.to_string());
+            format!("/console/apps/{app}/campaigns?{}", url.finish())
+        });
+    let rows = page
         .into_iter()
-        .filter(|c| state.is_none_or(|s| c.state == s))
-        .filter(|c| {
-            needle.is_empty()
-                || c.key.to_lowercase().contains(&needle)
-                || c.name.to_lowercase().contains(&needle)
-        })
         .map(|c| CampaignRow {
             progress: percent(&c),
             next_send: next
@@ -95,6 +115,7 @@ pub async fn campaigns<S: Store>(
         q: query.q.clone(),
         rows,
         can_edit: s.session.role.can(Permission::EditCampaigns),
+        older,
     }
     .render()?;
     Ok(Html(html).into_response())
