@@ -171,6 +171,14 @@ async fn forms_without_their_csrf_token_are_refused<S: Store + Clone>(db: &TestD
         let refused = browser.post(&path, &[("csrf", token)]).await;
         assert_eq!(refused.status, 403, "{token:?}");
     }
+    // No token at all: the same page, not the form extractor's bare 422.
+    let missing = browser.post(&path, &[]).await;
+    assert_eq!(missing.status, 403);
+    assert!(missing.body.contains("The form expired"), "{}", missing.body);
+    let test = browser
+        .post(&format!("/console/apps/shop/campaigns/{id}/test"), &[])
+        .await;
+    assert_eq!(test.status, 403);
     assert_eq!(c.state(id).await, CampaignState::Draft);
     let page = browser
         .get(&format!("/console/apps/shop/campaigns/{id}"))

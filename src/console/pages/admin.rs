@@ -67,7 +67,10 @@ pub async fn keys<S: Store>(
     Ok(keys_page(&st, &s, &app, None, None).await?.into_response())
 }
 
-#[derive(Deserialize)]
+/// A field left out reads as empty: the checks below refuse it with a
+/// page that says why, never the extractor's bare 422.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub struct NewKeyForm {
     csrf: String,
     name: String,
@@ -233,7 +236,10 @@ pub async fn operators<S: Store>(
     Ok(operators_page(&st, &s, None, None).await?.into_response())
 }
 
-#[derive(Deserialize)]
+/// A field left out reads as empty: the checks below refuse it with a
+/// page that says why, never the extractor's bare 422.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub struct NewOperatorForm {
     csrf: String,
     email: String,

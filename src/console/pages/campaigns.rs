@@ -360,7 +360,10 @@ pub async fn campaign_action<S: Store>(
     }
 }
 
-#[derive(Deserialize)]
+/// A field left out reads as empty: the checks below refuse it with a
+/// page that says why, never the extractor's bare 422.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub struct TestForm {
     csrf: String,
     /// `user` (an external id) or `install` (an install id).

@@ -228,7 +228,10 @@ fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> HeaderValu
 
 /// `/console`: the operator's first app.
 
-#[derive(Deserialize)]
+/// A field left out reads as empty: the checks below refuse it with a
+/// page that says why, never the extractor's bare 422.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub struct CsrfForm {
     csrf: String,
 }

@@ -62,7 +62,10 @@ pub async fn login_form<S: Store>(
     )
 }
 
-#[derive(Deserialize)]
+/// A field left out reads as empty: the checks below refuse it with a
+/// page that says why, never the extractor's bare 422.
+#[derive(Deserialize, Default)]
+#[serde(default)]
 pub struct LoginForm {
     email: String,
     password: String,
