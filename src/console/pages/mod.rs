@@ -226,8 +226,6 @@ fn set_cookie(name: &str, value: &str, max_age: i64, secure: bool) -> HeaderValu
     .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// `/console`: the operator's first app.
-
 /// A field left out reads as empty: the checks below refuse it with a
 /// page that says why, never the extractor's bare 422.
 #[derive(Deserialize, Default)]
