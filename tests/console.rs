@@ -174,7 +174,11 @@ async fn forms_without_their_csrf_token_are_refused<S: Store + Clone>(db: &TestD
     // No token at all: the same page, not the form extractor's bare 422.
     let missing = browser.post(&path, &[]).await;
     assert_eq!(missing.status, 403);
-    assert!(missing.body.contains("The form expired"), "{}", missing.body);
+    assert!(
+        missing.body.contains("The form expired"),
+        "{}",
+        missing.body
+    );
     let test = browser
         .post(&format!("/console/apps/shop/campaigns/{id}/test"), &[])
         .await;

@@ -280,6 +280,12 @@ async fn the_campaign_page_shows_progress_live_while_the_engine_sends() {
     assert_eq!(b.text("#count-sent").await, "27");
     assert_eq!(b.text("#count-token_invalid").await, "3");
     assert!(b.text("table.plan tbody").await.contains("completed"));
+    // The slot's counts by outcome (a `now` campaign: one slot for everyone).
+    let cell = |n: usize| format!("table.live-zones tbody tr:first-child td:nth-child({n})");
+    assert_eq!(b.text(&cell(6)).await, "27");
+    assert_eq!(b.text(&cell(7)).await, "0");
+    assert_eq!(b.text(&cell(8)).await, "3");
+    assert_eq!(b.text(&cell(10)).await, "0");
     // The funnel and the sends per minute came with the same swap.
     b.wait_text("#funnel-sent", "27 (100.0%)").await;
     assert_eq!(b.count("#per-minute rect").await, 1);

@@ -129,6 +129,11 @@ struct SlotRow {
     planned: i64,
     sent: i64,
     not_sent: i64,
+    failed: i64,
+    token_invalid: i64,
+    suppressed: i64,
+    /// Waiting for another attempt (or leased for one right now).
+    retrying: i64,
     state: String,
 }
 
@@ -200,6 +205,10 @@ fn live_part(app: &str, id: i64, snap: &Snapshot) -> Result<String, PageError> {
             planned: x.planned_count,
             sent: sum(counts, SENT),
             not_sent: sum(counts, NOT_SENT),
+            failed: sum(counts, &["failed"]),
+            token_invalid: sum(counts, &["token_invalid"]),
+            suppressed: sum(counts, &["suppressed"]),
+            retrying: sum(counts, &["retry", "leased"]),
             state: x.state.to_string(),
         }
     });
