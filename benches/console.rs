@@ -277,6 +277,17 @@ where
         times.push(s.page(&campaign, "id=\"live\"").await);
     }
     report("campaign page (489 slots, uncached)", times);
+    // As served: every watcher shares the snapshot, read again after 1 s while
+    // the campaign sends and after 15 s once it is completed (this one is).
+    let mut times = Vec::new();
+    for _ in 0..n {
+        times.push(s.page(&campaign, "id=\"live\"").await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    report(
+        "campaign page (489 slots, as served, a request every 0.5 s)",
+        times,
+    );
     let mut times = Vec::new();
     for _ in 0..n {
         live.forget(id);

@@ -432,6 +432,23 @@ async fn live_progress_reads_once_a_second_however_many_watch<S: Store + Clone>(
         config,
     };
     let id = c.draft("watched", "Watched").await;
+    // Scheduled: it can still change, so its snapshot is fresh for a second
+    // (a draft's or a completed campaign's for 15).
+    let record = c
+        .store
+        .campaign_get_by_id("shop", id)
+        .await
+        .unwrap()
+        .unwrap();
+    definitions::act(
+        &*c.store,
+        &c.config,
+        &record,
+        definitions::Action::Schedule,
+        SystemClock.now(),
+    )
+    .await
+    .unwrap();
     operator(&*c.store, "vi@example.com", Role::Viewer, AppGrant::All).await;
     let browser = Client::new(&c.base);
     browser.sign_in("vi@example.com", PASSWORD).await;

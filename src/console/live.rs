@@ -12,6 +12,18 @@ use crate::store::{SlotRecord, Store, StoreError};
 
 /// How long a snapshot is served before the database is read again.
 pub const FRESH_FOR: Duration = Duration::from_secs(1);
+/// The same for a campaign that sends no more (completed, cancelled, a
+/// draft): only receipts still change its counts.
+pub const SETTLED_FRESH_FOR: Duration = Duration::from_secs(15);
+
+fn fresh_for(s: &Snapshot) -> Duration {
+    match s.state {
+        CampaignState::Completed | CampaignState::Cancelled | CampaignState::Draft => {
+            SETTLED_FRESH_FOR
+        }
+        _ => FRESH_FOR,
+    }
+}
 
 /// What the live region shows of a campaign.
 #[derive(Debug, Clone)]
@@ -71,6 +83,22 @@ impl<K: std::hash::Hash + Eq + Clone, V> Fresh<K, V> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Option<V>, E>>,
     {
+        let ttl = self.ttl;
+        self.get_for(key, |_| ttl, load).await
+    }
+
+    /// As [`Fresh::get`], with how long a value stays fresh told by the value
+    /// (a campaign that no longer sends changes only by receipts).
+    pub async fn get_for<E, F, Fut>(
+        &self,
+        key: K,
+        ttl_of: impl Fn(&V) -> Duration,
+        load: F,
+    ) -> Result<Option<Arc<V>>, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<V>, E>>,
+    {
         let entry = self
             .entries
             .lock()
@@ -80,7 +108,7 @@ impl<K: std::hash::Hash + Eq + Clone, V> Fresh<K, V> {
             .clone();
         let mut held = entry.lock().await;
         if let Some((at, value)) = held.as_ref() {
-            if at.elapsed() < self.ttl {
+            if at.elapsed() < ttl_of(value) {
                 return Ok(Some(value.clone()));
             }
         }
@@ -123,7 +151,7 @@ impl LiveCache {
         app: &str,
         id: i64,
     ) -> Result<Option<Arc<Snapshot>>, StoreError> {
-        self.0.get(id, || read(store, app, id)).await
+        self.0.get_for(id, fresh_for, || read(store, app, id)).await
     }
 }
 
@@ -132,15 +160,27 @@ async fn read<S: Store>(store: &S, app: &str, id: i64) -> Result<Option<Snapshot
         return Ok(None);
     };
     let slots = store.slot_list(id).await?;
+    // One pass over the campaign's deliveries gives the counts by slot, the
+    // totals and the sends per minute.
     let mut by_slot: HashMap<i64, BTreeMap<String, i64>> = HashMap::new();
     let mut totals = BTreeMap::new();
-    for (slot, status, n) in store.delivery_count_by_slot(id).await? {
-        *totals.entry(status.clone()).or_default() += n;
-        by_slot.entry(slot).or_default().insert(status, n);
+    let mut minutes: BTreeMap<i64, i64> = BTreeMap::new();
+    for g in store.delivery_count_by_slot_minute(id).await? {
+        *totals.entry(g.status.clone()).or_default() += g.n;
+        if let Some(m) = g.minute {
+            *minutes.entry(m).or_default() += g.n;
+        }
+        if let Some(slot) = g.slot_id {
+            *by_slot
+                .entry(slot)
+                .or_default()
+                .entry(g.status)
+                .or_default() += g.n;
+        }
     }
     let mut recipients = HashMap::new();
     let mut excluded: HashMap<i64, BTreeMap<String, i64>> = HashMap::new();
-    for (slot, kind, n) in store.slot_count_by_state(id).await? {
+    for (slot, kind, n) in store.slot_count_list(id).await? {
         match kind.strip_prefix("excluded:") {
             Some(reason) => {
                 excluded
@@ -153,6 +193,16 @@ async fn read<S: Store>(store: &S, app: &str, id: i64) -> Result<Option<Snapshot
             }
         }
     }
+    // Capped recipients are suppressed deliveries (as `slot_count_by_state` counts them).
+    for (slot, counts) in &by_slot {
+        if let Some(n) = counts.get("suppressed").filter(|n| **n > 0) {
+            excluded
+                .entry(*slot)
+                .or_default()
+                .insert("capped".to_owned(), *n);
+        }
+    }
+    let per_minute = minutes.into_iter().collect();
     Ok(Some(Snapshot {
         state: c.state,
         slots,
@@ -160,6 +210,29 @@ async fn read<S: Store>(store: &S, app: &str, id: i64) -> Result<Option<Snapshot
         totals,
         recipients,
         excluded,
-        per_minute: store.delivery_count_by_minute(id).await?,
+        per_minute,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_value_is_loaded_again_only_after_the_time_it_sets_itself() {
+        let cache: Fresh<&str, u32> = Fresh::new(Duration::from_secs(3600));
+        let ttl = |v: &u32| Duration::from_millis(if *v == 0 { 0 } else { 3_600_000 });
+        let load = |v: u32| move || async move { Ok::<_, ()>(Some(v)) };
+        // A value that says "stale at once" is loaded every time...
+        assert_eq!(*cache.get_for("a", ttl, load(0)).await.unwrap().unwrap(), 0);
+        assert_eq!(*cache.get_for("a", ttl, load(1)).await.unwrap().unwrap(), 1);
+        // ...one that says "an hour" is kept.
+        assert_eq!(*cache.get_for("a", ttl, load(2)).await.unwrap().unwrap(), 1);
+        assert_eq!(cache.loads(), 2);
+        cache.forget(&"a");
+        assert_eq!(*cache.get_for("a", ttl, load(3)).await.unwrap().unwrap(), 3);
+        // Nothing found is not kept.
+        let none = cache.get("b", || async { Ok::<_, ()>(None) }).await.unwrap();
+        assert!(none.is_none());
+    }
 }

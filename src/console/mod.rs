@@ -52,6 +52,9 @@ pub const OVERVIEW_FRESH_FOR: std::time::Duration = std::time::Duration::from_se
 pub struct ConsoleState<S> {
     pub api: ApiState<S>,
     pub live: Arc<live::LiveCache>,
+    /// A draft's plan as if scheduled now, by campaign id and revision: it
+    /// counts the whole audience, so it is planned at most every 30 s.
+    pub draft_plans: Arc<live::Fresh<(i64, i32), Result<crate::domain::planner::Plan, String>>>,
     /// Each app's overview, by app id, with when it was counted.
     pub overviews:
         Arc<live::Fresh<String, (chrono::DateTime<chrono::Utc>, crate::store::AppOverview)>>,
@@ -63,13 +66,15 @@ impl<S> ConsoleState<S> {
             api,
             live,
             overviews: Arc::new(live::Fresh::new(OVERVIEW_FRESH_FOR)),
+            draft_plans: Arc::new(live::Fresh::new(OVERVIEW_FRESH_FOR)),
         }
     }
 
-    /// Counts overviews again after `ttl` instead of [`OVERVIEW_FRESH_FOR`]
-    /// (a test that watches one change).
+    /// Counts overviews and plans drafts again after `ttl` instead of
+    /// [`OVERVIEW_FRESH_FOR`] (a test or benchmark that watches one change).
     pub fn overviews_fresh_for(mut self, ttl: std::time::Duration) -> Self {
         self.overviews = Arc::new(live::Fresh::new(ttl));
+        self.draft_plans = Arc::new(live::Fresh::new(ttl));
         self
     }
 }
@@ -80,6 +85,7 @@ impl<S> Clone for ConsoleState<S> {
             api: self.api.clone(),
             live: self.live.clone(),
             overviews: self.overviews.clone(),
+            draft_plans: self.draft_plans.clone(),
         }
     }
 }

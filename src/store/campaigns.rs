@@ -264,6 +264,13 @@ pub trait CampaignStore: Send + Sync {
         &self,
         campaign_id: i64,
     ) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
+
+    /// The counts made at release only (`recipients`, `excluded:<reason>`),
+    /// without the capped deliveries, for a caller that counts deliveries itself.
+    fn slot_count_list(
+        &self,
+        campaign_id: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
 }
 
 impl<D: Dialect> CampaignStore for SqlStore<D>
@@ -620,6 +627,19 @@ where
         .persistent(false)
         .bind(now)
         .fetch_all(&self.write)
+        .await?)
+    }
+
+    async fn slot_count_list(
+        &self,
+        campaign_id: i64,
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT c.slot_id, c.kind, c.n FROM slot_counts c JOIN slots s ON s.id = c.slot_id \
+             WHERE s.campaign_id = $1 ORDER BY c.slot_id, c.kind",
+        )
+        .bind(campaign_id)
+        .fetch_all(&self.read)
         .await?)
     }
 

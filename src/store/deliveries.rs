@@ -155,6 +155,15 @@ pub(super) const EVENT_COLUMNS: &[(&str, &str)] = &[
     ("detail", "text"),
 ];
 
+/// One group of [`DeliveryStore::delivery_count_by_slot_minute`].
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SlotMinuteCount {
+    pub slot_id: Option<i64>,
+    pub status: String,
+    pub minute: Option<i64>,
+    pub n: i64,
+}
+
 pub trait DeliveryStore: Send + Sync {
     /// `n` delivery ids no row has and no later insert will take: a campaign's
     /// deliveries are written after their send, and each notification carries
@@ -192,12 +201,13 @@ pub trait DeliveryStore: Send + Sync {
         campaign_id: i64,
     ) -> impl Future<Output = Result<Vec<(i64, String, i64)>, StoreError>> + Send;
 
-    /// Sends of a campaign by minute: (minutes since 1970, count), minutes with
-    /// sends only, in order.
-    fn delivery_count_by_minute(
+    /// A campaign's deliveries counted by slot, status and the minute they were
+    /// sent (minutes since 1970; `None` when not sent) in one pass over them:
+    /// the console's live snapshot, by slot and by minute at once.
+    fn delivery_count_by_slot_minute(
         &self,
         campaign_id: i64,
-    ) -> impl Future<Output = Result<Vec<(i64, i64)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<SlotMinuteCount>, StoreError>> + Send;
 }
 
 impl<D: Dialect> DeliveryStore for SqlStore<D>
@@ -350,15 +360,15 @@ where
         .await?)
     }
 
-    async fn delivery_count_by_minute(
+    async fn delivery_count_by_slot_minute(
         &self,
         campaign_id: i64,
-    ) -> Result<Vec<(i64, i64)>, StoreError> {
+    ) -> Result<Vec<SlotMinuteCount>, StoreError> {
         let minute = D::epoch_minute("d.sent_at");
         Ok(sqlx::query_as(&format!(
-            "SELECT {minute} AS m, COUNT(*) FROM deliveries d \
-             WHERE d.campaign_id = $1 AND d.sent_at IS NOT NULL \
-             GROUP BY m ORDER BY m"
+            "SELECT d.slot_id, d.status, {minute} AS minute, COUNT(*) AS n FROM deliveries d \
+             WHERE d.campaign_id = $1 \
+             GROUP BY d.slot_id, d.status, minute"
         ))
         .bind(campaign_id)
         .fetch_all(&self.read)

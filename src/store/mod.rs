@@ -38,7 +38,7 @@ pub use campaigns::{
     SlotProgress, SlotRecord,
 };
 pub use chunks::{ChunkStore, ChunkWrite, LeasedChunk, Recipient};
-pub use deliveries::{DeliveryStore, DeliveryUpdate, LeasedDelivery, NewDelivery};
+pub use deliveries::{DeliveryStore, DeliveryUpdate, LeasedDelivery, NewDelivery, SlotMinuteCount};
 pub use dialect::Dialect;
 pub use hooks::{
     FallbackFinish, FallbackOutcome, HookStore, LeasedFallback, OutboxEvent, OutboxRetry,

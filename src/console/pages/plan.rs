@@ -111,16 +111,30 @@ pub async fn campaign_plan<S: Store>(
     let draft = c.state == CampaignState::Draft;
     let mut problem = None;
     let sends: Vec<PlannedSend> = if draft {
-        let mut def =
-            definitions::stored_definition(&c).map_err(|e| PageError::Internal(e.to_string()))?;
-        def.status = DesiredStatus::Scheduled;
-        match definitions::prepare(&*st.store, &st.config, &def, st.clock.now()).await {
-            Ok(prepared) => prepared
-                .plan
-                .into_iter()
-                .flat_map(|p| p.slots)
+        let planned = st
+            .draft_plans
+            .get((id, c.revision), || async {
+                let mut def = definitions::stored_definition(&c)?;
+                def.status = DesiredStatus::Scheduled;
+                match definitions::prepare(&*st.store, &st.config, &def, st.clock.now()).await {
+                    Ok(prepared) => {
+                        Ok(Some(prepared.plan.ok_or_else(|| {
+                            "a scheduled definition was not planned".to_owned()
+                        })))
+                    }
+                    Err(e) if e.is_input() => Ok(Some(Err(e.to_string()))),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map_err(|e| PageError::Internal(e.to_string()))?
+            .ok_or(PageError::NotFound)?;
+        match &*planned {
+            Ok(plan) => plan
+                .slots
+                .iter()
                 .map(|p| PlannedSend {
-                    zone: p.zone,
+                    zone: p.zone.clone(),
                     at: p.fire_at,
                     disposition: p.disposition.as_str().to_owned(),
                     recipients: i64::try_from(p.recipients).unwrap_or(i64::MAX),
@@ -128,11 +142,10 @@ pub async fn campaign_plan<S: Store>(
                     state: "not scheduled".to_owned(),
                 })
                 .collect(),
-            Err(e) if e.is_input() => {
-                problem = Some(e.to_string());
+            Err(problem_text) => {
+                problem = Some(problem_text.clone());
                 Vec::new()
             }
-            Err(e) => return Err(PageError::Internal(e.to_string())),
         }
     } else {
         let snap = st
