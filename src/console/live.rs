@@ -232,7 +232,10 @@ mod tests {
         cache.forget(&"a");
         assert_eq!(*cache.get_for("a", ttl, load(3)).await.unwrap().unwrap(), 3);
         // Nothing found is not kept.
-        let none = cache.get("b", || async { Ok::<_, ()>(None) }).await.unwrap();
+        let none = cache
+            .get("b", || async { Ok::<_, ()>(None) })
+            .await
+            .unwrap();
         assert!(none.is_none());
     }
 }
