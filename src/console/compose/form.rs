@@ -1,8 +1,5 @@
-//! The composer's form and a campaign definition, both ways. Only the form's
-//! own parsing lives here (text to a number, a duration, JSON, rows to lists);
-//! every rule about what a campaign may be is [`CampaignDefinition::validate`]'s,
-//! so the console shows exactly the errors a file or the API would get. Pure:
-//! no I/O.
+//! The composer's fields as the browser sends them, read into a definition,
+//! and a stored definition written back into them for editing.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -10,7 +7,7 @@ use crate::domain::campaign::{
     AttributeFilter, Audience, CampaignDefinition, DesiredStatus, DevicePolicy, FieldError,
     FilterOp, Missed, Platform, QuietHours, Schedule, ScheduleKind,
 };
-use crate::domain::message::{payload, Button, LocalizedText, Message, Priority, MAX_BUTTONS};
+use crate::domain::message::{Button, LocalizedText, Message, Priority, MAX_BUTTONS};
 
 /// Form rows for per-locale texts and for attribute filters: an edit shows the
 /// definition's rows and a few empty ones, never more than these (a page, and
@@ -92,9 +89,9 @@ pub struct ComposeForm {
 /// error about `message.buttons[0]` lands beside the row the operator filled.
 #[derive(Debug, Clone, Default)]
 pub struct Layout {
-    buttons: Vec<usize>,
-    locales: HashMap<String, usize>,
-    filters: Vec<usize>,
+    pub(super) buttons: Vec<usize>,
+    pub(super) locales: HashMap<String, usize>,
+    pub(super) filters: Vec<usize>,
 }
 
 fn opt(s: &str) -> Option<String> {
@@ -568,15 +565,6 @@ impl ComposeForm {
     pub fn has_topic(&self, t: &str) -> bool {
         self.topics.iter().any(|x| x == t)
     }
-
-    /// Every error slot of this form, for the live check to fill or empty.
-    pub fn slots(&self) -> Vec<String> {
-        let mut all: Vec<String> = FIXED_SLOTS.iter().map(|s| (*s).to_owned()).collect();
-        all.extend((1..=self.buttons.len()).map(|n| format!("button{n}")));
-        all.extend((1..=self.locales.len()).map(|n| format!("locale{n}")));
-        all.extend((1..=self.filters.len()).map(|n| format!("filter{n}")));
-        all
-    }
 }
 
 impl FilterRow {
@@ -584,42 +572,6 @@ impl FilterRow {
         self.attribute.trim().is_empty() && self.value.trim().is_empty()
     }
 }
-
-/// The error slots that are not rows; `other` takes what has no place.
-const FIXED_SLOTS: &[&str] = &[
-    "key",
-    "name",
-    "message",
-    "title",
-    "body",
-    "image",
-    "buttons",
-    "link",
-    "sound",
-    "badge",
-    "ttl",
-    "collapse_key",
-    "priority",
-    "thread_id",
-    "channel_id",
-    "data",
-    "locales",
-    "topics",
-    "platforms",
-    "audience_locales",
-    "users",
-    "devices",
-    "schedule_type",
-    "schedule_at",
-    "missed",
-    "grace",
-    "cron",
-    "zone",
-    "until",
-    "quiet",
-    "throttle",
-    "other",
-];
 
 fn kind_name(k: ScheduleKind) -> &'static str {
     match k {
@@ -651,167 +603,11 @@ fn parse_op(s: &str) -> Option<FilterOp> {
     })
 }
 
-/// `message.buttons[1].label` → (`message.buttons`, Some(1), `label`).
-fn list_entry(field: &str) -> Option<(&str, usize, &str)> {
-    let (base, rest) = field.split_once('[')?;
-    let (n, tail) = rest.split_once(']')?;
-    Some((base, n.parse().ok()?, tail.trim_start_matches('.')))
-}
-
-/// Validation errors placed beside the form's fields.
-#[derive(Debug, Clone, Default)]
-pub struct FieldErrors {
-    by_slot: BTreeMap<String, Vec<String>>,
-}
-
-impl FieldErrors {
-    pub fn new(errors: &[FieldError], layout: &Layout) -> Self {
-        let mut by_slot: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for e in errors {
-            let (slot, detail) = slot_of(&e.field, layout);
-            let text = match detail {
-                Some(d) if !d.is_empty() => format!("{d}: {}", e.message),
-                _ => e.message.clone(),
-            };
-            by_slot.entry(slot).or_default().push(text);
-        }
-        Self { by_slot }
-    }
-
-    /// The slot's messages, one line, empty when the field is fine.
-    pub fn get(&self, slot: &str) -> String {
-        self.by_slot
-            .get(slot)
-            .map(|m| m.join("; "))
-            .unwrap_or_default()
-    }
-
-    /// A row's slot (`button2`).
-    pub fn row(&self, kind: &str, n: &usize) -> String {
-        self.get(&format!("{kind}{n}"))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_slot.is_empty()
-    }
-
-    pub fn count(&self) -> usize {
-        self.by_slot.values().map(Vec::len).sum()
-    }
-}
-
-/// The slot a validation field belongs in, and what to prefix the message
-/// with when the field is a part of what the slot shows.
-fn slot_of(field: &str, layout: &Layout) -> (String, Option<String>) {
-    let plain = |s: &str| (s.to_owned(), None);
-    if let Some((base, i, tail)) = list_entry(field) {
-        let row = |rows: &[usize], kind: &str| {
-            rows.get(i)
-                .map(|r| (format!("{kind}{r}"), Some(tail.to_owned())))
-        };
-        let found = match base {
-            "message.buttons" => row(&layout.buttons, "button"),
-            "audience.attributes" => row(&layout.filters, "filter"),
-            "audience.topics" => Some(plain("topics")),
-            "audience.locales" => Some(plain("audience_locales")),
-            "audience.users" => Some(("users".to_owned(), Some(format!("line {}", i + 1)))),
-            _ => None,
-        };
-        return found.unwrap_or_else(|| ("other".to_owned(), Some(field.to_owned())));
-    }
-    if let Some(rest) = field.strip_prefix("message.locales.") {
-        let (tag, part) = rest.split_once('.').unwrap_or((rest, ""));
-        return match layout.locales.get(tag) {
-            Some(row) => (format!("locale{row}"), Some(part.to_owned())),
-            None => ("locales".to_owned(), Some(field.to_owned())),
-        };
-    }
-    let slot = match field {
-        "key" | "name" => field,
-        "message" => "message",
-        "message.title" => "title",
-        "message.body" => "body",
-        "message.image" => "image",
-        "message.buttons" => "buttons",
-        "message.deeplink" | "message.url" => "link",
-        "message.sound" => "sound",
-        "message.badge" => "badge",
-        "message.ttl" => "ttl",
-        "message.collapse_key" => "collapse_key",
-        "message.priority" => "priority",
-        "message.thread_id" => "thread_id",
-        "message.channel_id" => "channel_id",
-        "message.data" => "data",
-        "message.locales" => "locales",
-        "audience.platforms" => "platforms",
-        "audience.devices" => "devices",
-        "schedule" | "schedule.type" => "schedule_type",
-        "schedule.at" => "schedule_at",
-        "schedule.missed" => "missed",
-        "schedule.grace" => "grace",
-        "schedule.cron" => "cron",
-        "schedule.zone" => "zone",
-        "schedule.until" => "until",
-        "quiet_hours" | "quiet_hours.start" | "quiet_hours.end" => {
-            return (
-                "quiet".to_owned(),
-                field.strip_prefix("quiet_hours.").map(str::to_owned),
-            )
-        }
-        "throttle_per_minute" => "throttle",
-        f if f.starts_with("locale") || f.starts_with("filter") => f,
-        f if f.starts_with("message.data") => "data",
-        _ => return ("other".to_owned(), Some(field.to_owned())),
-    };
-    plain(slot)
-}
-
-/// What the phone shows: the notification as iOS and Android lay it out.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Preview {
-    /// The locale shown, empty for the default text.
-    pub locale: String,
-    pub title: String,
-    pub body: String,
-    pub image: Option<String>,
-    pub buttons: Vec<String>,
-    /// The APNs payload's size for this locale, of [`payload::APNS_MAX_PAYLOAD`].
-    pub apns_bytes: usize,
-    pub apns_limit: usize,
-}
-
-impl Preview {
-    /// The notification for the locale the form asks to preview (the default
-    /// text when that locale has no row).
-    pub fn of(def: &CampaignDefinition, locale: &str) -> Self {
-        let m = &def.message;
-        let text = m.locales.get(locale);
-        Self {
-            locale: text.map(|_| locale.to_owned()).unwrap_or_default(),
-            title: text.map_or(&m.title, |t| &t.title).clone(),
-            body: text.map_or(&m.body, |t| &t.body).clone(),
-            image: m
-                .image
-                .clone()
-                .filter(|u| crate::domain::message::is_http_url(u)),
-            buttons: m.buttons.iter().map(|b| b.label.clone()).collect(),
-            apns_bytes: payload::apns_payload_size(m, text.map(|_| locale)),
-            apns_limit: payload::APNS_MAX_PAYLOAD,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::pairs;
     use super::*;
     use crate::domain::campaign::AppContext;
-
-    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
 
     fn app() -> AppContext<'static> {
         AppContext {
@@ -902,51 +698,6 @@ end = "07:00"
     }
 
     #[test]
-    fn errors_land_beside_the_row_they_are_about() {
-        let form = ComposeForm::from_pairs(&pairs(&[
-            ("key", "bad key!"),
-            ("title", ""),
-            ("body", "b"),
-            ("image", "ftp://x"),
-            ("button2_id", "ok"),
-            ("button2_label", " "),
-            ("locale3_tag", "de"),
-            ("locale3_title", "T"),
-            ("locale3_body", ""),
-            ("filter2_attribute", "tier"),
-            ("filter2_op", "eq"),
-            ("badge", "lots"),
-            ("schedule_type", "local"),
-            ("at_local", "tomorrow"),
-            ("topics", "sports"),
-            ("quiet_start", "22:00"),
-        ]));
-        let (def, layout, mut errors) = form.to_definition("shop");
-        if let Err(e) = def.validate(&app()) {
-            errors.extend(e.0);
-        }
-        let slots = FieldErrors::new(&errors, &layout);
-        assert!(slots.get("key").contains("letters, digits"));
-        assert_eq!(slots.get("title"), "must not be empty");
-        assert!(slots.get("image").contains("http"));
-        assert_eq!(slots.get("button2"), "label: must not be empty");
-        assert_eq!(slots.get("button1"), "");
-        assert_eq!(slots.get("locale3"), "body: must not be empty");
-        assert_eq!(slots.get("filter2"), "value: is required");
-        assert!(slots.get("badge").contains("whole number"));
-        assert!(slots.get("schedule_at").contains("local date and time"));
-        assert!(slots.get("topics").contains("unknown topic \"sports\""));
-        assert!(slots.get("quiet").starts_with("end:"));
-        assert_eq!(slots.get("other"), "", "every error has its place");
-        // Every slot an error names is one the form renders.
-        let known = form.slots();
-        for e in &errors {
-            let (slot, _) = slot_of(&e.field, &layout);
-            assert!(known.contains(&slot), "{slot} for {}", e.field);
-        }
-    }
-
-    #[test]
     fn only_the_chosen_schedules_fields_are_sent_and_rows_are_bounded() {
         let mut items = vec![
             ("schedule_type", "now"),
@@ -961,29 +712,5 @@ end = "07:00"
         assert_eq!(def.schedule.cron, None);
         assert_eq!(def.schedule.grace, None);
         assert!(def.message.locales.is_empty());
-    }
-
-    #[test]
-    fn the_preview_shows_the_chosen_locale_or_the_default() {
-        let form = ComposeForm::from_pairs(&pairs(&[
-            ("title", "Hello"),
-            ("body", "World"),
-            ("image", "https://img.example.com/a.png"),
-            ("button1_id", "a"),
-            ("button1_label", "Open"),
-            ("locale1_tag", "de"),
-            ("locale1_title", "Hallo"),
-            ("locale1_body", "Welt"),
-        ]));
-        let (def, _, _) = form.to_definition("shop");
-        let de = Preview::of(&def, "de");
-        assert_eq!((de.title.as_str(), de.body.as_str()), ("Hallo", "Welt"));
-        assert_eq!(de.buttons, vec!["Open".to_owned()]);
-        assert!(de.apns_bytes > 0 && de.apns_bytes < de.apns_limit);
-        let default = Preview::of(&def, "fr");
-        assert_eq!(
-            (default.title.as_str(), default.locale.as_str()),
-            ("Hello", "")
-        );
     }
 }
