@@ -481,38 +481,32 @@ pub async fn campaign_confirm<S: Store>(
         )));
     }
     let consequence = match action {
-        Action::Schedule => {
-            let mut def = definitions::stored_definition(&c)
-                .map_err(|e| PageError::Internal(e.to_string()))?;
-            def.status = crate::domain::campaign::DesiredStatus::Scheduled;
-            match definitions::prepare(&*st.store, &st.config, &def, st.clock.now()).await {
-                Ok(prepared) => {
-                    let slots = prepared.plan.map(|p| p.slots).unwrap_or_default();
-                    let sending: Vec<_> = slots
-                        .iter()
-                        .filter(|s| {
-                            s.recipients > 0
-                                && s.disposition != crate::domain::planner::Disposition::Skipped
-                        })
-                        .collect();
-                    let recipients: u64 = sending.iter().map(|s| s.recipients).sum();
-                    match (
-                        sending.iter().map(|s| s.fire_at).min(),
-                        sending.iter().map(|s| s.fire_at).max(),
-                    ) {
-                        (Some(first), Some(last)) => format!(
-                            "{recipients} recipient(s) in {} send(s), from {} to {} UTC, as the audience is now.",
-                            sending.len(),
-                            minute(first),
-                            minute(last)
-                        ),
-                        _ => "Nobody in the audience yet: each zone's send goes to whoever is there by then.".to_owned(),
-                    }
+        Action::Schedule => match &*super::plan::draft_plan(&st, &c).await? {
+            Ok(plan) => {
+                let sending: Vec<_> = plan
+                    .slots
+                    .iter()
+                    .filter(|s| {
+                        s.recipients > 0
+                            && s.disposition != crate::domain::planner::Disposition::Skipped
+                    })
+                    .collect();
+                let recipients: u64 = sending.iter().map(|s| s.recipients).sum();
+                match (
+                    sending.iter().map(|s| s.fire_at).min(),
+                    sending.iter().map(|s| s.fire_at).max(),
+                ) {
+                    (Some(first), Some(last)) => format!(
+                        "{recipients} recipient(s) in {} send(s), from {} to {} UTC, as the audience is now.",
+                        sending.len(),
+                        minute(first),
+                        minute(last)
+                    ),
+                    _ => "Nobody in the audience yet: each zone's send goes to whoever is there by then.".to_owned(),
                 }
-                Err(e) if e.is_input() => format!("It cannot be scheduled as it is: {e}"),
-                Err(e) => return Err(PageError::Internal(e.to_string())),
             }
-        }
+            Err(problem) => format!("It cannot be scheduled as it is: {problem}"),
+        },
         Action::Pause => "No new message leaves until it is resumed; messages already handed to Apple or Google are not recalled.".to_owned(),
         Action::Resume => "Sending continues where it stopped.".to_owned(),
         Action::Cancel => "Every message not yet sent is cancelled. This cannot be undone.".to_owned(),

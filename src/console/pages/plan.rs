@@ -99,6 +99,32 @@ struct PlannedSend {
     state: String,
 }
 
+/// A draft's plan as if it were scheduled now, or why it cannot be: planned
+/// at most every 30 s per revision (it counts the whole audience), shared by
+/// the plan page and the schedule confirmation.
+pub(super) async fn draft_plan<S: Store>(
+    st: &ConsoleState<S>,
+    c: &crate::store::CampaignRecord,
+) -> Result<std::sync::Arc<Result<crate::domain::planner::Plan, String>>, PageError> {
+    st.draft_plans
+        .get((c.id, c.revision), || async {
+            let mut def = definitions::stored_definition(c)?;
+            def.status = DesiredStatus::Scheduled;
+            match definitions::prepare(&*st.store, &st.config, &def, st.clock.now()).await {
+                Ok(prepared) => {
+                    Ok(Some(prepared.plan.ok_or_else(|| {
+                        "a scheduled definition was not planned".to_owned()
+                    })))
+                }
+                Err(e) if e.is_input() => Ok(Some(Err(e.to_string()))),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(|e| PageError::Internal(e.to_string()))?
+        .ok_or(PageError::NotFound)
+}
+
 pub async fn campaign_plan<S: Store>(
     State(st): State<ConsoleState<S>>,
     headers: HeaderMap,
@@ -111,24 +137,7 @@ pub async fn campaign_plan<S: Store>(
     let draft = c.state == CampaignState::Draft;
     let mut problem = None;
     let sends: Vec<PlannedSend> = if draft {
-        let planned = st
-            .draft_plans
-            .get((id, c.revision), || async {
-                let mut def = definitions::stored_definition(&c)?;
-                def.status = DesiredStatus::Scheduled;
-                match definitions::prepare(&*st.store, &st.config, &def, st.clock.now()).await {
-                    Ok(prepared) => {
-                        Ok(Some(prepared.plan.ok_or_else(|| {
-                            "a scheduled definition was not planned".to_owned()
-                        })))
-                    }
-                    Err(e) if e.is_input() => Ok(Some(Err(e.to_string()))),
-                    Err(e) => Err(e),
-                }
-            })
-            .await
-            .map_err(|e| PageError::Internal(e.to_string()))?
-            .ok_or(PageError::NotFound)?;
+        let planned = draft_plan(&st, &c).await?;
         match &*planned {
             Ok(plan) => plan
                 .slots
