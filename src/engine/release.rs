@@ -108,6 +108,12 @@ impl<S: Store> Engine<S> {
             });
         }
         let slots = self.store.slot_complete(&completions, self.now()).await?;
+        // Fold the counts of campaigns whose slots completed: their pages
+        // then read a row per key, not one per statement that sent for them.
+        let mut touched: Vec<i64> = completions.iter().map(|c| c.campaign_id).collect();
+        touched.sort_unstable();
+        touched.dedup();
+        self.store.delivery_tally_compact(&touched).await?;
         let campaigns = self.store.campaign_complete_finished(self.now()).await?;
         for id in &campaigns {
             tracing::info!(message = "Campaign completed.", campaign_id = id);

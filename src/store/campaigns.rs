@@ -652,8 +652,8 @@ where
                SELECT c.slot_id, c.kind, c.n FROM slot_counts c JOIN slots s ON s.id = c.slot_id \
                WHERE s.campaign_id = $1 \
                UNION ALL \
-               SELECT slot_id, 'excluded:capped', COUNT(*) FROM deliveries \
-               WHERE campaign_id = $1 AND status = 'suppressed' GROUP BY slot_id \
+               SELECT slot_id, 'excluded:capped', CAST(SUM(n) AS BIGINT) FROM delivery_tallies \
+               WHERE campaign_id = $1 AND status = 'suppressed' GROUP BY slot_id HAVING SUM(n) <> 0 \
              ) t ORDER BY slot_id, kind",
         )
         .bind(campaign_id)

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 
-use super::dialect::{Arg, Column, Dialect};
+use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::sql::SqlStore;
 use super::{Lease, LeaseTerms, StoreError};
 use crate::domain::campaign::Platform;
@@ -208,6 +208,15 @@ pub trait DeliveryStore: Send + Sync {
         &self,
         campaign_id: i64,
     ) -> impl Future<Output = Result<Vec<SlotMinuteCount>, StoreError>> + Send;
+
+    /// Folds the ledger of a campaign's tallies into one row per key (the
+    /// counts above read `delivery_tallies`, which the database keeps in the
+    /// same transaction as every change of a delivery, 0016). Called as slots
+    /// complete, so a finished campaign's counts read a few hundred rows.
+    fn delivery_tally_compact(
+        &self,
+        campaign_ids: &[i64],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
 
 impl<D: Dialect> DeliveryStore for SqlStore<D>
@@ -339,7 +348,8 @@ where
         campaign_id: i64,
     ) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, COUNT(*) FROM deliveries WHERE campaign_id = $1 GROUP BY status ORDER BY status",
+            "SELECT status, CAST(SUM(n) AS BIGINT) FROM delivery_tallies WHERE campaign_id = $1 \
+             GROUP BY status HAVING SUM(n) <> 0 ORDER BY status",
         )
         .bind(campaign_id)
         .fetch_all(&self.read)
@@ -352,8 +362,9 @@ where
         campaign_id: i64,
     ) -> Result<Vec<(i64, String, i64)>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT d.slot_id, d.status, COUNT(*) FROM deliveries d WHERE d.campaign_id = $1 AND d.slot_id IS NOT NULL \
-             GROUP BY d.slot_id, d.status ORDER BY d.slot_id, d.status",
+            "SELECT slot_id, status, CAST(SUM(n) AS BIGINT) FROM delivery_tallies \
+             WHERE campaign_id = $1 AND slot_id <> 0 \
+             GROUP BY slot_id, status HAVING SUM(n) <> 0 ORDER BY slot_id, status",
         )
         .bind(campaign_id)
         .fetch_all(&self.read)
@@ -364,14 +375,25 @@ where
         &self,
         campaign_id: i64,
     ) -> Result<Vec<SlotMinuteCount>, StoreError> {
-        let minute = D::epoch_minute("d.sent_at");
-        Ok(sqlx::query_as(&format!(
-            "SELECT d.slot_id, d.status, {minute} AS minute, COUNT(*) AS n FROM deliveries d \
-             WHERE d.campaign_id = $1 \
-             GROUP BY d.slot_id, d.status, minute"
-        ))
+        Ok(sqlx::query_as(
+            "SELECT NULLIF(slot_id, 0) AS slot_id, status, NULLIF(minute, 0) AS minute, \
+               CAST(SUM(n) AS BIGINT) AS n \
+             FROM delivery_tallies WHERE campaign_id = $1 \
+             GROUP BY slot_id, status, minute HAVING SUM(n) <> 0",
+        )
         .bind(campaign_id)
         .fetch_all(&self.read)
         .await?)
+    }
+
+    async fn delivery_tally_compact(&self, campaign_ids: &[i64]) -> Result<u64, StoreError> {
+        if campaign_ids.is_empty() {
+            return Ok(0);
+        }
+        Ok(sqlx::query(D::COMPACT_TALLIES)
+            .bind(D::ids(campaign_ids))
+            .execute(&self.write)
+            .await?
+            .rows_affected())
     }
 }

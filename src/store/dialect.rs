@@ -18,6 +18,7 @@
 //! | [`Dialect::not_served`] | `NOT EXISTS` probe | `LATERAL … LIMIT 1` | what each planner turns into one index probe per row |
 //! | [`Dialect::text_in`], [`Dialect::attribute`], [`Dialect::has_topic`] | JSON functions | array and `jsonb` operators | segment conditions |
 //! | [`Dialect::NO_ACTIVE_DEVICE`], [`Dialect::FENCE`] | `NOT EXISTS`, `LIMIT -1 OFFSET 0` | `LATERAL`, `OFFSET 0` | see each item |
+//! | [`Dialect::COMPACT_TALLIES`] | drop zero counters | fold the ledger of deltas | counters per key vs. an append-only ledger (0016) |
 //! | [`Dialect::seconds_between`], [`Dialect::epoch_minute`] | `julianday`, `strftime('%s')` | `EXTRACT(EPOCH …)` | date arithmetic |
 //! | [`Dialect::migrate`], [`Dialect::reserve_ids`] | own migrations, id blocks | own migrations, a sequence | see each item |
 //!
@@ -100,6 +101,12 @@ pub trait Dialect: Send + Sync + Clone + std::fmt::Debug + 'static {
     /// Leases up to `$2` due delivery rows (queued, retry, or a lapsed lease),
     /// highest priority first: `$1` now, `$3` worker, `$4` lease end.
     const LEASE_DELIVERIES: &'static str;
+
+    /// Compacts the delivery tallies of the campaigns bound as `$1`
+    /// ([`Dialect::ids`]): SQLite keeps one counter per key and drops those at
+    /// zero; Postgres appends a delta per statement (no row for concurrent
+    /// senders to wait on) and folds them here, under the same sums.
+    const COMPACT_TALLIES: &'static str;
 
     /// `id` + this: the id is in the list bound as `$1` ([`Dialect::ids`]).
     const ID_IN: &'static str;

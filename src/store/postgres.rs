@@ -104,6 +104,15 @@ impl Dialect for PgDialect {
 
     const ID_IN: &'static str = "= ANY($1)";
 
+    const COMPACT_TALLIES: &'static str = "\
+        WITH gone AS ( \
+          DELETE FROM delivery_tallies WHERE campaign_id = ANY($1) \
+          RETURNING campaign_id, slot_id, status, minute, n \
+        ) \
+        INSERT INTO delivery_tallies (campaign_id, slot_id, status, minute, n) \
+        SELECT campaign_id, slot_id, status, minute, SUM(n) FROM gone \
+        GROUP BY campaign_id, slot_id, status, minute HAVING SUM(n) <> 0";
+
     const NO_ACTIVE_DEVICE: &'static str =
         "LEFT JOIN LATERAL (SELECT 1 AS has FROM devices d WHERE d.user_id = u.id AND d.state = 'active' LIMIT 1) x \
          ON TRUE WHERE x.has IS NULL AND";

@@ -193,6 +193,9 @@ impl Dialect for SqliteDialect {
 
     const ID_IN: &'static str = "IN (SELECT value FROM json_each($1))";
 
+    const COMPACT_TALLIES: &'static str =
+        "DELETE FROM delivery_tallies WHERE n = 0 AND campaign_id IN (SELECT value FROM json_each($1))";
+
     const NO_ACTIVE_DEVICE: &'static str =
         "WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.user_id = u.id AND d.state = 'active') AND";
 

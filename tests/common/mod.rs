@@ -143,6 +143,52 @@ impl<S: Store> TestDb<S> {
         }
     }
 
+    /// A campaign's counts by slot, status and minute sent, as
+    /// `slot|status|minute|n` lines: `by_hand` counts its deliveries, the other
+    /// reads the store (the tallies the database keeps, 0016).
+    pub async fn delivery_counts(&self, campaign_id: i64) -> (Vec<String>, Vec<String>) {
+        let minute = if self.url.starts_with("sqlite:") {
+            "CAST(strftime('%s', sent_at) AS INTEGER) / 60"
+        } else {
+            "CAST(FLOOR(EXTRACT(EPOCH FROM sent_at)) AS BIGINT) / 60"
+        };
+        let mut by_hand = self
+            .raw_texts(&format!(
+                "SELECT CAST(COALESCE(slot_id, 0) AS TEXT) || '|' || status || '|' || \
+                   CAST(COALESCE({minute}, 0) AS TEXT) || '|' || CAST(COUNT(*) AS TEXT) \
+                 FROM deliveries WHERE campaign_id = {campaign_id} \
+                 GROUP BY slot_id, status, {minute}"
+            ))
+            .await
+            .expect("count deliveries");
+        let mut tallied: Vec<String> = self
+            .store
+            .delivery_count_by_slot_minute(campaign_id)
+            .await
+            .expect("read tallies")
+            .into_iter()
+            .map(|c| {
+                format!(
+                    "{}|{}|{}|{}",
+                    c.slot_id.unwrap_or(0),
+                    c.status,
+                    c.minute.unwrap_or(0),
+                    c.n
+                )
+            })
+            .collect();
+        by_hand.sort();
+        tallied.sort();
+        (by_hand, tallied)
+    }
+
+    /// Fails unless the store's counts of a campaign are its deliveries'.
+    pub async fn assert_tallies_match(&self, campaign_id: i64) {
+        let (by_hand, tallied) = self.delivery_counts(campaign_id).await;
+        assert!(!by_hand.is_empty(), "campaign {campaign_id} has deliveries");
+        assert_eq!(tallied, by_hand, "tallies of campaign {campaign_id}");
+    }
+
     pub async fn finish(self) {
         self.store.close().await;
         if let Cleanup::Postgres { admin_url, name } = self.cleanup {

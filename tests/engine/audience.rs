@@ -68,6 +68,7 @@ async fn frequency_caps_suppress_and_count<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(by_status, BTreeMap::from([("suppressed".to_owned(), 6)]));
     assert_eq!(by_reason["recipients"], 6);
     assert_eq!(by_reason["excluded:capped"], 6);
+    db.assert_tallies_match(p3).await;
     assert_eq!(rig.state("p3").await, CampaignState::Completed);
 
     // Once the first push leaves the 24-hour window there is room for one more.

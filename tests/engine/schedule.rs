@@ -226,6 +226,7 @@ async fn cancel_stops_the_zones_not_yet_sent<S: Store + Clone>(db: &TestDb<S>) {
         berlin_slot.state,
         meridian::domain::state::SlotState::Cancelled
     );
+    db.assert_tallies_match(id).await;
     // Cancelled is final.
     let c = rig.store.campaign_get("shop", "c").await.unwrap().unwrap();
     assert!(definitions::resume(&*rig.store, &c, rig.clock.now())

@@ -37,6 +37,7 @@ async fn every_device_gets_exactly_one<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(counts["excluded:opted_out"], 1);
     assert_eq!(counts["excluded:segment"], 0);
     assert_eq!(counts["excluded:invalid_token"], 0);
+    db.assert_tallies_match(id).await;
     // Nothing left to do, and doing nothing sends nothing.
     assert!(!engine.run_until_idle().await.unwrap().did_work());
     assert_eq!(rig.sim.stats().total_accepted(), 120);
@@ -149,6 +150,7 @@ async fn faults_are_retried_and_dead_tokens_skipped_later<S: Store + Clone>(db: 
         live.len() as u64,
         "nothing counted sent that was not accepted"
     );
+    db.assert_tallies_match(id).await;
 
     // A later campaign never tries the dead tokens again.
     let dead_answers = stats

@@ -455,6 +455,100 @@ async fn row_lease_takes_due_and_lapsed_rows_in_order<S: Store>(db: &TestDb<S>) 
     );
 }
 
+/// A campaign's counts come from tallies the database keeps beside every
+/// insert and change of its deliveries, whatever statement makes it: batches,
+/// single rows, changes of `sent_at`, updates that change neither (nothing),
+/// pushes without a campaign (not counted). Compacting keeps every sum and
+/// leaves one row per key.
+async fn tallies_follow_every_change_and_survive_compaction<S: Store>(db: &TestDb<S>) {
+    let p = "2026-12-01T08:55:00+00:00";
+    let sent = "2026-12-01T09:01:30+00:00";
+    let mut setup = vec![
+        format!("INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', '{p}', '{p}')"),
+        format!("INSERT INTO campaigns (app_id, key, name, definition, state, created_at, updated_at) \
+                 VALUES ('a', 'run', 'run', '{{}}', 'running', '{p}', '{p}')"),
+    ];
+    for d in 1..=6 {
+        setup.push(format!(
+            "INSERT INTO devices (app_id, install_id, platform, token, created_at, updated_at) \
+             VALUES ('a', 'i{d}', 'ios', 't{d}', '{p}', '{p}')"
+        ));
+    }
+    // Five deliveries of campaign 1 over slots 7 and 8 in one statement, and a push.
+    setup.push(format!(
+        "INSERT INTO deliveries (app_id, campaign_id, slot_id, occurrence, device_id, status, attempts, created_at, updated_at) \
+         VALUES ('a', 1, 7, 'o', 1, 'queued', 0, '{p}', '{p}'), ('a', 1, 7, 'o', 2, 'queued', 0, '{p}', '{p}'), \
+                ('a', 1, 7, 'o', 3, 'queued', 0, '{p}', '{p}'), ('a', 1, 8, 'o', 4, 'queued', 0, '{p}', '{p}'), \
+                ('a', 1, 8, 'o', 5, 'queued', 0, '{p}', '{p}')"
+    ));
+    setup.push(format!(
+        "INSERT INTO deliveries (app_id, request_id, device_id, status, attempts, created_at, updated_at) \
+         VALUES ('a', 'r1', 6, 'queued', 0, '{p}', '{p}')"
+    ));
+    for sql in setup {
+        db.raw(&sql).await.unwrap();
+    }
+    let counts = || async { db.delivery_counts(1).await };
+    assert_eq!(counts().await.1, ["7|queued|0|3", "8|queued|0|2"]);
+    let steps = [
+        format!("UPDATE deliveries SET status = 'leased', lease_owner = 'w', lease_expires_at = '{p}' WHERE device_id <= 4"),
+        format!("UPDATE deliveries SET status = 'sent', sent_at = '{sent}', lease_owner = NULL, lease_expires_at = NULL \
+                 WHERE device_id IN (1, 2, 4)"),
+        "UPDATE deliveries SET attempts = attempts + 1".to_owned(),
+        format!("UPDATE deliveries SET status = 'retry', lease_owner = NULL, lease_expires_at = NULL, next_attempt_at = '{p}' \
+                 WHERE device_id = 3"),
+        "UPDATE deliveries SET status = 'delivered' WHERE device_id = 1".to_owned(),
+        "UPDATE deliveries SET status = 'cancelled' WHERE status IN ('queued', 'retry')".to_owned(),
+    ];
+    for sql in &steps {
+        db.raw(sql).await.unwrap();
+        let (by_hand, tallied) = counts().await;
+        assert_eq!(tallied, by_hand, "after {sql}");
+    }
+    let minute = sent_minute(sent);
+    assert_eq!(
+        counts().await.1,
+        [
+            "7|cancelled|0|1".to_owned(),
+            format!("7|delivered|{minute}|1"),
+            format!("7|sent|{minute}|1"),
+            "8|cancelled|0|1".to_owned(),
+            format!("8|sent|{minute}|1"),
+        ]
+    );
+    let rows = || async {
+        db.raw_texts("SELECT CAST(COUNT(*) AS TEXT) FROM delivery_tallies WHERE campaign_id = 1")
+            .await
+            .unwrap()[0]
+            .parse::<usize>()
+            .unwrap()
+    };
+    assert!(
+        rows().await > 5,
+        "zeroed keys or deltas are kept until compacted"
+    );
+    db.store.delivery_tally_compact(&[1]).await.unwrap();
+    assert_eq!(rows().await, 5, "one row per key with a count");
+    db.assert_tallies_match(1).await;
+    db.store.delivery_tally_compact(&[1]).await.unwrap();
+    db.assert_tallies_match(1).await;
+
+    // Reading a campaign's tallies searches its own, never another's.
+    let sql = "SELECT slot_id, status, minute, SUM(n) FROM delivery_tallies WHERE campaign_id = 1 \
+               GROUP BY slot_id, status, minute";
+    let plan = plan_of(db, sql, "delivery_tallies").await;
+    let expected = if db.url.starts_with("sqlite:") {
+        "SEARCH delivery_tallies USING PRIMARY KEY (campaign_id=?)"
+    } else {
+        "delivery_tallies_by_campaign"
+    };
+    assert!(plan.contains(expected), "{plan}");
+}
+
+fn sent_minute(at: &str) -> i64 {
+    DateTime::parse_from_rfc3339(at).unwrap().timestamp() / 60
+}
+
 /// The plan the backend chooses for `sql` (its binds written in): SQLite's
 /// `EXPLAIN QUERY PLAN`, or Postgres's `EXPLAIN` with `table` analysed and
 /// sequential and bitmap scans priced out, so that only a statement no index can
@@ -494,4 +588,5 @@ storage_tests!(
     reserved_delivery_ids_are_never_taken_again,
     row_lease_reads_only_its_partial_indexes,
     row_lease_takes_due_and_lapsed_rows_in_order,
+    tallies_follow_every_change_and_survive_compaction,
 );
