@@ -208,6 +208,7 @@ where
             &meridian::store::NewApiKey {
                 app_id: "shop",
                 name: "bench",
+                kind: meridian::domain::keys::KeyKind::Server,
                 prefix: &k.prefix,
                 hash: &k.hash,
             },

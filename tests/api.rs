@@ -25,7 +25,9 @@ fn ios_token(n: u8) -> String {
     format!("{n:02x}").repeat(32)
 }
 
-/// No key, a wrong key and a revoked key are all 401 with a JSON body.
+/// No key, a wrong key and a revoked key are all 401 with a JSON body. (A
+/// receipt may come without a key, with the push's token: a wrong key is
+/// still refused there.)
 async fn every_route_needs_a_live_key<S: Store + Clone>(db: &TestDb<S>) {
     let api = start(db).await;
     let (status, _) = api.call("GET", "/health", None, None).await;
@@ -39,6 +41,9 @@ async fn every_route_needs_a_live_key<S: Store + Clone>(db: &TestDb<S>) {
             ("GET", "/v1/messages/1"),
             ("POST", "/v1/receipts"),
         ] {
+            if key.is_none() && path == "/v1/receipts" {
+                continue;
+            }
             let (status, body) = api.call(method, path, key, Some(json!({}))).await;
             assert_eq!(status, 401, "{why} key on {method} {path}: {body}");
             assert_eq!(body["error"], "unauthorized", "{body}");

@@ -46,6 +46,7 @@ impl Server {
             let stored = NewApiKey {
                 app_id: app,
                 name: "import",
+                kind: meridian::domain::keys::KeyKind::Server,
                 prefix: &k.prefix,
                 hash: &k.hash,
             };

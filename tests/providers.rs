@@ -136,7 +136,10 @@ fn apns_payload(id: &str) -> Vec<u8> {
     serde_json::to_vec(&payload::apns_payload(
         &message(),
         None,
-        Envelope { message_id: id },
+        Envelope {
+            message_id: id,
+            receipt: None,
+        },
     ))
     .unwrap()
 }
@@ -167,6 +170,7 @@ fn fcm_body(token: &str) -> serde_json::Value {
         },
         Envelope {
             message_id: "00000000-0000-4000-8000-000000000001",
+            receipt: None,
         },
     )
 }
@@ -353,7 +357,10 @@ async fn apns_oversized_payload_is_refused_before_sending() {
     let body = serde_json::to_vec(&payload::apns_payload(
         &m,
         None,
-        Envelope { message_id: "x" },
+        Envelope {
+            message_id: "x",
+            receipt: None,
+        },
     ))
     .unwrap();
     let token = hex_token(5);

@@ -15,8 +15,9 @@ use utoipa::{PartialSchema, ToSchema};
 
 use super::formats::{self, ExternalId, IanaZone, LanguageTag};
 
+use super::limits::ClientCall;
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
-use super::{ApiError, ApiState, AppKey, Body, Path};
+use super::{AnyKey, ApiError, ApiState, AppKey, Body, Path, Peer};
 use crate::domain::audience::{
     check_external_id, check_locale, check_token, check_zone, CheckedUser, UserBody,
 };
@@ -192,9 +193,13 @@ pub async fn put_user<S: Store>(
 )]
 pub async fn post_device<S: Store>(
     State(st): State<ApiState<S>>,
-    AppKey(app): AppKey,
+    key: AnyKey,
+    peer: Peer,
+    headers: axum::http::HeaderMap,
     Body(body): Body<DeviceBody>,
 ) -> Result<impl IntoResponse, ApiError> {
+    key.admit(&st, ClientCall::Registration, peer)?;
+    let app = key.app.clone();
     check_token(body.platform, &body.token)?;
     check_zone(body.timezone.as_deref())?;
     check_locale(body.locale.as_deref())?;
@@ -216,6 +221,9 @@ pub async fn post_device<S: Store>(
             "only a user's device can be primary",
         ));
     }
+    if let Some(user) = &body.user_id {
+        key.act_for(&st, &headers, user)?;
+    }
     let record = st
         .store
         .device_upsert(
@@ -232,6 +240,16 @@ pub async fn post_device<S: Store>(
             st.clock.now(),
         )
         .await?;
+    if let Some(user_id) = record.user_id {
+        let max = st.config.apps[&app].max_devices_per_user;
+        let replaced = st
+            .store
+            .device_trim_for_user(user_id, max, st.clock.now())
+            .await?;
+        if !replaced.is_empty() {
+            tracing::info!(message = "Devices past the user's limit deactivated.", app = %app, count = replaced.len());
+        }
+    }
     Ok(Json(DeviceView {
         token: record.token,
         platform: record.platform.as_str().to_owned(),
@@ -259,9 +277,13 @@ pub async fn post_device<S: Store>(
 )]
 pub async fn delete_device<S: Store>(
     State(st): State<ApiState<S>>,
-    AppKey(app): AppKey,
+    key: AnyKey,
+    peer: Peer,
     Path(token): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // A client key names the token it holds: holding it is the proof.
+    key.admit(&st, ClientCall::Registration, peer)?;
+    let app = key.app;
     let device = st
         .store
         .device_get_by_token(&app, &token)
@@ -290,10 +312,15 @@ pub async fn delete_device<S: Store>(
 )]
 pub async fn put_subscriptions<S: Store>(
     State(st): State<ApiState<S>>,
-    AppKey(app): AppKey,
+    key: AnyKey,
+    peer: Peer,
+    headers: axum::http::HeaderMap,
     Path(external_id): Path<String>,
     Body(body): Body<BTreeMap<String, bool>>,
 ) -> Result<impl IntoResponse, ApiError> {
+    key.admit(&st, ClientCall::Registration, peer)?;
+    key.act_for(&st, &headers, &external_id)?;
+    let app = key.app;
     let topics = &st.config.apps[&app].topics;
     if let Some(unknown) = body.keys().find(|t| !topics.contains_key(*t)) {
         let known: Vec<&str> = topics.keys().map(String::as_str).collect();
@@ -325,10 +352,14 @@ pub async fn put_subscriptions<S: Store>(
 )]
 pub async fn get_subscriptions<S: Store>(
     State(st): State<ApiState<S>>,
-    AppKey(app): AppKey,
+    key: AnyKey,
+    peer: Peer,
+    headers: axum::http::HeaderMap,
     Path(external_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    effective_subscriptions(&st, &app, &external_id).await
+    key.admit(&st, ClientCall::Registration, peer)?;
+    key.act_for(&st, &headers, &external_id)?;
+    effective_subscriptions(&st, &key.app, &external_id).await
 }
 
 async fn effective_subscriptions<S: Store>(

@@ -6,10 +6,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::limits::ClientCall;
 use super::openapi::{BodyRefusals, ErrorBody, KeyRefusals};
-use super::{page_limit, ApiError, ApiState, AppKey, Body, Path, Query};
+use super::{page_limit, ApiError, ApiState, AppKey, Body, MaybeKey, Path, Peer, Query};
+use crate::domain::keys::KeyKind;
+use crate::domain::receipt::{self, ReceiptError};
 use crate::domain::state::{DeliveryStatus, StateMachine};
 use crate::store::{DeliveryEvent, DeliveryFilter, DeliveryRecord, Receipt, ReceiptOutcome, Store};
+use axum::http::StatusCode;
 
 /// One step of a message's history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -229,11 +233,88 @@ pub enum ReceiptKind {
     Dismissed,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// A receipt: the token the push carried (from the app on the device, with a
+/// client key or none), or the message id (server keys only). Its schema is
+/// written out below: exactly one of the two.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ReceiptBody {
-    pub message_id: i64,
+    pub receipt: Option<String>,
+    pub message_id: Option<i64>,
     pub status: ReceiptKind,
+    pub action: Option<String>,
+}
+
+impl utoipa::PartialSchema for ReceiptBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, AllOfBuilder, ObjectBuilder, OneOfBuilder, SchemaType, Type,
+        };
+        let or_null = |t: Type| SchemaType::from_iter([t, Type::Null]);
+        use utoipa::openapi::Ref;
+        let fields = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "A receipt: the push's `receipt` token (from the app, with a client key or none) \
+                 or its `messageId` (a server key only), not both.",
+            ))
+            .property(
+                "receipt",
+                ObjectBuilder::new()
+                    .schema_type(or_null(Type::String))
+                    .min_length(Some(32))
+                    .max_length(Some(32))
+                    .description(Some(
+                        "`meridian.receipt` (APNs) or `meridian_receipt` (FCM data)",
+                    )),
+            )
+            .property(
+                "messageId",
+                ObjectBuilder::new()
+                    .schema_type(or_null(Type::Integer))
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                        utoipa::openapi::KnownFormat::Int64,
+                    ))),
+            )
+            .property("status", Ref::from_schema_name("ReceiptKind"))
+            .required("status")
+            .property(
+                "action",
+                ObjectBuilder::new()
+                    .schema_type(or_null(Type::String))
+                    .pattern(Some("^[A-Za-z0-9._-]{1,64}$"))
+                    .description(Some("The id of the button tapped (with `opened`)")),
+            )
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        // Exactly one of the two is given (a null counts as not given).
+        let has = |member: &str, t: Type| {
+            ObjectBuilder::new()
+                .required(member)
+                .property(member, ObjectBuilder::new().schema_type(t))
+        };
+        AllOfBuilder::new()
+            .item(fields)
+            .item(
+                OneOfBuilder::new()
+                    .item(has("receipt", Type::String))
+                    .item(has("messageId", Type::Integer)),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for ReceiptBody {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            "ReceiptKind".to_owned(),
+            <ReceiptKind as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 /// Whether a receipt moved the message's status.
@@ -253,18 +334,79 @@ pub struct ReceiptAnswer {
     tag = "messages",
     operation_id = "postReceipt",
     request_body = ReceiptBody,
+    security((), ("bearer" = [])),
     responses(
         (status = 200, description = "Recorded, or not when it would move the status back", body = ReceiptAnswer),
-        (status = 404, description = "No such message in this app", body = ErrorBody),
+        (status = 403, description = "The receipt token is forged or of another app's message", body = ErrorBody),
+        (status = 404, description = "No such message in this app (by message id)", body = ErrorBody),
+        (status = 429, description = "Too many receipts from this client key or address; see Retry-After", body = ErrorBody),
         BodyRefusals,
         KeyRefusals,
     )
 )]
 pub async fn post_receipt<S: Store>(
     State(st): State<ApiState<S>>,
-    AppKey(app): AppKey,
+    MaybeKey(key): MaybeKey,
+    peer: Peer,
     Body(body): Body<ReceiptBody>,
 ) -> Result<Json<ReceiptAnswer>, ApiError> {
+    let server = key.as_ref().is_some_and(|k| k.kind == KeyKind::Server);
+    if !server {
+        st.client_quota
+            .check(
+                ClientCall::Receipt,
+                key.as_ref().map(|k| k.key_hash.as_str()),
+                peer.0,
+            )
+            .map_err(|wait| ApiError::too_many(ClientCall::Receipt.noun(), wait))?;
+    }
+    if let Some(action) = &body.action {
+        let ok = (1..=64).contains(&action.len())
+            && action
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            return Err(ApiError::field(
+                "action",
+                "a button id: 1-64 letters, digits, '-', '_' or '.'",
+            ));
+        }
+    }
+    let forged = |e: ReceiptError| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "receipt_forged",
+            format!("receipt: {e}"),
+        )
+    };
+    let (app, id) = match (&body.receipt, body.message_id, &key) {
+        (Some(_), Some(_), _) => {
+            return Err(ApiError::field("messageId", "give a receipt token or a message id, not both"))
+        }
+        (None, None, _) => return Err(ApiError::field("receipt", "the push's receipt token is required")),
+        // A message id alone is trusted from a server key only: anyone could
+        // count up ids.
+        (None, Some(id), Some(k)) if server => (k.app.clone(), id),
+        (None, Some(_), _) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_key_kind",
+                "messageId: only a server key reports by message id; an app reports with the push's receipt token",
+            ))
+        }
+        (Some(token), None, Some(k)) => {
+            let keys = st.receipt_keys.get(&*st.store, &k.app).await?.ok_or_else(|| forged(ReceiptError::Forged))?;
+            (k.app.clone(), keys.verify(&k.app, token).map_err(forged)?)
+        }
+        (Some(token), None, None) => {
+            let claimed = receipt::claimed_id(token).map_err(forged)?;
+            // The message's app says whose key must have made the token.
+            let app = st.store.message_app_get(claimed).await?.ok_or_else(|| forged(ReceiptError::Forged))?;
+            let keys = st.receipt_keys.get(&*st.store, &app).await?.ok_or_else(|| forged(ReceiptError::Forged))?;
+            let id = keys.verify(&app, token).map_err(forged)?;
+            (app, id)
+        }
+    };
     let status = match body.status {
         ReceiptKind::Delivered => DeliveryStatus::Delivered,
         ReceiptKind::Opened => DeliveryStatus::Opened,
@@ -275,15 +417,16 @@ pub async fn post_receipt<S: Store>(
         .receipt_record(
             &Receipt {
                 app_id: &app,
-                id: body.message_id,
+                id,
                 status,
+                action: body.action.as_deref(),
                 webhook: st.config.app(&app).is_some_and(|a| a.webhook.is_some()),
             },
             st.clock.now(),
         )
         .await?;
     Ok(Json(ReceiptAnswer {
-        message_id: body.message_id,
+        message_id: id,
         recorded: outcome == ReceiptOutcome::Recorded,
     }))
 }

@@ -5,11 +5,14 @@
 pub mod audience;
 pub mod campaigns;
 pub mod idempotency;
+pub mod identity;
 pub mod import;
 pub mod keys;
+pub mod limits;
 pub mod messages;
 pub mod openapi;
 pub mod push;
+pub mod receipts;
 
 pub use crate::domain::audience::formats;
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use serde::de::DeserializeOwned;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::keys::KeyKind;
 use crate::store::{Store, StoreError};
 
 /// Largest request body accepted (bulk imports have their own route).
@@ -39,12 +43,23 @@ pub struct ApiState<S> {
     pub rows_queued: Option<Arc<tokio::sync::Notify>>,
     /// The engine's "ticking recently" probe for `/readyz` (none: engine off).
     pub scheduler: Option<Arc<dyn Fn() -> Result<(), String> + Send + Sync>>,
+    /// Each app's identity proof check (client keys naming a user).
+    pub identities: Arc<std::collections::HashMap<String, identity::IdentityCheck>>,
+    /// The limits of client keys and keyless receipts.
+    pub client_quota: Arc<limits::ClientQuota>,
+    /// Each app's receipt key, read from the store when first needed.
+    pub receipt_keys: Arc<receipts::ReceiptKeys>,
 }
 
 impl<S> ApiState<S> {
     pub fn new(store: Arc<S>, config: Arc<Config>, clock: Arc<dyn Clock>) -> Self {
         let push_quota = Arc::new(push::PushQuota::new(
             config.server.push.requests_per_minute,
+            clock.clone(),
+        ));
+        let identities = Arc::new(identity::checks(&config));
+        let client_quota = Arc::new(limits::ClientQuota::new(
+            &config.server.client,
             clock.clone(),
         ));
         Self {
@@ -54,6 +69,9 @@ impl<S> ApiState<S> {
             push_quota,
             rows_queued: None,
             scheduler: None,
+            identities,
+            client_quota,
+            receipt_keys: Arc::new(receipts::ReceiptKeys::default()),
         }
     }
 
@@ -82,6 +100,9 @@ impl<S> Clone for ApiState<S> {
             push_quota: self.push_quota.clone(),
             rows_queued: self.rows_queued.clone(),
             scheduler: self.scheduler.clone(),
+            identities: self.identities.clone(),
+            client_quota: self.client_quota.clone(),
+            receipt_keys: self.receipt_keys.clone(),
         }
     }
 }
@@ -98,13 +119,13 @@ pub fn routes<S: Store>() -> openapi::Routes<S> {
         .add(a::__path_put_user, a::put_user::<S>)
         // Streams its body under its own limit (`import::IMPORT_BODY_LIMIT`).
         .add(import::__path_import_users, import::import_users::<S>)
-        .add(a::__path_put_subscriptions, a::put_subscriptions::<S>)
-        .add(a::__path_get_subscriptions, a::get_subscriptions::<S>)
-        .add(a::__path_post_device, a::post_device::<S>)
-        .add(a::__path_delete_device, a::delete_device::<S>)
+        .add_for_clients(a::__path_put_subscriptions, a::put_subscriptions::<S>)
+        .add_for_clients(a::__path_get_subscriptions, a::get_subscriptions::<S>)
+        .add_for_clients(a::__path_post_device, a::post_device::<S>)
+        .add_for_clients(a::__path_delete_device, a::delete_device::<S>)
         .add(m::__path_list_messages, m::list_messages::<S>)
         .add(m::__path_get_message, m::get_message::<S>)
-        .add(m::__path_post_receipt, m::post_receipt::<S>)
+        .add_for_clients(m::__path_post_receipt, m::post_receipt::<S>)
         .add(push::__path_post_push, push::post_push::<S>)
         .add(c::__path_create, c::create::<S>)
         .add(c::__path_list, c::list::<S>)
@@ -269,6 +290,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for `Retry-After` (429 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -277,6 +300,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -287,6 +311,17 @@ impl ApiError {
             "bad_request",
             format!("{field}: {problem}"),
         )
+    }
+
+    /// A 429: the client's limit per minute is used up.
+    pub fn too_many(what: &str, wait: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many {what} from this key or address; retry after {wait} s"),
+        );
+        e.retry_after = Some(wait.max(1));
+        e
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {
@@ -304,7 +339,12 @@ impl IntoResponse for ApiError {
             error: self.code.into(),
             message: self.message,
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, wait.into());
+        }
+        r
     }
 }
 
@@ -340,18 +380,33 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The app whose API key authenticated the request.
+/// The app whose server key authenticated the request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppKey(pub String);
 
-/// The app and the key itself (its hash), for limits kept per key.
+/// The app and the server key itself (its hash), for limits kept per key. A
+/// client key is refused with 403 (see [`AnyKey`] for the routes it may call).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyOf {
     pub app: String,
     pub key_hash: String,
 }
 
-impl<S: Store> FromRequestParts<ApiState<S>> for KeyOf {
+/// A live key of either kind: the routes a mobile app calls (registering its
+/// device, its subscriptions, receipts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnyKey {
+    pub app: String,
+    pub key_hash: String,
+    pub kind: KeyKind,
+}
+
+/// What a client key is told on every other route.
+pub const CLIENT_KEY_REFUSED: &str = "a client key cannot call this route: it may only register a \
+     device or install, unregister its own token, read and set its user's subscriptions and post \
+     receipts; use a server key from your backend";
+
+impl<S: Store> FromRequestParts<ApiState<S>> for AnyKey {
     type Rejection = ApiError;
 
     async fn from_request_parts(
@@ -382,11 +437,122 @@ impl<S: Store> FromRequestParts<ApiState<S>> for KeyOf {
             .and_then(bearer_token)
             .ok_or_else(|| unauthorized("Authorization must be Bearer <api key>"))?;
         let key_hash = keys::hash(secret);
-        match state.store.api_key_app_get(&key_hash).await? {
+        match state.store.api_key_owner_get(&key_hash).await? {
             // A key of an app no longer configured opens nothing.
-            Some(app) if state.config.apps.contains_key(&app) => Ok(Self { app, key_hash }),
+            Some(owner) if state.config.apps.contains_key(&owner.app_id) => Ok(Self {
+                app: owner.app_id,
+                key_hash,
+                kind: owner.kind,
+            }),
             _ => Err(unauthorized("unknown or revoked API key")),
         }
+    }
+}
+
+impl<S: Store> FromRequestParts<ApiState<S>> for KeyOf {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        let key = AnyKey::from_request_parts(parts, state).await?;
+        match key.kind {
+            KeyKind::Server => Ok(Self {
+                app: key.app,
+                key_hash: key.key_hash,
+            }),
+            KeyKind::Client => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden_key_kind",
+                CLIENT_KEY_REFUSED,
+            )),
+        }
+    }
+}
+
+/// A key of either kind when the request carries one, none when it has no
+/// `Authorization` header (receipts by token); a bad key is still refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaybeKey(pub Option<AnyKey>);
+
+impl<S: Store> FromRequestParts<ApiState<S>> for MaybeKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState<S>,
+    ) -> Result<Self, Self::Rejection> {
+        if !parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION)
+        {
+            return Ok(Self(None));
+        }
+        Ok(Self(Some(AnyKey::from_request_parts(parts, state).await?)))
+    }
+}
+
+/// The peer's address, when the server was started with it (`serve` is);
+/// behind a proxy, the proxy's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<St: Send + Sync> FromRequestParts<St> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &St) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
+impl AnyKey {
+    /// A client key's call counted against its limits (server keys have none).
+    pub fn admit<S>(
+        &self,
+        st: &ApiState<S>,
+        call: limits::ClientCall,
+        peer: Peer,
+    ) -> Result<(), ApiError> {
+        if self.kind != KeyKind::Client {
+            return Ok(());
+        }
+        st.client_quota
+            .check(call, Some(&self.key_hash), peer.0)
+            .map_err(|wait| ApiError::too_many(call.noun(), wait))
+    }
+
+    /// A client key acting for user `external_id` shows the app's identity
+    /// proof (`X-Meridian-Identity`) unless the app's identity is optional;
+    /// server keys act for any user of their app.
+    pub fn act_for<S>(
+        &self,
+        st: &ApiState<S>,
+        headers: &axum::http::HeaderMap,
+        external_id: &str,
+    ) -> Result<(), ApiError> {
+        if self.kind != KeyKind::Client {
+            return Ok(());
+        }
+        let proof = headers
+            .get(identity::HEADER)
+            .map(|v| v.to_str().unwrap_or_default());
+        let refuse = |e: identity::ProofError| {
+            ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())
+        };
+        let check = st
+            .identities
+            .get(&self.app)
+            .ok_or(identity::ProofError::NotConfigured("readable identity key"))
+            .map_err(refuse)?;
+        check
+            .admit(external_id, proof, st.clock.now())
+            .map_err(refuse)
     }
 }
 

@@ -18,10 +18,14 @@ use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::{ApiError, ApiState};
+use crate::domain::keys::KeyKind;
 use crate::domain::state::{CampaignState, SlotState, StateMachine};
 
 /// The security scheme every route but `/health` and `/openapi.json` requires.
 pub const BEARER: &str = "bearer";
+
+/// The operation extension listing the kinds of API key a route answers.
+pub const KEY_KINDS: &str = "x-meridian-key-kinds";
 
 /// The document's fixed parts; `Routes` adds the paths and their schemas.
 #[derive(OpenApi)]
@@ -31,7 +35,10 @@ pub const BEARER: &str = "bearer";
         description = "Self-hosted push notifications: users, devices and subscriptions, \
                        personal pushes, campaigns and their messages. Every route but \
                        `/health` and `/openapi.json` takes an app's API key as \
-                       `Authorization: Bearer <key>` and sees only that app's data.",
+                       `Authorization: Bearer <key>` and sees only that app's data. \
+                       A server key (your backend) may call every route; a client key \
+                       (publishable, in the mobile app) only those whose \
+                       `x-meridian-key-kinds` lists `client`, and gets 403 elsewhere.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
     security(("bearer" = [])),
@@ -77,7 +84,28 @@ impl<S: crate::store::Store> Routes<S> {
     /// Serves `handler` where its annotation `P` (the `__path_<handler>` type
     /// that `#[utoipa::path]` makes) says, and documents it there. The schemas
     /// and tags come through utoipa's `__dev` traits, as utoipa-axum takes them.
-    pub fn add<P, H, T>(mut self, _annotation: P, handler: H) -> Self
+    pub fn add<P, H, T>(self, annotation: P, handler: H) -> Self
+    where
+        P: utoipa::Path + utoipa::__dev::SchemaReferences + for<'t> utoipa::__dev::Tags<'t>,
+        H: Handler<T, ApiState<S>>,
+        T: 'static,
+    {
+        self.add_for(annotation, handler, &[KeyKind::Server])
+    }
+
+    /// As [`Routes::add`], for a route a mobile app calls with a client key
+    /// too (its handler takes [`super::AnyKey`]; every other key-taking
+    /// handler refuses client keys).
+    pub fn add_for_clients<P, H, T>(self, annotation: P, handler: H) -> Self
+    where
+        P: utoipa::Path + utoipa::__dev::SchemaReferences + for<'t> utoipa::__dev::Tags<'t>,
+        H: Handler<T, ApiState<S>>,
+        T: 'static,
+    {
+        self.add_for(annotation, handler, &KeyKind::ALL)
+    }
+
+    fn add_for<P, H, T>(mut self, _annotation: P, handler: H, kinds: &[KeyKind]) -> Self
     where
         P: utoipa::Path + utoipa::__dev::SchemaReferences + for<'t> utoipa::__dev::Tags<'t>,
         H: Handler<T, ApiState<S>>,
@@ -95,6 +123,19 @@ impl<S: crate::store::Store> Routes<S> {
         let router = self.router.route(&path, axum::routing::on(filter, handler));
         self.router = router;
         let mut operation = P::operation();
+        // Which kinds of key may call it: said on every route that takes a key.
+        let keyless = operation.security.as_ref().is_some_and(|s| {
+            s.len() == 1 && serde_json::to_value(&s[0]).is_ok_and(|v| v == serde_json::json!({}))
+        });
+        if !keyless {
+            let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            operation
+                .extensions
+                .get_or_insert_with(Default::default)
+                .insert(KEY_KINDS.to_owned(), serde_json::json!(names));
+            let note = format!("\n\nAPI key kinds: {}.", names.join(", "));
+            operation.description = Some(operation.description.take().unwrap_or_default() + &note);
+        }
         let tags = <P as utoipa::__dev::Tags>::tags();
         if !tags.is_empty() {
             operation.tags = Some(tags.into_iter().map(str::to_owned).collect());

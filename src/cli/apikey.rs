@@ -5,6 +5,7 @@ use clap::Subcommand;
 use meridian::clock::{Clock, SystemClock};
 use meridian::config::Config;
 use meridian::definitions::{self};
+use meridian::domain::keys::KeyKind;
 use meridian::store::Store;
 
 use super::{check_app, Failure};
@@ -17,6 +18,10 @@ pub enum ApikeyCommand {
         app: String,
         #[arg(long)]
         name: String,
+        /// `server` (your backend: every route) or `client` (publishable, shipped
+        /// in the mobile app: registering its device, subscriptions, receipts).
+        #[arg(long, default_value = "server")]
+        kind: String,
     },
     /// List an app's keys (prefix, name, created, revoked).
     List {
@@ -47,16 +52,20 @@ pub async fn apikey_command<S: Store>(
     store.migrate().await.context("migrating")?;
     definitions::sync_apps(store, config, clock.now()).await?;
     match cmd {
-        ApikeyCommand::Create { name, .. } => {
+        ApikeyCommand::Create { name, kind, .. } => {
             if name.is_empty() || name.chars().count() > 100 {
                 return Err(Failure::Input("--name: must be 1 to 100 characters".into()));
             }
+            let kind: KeyKind = kind
+                .parse()
+                .map_err(|e| Failure::Input(format!("--kind: {e}")))?;
             let key = meridian::api::keys::generate().map_err(|e| Failure::Runtime(e.into()))?;
             let stored = store
                 .api_key_create(
                     &meridian::store::NewApiKey {
                         app_id: &app,
                         name: &name,
+                        kind,
                         prefix: &key.prefix,
                         hash: &key.hash,
                     },
@@ -66,7 +75,7 @@ pub async fn apikey_command<S: Store>(
             match stored {
                 Ok(_) => {
                     out!("{}", key.secret);
-                    eprintln!("API key {name:?} for app {app:?} created; the secret above is not shown again.");
+                    eprintln!("{kind} key {name:?} for app {app:?} created; the secret above is not shown again.");
                     Ok(())
                 }
                 Err(meridian::store::StoreError::Conflict { .. }) => Err(Failure::Input(format!(
@@ -80,12 +89,13 @@ pub async fn apikey_command<S: Store>(
                 .api_key_list(&app)
                 .await
                 .map_err(|e| Failure::Runtime(e.into()))?;
-            out!("PREFIX        NAME                 CREATED                    REVOKED");
+            out!("PREFIX        NAME                 KIND    CREATED                    REVOKED");
             for k in keys {
                 out!(
-                    "{:<13} {:<20} {:<26} {}",
+                    "{:<13} {:<20} {:<7} {:<26} {}",
                     format!("{}…", k.prefix),
                     k.name,
+                    k.kind.as_str(),
                     k.created_at
                         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                     k.revoked_at.map_or("-".to_owned(), |t| t

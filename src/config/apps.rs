@@ -30,6 +30,46 @@ pub struct AppConfig {
     /// gateway) when push cannot reach the user; a topic's own wins.
     #[serde(default)]
     pub fallback: Option<HookConfig>,
+    /// How a client key proves which user a device belongs to.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Active devices a user may have; registering one more deactivates the
+    /// least recently registered (`invalid`, reason `device_limit`).
+    #[serde(default = "default_max_devices")]
+    pub max_devices_per_user: u32,
+}
+
+fn default_max_devices() -> u32 {
+    10
+}
+
+/// Whether a client key needs an identity proof to tie a device (or read and
+/// set subscriptions) to a user id, and what checks the proof: the
+/// HMAC-SHA256 of the user id, or a JWT (`sub` the user id, `exp` required)
+/// signed HS256 with `secret_file` or ES256 with `es256_public_key_file`.
+/// Server keys need no proof.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    #[serde(default)]
+    pub mode: IdentityMode,
+    /// The app's identity secret, shared with the partner's backend only.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// A P-256 public key (PEM, SubjectPublicKeyInfo) for ES256 JWTs.
+    #[serde(default)]
+    pub es256_public_key_file: Option<PathBuf>,
+}
+
+/// `required` (the default): without a valid proof a client key registers
+/// anonymous installs only. `optional`: a client may name a user without
+/// proof (the app trusts its users), and a proof given is still checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityMode {
+    #[default]
+    Required,
+    Optional,
 }
 
 impl AppConfig {

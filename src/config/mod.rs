@@ -6,7 +6,8 @@ mod apps;
 use crate::domain::zone::parse_zone;
 use apps::{check_base_url, check_file, valid_ident};
 pub use apps::{
-    ApnsConfig, AppConfig, ConnectionConfig, FcmConfig, FrequencyCap, HookConfig, TopicConfig,
+    ApnsConfig, AppConfig, ConnectionConfig, FcmConfig, FrequencyCap, HookConfig, IdentityConfig,
+    IdentityMode, TopicConfig,
 };
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -91,6 +92,9 @@ pub struct ServerConfig {
     /// The web console under `/console`.
     #[serde(default)]
     pub console: ConsoleConfig,
+    /// Limits of what mobile apps call (client keys, keyless receipts).
+    #[serde(default)]
+    pub client: ClientLimits,
 }
 
 impl Default for ServerConfig {
@@ -99,8 +103,57 @@ impl Default for ServerConfig {
             listen: default_listen(),
             push: PushLimits::default(),
             console: ConsoleConfig::default(),
+            client: ClientLimits::default(),
         }
     }
+}
+
+/// Requests per minute that mobile apps may make: per client key (every
+/// install of an app shares its key, so these are the app's whole audience)
+/// and per source address (one device, or one NAT). Server keys are not
+/// limited here. 0 turns a limit off (per address: when every request comes
+/// through one proxy, which this server sees as one address). Past a limit
+/// the answer is 429 with `Retry-After`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientLimits {
+    /// `POST /v1/devices`, `DELETE /v1/devices/{token}` and subscriptions.
+    #[serde(default = "default_registrations_per_key")]
+    pub registrations_per_key: u32,
+    #[serde(default = "default_registrations_per_address")]
+    pub registrations_per_address: u32,
+    /// `POST /v1/receipts` with a client key or none.
+    #[serde(default = "default_receipts_per_key")]
+    pub receipts_per_key: u32,
+    #[serde(default = "default_receipts_per_address")]
+    pub receipts_per_address: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            registrations_per_key: default_registrations_per_key(),
+            registrations_per_address: default_registrations_per_address(),
+            receipts_per_key: default_receipts_per_key(),
+            receipts_per_address: default_receipts_per_address(),
+        }
+    }
+}
+
+fn default_registrations_per_key() -> u32 {
+    60_000
+}
+
+fn default_registrations_per_address() -> u32 {
+    60
+}
+
+fn default_receipts_per_key() -> u32 {
+    600_000
+}
+
+fn default_receipts_per_address() -> u32 {
+    600
 }
 
 /// The console's sessions.
@@ -479,6 +532,15 @@ impl Config {
                     format!("apps.{id}"),
                     "app ids are 1-64 lowercase letters, digits, '-' or '_'",
                 ));
+            }
+            if app.max_devices_per_user == 0 {
+                return Err(invalid(key("max_devices_per_user"), "must be at least 1"));
+            }
+            if let Some(f) = &app.identity.secret_file {
+                check_file(&key("identity.secret_file"), f)?;
+            }
+            if let Some(f) = &app.identity.es256_public_key_file {
+                check_file(&key("identity.es256_public_key_file"), f)?;
             }
             if parse_zone(&app.default_timezone).is_none() {
                 return Err(invalid(

@@ -187,6 +187,7 @@ pub async fn run(options: &Options, clock: Arc<dyn Clock>) -> Result<Demo, DemoE
             &NewApiKey {
                 app_id: APP,
                 name: "demo",
+                kind: crate::domain::keys::KeyKind::Server,
                 prefix: &key.prefix,
                 hash: &key.hash,
             },

@@ -6,9 +6,11 @@
 pub mod audience;
 pub mod campaign;
 pub mod ids;
+pub mod keys;
 pub mod locale;
 pub mod message;
 pub mod operator;
 pub mod planner;
+pub mod receipt;
 pub mod state;
 pub mod zone;

@@ -28,6 +28,7 @@ impl<S: Store> Engine<S> {
     /// Leases and sends one batch of delivery rows (transactional pushes first, then
     /// retries due); returns (rows leased, outcomes recorded).
     pub(super) async fn dispatch_rows(&self) -> Result<(usize, usize), EngineError> {
+        self.receipts_ready().await?;
         let now = self.now();
         let rows = self
             .store
@@ -51,6 +52,7 @@ impl<S: Store> Engine<S> {
     /// Leases and sends chunks of released slots until none is left; returns
     /// (chunks leased, outcomes recorded).
     pub(super) async fn dispatch_chunks(&self) -> Result<(usize, usize), EngineError> {
+        self.receipts_ready().await?;
         let worker = &self.settings.worker_id;
         let mut recorded = 0;
         // Keep `chunks_in_flight` chunks going: lease another as soon as one finishes,

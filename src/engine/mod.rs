@@ -467,6 +467,29 @@ impl<S: Store> Engine<S> {
         self.providers.get(app).cloned()
     }
 
+    /// Gives every app's providers its receipt key (read from the store the
+    /// first time, and again while an app has none): no push leaves without
+    /// its receipt token.
+    async fn receipts_ready(&self) -> Result<(), EngineError> {
+        if self.providers.values().all(|p| p.has_receipt_key()) {
+            return Ok(());
+        }
+        let keys = crate::domain::receipt::keys_by_app(self.store.app_receipt_key_list().await?)
+            .map_err(StoreError::Invariant)?;
+        for (app, providers) in &self.providers {
+            match keys.get(app) {
+                Some(key) => providers.set_receipt_key(app, key.clone()),
+                None => {
+                    return Err(StoreError::Invariant(format!(
+                        "app {app} has no receipt key: its apps row was not synced"
+                    ))
+                    .into())
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }

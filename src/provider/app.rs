@@ -14,6 +14,7 @@ use crate::config::{AppConfig, ConnectionConfig};
 use crate::domain::campaign::{Message, Platform, Priority};
 use crate::domain::ids::DeliveryId;
 use crate::domain::message::payload::{self, Envelope, FcmTarget};
+use crate::domain::receipt::ReceiptKey;
 
 /// One message to one device.
 #[derive(Debug, Clone, Copy)]
@@ -52,6 +53,9 @@ impl<C> Paced<C> {
 pub struct AppProviders {
     apns: Option<Paced<ApnsClient>>,
     fcm: Option<Paced<FcmClient>>,
+    /// The app's id and receipt key, which sign each push's receipt token; set
+    /// once from the store ([`AppProviders::set_receipt_key`]).
+    receipt: std::sync::OnceLock<(String, ReceiptKey)>,
 }
 
 fn pacer(c: &ConnectionConfig) -> Option<Pacer> {
@@ -137,7 +141,21 @@ impl AppProviders {
                 })
             }
         };
-        Ok(Self { apns, fcm })
+        Ok(Self {
+            apns,
+            fcm,
+            receipt: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Whether pushes carry receipt tokens yet.
+    pub fn has_receipt_key(&self) -> bool {
+        self.receipt.get().is_some()
+    }
+
+    /// The key the app's receipt tokens are signed with (the first one set stays).
+    pub fn set_receipt_key(&self, app: &str, key: ReceiptKey) {
+        let _ = self.receipt.set((app.to_owned(), key));
     }
 
     /// Whether any provider can reach a device of this platform.
@@ -162,8 +180,13 @@ impl AppProviders {
         // (`POST /v1/receipts {"messageId": …}`); `apns-id` is the UUID made from it.
         let message_id = push.delivery_id.to_string();
         let apns_id = apns_id_for(push.delivery_id);
+        let receipt = self
+            .receipt
+            .get()
+            .map(|(app, key)| key.sign(app, push.delivery_id.get()));
         let env = Envelope {
             message_id: &message_id,
+            receipt: receipt.as_deref(),
         };
         match (push.platform, &self.apns, &self.fcm) {
             (Platform::Ios, Some(apns), _) => {

@@ -164,6 +164,13 @@ impl Unverified<'_> {
             .map_err(|_| JwtError::Signature)
     }
 
+    /// HS256: the HMAC-SHA256 of the signing input under a shared secret,
+    /// compared in constant time.
+    pub fn verify_hs256(&self, key: &ring::hmac::Key) -> Result<(), JwtError> {
+        ring::hmac::verify(key, self.input.as_bytes(), &self.signature)
+            .map_err(|_| JwtError::Signature)
+    }
+
     pub fn verify_rs256(&self, public_key: &[u8]) -> Result<(), JwtError> {
         signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, public_key)
             .verify(self.input.as_bytes(), &self.signature)

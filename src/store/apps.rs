@@ -11,14 +11,24 @@ use sqlx::{ColumnIndex, Database, Executor, IntoArguments};
 use super::dialect::{Arg, Column, Dialect, RowsAffected};
 use super::sql::SqlStore;
 use super::StoreError;
+use crate::domain::keys::KeyKind;
 
 /// An API key to store: the secret itself never reaches the database.
 #[derive(Debug, Clone)]
 pub struct NewApiKey<'a> {
     pub app_id: &'a str,
     pub name: &'a str,
+    pub kind: KeyKind,
     pub prefix: &'a str,
     pub hash: &'a str,
+}
+
+/// Whose a live key is and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyOwner {
+    pub app_id: String,
+    #[sqlx(try_from = "String")]
+    pub kind: KeyKind,
 }
 
 /// A stored API key, without its secret.
@@ -27,6 +37,8 @@ pub struct ApiKeyRecord {
     pub id: i64,
     pub app_id: String,
     pub name: String,
+    #[sqlx(try_from = "String")]
+    pub kind: KeyKind,
     pub prefix: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -57,7 +69,8 @@ pub struct AppOverview {
 }
 
 pub trait AppStore: Send + Sync {
-    /// Creates or updates a configured app.
+    /// Creates or updates a configured app; an app without a receipt key gets
+    /// one (32 random bytes), which later syncs keep.
     fn app_sync(
         &self,
         app: &AppRecord,
@@ -71,11 +84,16 @@ pub trait AppStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<i64, StoreError>> + Send;
 
-    /// The app a live key (by hash) belongs to.
-    fn api_key_app_get(
+    /// The app a live key (by hash) belongs to, and the key's kind.
+    fn api_key_owner_get(
         &self,
         hash: &str,
-    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<KeyOwner>, StoreError>> + Send;
+
+    /// Every app's receipt key (hex), made by `app_sync`.
+    fn app_receipt_key_list(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
 
     /// An app's keys, live and revoked, oldest first.
     fn api_key_list(
@@ -133,19 +151,31 @@ where
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
     async fn app_sync(&self, app: &super::AppRecord, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let receipt_key = random_hex()?;
         sqlx::query(
-            "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+            "INSERT INTO apps (id, name, default_timezone, receipt_key, created_at, updated_at) \
+             VALUES ($1, $2, $3, $5, $4, $4) \
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, default_timezone = excluded.default_timezone, \
-             updated_at = excluded.updated_at \
-             WHERE apps.name <> excluded.name OR apps.default_timezone <> excluded.default_timezone",
+               receipt_key = COALESCE(apps.receipt_key, excluded.receipt_key), updated_at = excluded.updated_at \
+             WHERE apps.name <> excluded.name OR apps.default_timezone <> excluded.default_timezone \
+               OR apps.receipt_key IS NULL",
         )
         .bind(&app.id)
         .bind(&app.name)
         .bind(&app.default_timezone)
         .bind(now)
+        .bind(receipt_key)
         .execute(&self.write)
         .await?;
         Ok(())
+    }
+
+    async fn app_receipt_key_list(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT id, receipt_key FROM apps WHERE receipt_key IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.read)
+        .await?)
     }
 
     async fn api_key_create(
@@ -154,7 +184,7 @@ where
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
         let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO api_keys (app_id, name, prefix, key_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO api_keys (app_id, name, prefix, key_hash, created_at, kind) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT DO NOTHING RETURNING id",
         )
         .bind(key.app_id)
@@ -162,6 +192,7 @@ where
         .bind(key.prefix)
         .bind(key.hash)
         .bind(now)
+        .bind(key.kind.as_str())
         .fetch_optional(&self.write)
         .await?;
         id.ok_or_else(|| StoreError::Conflict {
@@ -169,9 +200,9 @@ where
         })
     }
 
-    async fn api_key_app_get(&self, hash: &str) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT app_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+    async fn api_key_owner_get(&self, hash: &str) -> Result<Option<KeyOwner>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT app_id, kind FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
         .bind(hash)
         .fetch_optional(&self.read)
@@ -180,7 +211,7 @@ where
 
     async fn api_key_list(&self, app_id: &str) -> Result<Vec<super::ApiKeyRecord>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT id, app_id, name, prefix, created_at, revoked_at FROM api_keys WHERE app_id = $1 ORDER BY id",
+            "SELECT id, app_id, name, kind, prefix, created_at, revoked_at FROM api_keys WHERE app_id = $1 ORDER BY id",
         )
         .bind(app_id)
         .fetch_all(&self.read)
@@ -279,4 +310,14 @@ where
         }
         Ok(lo)
     }
+}
+
+/// 32 bytes from the system's secure random generator, in hex.
+fn random_hex() -> Result<String, StoreError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| StoreError::Invariant("the system random generator failed".into()))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -233,6 +233,16 @@ pub trait AudienceStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Keeps a user's `max` most recently registered active devices and
+    /// deactivates the rest (`invalid`, reason `device_limit`); the tokens
+    /// deactivated.
+    fn device_trim_for_user(
+        &self,
+        user_id: i64,
+        max: u32,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     fn device_upsert(
         &self,
         device: &DeviceUpsert<'_>,
@@ -360,6 +370,30 @@ where
         }
         tx.commit().await?;
         Ok(users.len() as u64)
+    }
+
+    async fn device_trim_for_user(
+        &self,
+        user_id: i64,
+        max: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE devices SET state = 'invalid', invalid_reason = 'device_limit', \
+               invalidated_at = $3, is_primary = FALSE, updated_at = $3 \
+             WHERE id IN ( \
+               SELECT id FROM ( \
+                 SELECT id, ROW_NUMBER() OVER (ORDER BY updated_at DESC, id DESC) AS newest \
+                 FROM devices WHERE user_id = $1 AND state = 'active' \
+               ) ranked WHERE newest > $2 \
+             ) \
+             RETURNING token",
+        )
+        .bind(user_id)
+        .bind(i64::from(max))
+        .bind(now)
+        .fetch_all(&self.write)
+        .await?)
     }
 
     async fn device_upsert(

@@ -28,6 +28,8 @@ pub struct Receipt<'a> {
     /// The delivery's id (the message id the payload carried).
     pub id: i64,
     pub status: crate::domain::state::DeliveryStatus,
+    /// The button the user tapped (an `opened` receipt), kept in the history.
+    pub action: Option<&'a str>,
     /// The app has a status webhook: the change also goes to its outbox.
     pub webhook: bool,
 }
@@ -148,6 +150,13 @@ pub trait MessageStore: Send + Sync {
         receipt: &Receipt<'_>,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<ReceiptOutcome, StoreError>> + Send;
+
+    /// The app a message belongs to: whose key checks a receipt token posted
+    /// without an API key.
+    fn message_app_get(
+        &self,
+        id: i64,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// Queues a transactional push: stores its message and one `queued` delivery
     /// per reachable device, in one transaction, so a request is all or nothing.
@@ -272,6 +281,15 @@ where
         Ok(q.fetch_all(&self.read).await?)
     }
 
+    async fn message_app_get(&self, id: i64) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT app_id FROM deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.read)
+                .await?,
+        )
+    }
+
     async fn receipt_record(
         &self,
         receipt: &Receipt<'_>,
@@ -281,6 +299,7 @@ where
             app_id,
             id,
             status,
+            action,
             webhook,
         } = *receipt;
         use crate::domain::state::{DeliveryStatus, StateMachine};
@@ -318,7 +337,10 @@ where
                 DeliveryId::new(id),
                 status.as_str().to_owned(),
                 0,
-                Some("receipt".to_owned()),
+                Some(match action {
+                    Some(button) => format!("receipt: button {button}"),
+                    None => "receipt".to_owned(),
+                }),
             )],
             now,
         )

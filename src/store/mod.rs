@@ -31,7 +31,7 @@ pub mod segment;
 mod sql;
 mod sqlite;
 
-pub use apps::{ApiKeyRecord, AppOverview, AppRecord, AppStore, NewApiKey};
+pub use apps::{ApiKeyRecord, AppOverview, AppRecord, AppStore, KeyOwner, NewApiKey};
 pub use audience::{AudienceStore, DeviceRecord, DeviceUpsert, UserUpsert};
 pub use campaigns::{
     CampaignFilter, CampaignRecord, CampaignSave, CampaignStore, NewSlot, SaveOutcome,

@@ -91,12 +91,23 @@ impl<S: Store> Api<S> {
 }
 
 pub async fn key_for<S: Store>(store: &S, app: &str, name: &str) -> String {
+    key_of_kind(store, app, name, meridian::domain::keys::KeyKind::Server).await
+}
+
+/// A new key of `kind` for `app`; its secret.
+pub async fn key_of_kind<S: Store>(
+    store: &S,
+    app: &str,
+    name: &str,
+    kind: meridian::domain::keys::KeyKind,
+) -> String {
     let k = keys::generate().unwrap();
     store
         .api_key_create(
             &NewApiKey {
                 app_id: app,
                 name,
+                kind,
                 prefix: &k.prefix,
                 hash: &k.hash,
             },

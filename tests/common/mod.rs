@@ -213,7 +213,9 @@ pub async fn serve_api<S: Store>(store: Arc<S>, config: Config) -> String {
         .await
         .expect("bind a free port");
     let base = format!("http://{}", listener.local_addr().expect("bound address"));
-    tokio::spawn(async move { axum::serve(listener, router).await });
+    // With the peer's address, as `serve` runs it (limits per address).
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
     base
 }
 

@@ -238,6 +238,7 @@ impl<S: Store> Rig<S> {
                 &meridian::store::NewApiKey {
                     app_id: "shop",
                     name: "backend",
+                    kind: meridian::domain::keys::KeyKind::Server,
                     prefix: &k.prefix,
                     hash: &k.hash,
                 },

@@ -2,10 +2,12 @@
 
 use super::*;
 use crate::console::accounts::{self, AccountError};
+use crate::domain::keys::KeyKind;
 use crate::domain::operator::AppGrant;
 
 struct KeyRow {
     name: String,
+    kind: &'static str,
     prefix: String,
     created: String,
     revoked: String,
@@ -37,6 +39,7 @@ async fn keys_page<S: Store>(
         .into_iter()
         .map(|k| KeyRow {
             name: k.name,
+            kind: k.kind.as_str(),
             prefix: k.prefix,
             created: minute(k.created_at),
             revoked: k.revoked_at.map(minute).unwrap_or_default(),
@@ -74,6 +77,8 @@ pub async fn keys<S: Store>(
 pub struct NewKeyForm {
     csrf: String,
     name: String,
+    /// `server` or `client`; a form without it makes a server key.
+    kind: String,
 }
 
 /// Creates a key and shows its secret in the answer to the POST only.
@@ -100,6 +105,17 @@ pub async fn key_create<S: Store>(
         .await?;
         return Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response());
     }
+    let kind = if form.kind.is_empty() {
+        KeyKind::Server
+    } else {
+        match form.kind.parse::<KeyKind>() {
+            Ok(k) => k,
+            Err(e) => {
+                let page = keys_page(&st, &s, &app, None, Some(e)).await?;
+                return Ok((StatusCode::UNPROCESSABLE_ENTITY, page).into_response());
+            }
+        }
+    };
     let key = crate::api::keys::generate().map_err(|e| PageError::Internal(e.to_string()))?;
     let now = st.clock.now();
     let created = st
@@ -108,6 +124,7 @@ pub async fn key_create<S: Store>(
             &crate::store::NewApiKey {
                 app_id: &app,
                 name,
+                kind,
                 prefix: &key.prefix,
                 hash: &key.hash,
             },

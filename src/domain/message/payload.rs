@@ -16,6 +16,9 @@ pub const APNS_BUTTONS_CATEGORY: &str = "meridian.buttons";
 pub struct Envelope<'a> {
     /// Our message (delivery) id, so the app can report receipts for it.
     pub message_id: &'a str,
+    /// The message's receipt token (`domain::receipt`): what the app posts to
+    /// `/v1/receipts` without a secret.
+    pub receipt: Option<&'a str>,
 }
 
 /// Title and body for a device locale: exact tag, then its language, then the default.
@@ -62,6 +65,9 @@ pub fn apns_payload(message: &Message, locale: Option<&str>, env: Envelope<'_>) 
     if let Some(image) = &message.image {
         ours.insert("image".into(), json!(image));
     }
+    if let Some(receipt) = env.receipt {
+        ours.insert("receipt".into(), json!(receipt));
+    }
     if let Some(link) = &message.deeplink {
         ours.insert("deeplink".into(), json!(link));
     }
@@ -80,11 +86,14 @@ pub fn apns_payload(message: &Message, locale: Option<&str>, env: Envelope<'_>) 
     Value::Object(root)
 }
 
-/// The size of the APNs payload for a locale, with a message id as long as a real one.
+/// The size of the APNs payload for a locale, with a message id at least as
+/// long as a real one and a receipt token as long as every one.
 pub fn apns_payload_size(message: &Message, locale: Option<&str>) -> usize {
     const ID_PLACEHOLDER: &str = "00000000-0000-0000-0000-000000000000";
+    const RECEIPT_PLACEHOLDER: &str = "00000000000000000000000000000000";
     let env = Envelope {
         message_id: ID_PLACEHOLDER,
+        receipt: Some(RECEIPT_PLACEHOLDER),
     };
     serde_json::to_vec(&apns_payload(message, locale, env)).map_or(usize::MAX, |v| v.len())
 }
@@ -121,6 +130,9 @@ pub fn fcm_message(message: &Message, target: FcmTarget<'_>, env: Envelope<'_>) 
         data.insert(k.clone(), json!(data_string(v)));
     }
     data.insert("meridian_id".into(), json!(env.message_id));
+    if let Some(receipt) = env.receipt {
+        data.insert("meridian_receipt".into(), json!(receipt));
+    }
     if let Some(link) = &message.deeplink {
         data.insert("deeplink".into(), json!(link));
     }
@@ -237,6 +249,8 @@ struct MeridianView<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     image: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     url: Option<&'a str>,
 }
 
@@ -288,6 +302,7 @@ pub fn apns_payload_bytes(
             deeplink: message.deeplink.as_deref(),
             id: env.message_id,
             image: message.image.as_deref(),
+            receipt: env.receipt,
             url: message.url.as_deref(),
         },
     };
@@ -353,7 +368,7 @@ struct FcmApnsView<'a> {
 /// FCM's `data`: every value a string, ours merged in (ours win), keys sorted.
 struct FcmDataView<'a> {
     message: &'a Message,
-    ours: [(&'static str, Option<std::borrow::Cow<'a, str>>); 4],
+    ours: [(&'static str, Option<std::borrow::Cow<'a, str>>); 5],
 }
 
 impl Serialize for FcmDataView<'_> {
@@ -440,6 +455,7 @@ pub fn fcm_message_bytes(
                     ("buttons", buttons),
                     ("deeplink", message.deeplink.as_deref().map(Cow::Borrowed)),
                     ("meridian_id", Some(Cow::Borrowed(env.message_id))),
+                    ("meridian_receipt", env.receipt.map(Cow::Borrowed)),
                     ("url", message.url.as_deref().map(Cow::Borrowed)),
                 ],
             },
@@ -530,7 +546,13 @@ mod tests {
     #[test]
     fn the_documented_payloads_are_what_is_sent() {
         let m = documented();
-        let env = Envelope { message_id: "1234" };
+        // The example's token: message 1234 of app `shop` under a key of zeros.
+        let key = crate::domain::receipt::ReceiptKey::from_hex(&"00".repeat(32)).unwrap();
+        let receipt = key.sign("shop", 1234);
+        let env = Envelope {
+            message_id: "1234",
+            receipt: Some(&receipt),
+        };
         let apns: Value =
             serde_json::from_slice(&apns_payload_bytes(&m, Some("de-DE"), env).unwrap()).unwrap();
         let target = FcmTarget {
@@ -567,7 +589,14 @@ mod tests {
 
     #[test]
     fn apns_payload_carries_image_buttons_and_link() {
-        let p = apns_payload(&message(), Some("de-DE"), Envelope { message_id: "m1" });
+        let p = apns_payload(
+            &message(),
+            Some("de-DE"),
+            Envelope {
+                message_id: "m1",
+                receipt: None,
+            },
+        );
         assert_eq!(p["aps"]["alert"]["title"], "Angebot");
         assert_eq!(p["aps"]["mutable-content"], 1);
         assert_eq!(p["aps"]["category"], APNS_BUTTONS_CATEGORY);
@@ -590,7 +619,14 @@ mod tests {
             ios: true,
             collapse_key: Some("c-7"),
         };
-        let v = fcm_message(&m, target, Envelope { message_id: "m1" });
+        let v = fcm_message(
+            &m,
+            target,
+            Envelope {
+                message_id: "m1",
+                receipt: None,
+            },
+        );
         let msg = &v["message"];
         assert_eq!(msg["token"], "t1");
         assert_eq!(msg["notification"]["title"], "Angebot");
@@ -622,7 +658,10 @@ mod tests {
                 ios: false,
                 ..target
             },
-            Envelope { message_id: "m1" },
+            Envelope {
+                message_id: "m1",
+                receipt: None,
+            },
         );
         assert!(android_only["message"].get("apns").is_none());
     }
@@ -653,6 +692,7 @@ mod tests {
             ("deep", json!({"z": 1, "a": [true, null]})),
             ("meridian", json!(2)),
             ("meridian_id", json!("x")),
+            ("meridian_receipt", json!("forged by the campaign")),
             ("zzz", json!("last")),
             ("b", json!(null)),
         ] {
@@ -666,6 +706,7 @@ mod tests {
             for locale in [None, Some("de-AT"), Some("fr")] {
                 let env = Envelope {
                     message_id: "00000000-0000-4000-8000-000000000042",
+                    receipt: Some("AAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAA"),
                 };
                 assert_eq!(
                     apns_payload_bytes(m, locale, env).unwrap(),
@@ -687,6 +728,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The largest message the validator lets through (its APNs payload sized
+    /// at exactly the limit) still fits when sent: with the longest message id
+    /// an `i64` has and a real receipt token, both platforms' shapes.
+    #[test]
+    fn the_largest_valid_message_fits_with_its_receipt_token() {
+        let mut m = message();
+        m.buttons.push(Button {
+            id: "b1".into(),
+            label: "One".into(),
+            url: None,
+        });
+        m.image = Some("https://example.com/i.png".into());
+        let room = APNS_MAX_PAYLOAD - apns_payload_size(&m, None);
+        m.body.push_str(&"x".repeat(room));
+        assert_eq!(apns_payload_size(&m, None), APNS_MAX_PAYLOAD);
+        let key = crate::domain::receipt::ReceiptKey::from_hex(&"ab".repeat(32)).unwrap();
+        let id = i64::MIN;
+        let receipt = key.sign("shop", id);
+        let env = Envelope {
+            message_id: &id.to_string(),
+            receipt: Some(&receipt),
+        };
+        let bytes = apns_payload_bytes(&m, None, env).unwrap();
+        assert!(bytes.len() <= APNS_MAX_PAYLOAD, "{} bytes", bytes.len());
+        let sent: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(sent["meridian"]["receipt"], receipt.as_str());
+        let target = FcmTarget {
+            token: "tok",
+            locale: None,
+            ios: false,
+            collapse_key: None,
+        };
+        let fcm: Value =
+            serde_json::from_slice(&fcm_message_bytes(&m, target, env).unwrap()).unwrap();
+        assert_eq!(fcm["message"]["data"]["meridian_receipt"], receipt.as_str());
     }
 
     #[test]
