@@ -63,6 +63,33 @@ async fn admins_manage_keys_and_operators<S: Store + Clone>(db: &TestDb<S>) {
         .await;
     assert_eq!(revoked.status, 303);
     assert_eq!(call(secret).await, 401);
+    // A client key made here is one: it registers devices, and reads no campaign.
+    let client = admin
+        .post(
+            "/console/apps/shop/keys",
+            &[
+                ("csrf", &page.csrf()),
+                ("name", "ios-app"),
+                ("kind", "client"),
+            ],
+        )
+        .await;
+    assert_eq!(client.status, 200);
+    let at = client.body.find(marker).expect("the secret, once") + marker.len();
+    let client_secret = client.body[at..].split('<').next().unwrap().to_owned();
+    assert_eq!(call(client_secret).await, 403);
+    assert!(
+        client.body.contains("<td>ios-app</td><td>client</td>"),
+        "{}",
+        client.body
+    );
+    let odd = admin
+        .post(
+            "/console/apps/shop/keys",
+            &[("csrf", &page.csrf()), ("name", "odd"), ("kind", "root")],
+        )
+        .await;
+    assert_eq!(odd.status, 422);
 
     let editor = Client::new(&c.base);
     editor.sign_in("ed@example.com", PASSWORD).await;
