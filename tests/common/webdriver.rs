@@ -1,6 +1,11 @@
 //! A real headless Chromium, driven over the W3C WebDriver protocol by Debian's
 //! `chromedriver`: a few JSON calls over reqwest, so the tests need no
 //! WebDriver crate. Screenshots go under `target/console-screenshots/`.
+//!
+//! `MERIDIAN_BROWSER=firefox` runs the same tests in a headless Firefox
+//! (`/usr/bin/firefox-esr`, Debian's `firefox-esr`) through `geckodriver`
+//! (`MERIDIAN_GECKODRIVER`, else `geckodriver` on the PATH; Debian does not
+//! package it: `cargo install --locked geckodriver`). CI runs Chromium only.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -10,6 +15,16 @@ use serde_json::{json, Value};
 
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
+const FIREFOX: &str = "/usr/bin/firefox-esr";
+
+/// Whether `MERIDIAN_BROWSER=firefox` asks for Firefox.
+pub fn firefox() -> bool {
+    std::env::var("MERIDIAN_BROWSER").is_ok_and(|b| b == "firefox")
+}
+
+fn geckodriver() -> String {
+    std::env::var("MERIDIAN_GECKODRIVER").unwrap_or_else(|_| "geckodriver".to_owned())
+}
 /// The key W3C WebDriver names an element reference by.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -30,6 +45,14 @@ impl Drop for Browser {
 /// Whether the browser tests can run here; when they cannot, CI (which sets
 /// `MERIDIAN_REQUIRE_BROWSER=1` after installing Chromium) fails instead of skipping.
 pub fn available() -> bool {
+    if firefox() {
+        // Asked for by name: a missing Firefox is a failure, not a skip.
+        assert!(
+            std::path::Path::new(FIREFOX).exists(),
+            "MERIDIAN_BROWSER=firefox needs {FIREFOX}"
+        );
+        return true;
+    }
     let there =
         std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists();
     if !there && std::env::var_os("MERIDIAN_REQUIRE_BROWSER").is_some() {
@@ -45,12 +68,21 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium window `width` × `height`.
     pub async fn start(width: u32, height: u32) -> Self {
         let port = super::free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
+        let driver = if firefox() {
+            Command::new(geckodriver())
+                .args(["--port", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start geckodriver")
+        } else {
+            Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver")
+        };
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         let mut ready = false;
@@ -68,15 +100,25 @@ impl Browser {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(ready, "chromedriver did not start");
-        let caps = json!({"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {
-                "binary": CHROMIUM,
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                         format!("--window-size={width},{height}")],
-            },
-        }}});
+        assert!(ready, "the WebDriver server did not start");
+        let caps = if firefox() {
+            json!({"capabilities": {"alwaysMatch": {
+                "browserName": "firefox",
+                "moz:firefoxOptions": {
+                    "binary": FIREFOX,
+                    "args": ["-headless", format!("--width={width}"), format!("--height={height}")],
+                },
+            }}})
+        } else {
+            json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": CHROMIUM,
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                             format!("--window-size={width},{height}")],
+                },
+            }}})
+        };
         let created: Value = http
             .post(format!("{base}/session"))
             .json(&caps)
@@ -90,12 +132,17 @@ impl Browser {
             .as_str()
             .unwrap_or_else(|| panic!("no session: {created}"))
             .to_owned();
-        Self {
+        let browser = Self {
             driver,
             base,
             session,
             http,
+        };
+        if firefox() {
+            // Firefox's size arguments are the screen's; the window is set here.
+            browser.resize(width, height).await;
         }
+        browser
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -264,7 +311,8 @@ impl Browser {
         let dir =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{name}.png"));
+        let prefix = if firefox() { "firefox-" } else { "" };
+        let path = dir.join(format!("{prefix}{name}.png"));
         std::fs::write(&path, png).unwrap();
         path
     }
