@@ -285,6 +285,85 @@ async fn identity_proofs_tie_devices_to_users<S: Store + Clone>(db: &TestDb<S>) 
     );
 }
 
+/// An install a client key registered anonymously (no proof) is attached to
+/// its user by the partner's server key, by `PUT /v1/users/{id}` or a bulk
+/// import naming its install id; the device then takes the user's zone.
+async fn anonymous_installs_are_attached_by_the_backend<S: Store + Clone>(db: &TestDb<S>) {
+    let dir = tempfile::tempdir().unwrap();
+    let api = start_with(db, &identity_config(dir.path(), "required")).await;
+    let client = key_of_kind(&*api.store, "shop", "ios-app", KeyKind::Client).await;
+    for n in [7, 8] {
+        let (status, _) = api
+            .call("POST", "/v1/devices", Some(&client), Some(install(n)))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let user_of = |n: u8| {
+        let store = api.store.clone();
+        async move {
+            store
+                .device_get_by_token("shop", &ios_token(n))
+                .await
+                .unwrap()
+                .unwrap()
+                .user_id
+        }
+    };
+    assert_eq!(user_of(7).await, None);
+    let (status, answer) = api
+        .call(
+            "PUT",
+            "/v1/users/user-7",
+            Some(&api.shop),
+            Some(json!({"timezone": "Asia/Tokyo", "installIds": ["i7"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(user_of(7).await.is_some());
+    let zone = db
+        .raw_texts(&format!(
+            "SELECT zone FROM devices WHERE token = '{}'",
+            ios_token(7)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        zone,
+        ["Asia/Tokyo"],
+        "the attached device takes its user's zone"
+    );
+    // A client key cannot name installs for a user: it has no such route.
+    let (status, _) = api
+        .call(
+            "PUT",
+            "/v1/users/user-8",
+            Some(&client),
+            Some(json!({"installIds": ["i8"]})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let res = api
+        .request("POST", "/v1/users:import", Some(&api.shop))
+        .header("content-type", "application/x-ndjson")
+        .body("{\"externalId\": \"user-8\", \"installIds\": [\"i8\"]}\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "{}", res.text().await.unwrap());
+    assert!(user_of(8).await.is_some());
+    let too_many: Vec<String> = (0..21).map(|n| format!("i{n}")).collect();
+    let (status, answer) = api
+        .call(
+            "PUT",
+            "/v1/users/user-9",
+            Some(&api.shop),
+            Some(json!({"installIds": too_many})),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["message"].as_str().unwrap().contains("installIds"));
+}
+
 /// With `identity = "optional"` a client names a user without proof, and a
 /// proof it gives is still checked.
 async fn optional_identity_trusts_the_app_but_checks_a_proof<S: Store + Clone>(db: &TestDb<S>) {
@@ -610,6 +689,7 @@ storage_tests!(
     every_route_takes_the_kinds_of_key_it_documents,
     identity_proofs_tie_devices_to_users,
     optional_identity_trusts_the_app_but_checks_a_proof,
+    anonymous_installs_are_attached_by_the_backend,
     receipt_tokens_travel_with_every_push,
     client_calls_are_limited_per_address,
     a_client_key_is_limited_as_a_whole,

@@ -145,7 +145,8 @@ pub struct DeviceView {
 }
 
 /// `PUT /v1/users/{external_id}`: creates or updates a user; absent fields keep
-/// what is stored.
+/// what is stored. `installIds` attaches those anonymous installs' devices to
+/// the user (as a client key with an identity proof would).
 #[utoipa::path(
     put,
     path = "/v1/users/{external_id}",
@@ -166,9 +167,24 @@ pub async fn put_user<S: Store>(
     Body(body): Body<UserBody>,
 ) -> Result<Json<UserView>, ApiError> {
     let user = CheckedUser::check("externalId", external_id, body)?;
-    st.store
+    let user_id = st
+        .store
         .user_upsert(&UserUpsert::checked(&app, &user), st.clock.now())
         .await?;
+    if !user.install_ids.is_empty() {
+        let pairs: Vec<(&str, &str)> = user
+            .install_ids
+            .iter()
+            .map(|i| (user.external_id.as_str(), i.as_str()))
+            .collect();
+        st.store
+            .device_attach_installs(&app, &pairs, st.clock.now())
+            .await?;
+        let max = st.config.apps[&app].max_devices_per_user;
+        st.store
+            .device_trim_for_user(user_id, max, st.clock.now())
+            .await?;
+    }
     Ok(Json(UserView {
         external_id: user.external_id,
         phone: user.phone,

@@ -73,6 +73,7 @@ impl Header {
             timezone: None,
             locale: None,
             attributes: has_attributes.then(Map::new),
+            install_ids: None,
         };
         for (column, cell) in self.columns.iter().zip(cells) {
             if cell.is_empty() {

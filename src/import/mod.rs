@@ -184,7 +184,23 @@ async fn write_ready<S: Store, E>(
             .iter()
             .map(|u| UserUpsert::checked(app_id, u))
             .collect();
-        match store.user_upsert_many(&users, clock.now()).await {
+        // Installs named by a row are attached after their users exist.
+        let installs: Vec<(&str, &str)> = batch
+            .iter()
+            .flat_map(|u| {
+                u.install_ids
+                    .iter()
+                    .map(move |i| (u.external_id.as_str(), i.as_str()))
+            })
+            .collect();
+        let written = match store.user_upsert_many(&users, clock.now()).await {
+            Ok(n) => store
+                .device_attach_installs(app_id, &installs, clock.now())
+                .await
+                .map(|_| n),
+            Err(e) => Err(e),
+        };
+        match written {
             Ok(n) => rows.summary.accepted += n,
             Err(source) => {
                 return Err(ImportError::Store {

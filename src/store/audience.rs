@@ -233,6 +233,17 @@ pub trait AudienceStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
+    /// Attaches the devices of anonymous installs to users, `(external id,
+    /// install id)` each: the install's devices become the user's and take the
+    /// user's zone and language where they have none of their own. Returns the
+    /// devices moved.
+    fn device_attach_installs(
+        &self,
+        app_id: &str,
+        pairs: &[(&str, &str)],
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Keeps a user's `max` most recently registered active devices and
     /// deactivates the rest (`invalid`, reason `device_limit`); the tokens
     /// deactivated.
@@ -370,6 +381,38 @@ where
         }
         tx.commit().await?;
         Ok(users.len() as u64)
+    }
+
+    async fn device_attach_installs(
+        &self,
+        app_id: &str,
+        pairs: &[(&str, &str)],
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        if pairs.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<Value> = pairs
+            .iter()
+            .map(|(user, install)| serde_json::json!({"external_id": user, "install_id": install}))
+            .collect();
+        let source = D::json_rows("$2", &[("external_id", "text"), ("install_id", "text")]);
+        let sql = format!(
+            "UPDATE devices SET user_id = u.id, \
+               zone = COALESCE(devices.timezone, u.timezone, ''), \
+               lang = COALESCE(devices.locale, u.locale), \
+               is_primary = FALSE, updated_at = $3 \
+             FROM {source} JOIN users u ON u.app_id = $1 AND u.external_id = x.external_id \
+             WHERE devices.app_id = $1 AND devices.install_id = x.install_id \
+               AND devices.user_id IS DISTINCT FROM u.id"
+        );
+        let done = sqlx::query(&sql)
+            .bind(app_id)
+            .bind(D::json(Value::Array(rows)))
+            .bind(now)
+            .execute(&self.write)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn device_trim_for_user(

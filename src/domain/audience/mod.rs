@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::domain::campaign::{nul_at, Platform, NUL_REFUSED};
 use crate::domain::locale::{Locale, LOCALE_EXPECTED};
-use formats::{IanaZone, LanguageTag, PhoneNumber};
+use formats::{ExternalId, IanaZone, LanguageTag, PhoneNumber};
 
 /// A field of a user or device that the checks refused, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,7 +44,15 @@ pub struct UserBody {
     /// Free attributes for audience filters; replaces the stored ones.
     #[schema(value_type = Option<Object>)]
     pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Anonymous installs (by install id) that are this user's: their devices
+    /// are attached to the user (what a client key without an identity proof
+    /// registered before sign-in).
+    #[schema(value_type = Option<Vec<ExternalId>>, max_items = 20)]
+    pub install_ids: Option<Vec<String>>,
 }
+
+/// Install ids one user write may attach.
+pub const MAX_INSTALL_IDS: usize = 20;
 
 /// An external id: 1–256 characters, no control characters.
 pub fn check_external_id(field: &str, id: &str) -> Result<(), InvalidField> {
@@ -123,6 +131,8 @@ pub struct CheckedUser {
     pub timezone: Option<String>,
     pub locale: Option<String>,
     pub attributes: Option<serde_json::Value>,
+    /// Installs to attach to the user (none: leave devices as they are).
+    pub install_ids: Vec<String>,
 }
 
 impl CheckedUser {
@@ -151,12 +161,23 @@ impl CheckedUser {
         if attributes.as_ref().and_then(|a| nul_at(a, "")).is_some() {
             return Err(InvalidField::new("attributes", NUL_REFUSED));
         }
+        let install_ids = body.install_ids.unwrap_or_default();
+        if install_ids.len() > MAX_INSTALL_IDS {
+            return Err(InvalidField::new(
+                "installIds",
+                format!("at most {MAX_INSTALL_IDS} install ids"),
+            ));
+        }
+        for (i, id) in install_ids.iter().enumerate() {
+            check_external_id(&format!("installIds[{i}]"), id)?;
+        }
         Ok(Self {
             external_id,
             phone,
             timezone: body.timezone,
             locale: body.locale,
             attributes,
+            install_ids,
         })
     }
 }
@@ -193,6 +214,7 @@ mod tests {
             timezone: Some("Europe/Berlin".into()),
             locale: None,
             attributes: attributes.as_object().cloned(),
+            install_ids: None,
         };
         let user = CheckedUser::check(
             "externalId",
