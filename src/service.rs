@@ -23,6 +23,50 @@ pub enum ServiceError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "database.url: another meridian instance runs the engine on this SQLite database \
+         (it holds {path}); SQLite serves one instance, Postgres several"
+    )]
+    Locked { path: std::path::PathBuf },
+    #[error("database.url: cannot lock {path}: {source}")]
+    Lock {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// On SQLite, the lock file beside the database that the instance running the
+/// engine holds for its life (released by the OS however it ends), so a second
+/// one is refused and the first may take back every lease a crash left.
+fn lock_sqlite(config: &Config) -> Result<Option<std::fs::File>, ServiceError> {
+    let url = &config.database.url;
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    let db = rest.trim_start_matches("//");
+    let db = db.split('?').next().unwrap_or(db);
+    if db.is_empty() || db.starts_with(":memory:") {
+        return Ok(None);
+    }
+    let path = std::path::PathBuf::from(format!("{db}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| ServiceError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    use rustix::fs::{flock, FlockOperation};
+    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(ServiceError::Locked { path }),
+        Err(e) => Err(ServiceError::Lock {
+            path,
+            source: e.into(),
+        }),
+    }
 }
 
 /// The API listening and, unless `engine.enabled = false`, the engine's loops
@@ -36,6 +80,8 @@ pub struct Service<S> {
     shutdown: CancellationToken,
     api_server: tokio::task::JoinHandle<std::io::Result<()>>,
     runner: Option<tokio::task::JoinHandle<()>>,
+    /// SQLite: the lock file held while the engine runs ([`lock_sqlite`]).
+    _engine_lock: Option<std::fs::File>,
 }
 
 impl<S: Store> Service<S> {
@@ -47,6 +93,11 @@ impl<S: Store> Service<S> {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, ServiceError> {
         let shutdown = CancellationToken::new();
+        let engine_lock = if config.engine.enabled {
+            lock_sqlite(&config)?
+        } else {
+            None
+        };
         let engine = if config.engine.enabled {
             let settings = EngineSettings::from_config(&config.engine);
             let engine = Engine::new(store.clone(), config.clone(), clock.clone(), settings)?
@@ -90,6 +141,7 @@ impl<S: Store> Service<S> {
             shutdown,
             api_server,
             runner,
+            _engine_lock: engine_lock,
         })
     }
 

@@ -46,6 +46,9 @@ pub use hooks::HooksReport;
 pub struct EngineSettings {
     /// This instance's name in leases (host and pid by default).
     pub worker_id: String,
+    /// Whether `worker_id` was configured, so it names this instance across
+    /// restarts (its leases from before one are its own to take back).
+    pub stable_worker_id: bool,
     /// Device ids per chunk of a slot's audience.
     pub chunk_size: i64,
     /// How long a lease lasts without renewal; a dead owner's work is taken over after it.
@@ -72,6 +75,7 @@ impl EngineSettings {
     pub fn from_config(c: &crate::config::EngineConfig) -> Self {
         Self {
             worker_id: c.worker_id.clone().unwrap_or_else(default_worker_id),
+            stable_worker_id: c.worker_id.is_some(),
             chunk_size: c.chunk_size,
             // Past `TimeDelta`'s range (centuries): as good as never expiring.
             lease: TimeDelta::from_std(c.lease).unwrap_or(TimeDelta::MAX),
@@ -281,6 +285,7 @@ impl<S: Store> Engine<S> {
     /// at once instead of after the campaign traffic in flight. `stop` ends every
     /// loop and sleep at once (one token).
     pub async fn run(&self) {
+        self.reclaim_leases().await;
         let released = tokio::sync::Notify::new();
         // Hooks go by the tick: nothing signals new hook work.
         let by_tick = tokio::sync::Notify::new();
@@ -294,6 +299,38 @@ impl<S: Store> Engine<S> {
                 }
             },
         );
+    }
+
+    /// Takes back at once the leases a previous run left, instead of waiting
+    /// `engine.lease` for them to lapse: every lease on SQLite (one engine per
+    /// database, which `Service` holds a lock file for), this instance's own on
+    /// Postgres when its `worker_id` is configured (a name that survives the
+    /// restart). A failure is logged: the leases then lapse as before.
+    async fn reclaim_leases(&self) {
+        let owner = match self.store.kind() {
+            crate::config::DatabaseKind::Sqlite => None,
+            crate::config::DatabaseKind::Postgres if self.settings.stable_worker_id => {
+                Some(self.settings.worker_id.as_str())
+            }
+            crate::config::DatabaseKind::Postgres => return,
+        };
+        match self.store.lease_reclaim(owner, self.now()).await {
+            Ok(counts) => {
+                let n = |q: &str| counts.iter().find(|(k, _)| *k == q).map_or(0, |(_, n)| *n);
+                if counts.iter().any(|(_, n)| *n > 0) {
+                    tracing::info!(
+                        message = "Leases of a previous run taken back.",
+                        chunks = n("chunks"),
+                        rows = n("rows"),
+                        webhooks = n("webhooks"),
+                        fallbacks = n("fallbacks"),
+                    );
+                }
+            }
+            Err(error) => {
+                tracing::warn!(message = "Leases of a previous run not taken back; they lapse.", %error);
+            }
+        }
     }
 
     /// Notified when delivery rows were queued (a transactional push), so the rows

@@ -64,6 +64,18 @@ pub struct ChunkWrite<'a> {
 }
 
 pub trait ChunkStore: Send + Sync {
+    /// Ends now the leases a previous run left on every queue (chunks, rows,
+    /// webhook batches, fallbacks): all of them (`owner` `None`: the caller
+    /// knows no other instance runs), or those of `owner` (this instance's
+    /// stable name, so the leases are its own from before a restart). The next
+    /// lease takes them, its attempt fencing out the old one's write-backs.
+    /// Returns how many were ended, per queue.
+    fn lease_reclaim(
+        &self,
+        owner: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<(&'static str, u64)>, StoreError>> + Send;
+
     /// Leases up to `limit` chunks of running campaigns: pending ones and ones whose
     /// lease expired (their owner died), each with its attempt incremented.
     fn chunk_lease(
@@ -148,6 +160,36 @@ where
     for<'q> Option<bool>: Arg<'q, D::Db>,
     for<'q> Option<DateTime<Utc>>: Arg<'q, D::Db>,
 {
+    async fn lease_reclaim(
+        &self,
+        owner: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(&'static str, u64)>, StoreError> {
+        // A lapsed lease is one that ended strictly before the lease's `now`.
+        let ended = now - chrono::TimeDelta::seconds(1);
+        let mut out = Vec::new();
+        // Each queue's table and the column that says it is leased.
+        for (queue, table, state) in [
+            ("chunks", "slot_chunks", "state"),
+            ("rows", "deliveries", "status"),
+            ("webhooks", "webhook_outbox", "state"),
+            ("fallbacks", "fallbacks", "state"),
+        ] {
+            let sql = format!(
+                "UPDATE {table} SET lease_expires_at = $1 \
+                 WHERE {state} = 'leased' AND lease_expires_at > $1 \
+                   AND (CAST($2 AS TEXT) IS NULL OR lease_owner = $2)"
+            );
+            let done = sqlx::query(&sql)
+                .bind(ended)
+                .bind(owner)
+                .execute(&self.write)
+                .await?;
+            out.push((queue, done.rows_affected()));
+        }
+        Ok(out)
+    }
+
     async fn chunk_lease(
         &self,
         terms: &LeaseTerms<'_>,

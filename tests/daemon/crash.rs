@@ -3,18 +3,32 @@
 
 use super::*;
 
+/// Killed mid-send with the default one-minute lease, a restarted instance on
+/// SQLite takes its predecessor's leases back at start (it is the only one:
+/// a second `serve` on the same database is refused) and finishes within
+/// seconds, not after the lease lapses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_dispatch_then_restart_serves_everyone_with_bounded_duplicates() {
     let setup = setup(40).await;
     let db = format!("sqlite://{}", path(setup.dir.path(), "m.db").display());
     let tokens = setup.seed(&db).await;
     let config = setup.serve_config("a", &db);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("lease = \"2s\"", "lease = \"60s\"")).unwrap();
     let mut first = setup.serve(&config);
     setup
         .wait_for("a quarter sent", Duration::from_secs(60), |m| {
             m.len() >= tokens.len() / 4
         })
         .await;
+    // A second instance on the same SQLite database is refused, saying why.
+    let second = serve_command(&config)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another meridian instance"), "{said}");
     first.0.kill().unwrap(); // SIGKILL
     first.0.wait().unwrap();
     let at_kill = setup.accepted().await.len();
@@ -22,6 +36,7 @@ async fn sigkill_mid_dispatch_then_restart_serves_everyone_with_bounded_duplicat
         at_kill < tokens.len(),
         "killed after everything was sent; slow the simulator down"
     );
+    let restarted = Instant::now();
     let _second = setup.serve(&config);
     setup
         .wait_for(
@@ -30,6 +45,13 @@ async fn sigkill_mid_dispatch_then_restart_serves_everyone_with_bounded_duplicat
             all_served(&tokens),
         )
         .await;
+    // The rest (three quarters at 40 ms a send, 16 at once) takes a few
+    // seconds; waiting out the 60 s lease would take a minute.
+    assert!(
+        restarted.elapsed() < Duration::from_secs(30),
+        "resumed {:?} after the restart",
+        restarted.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let counts = setup.accepted().await;
     let total: u64 = tokens.iter().map(|t| counts[t]).sum();

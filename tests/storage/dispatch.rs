@@ -549,6 +549,55 @@ fn sent_minute(at: &str) -> i64 {
     DateTime::parse_from_rfc3339(at).unwrap().timestamp() / 60
 }
 
+/// A restart takes back the leases its previous run left, without waiting
+/// for them to lapse: an owner's own (Postgres, a configured `worker_id`), or
+/// every one (SQLite, one instance). The next lease takes them with a new
+/// attempt.
+async fn a_restart_reclaims_its_previous_runs_leases<S: Store>(db: &TestDb<S>) {
+    let now = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).unwrap();
+    let p = (now - TimeDelta::minutes(5)).to_rfc3339();
+    let until = (now + TimeDelta::minutes(10)).to_rfc3339();
+    let mut setup = vec![format!(
+        "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', '{p}', '{p}')"
+    )];
+    for (d, owner) in [(1, "a"), (2, "b")] {
+        setup.push(format!(
+            "INSERT INTO devices (app_id, install_id, platform, token, created_at, updated_at) \
+             VALUES ('a', 'i{d}', 'ios', 't{d}', '{p}', '{p}')"
+        ));
+        setup.push(format!(
+            "INSERT INTO deliveries (app_id, request_id, device_id, status, attempts, next_attempt_at, \
+               lease_owner, lease_expires_at, created_at, updated_at) \
+             VALUES ('a', 'r{d}', {d}, 'leased', 1, '{p}', '{owner}', '{until}', '{p}', '{p}')"
+        ));
+    }
+    for sql in setup {
+        db.raw(&sql).await.unwrap();
+    }
+    let lease = || async {
+        let terms = LeaseTerms {
+            owner: "new",
+            until: now + TimeDelta::seconds(60),
+            limit: 10,
+        };
+        let rows = db.store.delivery_lease(&terms, now).await.unwrap();
+        rows.iter()
+            .map(|r| (r.id.get(), r.lease.attempt))
+            .collect::<Vec<_>>()
+    };
+    assert!(lease().await.is_empty(), "both leases still run");
+    let reclaimed = db.store.lease_reclaim(Some("a"), now).await.unwrap();
+    assert!(reclaimed.contains(&("rows", 1)), "{reclaimed:?}");
+    assert_eq!(lease().await, [(1, 2)], "a's row, at its next attempt");
+    let reclaimed = db.store.lease_reclaim(None, now).await.unwrap();
+    // The row just leased by `new` is ended too: `None` is for an instance
+    // that knows it is alone.
+    assert!(reclaimed.contains(&("rows", 2)), "{reclaimed:?}");
+    let mut ids: Vec<i64> = lease().await.into_iter().map(|(id, _)| id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2]);
+}
+
 /// The plan the backend chooses for `sql` (its binds written in): SQLite's
 /// `EXPLAIN QUERY PLAN`, or Postgres's `EXPLAIN` with `table` analysed and
 /// sequential and bitmap scans priced out, so that only a statement no index can
@@ -589,4 +638,5 @@ storage_tests!(
     row_lease_reads_only_its_partial_indexes,
     row_lease_takes_due_and_lapsed_rows_in_order,
     tallies_follow_every_change_and_survive_compaction,
+    a_restart_reclaims_its_previous_runs_leases,
 );
