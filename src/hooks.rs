@@ -46,7 +46,7 @@ pub fn sign(secret: &[u8], at: DateTime<Utc>, body: &[u8]) -> String {
     ctx.update(b".");
     ctx.update(body);
     let tag = ctx.sign();
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::domain::bytes::to_hex(tag.as_ref());
     format!("t={t},v1={hex}")
 }
 
@@ -77,14 +77,7 @@ pub fn verify(
     if (now.timestamp() - t).abs() > tolerance {
         return false;
     }
-    let Some(tag) = (0..v1.len())
-        .step_by(2)
-        .map(|i| {
-            v1.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-    else {
+    let Some(tag) = crate::domain::bytes::from_hex(v1) else {
         return false;
     };
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);

@@ -39,12 +39,9 @@ pub enum ServiceError {
 /// engine holds for its life (released by the OS however it ends), so a second
 /// one is refused and the first may take back every lease a crash left.
 fn lock_sqlite(config: &Config) -> Result<Option<std::fs::File>, ServiceError> {
-    let url = &config.database.url;
-    let Some(rest) = url.strip_prefix("sqlite:") else {
+    let Some(db) = config.database.sqlite_path() else {
         return Ok(None);
     };
-    let db = rest.trim_start_matches("//");
-    let db = db.split('?').next().unwrap_or(db);
     if db.is_empty() || db.starts_with(":memory:") {
         return Ok(None);
     }

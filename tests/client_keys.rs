@@ -298,17 +298,8 @@ async fn anonymous_installs_are_attached_by_the_backend<S: Store + Clone>(db: &T
             .await;
         assert_eq!(status, 200);
     }
-    let user_of = |n: u8| {
-        let store = api.store.clone();
-        async move {
-            store
-                .device_get_by_token("shop", &ios_token(n))
-                .await
-                .unwrap()
-                .unwrap()
-                .user_id
-        }
-    };
+    let api = &api;
+    let user_of = |n: u8| async move { api.shop_device(&ios_token(n)).await.user_id };
     assert_eq!(user_of(7).await, None);
     let (status, answer) = api
         .call(
@@ -567,20 +558,12 @@ async fn client_calls_are_limited_per_address<S: Store + Clone>(db: &TestDb<S>) 
             .await;
         assert_eq!(status, 200);
     }
-    let res = api
-        .request("POST", "/v1/devices", Some(&client))
-        .json(&device(9))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 429);
-    let wait: u64 = res.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!((1..=60).contains(&wait), "{wait}");
-    let body: Value = res.json().await.unwrap();
+    let body = api
+        .too_many(
+            api.request("POST", "/v1/devices", Some(&client))
+                .json(&device(9)),
+        )
+        .await;
     assert_eq!(body["error"], "rate_limited");
     // The server key is not held back by the client's limit.
     for n in 10..15 {
@@ -658,16 +641,8 @@ async fn a_user_keeps_at_most_the_configured_devices<S: Store + Clone>(db: &Test
         );
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-    let state = |n: u8| {
-        let store = api.store.clone();
-        async move {
-            store
-                .device_get_by_token("shop", &ios_token(n))
-                .await
-                .unwrap()
-                .unwrap()
-        }
-    };
+    let api = &api;
+    let state = |n: u8| async move { api.shop_device(&ios_token(n)).await };
     let oldest = state(1).await;
     assert_eq!(oldest.state, DeviceState::Invalid);
     assert_eq!(oldest.invalid_reason.as_deref(), Some("device_limit"));

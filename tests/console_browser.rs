@@ -65,6 +65,7 @@ async fn an_editor_composes_plans_and_schedules_a_local_nine_oclock_campaign_in_
     }
     operator(&*store, "ed@example.com", Role::Editor, AppGrant::All).await;
     operator(&*store, "vi@example.com", Role::Viewer, AppGrant::All).await;
+    operator(&*store, "ad@example.com", Role::Admin, AppGrant::All).await;
     let base = serve_console(store.clone(), config).await;
 
     let b = Browser::start(1440, 1000).await;
@@ -235,6 +236,23 @@ async fn an_editor_composes_plans_and_schedules_a_local_nine_oclock_campaign_in_
     v.goto(&format!("{base}/console/apps/shop/campaigns/{id}/pause"))
         .await;
     assert_eq!(v.text("h1").await, "Not allowed");
+
+    // An admin makes a client key for the mobile app: its secret shown once,
+    // its kind in the list.
+    let a = Browser::start(1440, 1000).await;
+    sign_in(&a, &base, "ad@example.com").await;
+    a.wait_url("/console/apps/").await;
+    a.goto(&format!("{base}/console/apps/shop/keys")).await;
+    a.type_into("#name", "ios-app").await;
+    a.set_value("#kind", "client").await;
+    a.click("#create-key").await;
+    assert!(a.wait_text("#new-secret", "mrd_").await.starts_with("mrd_"));
+    assert!(
+        a.text("#keys").await.contains("ios-app client"),
+        "{}",
+        a.text("#keys").await
+    );
+    a.screenshot("keys-1440").await;
     db.finish().await;
 }
 

@@ -16,6 +16,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 
 use crate::config::{AppConfig, IdentityMode};
+use crate::domain::bytes::{from_hex, to_hex};
 use crate::provider::jwt;
 
 /// The header a client sends its proof in.
@@ -153,7 +154,9 @@ impl IdentityCheck {
             .secret
             .as_ref()
             .ok_or(ProofError::NotConfigured("identity secret"))?;
-        let mac = hex(proof).ok_or(ProofError::Malformed)?;
+        let mac = from_hex(proof)
+            .filter(|m| m.len() == 32)
+            .ok_or(ProofError::Malformed)?;
         hmac::verify(key, external_id.as_bytes(), &mac).map_err(|_| ProofError::Forged)
     }
 
@@ -228,15 +231,6 @@ fn trim_newline(mut bytes: Vec<u8>) -> Vec<u8> {
     bytes
 }
 
-fn hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() != 64 {
-        return None;
-    }
-    (0..32)
-        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
-}
-
 /// The point of a P-256 public key given as PEM SubjectPublicKeyInfo.
 fn p256_point(pem: &str) -> Result<Vec<u8>, String> {
     let der = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
@@ -249,8 +243,9 @@ fn p256_point(pem: &str) -> Result<Vec<u8>, String> {
 }
 
 /// A P-256 point as PEM SubjectPublicKeyInfo (what `openssl ec -pubout`
-/// writes): for tests and the docs' examples.
-pub fn p256_spki_pem(point: &[u8]) -> String {
+/// writes), for the tests.
+#[cfg(test)]
+fn p256_spki_pem(point: &[u8]) -> String {
     use base64::Engine as _;
     let mut der = P256_SPKI_PREFIX.to_vec();
     der.extend_from_slice(point);
@@ -272,7 +267,7 @@ pub fn hmac_proof(secret: &[u8], external_id: &str) -> String {
         &hmac::Key::new(hmac::HMAC_SHA256, secret),
         external_id.as_bytes(),
     );
-    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    to_hex(tag.as_ref())
 }
 
 #[cfg(test)]

@@ -43,7 +43,7 @@ pub fn generate() -> Result<GeneratedKey, RandomError> {
 /// so a fast hash is enough (no password stretching needed).
 pub fn hash(secret: &str) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::domain::bytes::to_hex(digest.as_ref())
 }
 
 #[cfg(test)]

@@ -491,10 +491,7 @@ pub async fn queue<S: Store>(
 /// `req_` and 16 random bytes in hex.
 fn request_id() -> Result<String, super::keys::RandomError> {
     let bytes = super::keys::random_bytes::<16>()?;
-    Ok(format!(
-        "req_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    Ok(format!("req_{}", crate::domain::bytes::to_hex(&bytes)))
 }
 
 /// The phone number an id of digits only is tried as when no external id matches.

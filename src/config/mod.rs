@@ -396,12 +396,15 @@ pub enum DatabaseKind {
 }
 
 impl DatabaseConfig {
+    /// The file of a `sqlite:` URL, without its `?options` (`None` for another
+    /// scheme; empty when the URL names none).
+    pub fn sqlite_path(&self) -> Option<&str> {
+        let rest = self.url.strip_prefix("sqlite:")?.trim_start_matches("//");
+        Some(rest.split('?').next().unwrap_or(rest))
+    }
+
     pub fn kind(&self) -> Result<DatabaseKind, ConfigError> {
-        if self.url.starts_with("sqlite:") {
-            let path = self
-                .url
-                .trim_start_matches("sqlite:")
-                .trim_start_matches("//");
+        if let Some(path) = self.sqlite_path() {
             if path.is_empty() {
                 return Err(invalid(
                     "database.url",

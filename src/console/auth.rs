@@ -64,8 +64,7 @@ pub fn token_hash(token: &str) -> String {
 
 /// Constant-time equality of two strings (CSRF tokens).
 pub fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    crate::domain::bytes::same(a.as_bytes(), b.as_bytes())
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! (the edges) depend on this layer, never the other way round.
 
 pub mod audience;
+pub mod bytes;
 pub mod campaign;
 pub mod ids;
 pub mod keys;

@@ -42,13 +42,9 @@ impl std::fmt::Debug for ReceiptKey {
 impl ReceiptKey {
     /// The key as stored: 32 bytes in hex.
     pub fn from_hex(hex: &str) -> Result<Self, ReceiptError> {
-        if hex.len() != 64 {
-            return Err(ReceiptError::BadKey);
-        }
-        let bytes = (0..32)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
-            .collect::<Result<Vec<u8>, _>>()
-            .map_err(|_| ReceiptError::BadKey)?;
+        let bytes = super::bytes::from_hex(hex)
+            .filter(|b| b.len() == 32)
+            .ok_or(ReceiptError::BadKey)?;
         Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, &bytes)))
     }
 
@@ -74,11 +70,7 @@ impl ReceiptKey {
     pub fn verify(&self, app: &str, token: &str) -> Result<i64, ReceiptError> {
         let (id, tag) = decode(token)?;
         let expected = self.tag(app, id);
-        let differ = expected.as_ref()[..TAG_LEN]
-            .iter()
-            .zip(tag)
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-        if differ != 0 {
+        if !super::bytes::same(&expected.as_ref()[..TAG_LEN], &tag) {
             return Err(ReceiptError::Forged);
         }
         Ok(id)

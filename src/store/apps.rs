@@ -319,5 +319,5 @@ fn random_hex() -> Result<String, StoreError> {
     ring::rand::SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| StoreError::Invariant("the system random generator failed".into()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(crate::domain::bytes::to_hex(&bytes))
 }

@@ -36,6 +36,28 @@ pub struct Api<S> {
 }
 
 impl<S: Store> Api<S> {
+    /// A device of app `shop` as stored.
+    pub async fn shop_device(&self, token: &str) -> meridian::store::DeviceRecord {
+        self.store
+            .device_get_by_token("shop", token)
+            .await
+            .unwrap()
+            .expect("the device is stored")
+    }
+
+    /// Sends a request that must be answered 429 with a `Retry-After` of 1 to
+    /// 60 seconds; the answer's JSON body.
+    pub async fn too_many(&self, req: reqwest::RequestBuilder) -> Value {
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), 429);
+        let wait: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&wait), "{wait}");
+        res.json().await.unwrap()
+    }
     /// A request to the API, with the key if one is given.
     pub fn request(&self, method: &str, path: &str, key: Option<&str>) -> reqwest::RequestBuilder {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();

@@ -605,16 +605,8 @@ fn parse_op(s: &str) -> Option<FilterOp> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::pairs;
+    use super::super::{app, pairs};
     use super::*;
-    use crate::domain::campaign::AppContext;
-
-    fn app() -> AppContext<'static> {
-        AppContext {
-            app_id: "shop",
-            topics: ["news", "offers"].into_iter().collect(),
-        }
-    }
 
     #[test]
     fn a_full_form_reads_as_the_definition_a_file_would_give() {

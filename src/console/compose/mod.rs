@@ -22,3 +22,12 @@ pub(crate) fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
 }
+
+/// App `shop` with topics `news` and `offers` (tests).
+#[cfg(test)]
+pub(crate) fn app() -> crate::domain::campaign::AppContext<'static> {
+    crate::domain::campaign::AppContext {
+        app_id: "shop",
+        topics: ["news", "offers"].into_iter().collect(),
+    }
+}

@@ -171,16 +171,8 @@ fn slot_of(field: &str, layout: &Layout) -> (String, Option<String>) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::pairs;
+    use super::super::{app, pairs};
     use super::*;
-    use crate::domain::campaign::AppContext;
-
-    fn app() -> AppContext<'static> {
-        AppContext {
-            app_id: "shop",
-            topics: ["news", "offers"].into_iter().collect(),
-        }
-    }
 
     #[test]
     fn errors_land_beside_the_row_they_are_about() {
