@@ -3,10 +3,15 @@
 //! provider simulator (its own process) and recorded in the database.
 //!
 //!     cargo bench --bench e2e -- [--devices N] [--backend sqlite|postgres]
-//!                                [--rate R] [--android]
+//!                                [--layout skewed|uniform|multi] [--rate R] [--android]
+//!                                [--chunk N] [--chunks N] [--sends N] [--flush N]
 //!
 //! The engine runs as the daemon runs it (`Engine::run`: release and dispatch
-//! loops). Reports messages per second, this process's peak RSS (VmHWM), the
+//! loops) with the engine's default settings; `--chunk`, `--chunks`, `--sends` and
+//! `--flush` override them, and the run then says it used explicit settings.
+//! `--layout` picks the audience (see `common::Layout`; `skewed` by default):
+//! the campaigns (one per app) come due a few seconds after the engine starts, so
+//! "due → first send" is the scheduler's own lag. Reports messages per second, this process's peak RSS (VmHWM), the
 //! scheduler lag of every slot (first send − due time), the lag of a small campaign
 //! that comes due while the large one is being sent, and the most sends the
 //! simulator accepted in any one second. Where `h2load` (nghttp2-client) is
@@ -16,9 +21,6 @@
 //! so the per-second figure is that provider's). `MERIDIAN_E2E_KEEP=1` keeps the
 //! database afterwards (Postgres: `meridian_e2e`; SQLite: the printed directory).
 //!
-//! Devices are seeded in user order, so a zone's devices are spread over the whole
-//! id space as they are when people register over time: each chunk's rows land
-//! all over every index keyed by device or user, the case that costs.
 
 mod common;
 
@@ -32,7 +34,6 @@ use meridian::clock::{Clock, SystemClock};
 use meridian::config::{Config, DatabaseConfig};
 use meridian::definitions;
 use meridian::domain::campaign::parse_toml;
-use meridian::domain::zone::canonical_zones;
 use meridian::engine::{Engine, EngineSettings};
 use meridian::provider::jwt;
 use meridian::store::{SqliteStore, Store};
@@ -65,20 +66,34 @@ async fn main() {
     }
     let backend = arg("--backend").unwrap_or_else(|| "sqlite".to_owned());
     let android = std::env::args().any(|a| a == "--android");
+    let layout = match arg("--layout") {
+        None => common::Layout::Skewed,
+        Some(l) => common::Layout::parse(&l).expect("--layout skewed|uniform|multi"),
+    };
+    // `--android` (one provider, for the pacing figure) seeds the uniform layout.
+    let layout = if android {
+        common::Layout::Uniform
+    } else {
+        layout
+    };
     let rate = arg("--rate").map_or(String::new(), |r| format!("\nrate_per_second = {r}"));
     let mut sim = common::sim::SimProcess::start(0);
-    let config = sim.config(
+    // Every app of the layout is `shop`'s configuration under its own name.
+    let shop = sim.app_toml(
         common::BENCH_APP,
         &format!("{}{rate}", common::BENCH_CONNECTION),
-        "",
     );
+    let text: String = layout
+        .apps()
+        .iter()
+        .map(|app| shop.replace("[apps.shop", &format!("[apps.{app}")))
+        .collect();
+    let config: Config = toml::from_str(&text).unwrap();
+    config.validate().unwrap();
     let (base, dir, pid) = (sim.base(), sim.dir.path().to_owned(), sim.pid());
     let dir = dir.as_path();
     let p = |n: &str| dir.join(n);
-    println!(
-        "meridian e2e bench: {devices} devices over {} zones, backend {backend}",
-        canonical_zones().len()
-    );
+    println!("meridian e2e bench: {devices} devices, layout {layout:?}, backend {backend}");
     let ceiling = wire_ceiling(&base, dir);
     match ceiling {
         Some(c) => {
@@ -99,9 +114,21 @@ async fn main() {
         "postgres" => {
             let (mut c, url) = common::fresh_pg_database("meridian_e2e").await;
             let store = common::pg_store(&url).await;
-            rate = run(store, &config, devices, &base, pid, |s| {
-                common::seed_postgres(url.as_str().to_owned(), s, android)
-            })
+            rate = run(
+                store,
+                &config,
+                devices,
+                layout,
+                &base,
+                pid,
+                |s| async move {
+                    if android {
+                        common::seed_postgres(url.as_str().to_owned(), s, true).await
+                    } else {
+                        common::seed_layout(url.as_str(), layout, s).await
+                    }
+                },
+            )
             .await;
             // MERIDIAN_E2E_KEEP=1 keeps the database for a look at what was written.
             if std::env::var_os("MERIDIAN_E2E_KEEP").is_none() {
@@ -116,9 +143,21 @@ async fn main() {
             })
             .await
             .unwrap();
-            rate = run(store, &config, devices, &base, pid, |s| {
-                common::seed_sqlite(url.clone(), s, android)
-            })
+            rate = run(
+                store,
+                &config,
+                devices,
+                layout,
+                &base,
+                pid,
+                |s| async move {
+                    if android {
+                        common::seed_sqlite(url.clone(), s, true).await
+                    } else {
+                        common::seed_layout(&url, layout, s).await
+                    }
+                },
+            )
             .await;
         }
     }
@@ -210,6 +249,7 @@ async fn run<S, F, Fut>(
     store: S,
     config: &Config,
     devices: i64,
+    layout: common::Layout,
     sim: &str,
     sim_pid: u32,
     seed: F,
@@ -226,29 +266,59 @@ where
     let t = Instant::now();
     seed(devices).await;
     println!("seeded in {:.1} s", t.elapsed().as_secs_f64());
-    // 09:00 local, already passed everywhere, sent at once: every zone due together.
-    let text = "key = \"e2e\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hello\"\n\
-                body = \"A benchmark message of ordinary length.\"\n[audience]\ntopics = [\"marketing\"]\n\
-                [schedule]\ntype = \"local\"\nat = \"2020-01-01T09:00\"\nmissed = \"send_now\"\n";
-    let def = parse_toml("e2e.toml", text).unwrap();
+    // One campaign per app, all due together a little after they are saved and
+    // the engine has started (saving dry-runs each one: seconds at 1M).
+    let due = SystemClock.now() + chrono::TimeDelta::milliseconds(8_000 + devices / 125);
+    let at =
+        |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let primary = if layout == common::Layout::Multi {
+        "devices = \"primary\"\n"
+    } else {
+        ""
+    };
     let t = Instant::now();
-    let prepared = definitions::prepare(&store, config, &def, SystemClock.now())
-        .await
-        .unwrap();
-    let applied = definitions::save(&store, prepared, SystemClock.now())
-        .await
-        .unwrap();
+    let mut big = Vec::new();
+    for app in layout.apps() {
+        let text = format!(
+            "key = \"e2e\"\napp = \"{app}\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Hello\"\n\
+             body = \"A benchmark message of ordinary length.\"\n[audience]\ntopics = [\"marketing\"]\n{primary}\
+             [schedule]\ntype = \"at\"\nat = \"{}\"\n",
+            at(due)
+        );
+        let def = parse_toml("e2e.toml", &text).unwrap();
+        let prepared = definitions::prepare(&store, config, &def, SystemClock.now())
+            .await
+            .unwrap();
+        let applied = definitions::save(&store, prepared, SystemClock.now())
+            .await
+            .unwrap();
+        big.push((*app, applied.record.id));
+    }
     println!("scheduled in {:.1} s", t.elapsed().as_secs_f64());
+    let explicit = ["--chunk", "--chunks", "--sends", "--flush"]
+        .iter()
+        .any(|a| arg(a).is_some());
+    let defaults = EngineSettings::default();
     let settings = EngineSettings {
         worker_id: "bench".into(),
-        chunk_size: arg("--chunk").and_then(|v| v.parse().ok()).unwrap_or(1000),
-        // 4 × (256 + 1000): the same kill-duplicate bound and sends in flight as
-        // 8 chunks × 128 sends with flushes of 500, in half as many write statements.
-        chunks_in_flight: arg("--chunks").and_then(|v| v.parse().ok()).unwrap_or(4),
-        sends_per_chunk: arg("--sends").and_then(|v| v.parse().ok()).unwrap_or(256),
-        flush_every: arg("--flush").and_then(|v| v.parse().ok()).unwrap_or(1000),
-        ..EngineSettings::default()
+        chunk_size: arg("--chunk").map_or(defaults.chunk_size, |v| v.parse().unwrap()),
+        chunks_in_flight: arg("--chunks").map_or(defaults.chunks_in_flight, |v| v.parse().unwrap()),
+        sends_per_chunk: arg("--sends").map_or(defaults.sends_per_chunk, |v| v.parse().unwrap()),
+        flush_every: arg("--flush").map_or(defaults.flush_every, |v| v.parse().unwrap()),
+        ..defaults
     };
+    println!(
+        "engine settings ({}): chunk {}, {} chunks x {} sends, flush {}",
+        if explicit {
+            "EXPLICIT, not the defaults"
+        } else {
+            "the defaults"
+        },
+        settings.chunk_size,
+        settings.chunks_in_flight,
+        settings.sends_per_chunk,
+        settings.flush_every
+    );
     let engine = Engine::new(
         Arc::new(store.clone()),
         Arc::new(config.clone()),
@@ -256,18 +326,15 @@ where
         settings,
     )
     .unwrap();
-    // While the large campaign is being sent, a small one to ten users comes due:
-    // its lag is the scheduler's lag under load. It is saved before the engine
-    // starts, so the time it takes to schedule (its dry run scans the app's
-    // devices: seconds at 1M) is not counted as lag; it comes due a few seconds
-    // into the large send, later for larger runs.
-    let due = SystemClock.now() + chrono::TimeDelta::milliseconds(4_000 + devices / 40);
+    // While the large campaigns are being sent, a small one to ten users comes due:
+    // its lag is the scheduler's lag under load.
+    let small_due = due + chrono::TimeDelta::milliseconds(4_000 + devices / 40);
     let users: Vec<String> = (1..=10).map(|n| format!("\"u{n}\"")).collect();
     let small = format!(
         "key = \"small\"\napp = \"shop\"\nstatus = \"scheduled\"\n[message]\ntitle = \"Now\"\nbody = \"Small\"\n\
          [audience]\ntopics = [\"marketing\"]\nusers = [{}]\n[schedule]\ntype = \"at\"\nat = \"{}\"\n",
         users.join(", "),
-        due.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        at(small_due)
     );
     let small = parse_toml("small.toml", &small).unwrap();
     let prepared = definitions::prepare(&store, config, &small, SystemClock.now())
@@ -278,26 +345,34 @@ where
         .unwrap()
         .record
         .id;
-    assert!(
-        SystemClock.now() < due,
-        "the small campaign was saved after its due time"
-    );
     let engine = Arc::new(engine);
-    let sim_pid = sim_pid.to_string();
-    let cpu_before = (cpu_secs("self"), cpu_secs(&sim_pid), postgres_cpu_secs());
-    let start = Instant::now();
     let running = tokio::spawn({
         let engine = engine.clone();
         async move { engine.run().await }
     });
-    for key in ["e2e", "small"] {
-        loop {
-            let c = store.campaign_get("shop", key).await.unwrap();
-            if c.is_some_and(|c| c.state == meridian::domain::state::CampaignState::Completed) {
-                break;
+    let early = (due - SystemClock.now()).to_std().unwrap_or_default();
+    assert!(
+        early > std::time::Duration::from_millis(500),
+        "the campaigns were saved too close to their due time"
+    );
+    tokio::time::sleep(early).await;
+    let sim_pid = sim_pid.to_string();
+    let cpu_before = (cpu_secs("self"), cpu_secs(&sim_pid), postgres_cpu_secs());
+    let start = Instant::now();
+    let completed = |app: &'static str, id: i64| {
+        let store = store.clone();
+        async move {
+            loop {
+                let c = store.campaign_get_by_id(app, id).await.unwrap();
+                if c.is_some_and(|c| c.state == meridian::domain::state::CampaignState::Completed) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    };
+    for (app, id) in &big {
+        completed(app, *id).await;
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = (
@@ -305,15 +380,18 @@ where
         cpu_secs(&sim_pid) - cpu_before.1,
         postgres_cpu_secs() - cpu_before.2,
     );
+    completed("shop", small).await;
     engine.stop();
     let _ = running.await;
-    let counts = store
-        .delivery_count_by_status(applied.record.id)
-        .await
-        .unwrap();
+    let mut counts = std::collections::BTreeMap::<String, i64>::new();
+    for (_, id) in &big {
+        for (status, n) in store.delivery_count_by_status(*id).await.unwrap() {
+            *counts.entry(status.to_string()).or_default() += n;
+        }
+    }
     let sent = counts.get("sent").copied().unwrap_or(0);
     println!(
-        "{sent} sent of {devices} in {secs:.1} s = {:.0} msgs/s; statuses {counts:?}; peak RSS {:.0} MB",
+        "{sent} sent to {devices} devices in {secs:.1} s from due = {:.0} msgs/s; statuses {counts:?}; peak RSS {:.0} MB",
         sent as f64 / secs,
         peak_rss_mb()
     );
@@ -346,19 +424,11 @@ where
             ms
         }
     };
-    let big = lag(applied.record.id).await;
-    let pick = |q: f64| {
-        big.get(((big.len() as f64 - 1.0) * q) as usize)
-            .copied()
-            .unwrap_or(0)
-    };
-    println!(
-        "scheduler lag of the {} slots due at once: median {} ms, p99 {} ms, max {} ms",
-        big.len(),
-        pick(0.5),
-        pick(0.99),
-        pick(1.0)
-    );
+    let mut firsts = Vec::new();
+    for (_, id) in &big {
+        firsts.extend(lag(*id).await);
+    }
+    println!("due → first send of each large campaign: {firsts:?} ms");
     // Split into due → released (the release loop) and released → first send
     // (leasing and reading the chunk).
     let parts: Vec<(i64, i64)> = store

@@ -127,3 +127,174 @@ pub async fn seed_sqlite(url: String, n: i64, android: bool) {
     seed!(c, SEED_USERS_SQLITE, SEED_DEVICES_SQLITE, n, zones, android);
     sqlx::query("ANALYZE").execute(&mut c).await.unwrap();
 }
+
+/// How a benchmark's audience is laid out (`--layout`).
+#[allow(dead_code)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One app, one device per user, users spread evenly over the 489 canonical
+    /// zones, devices in user order (the benchmarks' layout before issue 21).
+    Uniform,
+    /// One app, one device per user; a third of the users in three zones and the
+    /// rest over a dozen; devices registered in an order unrelated to users or
+    /// zones (people register over months and reinstall); half iOS, half Android.
+    Skewed,
+    /// Three apps (`shop`, `news`, `games`) sending at once, users with one to
+    /// three devices (two on average, the first primary), 5% of tokens
+    /// unregistered at the provider, zones skewed and ids unordered as above.
+    Multi,
+}
+
+#[allow(dead_code)]
+impl Layout {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "uniform" => Some(Self::Uniform),
+            "skewed" => Some(Self::Skewed),
+            "multi" => Some(Self::Multi),
+            _ => None,
+        }
+    }
+
+    pub fn apps(self) -> &'static [&'static str] {
+        match self {
+            Self::Multi => &["shop", "news", "games"],
+            _ => &["shop"],
+        }
+    }
+
+    /// Users for `devices` devices.
+    pub fn users(self, devices: i64) -> i64 {
+        match self {
+            Self::Multi => devices / 2,
+            _ => devices,
+        }
+    }
+}
+
+/// The zones of the skewed layouts: three large ones first, then a dozen.
+const SKEWED_ZONES: [&str; 15] = [
+    "America/New_York",
+    "Europe/Berlin",
+    "Asia/Kolkata",
+    "America/Chicago",
+    "America/Denver",
+    "America/Los_Angeles",
+    "America/Sao_Paulo",
+    "Europe/London",
+    "Europe/Moscow",
+    "Asia/Tokyo",
+    "Asia/Shanghai",
+    "Asia/Kathmandu",
+    "Australia/Adelaide",
+    "Australia/Sydney",
+    "Africa/Lagos",
+];
+
+/// A user's zone in the skewed layouts: every third user in one of the three
+/// large zones, the others over the dozen (1-based into `SKEWED_ZONES`).
+const SKEWED_ZONE_INDEX: &str = "CASE WHEN g % 3 = 0 THEN 1 + (g / 3) % 3 ELSE 4 + g % 12 END";
+
+/// Devices of the skewed layouts, from `users` (`u`) and up to three per user
+/// (`k`): `x` numbers them, `h` is a fixed permutation of `x` that orders the
+/// inserts (ids unrelated to users and zones) and picks platform and dead tokens.
+/// `$1` now, `$2` devices per user at most (1 or 3).
+const SKEWED_DEVICES: &str = "INSERT INTO devices (app_id, user_id, platform, token, timezone, zone, is_primary, created_at, updated_at) \
+    SELECT app_id, id, CASE WHEN (h / 128) % 2 = 0 THEN 'ios' ELSE 'android' END, \
+      CASE WHEN $2 > 1 AND (h / 1024) % 20 = 0 THEN 'dead' ELSE '' END || \
+      CASE WHEN (h / 128) % 2 = 0 \
+        THEN {ios} \
+        ELSE 'fcm-' || x END, \
+      timezone, timezone, k = 1, $1, $1 \
+    FROM (SELECT u.app_id, u.id, u.timezone, k, u.id * 4 + k AS x, ((u.id * 4 + k) * 2654435761) % 4294967296 AS h \
+          FROM users u JOIN {series} ON k <= CASE WHEN $2 > 1 THEN 1 + u.id % 3 ELSE 1 END) d \
+    ORDER BY h";
+
+/// Seeds `layout` with `devices` devices on the database at `url`
+/// (`postgres://…` or `sqlite://…`), every user opted in to `marketing`, then
+/// gathers statistics.
+#[allow(dead_code)]
+pub async fn seed_layout(url: &str, layout: Layout, devices: i64) {
+    if layout == Layout::Uniform {
+        return if url.starts_with("postgres") {
+            seed_postgres(url.to_owned(), devices, false).await
+        } else {
+            seed_sqlite(url.to_owned(), devices, false).await
+        };
+    }
+    let now = SystemClock.now();
+    let users = layout.users(devices);
+    let apps = layout.apps();
+    let per_user: i64 = if layout == Layout::Multi { 3 } else { 1 };
+    let pad = |n: usize| format!("'{}'", "0".repeat(n));
+    // A dead token keeps 64 hex digits: "dead" and 60 more.
+    let ios_len = "CASE WHEN $2 > 1 AND (h / 1024) % 20 = 0 THEN 60 ELSE 64 END";
+    if url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(&format!(
+            "INSERT INTO users (app_id, external_id, timezone, created_at, updated_at) \
+             SELECT ($2::text[])[1 + g % array_length($2::text[], 1)], 'u' || g, \
+               ($3::text[])[{SKEWED_ZONE_INDEX}], $4, $4 FROM generate_series(1, $1) g"
+        ))
+        .bind(users)
+        .bind(apps)
+        .bind(SKEWED_ZONES)
+        .bind(now)
+        .execute(&mut c)
+        .await
+        .unwrap();
+        let sql = SKEWED_DEVICES
+            .replace("{ios}", &format!("lpad(x::text, {ios_len}, '0')"))
+            .replace("{series}", "generate_series(1, 3) k");
+        sqlx::query(&sql)
+            .bind(now)
+            .bind(per_user)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query(SEED_SUBSCRIPTIONS)
+            .bind(now)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query("VACUUM ANALYZE").execute(&mut c).await.unwrap();
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        let apps = serde_json::to_string(apps).unwrap();
+        let zones = serde_json::to_string(&SKEWED_ZONES).unwrap();
+        sqlx::query(&format!(
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < $1) \
+             INSERT INTO users (app_id, external_id, timezone, created_at, updated_at) \
+             SELECT json_extract($2, '$[' || (g % json_array_length($2)) || ']'), 'u' || g, \
+               json_extract($3, '$[' || ({SKEWED_ZONE_INDEX} - 1) || ']'), $4, $4 FROM s"
+        ))
+        .bind(users)
+        .bind(apps)
+        .bind(zones)
+        .bind(now)
+        .execute(&mut c)
+        .await
+        .unwrap();
+        let sql = SKEWED_DEVICES
+            .replace(
+                "{ios}",
+                &format!("substr({} || x, -({ios_len}), {ios_len})", pad(64)),
+            )
+            .replace(
+                "{series}",
+                "(SELECT 1 AS k UNION ALL SELECT 2 UNION ALL SELECT 3) k",
+            );
+        sqlx::query(&sql)
+            .bind(now)
+            .bind(per_user)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query(SEED_SUBSCRIPTIONS)
+            .bind(now)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query("ANALYZE").execute(&mut c).await.unwrap();
+    }
+}
