@@ -5,13 +5,17 @@
 //!     cargo bench --bench e2e -- [--devices N] [--backend sqlite|postgres]
 //!                                [--layout skewed|uniform|multi] [--rate R] [--android]
 //!                                [--chunk N] [--chunks N] [--sends N] [--flush N]
+//!                                [--old-deliveries N] [--no-prune]
 //!
 //! The engine runs as the daemon runs it (`Engine::run`: release and dispatch
 //! loops) with the engine's default settings; `--chunk`, `--chunks`, `--sends` and
 //! `--flush` override them, and the run then says it used explicit settings.
 //! `--layout` picks the audience (see `common::Layout`; `skewed` by default):
 //! the campaigns (one per app) come due a few seconds after the engine starts, so
-//! "due → first send" is the scheduler's own lag. Reports messages per second, this process's peak RSS (VmHWM), the
+//! "due → first send" is the scheduler's own lag. `--old-deliveries N` seeds N
+//! finished messages past the default retention, which the engine prunes while
+//! it sends (`--no-prune` turns retention off, for the A/B); the run reports how
+//! much the database grew per million messages. Reports messages per second, this process's peak RSS (VmHWM), the
 //! scheduler lag of every slot (first send − due time), the lag of a small campaign
 //! that comes due while the large one is being sent, and the most sends the
 //! simulator accepted in any one second. Where `h2load` (nghttp2-client) is
@@ -88,7 +92,20 @@ async fn main() {
         .iter()
         .map(|app| shop.replace("[apps.shop", &format!("[apps.{app}")))
         .collect();
-    let config: Config = toml::from_str(&text).unwrap();
+    let mut config: Config = toml::from_str(&text).unwrap();
+    if std::env::args().any(|a| a == "--no-prune") {
+        let r = &mut config.retention;
+        for keep in [
+            &mut r.deliveries,
+            &mut r.history,
+            &mut r.webhooks,
+            &mut r.fallbacks,
+            &mut r.idempotency_keys,
+            &mut r.chunks,
+        ] {
+            *keep = std::time::Duration::ZERO;
+        }
+    }
     config.validate().unwrap();
     let (base, dir, pid) = (sim.base(), sim.dir.path().to_owned(), sim.pid());
     let dir = dir.as_path();
@@ -114,13 +131,14 @@ async fn main() {
         "postgres" => {
             let (mut c, url) = common::fresh_pg_database("meridian_e2e").await;
             let store = common::pg_store(&url).await;
+            let url_text = url.to_string();
             rate = run(
                 store,
                 &config,
                 devices,
                 layout,
-                &base,
-                pid,
+                (&base, pid),
+                &url_text,
                 |s| async move {
                     if android {
                         common::seed_postgres(url.as_str().to_owned(), s, true).await
@@ -148,8 +166,8 @@ async fn main() {
                 &config,
                 devices,
                 layout,
-                &base,
-                pid,
+                (&base, pid),
+                &url.clone(),
                 |s| async move {
                     if android {
                         common::seed_sqlite(url.clone(), s, true).await
@@ -244,14 +262,83 @@ fn postgres_cpu_secs() -> f64 {
         .sum()
 }
 
+/// The database's size in bytes (SQLite: its pages, the WAL's included).
+async fn db_bytes(url: &str) -> i64 {
+    use sqlx::Connection;
+    if url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar("SELECT pg_database_size(current_database())")
+            .fetch_one(&mut c)
+            .await
+            .unwrap()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(
+            "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+        )
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+    }
+}
+
+/// `n` sent deliveries of a campaign finished 100 days ago (id 999999, no
+/// row of its own: deliveries carry no foreign keys), before the bench's own.
+async fn seed_old_deliveries(url: &str, n: i64, devices: i64) {
+    use sqlx::Connection;
+    let then = SystemClock.now() - chrono::TimeDelta::days(100);
+    let rows =
+        "SELECT 'shop', 999999, 0, 'old-' || (g / $2), 1 + g % $2, 'sent', 1, $3, $3, $3, $3 FROM ";
+    let insert = "INSERT INTO deliveries (app_id, campaign_id, slot_id, occurrence, device_id, status, attempts, \
+                  next_attempt_at, sent_at, created_at, updated_at) ";
+    if url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query(&format!("{insert}{rows}generate_series(1, $1) g"))
+            .bind(n)
+            .bind(devices)
+            .bind(then)
+            .execute(&mut c)
+            .await
+            .unwrap();
+        sqlx::query("VACUUM ANALYZE deliveries")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query(&format!(
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < $1) {insert}{rows}s"
+        ))
+        .bind(n)
+        .bind(devices)
+        .bind(then)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+}
+
+/// How many of the old deliveries are left.
+async fn old_left(url: &str) -> i64 {
+    use sqlx::Connection;
+    let sql = "SELECT COUNT(*) FROM deliveries WHERE campaign_id = 999999";
+    if url.starts_with("postgres") {
+        let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+    } else {
+        let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query_scalar(sql).fetch_one(&mut c).await.unwrap()
+    }
+}
+
 /// Returns messages per second.
 async fn run<S, F, Fut>(
     store: S,
     config: &Config,
     devices: i64,
     layout: common::Layout,
-    sim: &str,
-    sim_pid: u32,
+    (sim, sim_pid): (&str, u32),
+    url: &str,
     seed: F,
 ) -> f64
 where
@@ -266,6 +353,18 @@ where
     let t = Instant::now();
     seed(devices).await;
     println!("seeded in {:.1} s", t.elapsed().as_secs_f64());
+    // `--old-deliveries N`: N finished messages of an earlier campaign, past the
+    // default retention (100 days old), for the engine to prune while it sends.
+    let old: i64 = arg("--old-deliveries").map_or(0, |v| v.parse().unwrap());
+    if old > 0 {
+        let t = Instant::now();
+        seed_old_deliveries(url, old, devices).await;
+        println!(
+            "{old} old deliveries seeded in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let bytes_before = db_bytes(url).await;
     // One campaign per app, all due together a little after they are saved and
     // the engine has started (saving dry-runs each one: seconds at 1M).
     let due = SystemClock.now() + chrono::TimeDelta::milliseconds(8_000 + devices / 125);
@@ -390,6 +489,19 @@ where
         }
     }
     let sent = counts.get("sent").copied().unwrap_or(0);
+    let written = db_bytes(url).await - bytes_before;
+    println!(
+        "database grew by {:.0} MB during the run: {:.0} MB per million messages (everything written: deliveries, indexes, tallies, chunks)",
+        written as f64 / 1e6,
+        written as f64 / sent.max(1) as f64
+    );
+    if old > 0 {
+        let left = old_left(url).await;
+        println!(
+            "old deliveries pruned during the run: {} of {old}",
+            old - left
+        );
+    }
     println!(
         "{sent} sent to {devices} devices in {secs:.1} s from due = {:.0} msgs/s; statuses {counts:?}; peak RSS {:.0} MB",
         sent as f64 / secs,

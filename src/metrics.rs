@@ -19,6 +19,7 @@ pub const LEASE_TAKEOVERS: &str = "meridian_lease_takeovers_total";
 pub const QUEUE_DEPTH: &str = "meridian_queue_depth";
 pub const RATE_LIMIT_WAITS: &str = "meridian_rate_limit_waits_total";
 pub const API_REQUESTS: &str = "meridian_api_requests_total";
+pub const RETENTION_PRUNED: &str = "meridian_retention_pruned_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -90,6 +91,15 @@ fn describe() {
         "Sends that waited for the provider pacer."
     );
     describe_counter!(API_REQUESTS, "API requests by route, method and status.");
+    describe_counter!(
+        RETENTION_PRUNED,
+        "Records deleted past their retention, by kind ([retention])."
+    );
+}
+
+/// Records of `kind` deleted by retention (0 makes the series show at start).
+pub fn retention_pruned(kind: &'static str, n: u64) {
+    metrics::counter!(RETENTION_PRUNED, "kind" => kind).increment(n);
 }
 
 /// An outcome decided for a message.

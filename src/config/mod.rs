@@ -49,6 +49,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
     /// Tenants, by id.
     #[serde(default)]
     pub apps: BTreeMap<String, AppConfig>,
@@ -291,6 +293,84 @@ impl Default for EngineConfig {
     }
 }
 
+/// How long finished records are kept before the engine deletes them, per
+/// kind (`0s` keeps them for ever), and how it deletes: `batch` rows per
+/// statement, as often as `every`, resting between batches as long as the last
+/// one took, so pruning never holds SQLite's one writer for long.
+///
+/// A campaign's counts (`delivery_tallies`, `slot_counts`) are never pruned:
+/// its totals stay after its per-message rows are gone.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Finished messages (deliveries) and the transactional push requests they came from.
+    #[serde(default = "default_keep_messages", with = "humantime_serde")]
+    pub deliveries: Duration,
+    /// Messages' status history; at most `deliveries` (a message's history goes with it).
+    #[serde(default = "default_keep_messages", with = "humantime_serde")]
+    pub history: Duration,
+    /// Status webhook events that were given up on (`dead`); delivered ones leave at once.
+    #[serde(default = "default_keep_month", with = "humantime_serde")]
+    pub webhooks: Duration,
+    /// Fallbacks (e.g. SMS) that were sent or failed.
+    #[serde(default = "default_keep_month", with = "humantime_serde")]
+    pub fallbacks: Duration,
+    /// Idempotency keys: at least the 24 h in which a retried request is answered
+    /// from its first response.
+    #[serde(default = "default_keep_idempotency", with = "humantime_serde")]
+    pub idempotency_keys: Duration,
+    /// The chunks (key ranges) of completed and cancelled slots.
+    #[serde(default = "default_keep_chunks", with = "humantime_serde")]
+    pub chunks: Duration,
+    /// Rows deleted per statement.
+    #[serde(default = "default_prune_batch")]
+    pub batch: i64,
+    /// How often the engine looks for records past their time.
+    #[serde(default = "default_prune_every", with = "humantime_serde")]
+    pub every: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            deliveries: default_keep_messages(),
+            history: default_keep_messages(),
+            webhooks: default_keep_month(),
+            fallbacks: default_keep_month(),
+            idempotency_keys: default_keep_idempotency(),
+            chunks: default_keep_chunks(),
+            batch: default_prune_batch(),
+            every: default_prune_every(),
+        }
+    }
+}
+
+const DAY: u64 = 24 * 3600;
+
+fn default_keep_messages() -> Duration {
+    Duration::from_secs(90 * DAY)
+}
+
+fn default_keep_month() -> Duration {
+    Duration::from_secs(30 * DAY)
+}
+
+fn default_keep_idempotency() -> Duration {
+    Duration::from_secs(DAY)
+}
+
+fn default_keep_chunks() -> Duration {
+    Duration::from_secs(7 * DAY)
+}
+
+fn default_prune_batch() -> i64 {
+    1000
+}
+
+fn default_prune_every() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_chunk_size() -> i64 {
     500
 }
@@ -515,6 +595,25 @@ impl Config {
         }
         if e.max_attempts == 0 {
             return Err(invalid("engine.max_attempts", "must be at least 1"));
+        }
+        let r = &self.retention;
+        if !(1..=100_000).contains(&r.batch) {
+            return Err(invalid("retention.batch", "must be between 1 and 100000"));
+        }
+        if r.every < Duration::from_secs(1) {
+            return Err(invalid("retention.every", "must be at least 1s"));
+        }
+        if !r.idempotency_keys.is_zero() && r.idempotency_keys < Duration::from_secs(DAY) {
+            return Err(invalid(
+                "retention.idempotency_keys",
+                "must be at least 24h (a retried request is answered from its first response for 24 h) or 0s to keep them",
+            ));
+        }
+        if !r.deliveries.is_zero() && (r.history.is_zero() || r.history > r.deliveries) {
+            return Err(invalid(
+                "retention.history",
+                "must be at most retention.deliveries: a message's history is deleted with it",
+            ));
         }
         if self.server.push.max_ids == 0 {
             return Err(invalid("server.push.max_ids", "must be at least 1"));

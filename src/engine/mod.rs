@@ -28,6 +28,7 @@ mod dispatch;
 mod hooks;
 pub mod outcome;
 mod release;
+mod retention;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -40,6 +41,7 @@ pub enum EngineError {
 }
 
 pub use hooks::HooksReport;
+pub use retention::PruneReport;
 
 /// How the engine works; defaults suit one instance on a small machine.
 #[derive(Debug, Clone)]
@@ -298,6 +300,7 @@ impl<S: Store> Engine<S> {
                     self.dispatch_loop(Work::Hooks, &by_tick).await;
                 }
             },
+            self.retention_loop(),
         );
     }
 

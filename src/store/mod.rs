@@ -27,6 +27,7 @@ mod operators;
 mod postgres;
 pub mod push;
 mod release;
+mod retention;
 pub mod segment;
 mod sql;
 mod sqlite;
@@ -55,6 +56,7 @@ pub use postgres::{PgDialect, PgStore};
 pub use release::{
     CampaignSlot, ReleaseStore, Released, SlotCompletion, SlotRelease, StoredDefinition,
 };
+pub use retention::{RetentionKind, RetentionStore};
 pub use segment::{Segment, TopicRule};
 pub use sql::SqlStore;
 pub use sqlite::{SqliteDialect, SqliteStore};
@@ -113,6 +115,7 @@ pub trait Store:
     + IdempotencyStore
     + HookStore
     + OperatorStore
+    + RetentionStore
     + Send
     + Sync
     + 'static
@@ -186,6 +189,6 @@ macro_rules! with_store {
 pub mod prelude {
     pub use super::{
         AppStore, AudienceStore, CampaignStore, ChunkStore, DeliveryStore, HookStore,
-        IdempotencyStore, MessageStore, OperatorStore, ReleaseStore, Store,
+        IdempotencyStore, MessageStore, OperatorStore, ReleaseStore, RetentionStore, Store,
     };
 }

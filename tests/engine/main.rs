@@ -16,8 +16,8 @@ use meridian::definitions;
 use meridian::domain::campaign::Platform;
 use meridian::domain::state::{CampaignState, DeviceState};
 use meridian::simulator::Behaviour;
-use meridian::store::LeaseTerms;
 use meridian::store::{DeviceUpsert, Store, StoreError};
+use meridian::store::{LeaseTerms, RetentionKind};
 
 /// The stored definition of a due slot's campaign.
 fn definition_of(

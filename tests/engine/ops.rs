@@ -114,7 +114,66 @@ async fn readiness_follows_the_database_and_the_scheduler<S: Store + Clone>(db: 
     assert_eq!(fetch("/healthz").await.0, 200);
 }
 
+/// With the default retention (90 days), a campaign's messages and chunks are
+/// kept for 90 days and deleted after, in batches, while its counts stay; the
+/// deletes are counted in `/metrics`.
+async fn retention_deletes_old_messages_and_keeps_the_counts<S: Store + Clone>(db: &TestDb<S>) {
+    let start = at(2026, 8, 1, 10, 0);
+    let rig = rig(db, start).await;
+    for n in 1..=3 {
+        rig.device(n, "UTC", Platform::Android, false).await;
+    }
+    let id = rig.schedule("hello", "type = \"now\"").await;
+    let engine = rig.engine("worker-a", 2);
+    engine.run_until_idle().await.unwrap();
+    let counts = rig.store.delivery_count_by_status(id).await.unwrap();
+    assert_eq!(counts.get("sent"), Some(&3), "{counts:?}");
+    let (base, key) = rig.api(Some(&engine)).await;
+    let messages = get(&base, &key, &format!("/v1/messages?campaign={id}")).await;
+    assert_eq!(
+        messages["messages"].as_array().map(Vec::len),
+        Some(3),
+        "{messages}"
+    );
+    // 6 days on: nothing is old enough.
+    rig.clock.advance(TimeDelta::days(6));
+    let report = engine.prune().await.unwrap();
+    assert!(report.0.iter().all(|(_, n)| *n == 0), "{report:?}");
+    // 89 days on: the done chunks are (7 days), the messages not yet.
+    rig.clock.advance(TimeDelta::days(83));
+    let report = engine.prune().await.unwrap();
+    assert_eq!(report.get(RetentionKind::Chunks), 2, "{report:?}");
+    assert_eq!(report.get(RetentionKind::Deliveries), 0, "{report:?}");
+    // 91 days on: the messages go.
+    rig.clock.advance(TimeDelta::days(2));
+    let report = engine.prune().await.unwrap();
+    assert_eq!(report.get(RetentionKind::Deliveries), 3, "{report:?}");
+    let messages = get(&base, &key, &format!("/v1/messages?campaign={id}")).await;
+    assert_eq!(
+        messages["messages"].as_array().map(Vec::len),
+        Some(0),
+        "{messages}"
+    );
+    assert_eq!(
+        rig.store.delivery_count_by_status(id).await.unwrap(),
+        counts
+    );
+    let campaign = get(&base, &key, &format!("/v1/campaigns/{id}")).await;
+    assert_eq!(campaign["deliveries"]["sent"], 3, "{campaign}");
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("meridian_retention_pruned_total{kind=\"deliveries\"}"),
+        "{text}"
+    );
+}
+
 storage_tests!(
+    retention_deletes_old_messages_and_keeps_the_counts,
     readiness_follows_the_database_and_the_scheduler,
     metrics_expose_the_engine_and_the_api,
 );

@@ -602,7 +602,7 @@ async fn a_restart_reclaims_its_previous_runs_leases<S: Store>(db: &TestDb<S>) {
 /// `EXPLAIN QUERY PLAN`, or Postgres's `EXPLAIN` with `table` analysed and
 /// sequential and bitmap scans priced out, so that only a statement no index can
 /// serve is planned as a scan on a table this small.
-async fn plan_of<S: Store>(db: &TestDb<S>, sql: &str, table: &str) -> String {
+pub(super) async fn plan_of<S: Store>(db: &TestDb<S>, sql: &str, table: &str) -> String {
     use sqlx::Connection;
     let plan: Vec<String> = if db.url.starts_with("sqlite:") {
         let opts: sqlx::sqlite::SqliteConnectOptions = db.url.parse().unwrap();

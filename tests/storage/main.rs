@@ -53,4 +53,5 @@ fn device<'a>(app: &'a str, user: Option<&'a str>, token: &'a str) -> DeviceUpse
 mod audience;
 mod campaigns;
 mod dispatch;
+mod retention;
 mod schema;
