@@ -5,7 +5,7 @@
 //!     cargo bench --bench e2e -- [--devices N] [--backend sqlite|postgres]
 //!                                [--layout skewed|uniform|multi] [--rate R] [--android]
 //!                                [--chunk N] [--chunks N] [--sends N] [--flush N]
-//!                                [--old-deliveries N] [--no-prune]
+//!                                [--old-deliveries N] [--no-prune] [--prune-only]
 //!
 //! The engine runs as the daemon runs it (`Engine::run`: release and dispatch
 //! loops) with the engine's default settings; `--chunk`, `--chunks`, `--sends` and
@@ -363,6 +363,32 @@ where
             "{old} old deliveries seeded in {:.1} s",
             t.elapsed().as_secs_f64()
         );
+    }
+    // `--prune-only`: the raw cost of retention's batches, nothing sending.
+    if std::env::args().any(|a| a == "--prune-only") {
+        use meridian::store::RetentionKind;
+        let before = SystemClock.now() - chrono::TimeDelta::days(90);
+        let t = Instant::now();
+        let mut gone = 0;
+        let mut batches = 0;
+        while t.elapsed().as_secs() < 20 {
+            let n = store
+                .retention_prune(RetentionKind::Deliveries, before, config.retention.batch)
+                .await
+                .unwrap();
+            gone += n;
+            batches += 1;
+            if n == 0 {
+                break;
+            }
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "pruned {gone} old deliveries in {batches} batches in {secs:.1} s: {:.0} rows/s, {:.1} ms a batch",
+            gone as f64 / secs,
+            1e3 * secs / batches as f64
+        );
+        return 0.0;
     }
     let bytes_before = db_bytes(url).await;
     // One campaign per app, all due together a little after they are saved and

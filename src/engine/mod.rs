@@ -150,6 +150,8 @@ pub struct Engine<S> {
     heartbeat: tokio::sync::watch::Sender<u64>,
     /// When the release loop last turned (unix ms on the engine's clock; 0: never).
     last_turn_ms: std::sync::atomic::AtomicI64,
+    /// Releases cut into key ranges, to count after their first sends.
+    uncounted: Mutex<Vec<Vec<CampaignSlot>>>,
 }
 
 /// What a dispatch loop leases.
@@ -189,6 +191,7 @@ impl<S: Store> Engine<S> {
             hooks,
             heartbeat: tokio::sync::watch::channel(0).0,
             last_turn_ms: std::sync::atomic::AtomicI64::new(0),
+            uncounted: Mutex::new(Vec::new()),
         })
     }
 
@@ -254,6 +257,7 @@ impl<S: Store> Engine<S> {
         }
         report.released = self.release_due().await?;
         let (retried, chunks, sent) = self.dispatch().await?;
+        self.count_released().await?;
         report.retried = retried;
         report.chunks = chunks;
         report.sent = sent;
@@ -287,7 +291,7 @@ impl<S: Store> Engine<S> {
     /// at once instead of after the campaign traffic in flight. `stop` ends every
     /// loop and sleep at once (one token).
     pub async fn run(&self) {
-        self.reclaim_leases().await;
+        self.recover().await;
         let released = tokio::sync::Notify::new();
         // Hooks go by the tick: nothing signals new hook work.
         let by_tick = tokio::sync::Notify::new();
@@ -302,6 +306,16 @@ impl<S: Store> Engine<S> {
             },
             self.retention_loop(),
         );
+    }
+
+    /// What a start does about a previous run that ended abruptly: takes back
+    /// its leases (see [`Engine::reclaim_leases`]) and queues the releases it
+    /// left uncounted for counting. Failures are logged; the engine runs on.
+    pub async fn recover(&self) {
+        self.reclaim_leases().await;
+        if let Err(error) = self.recount_uncounted().await {
+            tracing::warn!(message = "Releases left uncounted by a previous run not found.", %error);
+        }
     }
 
     /// Takes back at once the leases a previous run left, instead of waiting
@@ -349,6 +363,11 @@ impl<S: Store> Engine<S> {
         while !self.is_stopping() {
             let pass = async {
                 let n = self.release_due().await?;
+                // The first chunks go out while the release is counted.
+                if n > 0 {
+                    released.notify_one();
+                }
+                self.count_released().await?;
                 self.complete().await?;
                 Ok::<usize, EngineError>(n)
             };
@@ -358,7 +377,6 @@ impl<S: Store> Engine<S> {
                 Ok(n) => {
                     failures = 0;
                     if n > 0 {
-                        released.notify_one();
                         continue;
                     }
                 }

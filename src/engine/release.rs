@@ -1,6 +1,8 @@
 //! Releasing due slots and completing finished work (and planning the next
 //! occurrence of recurring campaigns).
 
+use std::sync::PoisonError;
+
 use chrono::{DateTime, Utc};
 use tracing::Instrument;
 
@@ -75,6 +77,7 @@ impl<S: Store> Engine<S> {
                 now,
             )
             .await?;
+        let mut uncounted = Vec::new();
         for (slot_id, r) in &won {
             let Some(slot) = group.iter().find(|s| s.slot_id == *slot_id) else {
                 continue;
@@ -82,12 +85,64 @@ impl<S: Store> Engine<S> {
             tracing::info!(
                 message = "Slot released.",
                 zone = %slot.zone,
-                recipients = r.recipients,
+                recipients = r.counted,
                 chunks = r.chunks,
                 lag_ms = (now - slot.fire_at).num_milliseconds(),
             );
+            if r.counted.is_none() {
+                uncounted.push(slot.clone());
+            }
+        }
+        if !uncounted.is_empty() {
+            self.uncounted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(uncounted);
         }
         Ok(won.len())
+    }
+
+    /// Counts the releases cut into key ranges without reading their audience
+    /// (after their first sends): who is in, who was left out and why.
+    pub(super) async fn count_released(&self) -> Result<usize, EngineError> {
+        let groups = std::mem::take(
+            &mut *self
+                .uncounted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut counted = 0;
+        for group in groups {
+            let Some(first) = group.first() else { continue };
+            let ctx = match self.campaign_ctx(first) {
+                Ok(ctx) => ctx,
+                Err(why) => {
+                    self.pause_unsendable(first.campaign_id, &why).await?;
+                    continue;
+                }
+            };
+            for (slot_id, recipients) in self.store.slot_count(&group, &ctx.segment()).await? {
+                tracing::info!(message = "Slot counted.", slot_id, recipients);
+                counted += 1;
+            }
+        }
+        Ok(counted)
+    }
+
+    /// Queues for counting the released slots a previous run left uncounted
+    /// (it stopped between a release and its count).
+    pub(super) async fn recount_uncounted(&self) -> Result<(), EngineError> {
+        let slots = self.store.slot_list_uncounted().await?;
+        let mut queue = self
+            .uncounted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for group in
+            slots.chunk_by(|a, b| a.campaign_id == b.campaign_id && a.occurrence == b.occurrence)
+        {
+            queue.push(group.to_vec());
+        }
+        Ok(())
     }
 
     /// Completes slots and campaigns with nothing left pending; a recurring

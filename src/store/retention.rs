@@ -97,10 +97,14 @@ where
         t: &IdOrdered,
         before: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        let (min, max): (Option<i64>, Option<i64>) =
-            sqlx::query_as(&format!("SELECT MIN(id), MAX(id) FROM {}", t.table))
-                .fetch_one(&self.read)
-                .await?;
+        // Two subqueries: SQLite reads one MIN or MAX from the index's end, but
+        // both in one SELECT from a scan of the whole table.
+        let (min, max): (Option<i64>, Option<i64>) = sqlx::query_as(&format!(
+            "SELECT (SELECT MIN(id) FROM {t}), (SELECT MAX(id) FROM {t})",
+            t = t.table
+        ))
+        .fetch_one(&self.read)
+        .await?;
         let (Some(mut lo), Some(max)) = (min, max) else {
             return Ok(None);
         };

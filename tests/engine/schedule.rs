@@ -390,7 +390,7 @@ async fn zones_released_together_share_key_ranges<S: Store + Clone>(db: &TestDb<
         .unwrap();
     assert_eq!(won.len(), 2);
     for (_, r) in &won {
-        assert_eq!(r.recipients, 3);
+        assert_eq!(r.counted, Some(3));
     }
     let chunks = s
         .chunk_lease(

@@ -381,7 +381,65 @@ async fn a_failed_chunk_does_not_strand_its_siblings<S: Store + Clone>(db: &Test
     assert!(tokens.iter().all(|t| (1..=2).contains(&rig.accepted(t))));
 }
 
+/// A large release (at least 16 chunks' worth planned) is cut into key ranges
+/// without reading its audience: its chunks exist before any count, every
+/// recipient gets exactly one message, and the counts that follow are the
+/// exact ones (opted out, invalid, no device). A count cut short by a stop is
+/// made by the next start.
+async fn a_large_release_sends_first_and_counts_after<S: Store + Clone>(db: &TestDb<S>) {
+    let start = at(2026, 11, 23, 10, 0);
+    let rig = rig(db, start).await;
+    for n in 1..=20 {
+        let zone = if n % 2 == 0 { "UTC" } else { "Europe/Berlin" };
+        rig.device(n, zone, Platform::Android, false).await;
+    }
+    rig.unsubscribed("out-1", "UTC").await;
+    rig.unsubscribed("out-2", "UTC").await;
+    rig.device(21, "UTC", Platform::Android, false).await;
+    db.raw(&format!(
+        "UPDATE devices SET state = 'invalid', invalid_reason = 'gone', invalidated_at = '{}' \
+         WHERE token = 'fcm-token-21'",
+        start.to_rfc3339()
+    ))
+    .await
+    .unwrap();
+    let id = rig.schedule("big", "type = \"now\"").await;
+    let due = rig.store.slot_list_due(start, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    let def = definition_of(&due[0]);
+    let segment = segment_of(&rig.config, &def);
+    // Released by ranges of one chunk (20 planned ≥ 16 × 1): no count yet.
+    let released = release_one(rig.store.as_ref(), &due[0], &segment, 1, "a", start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(released.counted, None);
+    assert!(released.chunks >= 20, "{released:?}");
+    assert!(rig.counts_by_kind(id).await.is_empty());
+    // A new engine counts what the stopped one left uncounted, and sends.
+    let engine = rig.engine("worker-b", 1);
+    engine.recover().await;
+    engine.run_until_idle().await.unwrap();
+    let counts = rig.counts_by_kind(id).await;
+    assert_eq!(counts.get("recipients"), Some(&20), "{counts:?}");
+    assert_eq!(counts.get("excluded:opted_out"), Some(&2), "{counts:?}");
+    assert_eq!(counts.get("excluded:invalid_token"), Some(&1), "{counts:?}");
+    let sent = rig.store.delivery_count_by_status(id).await.unwrap();
+    assert_eq!(sent.get("sent"), Some(&20), "{sent:?}");
+    assert_eq!(sent.values().sum::<i64>(), 20, "{sent:?}");
+    assert_eq!(rig.state("big").await, CampaignState::Completed);
+
+    // Through the engine alone: released, sent and counted in its steps.
+    let id = rig.schedule("again", "type = \"now\"").await;
+    rig.engine("worker-c", 1).run_until_idle().await.unwrap();
+    let counts = rig.counts_by_kind(id).await;
+    assert_eq!(counts.get("recipients"), Some(&20), "{counts:?}");
+    let sent = rig.store.delivery_count_by_status(id).await.unwrap();
+    assert_eq!(sent.get("sent"), Some(&20), "{sent:?}");
+}
+
 storage_tests!(
+    a_large_release_sends_first_and_counts_after,
     a_chunk_read_ahead_does_not_send_before_its_turn,
     a_failed_chunk_does_not_strand_its_siblings,
     every_device_gets_exactly_one,
