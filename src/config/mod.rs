@@ -295,8 +295,9 @@ impl Default for EngineConfig {
 
 /// How long finished records are kept before the engine deletes them, per
 /// kind (`0s` keeps them for ever), and how it deletes: `batch` rows per
-/// statement, as often as `every`, resting between batches as long as the last
-/// one took, so pruning never holds SQLite's one writer for long.
+/// statement, as often as `every`, resting between batches (thirty times as
+/// long as the last one took while a campaign sends), so pruning never holds
+/// SQLite's one writer for long.
 ///
 /// A campaign's counts (`delivery_tallies`, `slot_counts`) are never pruned:
 /// its totals stay after its per-message rows are gone.
