@@ -2,6 +2,7 @@
 //! overridable as `MERIDIAN_SECTION__KEY` in the environment.
 
 mod apps;
+mod engine;
 
 use crate::domain::zone::parse_zone;
 use apps::{check_base_url, check_file, valid_ident};
@@ -9,6 +10,7 @@ pub use apps::{
     ApnsConfig, AppConfig, ConnectionConfig, FcmConfig, FrequencyCap, HookConfig, IdentityConfig,
     IdentityMode, TopicConfig,
 };
+pub use engine::{EngineConfig, RetentionConfig};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
@@ -237,183 +239,6 @@ impl Default for CampaignsConfig {
     }
 }
 
-/// How the scheduler and dispatch pool work.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EngineConfig {
-    /// Run the scheduler and dispatch in `serve` (off: API only).
-    #[serde(default = "yes")]
-    pub enabled: bool,
-    /// This instance's name in leases; host and pid when unset.
-    #[serde(default)]
-    pub worker_id: Option<String>,
-    /// Device ids per chunk of a slot's audience.
-    #[serde(default = "default_chunk_size")]
-    pub chunk_size: i64,
-    /// How long a lease lasts without renewal; a dead instance's work is taken over after it.
-    #[serde(default = "default_lease", with = "humantime_serde")]
-    pub lease: Duration,
-    #[serde(default = "default_chunks_in_flight")]
-    pub chunks_in_flight: usize,
-    #[serde(default = "default_sends_per_chunk")]
-    pub sends_per_chunk: usize,
-    /// Outcomes written per statement.
-    #[serde(default = "default_flush_every")]
-    pub flush_every: usize,
-    /// Longest idle sleep of the scheduler loop.
-    #[serde(default = "default_tick", with = "humantime_serde")]
-    pub tick: Duration,
-    /// On SIGTERM, how long in-flight sends may take to finish.
-    #[serde(default = "default_grace", with = "humantime_serde")]
-    pub shutdown_grace: Duration,
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    #[serde(default = "default_retry_base", with = "humantime_serde")]
-    pub retry_base: Duration,
-    #[serde(default = "default_retry_max", with = "humantime_serde")]
-    pub retry_max: Duration,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            worker_id: None,
-            chunk_size: default_chunk_size(),
-            lease: default_lease(),
-            chunks_in_flight: default_chunks_in_flight(),
-            sends_per_chunk: default_sends_per_chunk(),
-            flush_every: default_flush_every(),
-            tick: default_tick(),
-            shutdown_grace: default_grace(),
-            max_attempts: default_max_attempts(),
-            retry_base: default_retry_base(),
-            retry_max: default_retry_max(),
-        }
-    }
-}
-
-/// How long finished records are kept before the engine deletes them, per
-/// kind (`0s` keeps them for ever), and how it deletes: `batch` rows per
-/// statement, as often as `every`, resting between batches (thirty times as
-/// long as the last one took while a campaign sends), so pruning never holds
-/// SQLite's one writer for long.
-///
-/// A campaign's counts (`delivery_tallies`, `slot_counts`) are never pruned:
-/// its totals stay after its per-message rows are gone.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetentionConfig {
-    /// Finished messages (deliveries) and the transactional push requests they came from.
-    #[serde(default = "default_keep_messages", with = "humantime_serde")]
-    pub deliveries: Duration,
-    /// Messages' status history; at most `deliveries` (a message's history goes with it).
-    #[serde(default = "default_keep_messages", with = "humantime_serde")]
-    pub history: Duration,
-    /// Status webhook events that were given up on (`dead`); delivered ones leave at once.
-    #[serde(default = "default_keep_month", with = "humantime_serde")]
-    pub webhooks: Duration,
-    /// Fallbacks (e.g. SMS) that were sent or failed.
-    #[serde(default = "default_keep_month", with = "humantime_serde")]
-    pub fallbacks: Duration,
-    /// Idempotency keys: at least the 24 h in which a retried request is answered
-    /// from its first response.
-    #[serde(default = "default_keep_idempotency", with = "humantime_serde")]
-    pub idempotency_keys: Duration,
-    /// The chunks (key ranges) of completed and cancelled slots.
-    #[serde(default = "default_keep_chunks", with = "humantime_serde")]
-    pub chunks: Duration,
-    /// Rows deleted per statement.
-    #[serde(default = "default_prune_batch")]
-    pub batch: i64,
-    /// How often the engine looks for records past their time.
-    #[serde(default = "default_prune_every", with = "humantime_serde")]
-    pub every: Duration,
-}
-
-impl Default for RetentionConfig {
-    fn default() -> Self {
-        Self {
-            deliveries: default_keep_messages(),
-            history: default_keep_messages(),
-            webhooks: default_keep_month(),
-            fallbacks: default_keep_month(),
-            idempotency_keys: default_keep_idempotency(),
-            chunks: default_keep_chunks(),
-            batch: default_prune_batch(),
-            every: default_prune_every(),
-        }
-    }
-}
-
-const DAY: u64 = 24 * 3600;
-
-fn default_keep_messages() -> Duration {
-    Duration::from_secs(90 * DAY)
-}
-
-fn default_keep_month() -> Duration {
-    Duration::from_secs(30 * DAY)
-}
-
-fn default_keep_idempotency() -> Duration {
-    Duration::from_secs(DAY)
-}
-
-fn default_keep_chunks() -> Duration {
-    Duration::from_secs(7 * DAY)
-}
-
-fn default_prune_batch() -> i64 {
-    1000
-}
-
-fn default_prune_every() -> Duration {
-    Duration::from_secs(60)
-}
-
-/// Measured on the realistic layout (BENCHMARKS.md, issue 21): 1,000 and
-/// 1,000 sent SQLite's 1M campaign 29% faster than 500 and 250.
-fn default_chunk_size() -> i64 {
-    1000
-}
-
-fn default_lease() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_chunks_in_flight() -> usize {
-    4
-}
-
-fn default_sends_per_chunk() -> usize {
-    256
-}
-
-fn default_flush_every() -> usize {
-    1000
-}
-
-fn default_tick() -> Duration {
-    Duration::from_secs(1)
-}
-
-fn default_grace() -> Duration {
-    Duration::from_secs(15)
-}
-
-fn default_max_attempts() -> u32 {
-    8
-}
-
-fn default_retry_base() -> Duration {
-    Duration::from_secs(1)
-}
-
-fn default_retry_max() -> Duration {
-    Duration::from_secs(15 * 60)
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -583,41 +408,8 @@ impl Config {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
-        let e = &self.engine;
-        if e.chunk_size < 1 {
-            return Err(invalid("engine.chunk_size", "must be at least 1"));
-        }
-        if e.lease < Duration::from_secs(1) {
-            return Err(invalid("engine.lease", "must be at least 1s"));
-        }
-        if e.chunks_in_flight == 0 || e.sends_per_chunk == 0 || e.flush_every == 0 {
-            return Err(invalid(
-                "engine",
-                "chunks_in_flight, sends_per_chunk and flush_every must be at least 1",
-            ));
-        }
-        if e.max_attempts == 0 {
-            return Err(invalid("engine.max_attempts", "must be at least 1"));
-        }
-        let r = &self.retention;
-        if !(1..=100_000).contains(&r.batch) {
-            return Err(invalid("retention.batch", "must be between 1 and 100000"));
-        }
-        if r.every < Duration::from_secs(1) {
-            return Err(invalid("retention.every", "must be at least 1s"));
-        }
-        if !r.idempotency_keys.is_zero() && r.idempotency_keys < Duration::from_secs(DAY) {
-            return Err(invalid(
-                "retention.idempotency_keys",
-                "must be at least 24h (a retried request is answered from its first response for 24 h) or 0s to keep them",
-            ));
-        }
-        if !r.deliveries.is_zero() && (r.history.is_zero() || r.history > r.deliveries) {
-            return Err(invalid(
-                "retention.history",
-                "must be at most retention.deliveries: a message's history is deleted with it",
-            ));
-        }
+        self.engine.validate()?;
+        self.retention.validate()?;
         if self.server.push.max_ids == 0 {
             return Err(invalid("server.push.max_ids", "must be at least 1"));
         }
@@ -791,6 +583,31 @@ mod tests {
         let c = from_toml("").unwrap();
         assert_eq!(c.database.kind().unwrap(), DatabaseKind::Sqlite);
         assert_eq!(c.database.url, "sqlite://data/meridian.db");
+    }
+
+    #[test]
+    fn retention_is_read_and_checked() {
+        let c = from_toml("[retention]\ndeliveries = \"30d\"\nhistory = \"7d\"\nchunks = \"0s\"")
+            .unwrap();
+        assert_eq!(c.retention.deliveries, Duration::from_secs(30 * 24 * 3600));
+        assert!(c.retention.chunks.is_zero());
+        assert_eq!(c.retention.webhooks, Duration::from_secs(30 * 24 * 3600));
+        for (text, key) in [
+            ("idempotency_keys = \"1h\"", "retention.idempotency_keys: "),
+            (
+                "deliveries = \"7d\"\nhistory = \"30d\"",
+                "retention.history: ",
+            ),
+            ("batch = 0", "retention.batch: "),
+            ("every = \"10ms\"", "retention.every: "),
+        ] {
+            let err = from_toml(&format!("[retention]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+        // Keeping messages for ever with a shorter history is fine.
+        from_toml("[retention]\ndeliveries = \"0s\"\nhistory = \"7d\"").unwrap();
     }
 
     #[test]
