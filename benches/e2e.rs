@@ -6,6 +6,7 @@
 //!                                [--layout skewed|uniform|multi] [--rate R] [--android]
 //!                                [--chunk N] [--chunks N] [--sends N] [--flush N]
 //!                                [--old-deliveries N] [--no-prune] [--prune-only]
+//!                                [--instances N] [--bulk-seed]
 //!
 //! The engine runs as the daemon runs it (`Engine::run`: release and dispatch
 //! loops) with the engine's default settings; `--chunk`, `--chunks`, `--sends` and
@@ -24,6 +25,11 @@
 //! `rate_per_second`; `--android` gives every device an FCM token (one provider,
 //! so the per-second figure is that provider's). `MERIDIAN_E2E_KEEP=1` keeps the
 //! database afterwards (Postgres: `meridian_e2e`; SQLite: the printed directory).
+//! `--instances N` (Postgres) sends with N `meridian serve` processes (the
+//! release binary, `engine.worker_id` bench-0 …) instead of the engine in this
+//! process; CPU and peak RSS are then theirs. `--bulk-seed` (always past
+//! 2,000,000 devices) seeds with the users', devices' and subscriptions'
+//! secondary indexes dropped and builds them after the load.
 //!
 
 mod common;
@@ -47,7 +53,11 @@ use meridian::store::{SqliteStore, Store};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    peak_rss_mb_of("self")
+}
+
+fn peak_rss_mb_of(pid: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
         .find(|l| l.starts_with("VmHWM:"))
@@ -80,6 +90,9 @@ async fn main() {
     } else {
         layout
     };
+    // `--bulk-seed` (on by itself past 2M devices): the seeded tables' indexes
+    // are built after the load, not entry by entry (common::seed_indexes_drop).
+    let bulk = devices > 2_000_000 || std::env::args().any(|a| a == "--bulk-seed");
     let rate = arg("--rate").map_or(String::new(), |r| format!("\nrate_per_second = {r}"));
     let mut sim = common::sim::SimProcess::start(0);
     // Every app of the layout is `shop`'s configuration under its own name.
@@ -110,6 +123,10 @@ async fn main() {
     let (base, dir, pid) = (sim.base(), sim.dir.path().to_owned(), sim.pid());
     let dir = dir.as_path();
     let p = |n: &str| dir.join(n);
+    assert!(
+        arg("--instances").is_none() || backend == "postgres",
+        "--instances needs --backend postgres: SQLite runs one instance"
+    );
     println!("meridian e2e bench: {devices} devices, layout {layout:?}, backend {backend}");
     let ceiling = wire_ceiling(&base, dir);
     match ceiling {
@@ -134,7 +151,7 @@ async fn main() {
             let url_text = url.to_string();
             rate = run(
                 store,
-                &config,
+                (&config, &text),
                 devices,
                 layout,
                 (&base, pid),
@@ -143,7 +160,7 @@ async fn main() {
                     if android {
                         common::seed_postgres(url.as_str().to_owned(), s, true).await
                     } else {
-                        common::seed_layout(url.as_str(), layout, s).await
+                        common::seed_layout(url.as_str(), layout, s, bulk).await
                     }
                 },
             )
@@ -163,7 +180,7 @@ async fn main() {
             .unwrap();
             rate = run(
                 store,
-                &config,
+                (&config, &text),
                 devices,
                 layout,
                 (&base, pid),
@@ -172,7 +189,7 @@ async fn main() {
                     if android {
                         common::seed_sqlite(url.clone(), s, true).await
                     } else {
-                        common::seed_layout(&url, layout, s).await
+                        common::seed_layout(&url, layout, s, bulk).await
                     }
                 },
             )
@@ -186,6 +203,39 @@ async fn main() {
         let kept = std::mem::replace(&mut sim.dir, tempfile::tempdir().unwrap());
         println!("kept {}", kept.keep().display());
     }
+}
+
+/// Starts `meridian serve` number `i` on the bench's apps and database with the
+/// run's engine settings; the bench's own process only watches.
+fn serve_process(
+    dir: &std::path::Path,
+    i: usize,
+    apps: &str,
+    url: &str,
+    s: &EngineSettings,
+) -> std::process::Child {
+    let campaigns = dir.join("campaigns");
+    std::fs::create_dir_all(&campaigns).unwrap();
+    let text = format!(
+        "[database]\nurl = \"{url}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
+         [campaigns]\ndir = \"{}\"\n[log]\nlevel = \"warn\"\nformat = \"text\"\n\
+         [engine]\nworker_id = \"bench-{i}\"\nchunk_size = {}\nchunks_in_flight = {}\n\
+         sends_per_chunk = {}\nflush_every = {}\n{apps}",
+        campaigns.display(),
+        s.chunk_size,
+        s.chunks_in_flight,
+        s.sends_per_chunk,
+        s.flush_every
+    );
+    let path = dir.join(format!("serve-{i}.toml"));
+    std::fs::write(&path, text).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 /// Requests per second h2load gets from the simulator: the most any sender could
@@ -334,7 +384,7 @@ async fn old_left(url: &str) -> i64 {
 /// Returns messages per second.
 async fn run<S, F, Fut>(
     store: S,
-    config: &Config,
+    (config, config_text): (&Config, &str),
     devices: i64,
     layout: common::Layout,
     (sim, sim_pid): (&str, u32),
@@ -444,13 +494,23 @@ where
         settings.sends_per_chunk,
         settings.flush_every
     );
-    let engine = Engine::new(
-        Arc::new(store.clone()),
-        Arc::new(config.clone()),
-        Arc::new(SystemClock),
-        settings,
-    )
-    .unwrap();
+    // `--instances N` (Postgres): N `meridian serve` processes share the
+    // database, as a deployment runs them, instead of the engine in this process.
+    let instances: usize = arg("--instances").map_or(0, |v| v.parse().unwrap());
+    let engine = if instances == 0 {
+        Some(Arc::new(
+            Engine::new(
+                Arc::new(store.clone()),
+                Arc::new(config.clone()),
+                Arc::new(SystemClock),
+                settings.clone(),
+            )
+            .unwrap(),
+        ))
+    } else {
+        println!("{instances} `meridian serve` processes on one database");
+        None
+    };
     // While the large campaigns are being sent, a small one to ten users comes due:
     // its lag is the scheduler's lag under load.
     let small_due = due + chrono::TimeDelta::milliseconds(4_000 + devices / 40);
@@ -470,11 +530,15 @@ where
         .unwrap()
         .record
         .id;
-    let engine = Arc::new(engine);
-    let running = tokio::spawn({
-        let engine = engine.clone();
-        async move { engine.run().await }
-    });
+    let running = engine
+        .clone()
+        .map(|engine| tokio::spawn(async move { engine.run().await }));
+    let dir = tempfile::tempdir().unwrap();
+    let mut children: Vec<std::process::Child> = (0..instances)
+        .map(|i| serve_process(dir.path(), i, config_text, url, &settings))
+        .collect();
+    let child_pids: Vec<String> = children.iter().map(|c| c.id().to_string()).collect();
+    let instances_cpu = || child_pids.iter().map(|p| cpu_secs(p)).sum::<f64>();
     let early = (due - SystemClock.now()).to_std().unwrap_or_default();
     assert!(
         early > std::time::Duration::from_millis(500),
@@ -482,7 +546,11 @@ where
     );
     tokio::time::sleep(early).await;
     let sim_pid = sim_pid.to_string();
-    let cpu_before = (cpu_secs("self"), cpu_secs(&sim_pid), postgres_cpu_secs());
+    let cpu_before = (
+        cpu_secs("self") + instances_cpu(),
+        cpu_secs(&sim_pid),
+        postgres_cpu_secs(),
+    );
     let start = Instant::now();
     let completed = |app: &'static str, id: i64| {
         let store = store.clone();
@@ -501,13 +569,29 @@ where
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = (
-        cpu_secs("self") - cpu_before.0,
+        cpu_secs("self") + instances_cpu() - cpu_before.0,
         cpu_secs(&sim_pid) - cpu_before.1,
         postgres_cpu_secs() - cpu_before.2,
     );
     completed("shop", small).await;
-    engine.stop();
-    let _ = running.await;
+    let instances_rss: Vec<String> = child_pids
+        .iter()
+        .map(|p| format!("{:.0}", peak_rss_mb_of(p)))
+        .collect();
+    if let (Some(engine), Some(running)) = (engine, running) {
+        engine.stop();
+        let _ = running.await;
+    }
+    for child in &mut children {
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+    }
+    if instances > 0 {
+        println!(
+            "peak RSS of each serve process: {} MB",
+            instances_rss.join(", ")
+        );
+    }
     let mut counts = std::collections::BTreeMap::<String, i64>::new();
     for (_, id) in &big {
         for (status, n) in store.delivery_count_by_status(*id).await.unwrap() {
@@ -538,7 +622,7 @@ where
     let per = |s: f64| 1e6 * s / sent.max(1) as f64;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     println!(
-        "CPU during the run: engine process {:.1} s ({:.1} µs/msg), simulator {:.1} s ({:.1} µs/msg), \
+        "CPU during the run: engine process(es) {:.1} s ({:.1} µs/msg), simulator {:.1} s ({:.1} µs/msg), \
          postgres processes {:.1} s ({:.1} µs/msg); together {:.0}% of {cores} cores",
         cpu.0,
         per(cpu.0),
