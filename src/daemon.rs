@@ -147,10 +147,16 @@ pub async fn serve<S: Store + Clone>(
     let api_addr = service.api_addr.to_string();
     let mut first_turn = service.take_first_turn();
     let watchdog = start_watchdog(&daemon, &config, service.engine());
+    // The worker id names this instance in leases and takeover lines: with
+    // several instances, the start line says which one a journal belongs to.
+    let worker_id = service
+        .engine()
+        .map_or_else(String::new, |e| e.settings().worker_id.clone());
     tracing::info!(
         message = "Meridian is running.",
         database = %redact_url(&config.database.url),
         engine = config.engine.enabled,
+        worker_id = %worker_id,
         api = %api_addr,
     );
     let running = format!(

@@ -578,6 +578,66 @@ mod tests {
         Ok(c)
     }
 
+    /// Every setting Meridian reads is in `config/example.toml`, set or
+    /// commented out: a field added to the configuration without it fails here.
+    #[test]
+    fn the_example_lists_every_setting() {
+        let text = include_str!("../../config/example.toml");
+        // Commented-out settings (`# key = "value"`) count; uncommented, they parse.
+        let setting =
+            regex::Regex::new(r#"^#\s*([a-z_0-9]+\s*=\s*(?:"|\d|true|false|\[|\{).*)$"#).unwrap();
+        let all: String = text
+            .lines()
+            .map(|l| match setting.captures(l) {
+                Some(c) => format!("{}\n", &c[1]),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        let example: toml::Value = toml::from_str(&all).unwrap();
+        let config: Config = Figment::from(Toml::string(&all)).extract().unwrap();
+        let read = toml::Value::try_from(&config).unwrap();
+        let mut missing = Vec::new();
+        settings_missing(&read, &example, "", &mut missing);
+        // A fallback is a hook like the webhook, but posts one push at a time.
+        missing.retain(|m| m != "apps.shop.topics.transactional.fallback.batch_size");
+        assert!(
+            missing.is_empty(),
+            "settings absent from config/example.toml: {missing:?}"
+        );
+        // The check can fail: a setting taken out of the example is found.
+        let without: toml::Value = toml::from_str(&all.replace("flush_every = ", "# ")).unwrap();
+        let mut missing = Vec::new();
+        settings_missing(&read, &without, "", &mut missing);
+        assert!(
+            missing.contains(&"engine.flush_every".to_owned()),
+            "{missing:?}"
+        );
+    }
+
+    /// The keys of `read` (every setting, as the configuration writes itself
+    /// out) that `example` lacks, as dotted paths.
+    fn settings_missing(
+        read: &toml::Value,
+        example: &toml::Value,
+        at: &str,
+        missing: &mut Vec<String>,
+    ) {
+        let toml::Value::Table(table) = read else {
+            return;
+        };
+        for (key, value) in table {
+            let path = if at.is_empty() {
+                key.clone()
+            } else {
+                format!("{at}.{key}")
+            };
+            match example.get(key) {
+                None => missing.push(path),
+                Some(e) => settings_missing(value, e, &path, missing),
+            }
+        }
+    }
+
     #[test]
     fn defaults_are_embedded_sqlite() {
         let c = from_toml("").unwrap();

@@ -108,6 +108,13 @@ impl<S: Store> Engine<S> {
                         for c in chunks {
                             if c.lease.attempt > 1 {
                                 crate::metrics::lease_takeover();
+                                tracing::info!(
+                                    message = "Chunk taken over.",
+                                    campaign_id = c.campaign_id,
+                                    chunk_id = c.id,
+                                    attempt = c.lease.attempt,
+                                    previous_owner = %c.previous_owner.as_deref().unwrap_or("")
+                                );
                             }
                             leased += usize::from(!give_back);
                             in_flight.push(self.take_chunk(c, give_back));

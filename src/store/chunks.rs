@@ -30,6 +30,9 @@ pub struct LeasedChunk {
     pub campaign_id: i64,
     pub first_device_id: i64,
     pub last_device_id: i64,
+    /// Who held the lease before this one (an attempt past the first is a
+    /// takeover, logged with it); `None` on a first lease.
+    pub previous_owner: Option<String>,
     #[sqlx(flatten)]
     pub lease: Lease,
 }

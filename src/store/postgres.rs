@@ -72,10 +72,11 @@ impl Dialect for PgDialect {
             SELECT c.id FROM slot_chunks c JOIN campaigns k ON k.id = c.campaign_id \
             WHERE k.state = 'running' AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease_expires_at < $1)) \
             ORDER BY c.seq, c.id LIMIT $2 FOR UPDATE OF c SKIP LOCKED) \
-        UPDATE slot_chunks c SET state = 'leased', attempt = c.attempt + 1, lease_owner = $3, \
-            lease_expires_at = $4, updated_at = $1 \
+        UPDATE slot_chunks c SET state = 'leased', attempt = c.attempt + 1, previous_owner = c.lease_owner, \
+            lease_owner = $3, lease_expires_at = $4, updated_at = $1 \
         FROM next WHERE c.id = next.id \
-        RETURNING c.id, c.slot_id, c.campaign_id, c.first_device_id, c.last_device_id, c.lease_owner, c.attempt AS lease_attempt, c.lease_expires_at";
+        RETURNING c.id, c.slot_id, c.campaign_id, c.first_device_id, c.last_device_id, c.previous_owner, \
+            c.lease_owner, c.attempt AS lease_attempt, c.lease_expires_at";
 
     /// Each way a row becomes leasable is read through its own partial index in
     /// the index's order, so a lease stops after `LIMIT` rows instead of gathering

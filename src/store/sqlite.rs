@@ -157,13 +157,14 @@ impl Dialect for SqliteDialect {
     /// SQLite has one writer (this process's single write connection), so the
     /// lease is a plain `UPDATE … WHERE id IN (SELECT … LIMIT n) RETURNING`.
     const LEASE_CHUNKS: &'static str = "\
-        UPDATE slot_chunks SET state = 'leased', attempt = attempt + 1, lease_owner = $3, \
-            lease_expires_at = $4, updated_at = $1 \
+        UPDATE slot_chunks SET state = 'leased', attempt = attempt + 1, previous_owner = lease_owner, \
+            lease_owner = $3, lease_expires_at = $4, updated_at = $1 \
         WHERE id IN ( \
             SELECT c.id FROM slot_chunks c JOIN campaigns k ON k.id = c.campaign_id \
             WHERE k.state = 'running' AND (c.state = 'pending' OR (c.state = 'leased' AND c.lease_expires_at < $1)) \
             ORDER BY c.seq, c.id LIMIT $2) \
-        RETURNING id, slot_id, campaign_id, first_device_id, last_device_id, lease_owner, attempt AS lease_attempt, lease_expires_at";
+        RETURNING id, slot_id, campaign_id, first_device_id, last_device_id, previous_owner, \
+            lease_owner, attempt AS lease_attempt, lease_expires_at";
 
     /// Each way a row becomes leasable is read through its own partial index, the
     /// campaign's state checked inside each branch so rows of a paused campaign

@@ -37,7 +37,15 @@ async fn sigkill_mid_dispatch_then_restart_serves_everyone_with_bounded_duplicat
         "killed after everything was sent; slow the simulator down"
     );
     let restarted = Instant::now();
-    let _second = setup.serve(&config);
+    // At info, to see the takeovers logged.
+    let log = path(setup.dir.path(), "restarted.log");
+    let _second = Proc(
+        serve_command(&config)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     setup
         .wait_for(
             "everyone served",
@@ -60,6 +68,26 @@ async fn sigkill_mid_dispatch_then_restart_serves_everyone_with_bounded_duplicat
         duplicates <= DUPLICATE_BOUND,
         "{duplicates} duplicates, bound {DUPLICATE_BOUND}"
     );
+    // Each chunk taken back is logged with its campaign and who held it
+    // (stderr is not a terminal: JSON lines).
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let logged = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("{message:?} not logged:\n{text}"))
+    };
+    assert_eq!(logged("Meridian is running.")["fields"]["worker_id"], "a");
+    logged("Leases of a previous run taken back.");
+    let takeover = &logged("Chunk taken over.")["fields"];
+    assert!(takeover["campaign_id"].is_i64(), "{takeover}");
+    assert!(takeover["chunk_id"].is_i64(), "{takeover}");
+    assert!(takeover["attempt"].as_i64() >= Some(2), "{takeover}");
+    assert_eq!(takeover["previous_owner"], "a", "{takeover}");
 }
 
 /// `meridian serve` answers the REST API on `server.listen` with a key created by

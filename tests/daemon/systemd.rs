@@ -358,6 +358,13 @@ async fn logs_show_no_secret_and_carry_release_and_chunk_spans() {
             .is_some_and(|u| u.contains(":***@")),
         "{running}"
     );
+    // With several instances, the start line says which one this journal is.
+    assert!(
+        running["fields"]["worker_id"]
+            .as_str()
+            .is_some_and(|w| !w.is_empty()),
+        "{running}"
+    );
     let released = lines
         .iter()
         .find(|l| l["fields"]["message"] == "Slot released.")

@@ -258,6 +258,8 @@ async fn a_lost_lease_cannot_write_back<S: Store + Clone>(db: &TestDb<S>) {
     assert_eq!(b.len(), 1);
     assert_eq!(b[0].lease.attempt, a[0].lease.attempt + 1);
     assert_eq!(b[0].lease.owner, "b");
+    assert_eq!(a[0].previous_owner, None, "a first lease");
+    assert_eq!(b[0].previous_owner.as_deref(), Some("a"), "taken from a");
     let slot = s.slot_get_info(a[0].lead_slot_id).await.unwrap().unwrap();
     let recipients = s
         .chunk_recipient_list(&b[0], &slot, &segment, rig.clock.now())
