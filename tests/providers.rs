@@ -119,6 +119,77 @@ impl Rig {
     }
 }
 
+/// What the clients log, captured for one test (a thread-local subscriber: the
+/// test's current-thread runtime runs every task on this thread).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A provider whose certificate this machine does not trust (another CA than
+/// the one named in `ca_file`): the send is retried, its reason says why in
+/// plain words, and the failure is logged as one warning however often it
+/// repeats within the minute.
+#[tokio::test]
+async fn an_untrusted_provider_certificate_is_explained_and_logged_once() {
+    let r = rig().await;
+    let other = rig().await;
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let client = ApnsClient::new(
+        ApnsSettings {
+            base_url: r.sim.tls_url().unwrap(),
+            bundle_id: BUNDLE.into(),
+            credentials: ApnsCredentials::Token {
+                key_pem: r.p8.clone(),
+                key_id: KEY_ID.into(),
+                team_id: TEAM_ID.into(),
+            },
+            http: other.http(),
+            concurrency: 256,
+        },
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    for n in 0..3 {
+        let outcome = send_apns(&client, &hex_token(n), 1 + n as i64).await;
+        let Outcome::Retry { reason, .. } = &outcome else {
+            panic!("{outcome:?}");
+        };
+        assert!(
+            reason.contains("certificate is not signed by a CA this machine trusts"),
+            "{reason}"
+        );
+        // rustls's own words stay, after the plain ones.
+        assert!(reason.contains("(invalid peer certificate"), "{reason}");
+        // Past the reconnect backoff, so each send tries to connect again.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("Cannot connect to the push provider"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("WARN"), "{text}");
+    assert!(warnings[0].contains("not signed by a CA"), "{text}");
+    assert_eq!(r.sim.stats().apns_accepted, 0);
+}
+
 fn hex_token(n: u64) -> String {
     format!("{n:064x}")
 }

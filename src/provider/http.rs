@@ -28,6 +28,9 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After a failed connect, callers within this window get the same error at once
 /// instead of queueing behind another attempt.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(500);
+/// A failing origin is logged at most this often: a storm of sends to a
+/// provider that cannot be reached must not flood the journal.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a request got no HTTP answer. Always worth another try.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +109,8 @@ pub(crate) struct H2Pool {
     next: AtomicUsize,
     timeout: Duration,
     connect_timeout: Duration,
+    /// When a failed connect was last logged, and how many failed since.
+    warned: Mutex<(Option<Instant>, u64)>,
 }
 
 impl H2Pool {
@@ -162,6 +167,7 @@ impl H2Pool {
             next: AtomicUsize::new(0),
             timeout: s.timeout,
             connect_timeout: s.timeout.min(Duration::from_secs(10)),
+            warned: Mutex::new((None, 0)),
         })
     }
 
@@ -243,9 +249,30 @@ impl H2Pool {
             }
             Err(e) => {
                 *last_failure = Some((Instant::now(), e.to_string()));
+                self.warn_connect_failed(&e);
                 Err(e)
             }
         }
+    }
+
+    /// Logs a failed connect as a warning, at most once per [`WARN_EVERY`] per
+    /// origin, with how many failed since the last line. (Each message's own
+    /// record keeps the reason too.)
+    fn warn_connect_failed(&self, e: &TransportError) {
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        warned.1 += 1;
+        if warned.0.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+            return;
+        }
+        let failures = std::mem::take(&mut warned.1);
+        warned.0 = Some(Instant::now());
+        drop(warned);
+        tracing::warn!(
+            message = "Cannot connect to the push provider; sends are retried.",
+            origin = %self.origin.authority,
+            reason = %e,
+            failures_since_last_warning = failures,
+        );
     }
 
     async fn connect(&self) -> Result<Conn, TransportError> {
@@ -259,12 +286,55 @@ impl H2Pool {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
-                    .map_err(|e| TransportError::Connect(format!("tls: {e}")))?;
+                    .map_err(|e| TransportError::Connect(tls_reason(&e, &o.host)))?;
                 handshake(tls).await
             }
             None => handshake(tcp).await,
         }
     }
+}
+
+/// A failed TLS handshake in words an operator can act on, rustls's own name
+/// for it kept in parentheses (`CaUsedAsEndEntity` alone says little).
+fn tls_reason(e: &std::io::Error, host: &str) -> String {
+    use rustls::{CertificateError, Error};
+    let Some(error) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return format!("TLS handshake with {host} failed: {e}");
+    };
+    let plain = match error {
+        Error::InvalidCertificate(c) => match c {
+            // BadSignature: a CA of the same name, not the one trusted.
+            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
+                "{host}'s certificate is not signed by a CA this machine trusts \
+                 (behind a TLS-inspecting proxy or against a test server, name its CA in ca_file)"
+            ),
+            CertificateError::Expired => {
+                format!("{host}'s certificate has expired (or this machine's clock is wrong)")
+            }
+            CertificateError::NotValidYet => {
+                format!("{host}'s certificate is not valid yet (check this machine's clock)")
+            }
+            CertificateError::NotValidForName => {
+                format!("{host}'s certificate is issued for another name")
+            }
+            CertificateError::Revoked => format!("{host}'s certificate has been revoked"),
+            CertificateError::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => {
+                format!(
+                    "{host} presented a CA certificate as its own \
+                     (a misconfigured server or TLS-inspecting proxy)"
+                )
+            }
+            _ => format!("{host}'s certificate was refused"),
+        },
+        Error::AlertReceived(alert) => {
+            format!("{host} refused the TLS handshake (alert {alert:?})")
+        }
+        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
+            format!("{host} did not answer in TLS (is the port right?)")
+        }
+        _ => format!("TLS handshake with {host} failed"),
+    };
+    format!("{plain} ({error})")
 }
 
 fn live(slot: &Slot) -> Option<Arc<Conn>> {
