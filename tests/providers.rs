@@ -190,6 +190,51 @@ async fn an_untrusted_provider_certificate_is_explained_and_logged_once() {
     assert_eq!(r.sim.stats().apns_accepted, 0);
 }
 
+/// An APNs key the provider does not know: every send is `AuthFailed`
+/// (after the one re-sign), logged as one warning a minute, not one a send.
+#[tokio::test]
+async fn refused_credentials_are_logged_once_a_minute() {
+    let r = rig().await;
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let client = ApnsClient::new(
+        ApnsSettings {
+            base_url: r.sim.tls_url().unwrap(),
+            bundle_id: BUNDLE.into(),
+            credentials: ApnsCredentials::Token {
+                key_pem: jwt::generate_p8().unwrap(),
+                key_id: KEY_ID.into(),
+                team_id: TEAM_ID.into(),
+            },
+            http: r.http(),
+            concurrency: 256,
+        },
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    for n in 0..3 {
+        let outcome = send_apns(&client, &hex_token(n), 1 + n as i64).await;
+        assert!(
+            matches!(&outcome, Outcome::AuthFailed { reason } if reason.starts_with("InvalidProviderToken")),
+            "{outcome:?}"
+        );
+    }
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("refused our credentials"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{text}");
+    assert!(warnings[0].contains("InvalidProviderToken"), "{text}");
+    assert!(warnings[0].contains("provider=\"apns\""), "{text}");
+}
+
 fn hex_token(n: u64) -> String {
     format!("{n:064x}")
 }

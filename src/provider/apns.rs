@@ -266,12 +266,20 @@ impl ApnsClient {
                     refreshed = true;
                     match auth.after_rejection(used, self.clock.now()) {
                         Some(fresh) => token = Some(fresh),
-                        None => return outcome,
+                        None => return self.warned(outcome),
                     }
                 }
-                _ => return outcome,
+                _ => return self.warned(outcome),
             }
         }
+    }
+
+    /// `outcome`, logged first when it says our credentials were refused.
+    fn warned(&self, outcome: Outcome) -> Outcome {
+        if let Outcome::AuthFailed { reason } = &outcome {
+            self.pool.warn_auth_failed("apns", reason);
+        }
+        outcome
     }
 
     async fn send_once(&self, n: &ApnsNotification<'_>, token: Option<&ProviderToken>) -> Outcome {

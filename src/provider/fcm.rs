@@ -303,7 +303,11 @@ impl FcmClient {
                 self.tokens.invalidate(&token);
                 continue;
             }
-            return classify(status, &body, after);
+            let outcome = classify(status, &body, after);
+            if let Outcome::AuthFailed { reason } = &outcome {
+                self.pool.warn_auth_failed("fcm", reason);
+            }
+            return outcome;
         }
     }
 }

@@ -111,6 +111,8 @@ pub(crate) struct H2Pool {
     connect_timeout: Duration,
     /// When a failed connect was last logged, and how many failed since.
     warned: Mutex<(Option<Instant>, u64)>,
+    /// The same for credentials the provider refused.
+    warned_auth: Mutex<(Option<Instant>, u64)>,
 }
 
 impl H2Pool {
@@ -168,6 +170,7 @@ impl H2Pool {
             timeout: s.timeout,
             connect_timeout: s.timeout.min(Duration::from_secs(10)),
             warned: Mutex::new((None, 0)),
+            warned_auth: Mutex::new((None, 0)),
         })
     }
 
@@ -259,14 +262,9 @@ impl H2Pool {
     /// origin, with how many failed since the last line. (Each message's own
     /// record keeps the reason too.)
     fn warn_connect_failed(&self, e: &TransportError) {
-        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
-        warned.1 += 1;
-        if warned.0.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+        let Some(failures) = due_to_warn(&self.warned) else {
             return;
-        }
-        let failures = std::mem::take(&mut warned.1);
-        warned.0 = Some(Instant::now());
-        drop(warned);
+        };
         tracing::warn!(
             message = "Cannot connect to the push provider; sends are retried.",
             origin = %self.origin.authority,
@@ -292,6 +290,36 @@ impl H2Pool {
             None => handshake(tcp).await,
         }
     }
+}
+
+impl H2Pool {
+    /// Logs credentials the provider refused (after the one refresh the
+    /// clients make), at most once per [`WARN_EVERY`] per origin: every send
+    /// fails the same way until the configuration is fixed.
+    pub(crate) fn warn_auth_failed(&self, provider: &str, reason: &str) {
+        let Some(failures) = due_to_warn(&self.warned_auth) else {
+            return;
+        };
+        tracing::warn!(
+            message = "The push provider refused our credentials; sends are retried.",
+            provider,
+            origin = %self.origin.authority,
+            reason,
+            failures_since_last_warning = failures,
+        );
+    }
+}
+
+/// Counts one failure; `Some(failures since the last warning)` when a warning
+/// is due (none in the last [`WARN_EVERY`]).
+fn due_to_warn(state: &Mutex<(Option<Instant>, u64)>) -> Option<u64> {
+    let mut warned = state.lock().unwrap_or_else(PoisonError::into_inner);
+    warned.1 += 1;
+    if warned.0.is_some_and(|at| at.elapsed() < WARN_EVERY) {
+        return None;
+    }
+    warned.0 = Some(Instant::now());
+    Some(std::mem::take(&mut warned.1))
 }
 
 /// A failed TLS handshake in words an operator can act on, rustls's own name
