@@ -134,6 +134,38 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Captures warnings and above until the guard is dropped.
+fn capture_warnings() -> (Captured, tracing::subscriber::DefaultGuard) {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .finish();
+    (logs, tracing::subscriber::set_default(subscriber))
+}
+
+/// An APNs client of `r`'s simulator signing with `key_pem`, trusting what
+/// `http` names.
+fn apns_client(r: &Rig, key_pem: String, http: HttpSettings) -> ApnsClient {
+    ApnsClient::new(
+        ApnsSettings {
+            base_url: r.sim.tls_url().unwrap(),
+            bundle_id: BUNDLE.into(),
+            credentials: ApnsCredentials::Token {
+                key_pem,
+                key_id: KEY_ID.into(),
+                team_id: TEAM_ID.into(),
+            },
+            http,
+            concurrency: 256,
+        },
+        Arc::new(SystemClock),
+    )
+    .unwrap()
+}
+
 /// A provider whose certificate this machine does not trust (another CA than
 /// the one named in `ca_file`): the send is retried, its reason says why in
 /// plain words, and the failure is logged as one warning however often it
@@ -142,29 +174,8 @@ impl std::io::Write for Captured {
 async fn an_untrusted_provider_certificate_is_explained_and_logged_once() {
     let r = rig().await;
     let other = rig().await;
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let client = ApnsClient::new(
-        ApnsSettings {
-            base_url: r.sim.tls_url().unwrap(),
-            bundle_id: BUNDLE.into(),
-            credentials: ApnsCredentials::Token {
-                key_pem: r.p8.clone(),
-                key_id: KEY_ID.into(),
-                team_id: TEAM_ID.into(),
-            },
-            http: other.http(),
-            concurrency: 256,
-        },
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let (logs, _guard) = capture_warnings();
+    let client = apns_client(&r, r.p8.clone(), other.http());
     for n in 0..3 {
         let outcome = send_apns(&client, &hex_token(n), 1 + n as i64).await;
         let Outcome::Retry { reason, .. } = &outcome else {
@@ -195,29 +206,8 @@ async fn an_untrusted_provider_certificate_is_explained_and_logged_once() {
 #[tokio::test]
 async fn refused_credentials_are_logged_once_a_minute() {
     let r = rig().await;
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::WARN)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let client = ApnsClient::new(
-        ApnsSettings {
-            base_url: r.sim.tls_url().unwrap(),
-            bundle_id: BUNDLE.into(),
-            credentials: ApnsCredentials::Token {
-                key_pem: jwt::generate_p8().unwrap(),
-                key_id: KEY_ID.into(),
-                team_id: TEAM_ID.into(),
-            },
-            http: r.http(),
-            concurrency: 256,
-        },
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    let (logs, _guard) = capture_warnings();
+    let client = apns_client(&r, jwt::generate_p8().unwrap(), r.http());
     for n in 0..3 {
         let outcome = send_apns(&client, &hex_token(n), 1 + n as i64).await;
         assert!(
