@@ -36,7 +36,22 @@ pub struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the WebDriver session first, so the driver closes its browser:
+    /// killing the driver alone left Chromium running after the tests.
+    /// Blocking, over a plain socket: `drop` cannot await.
     fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let host = self.base.trim_start_matches("http://").to_owned();
+        if let Ok(mut socket) = std::net::TcpStream::connect(&host) {
+            let _ = socket.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if socket.write_all(request.as_bytes()).is_ok() {
+                let _ = socket.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
