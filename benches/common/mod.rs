@@ -237,29 +237,23 @@ const SEEDED: &str = "('users', 'devices', 'subscriptions')";
 /// page of it: with the indexes in place, seeding 10M devices on Postgres had
 /// not finished after 15 minutes. `CREATE INDEX` sorts once instead.
 async fn seed_indexes_drop(url: &str) -> Vec<String> {
-    let (list, drop) = if url.starts_with("postgres") {
-        (
-            format!(
-                "SELECT indexname, indexdef FROM pg_indexes i WHERE schemaname = current_schema() \
-                 AND tablename IN {SEEDED} \
-                 AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)"
-            ),
-            "DROP INDEX",
+    let list = if url.starts_with("postgres") {
+        format!(
+            "SELECT indexname, indexdef FROM pg_indexes i WHERE schemaname = current_schema() \
+             AND tablename IN {SEEDED} \
+             AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)"
         )
     } else {
-        (
-            format!(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'index' \
-                 AND tbl_name IN {SEEDED} AND sql IS NOT NULL"
-            ),
-            "DROP INDEX",
+        format!(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' \
+             AND tbl_name IN {SEEDED} AND sql IS NOT NULL"
         )
     };
     let indexes: Vec<(String, String)> = if url.starts_with("postgres") {
         let mut c = sqlx::PgConnection::connect(url).await.unwrap();
         let rows = sqlx::query_as(&list).fetch_all(&mut c).await.unwrap();
         for (name, _) in &rows {
-            sqlx::query(&format!("{drop} {name}"))
+            sqlx::query(&format!("DROP INDEX {name}"))
                 .execute(&mut c)
                 .await
                 .unwrap();
@@ -269,7 +263,7 @@ async fn seed_indexes_drop(url: &str) -> Vec<String> {
         let mut c = sqlx::SqliteConnection::connect(url).await.unwrap();
         let rows = sqlx::query_as(&list).fetch_all(&mut c).await.unwrap();
         for (name, _) in &rows {
-            sqlx::query(&format!("{drop} {name}"))
+            sqlx::query(&format!("DROP INDEX {name}"))
                 .execute(&mut c)
                 .await
                 .unwrap();

@@ -286,29 +286,11 @@ where
     }
 
     async fn delivery_first_since(&self, t: DateTime<Utc>) -> Result<i64, StoreError> {
-        let (lo, hi): (Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT MIN(id), MAX(id) FROM deliveries")
-                .fetch_one(&self.read)
-                .await?;
-        let (Some(mut lo), Some(hi)) = (lo, hi) else {
-            return Ok(0);
-        };
-        // Invariant: every id below `lo` is older than `t`; `end` is past the answer.
-        let mut end = hi + 1;
-        while lo < end {
-            let mid = lo + (end - lo) / 2;
-            let at: Option<(i64, DateTime<Utc>)> = sqlx::query_as(
-                "SELECT id, created_at FROM deliveries WHERE id >= $1 ORDER BY id LIMIT 1",
-            )
-            .bind(mid)
-            .fetch_optional(&self.read)
+        // Retention's search: two index probes for the ends, one per step.
+        let first = self
+            .first_id_not_before(&super::retention::IdOrdered::DELIVERIES, t)
             .await?;
-            match at {
-                Some((id, created)) if created < t => lo = id + 1,
-                _ => end = mid,
-            }
-        }
-        Ok(lo)
+        Ok(first.unwrap_or(0))
     }
 }
 

@@ -76,9 +76,16 @@ pub trait RetentionStore: Send + Sync {
 }
 
 /// Tables whose ids follow their time column (see the module's text).
-struct IdOrdered {
+pub(super) struct IdOrdered {
     table: &'static str,
     time: &'static str,
+}
+
+impl IdOrdered {
+    pub(super) const DELIVERIES: Self = Self {
+        table: "deliveries",
+        time: "created_at",
+    };
 }
 
 impl<D: Dialect> SqlStore<D>
@@ -92,7 +99,7 @@ where
     /// The lowest id from which on `t`'s rows are not older than `before`
     /// (every row below it is, as far as ids follow time); `None` for an empty
     /// table. A binary search over the primary key: one index probe per step.
-    async fn first_id_not_before(
+    pub(super) async fn first_id_not_before(
         &self,
         t: &IdOrdered,
         before: DateTime<Utc>,
@@ -160,11 +167,10 @@ where
                 // With their history in the same transaction (no foreign key
                 // carries the delete since 0004). Their campaigns' counts stay:
                 // tallies count writes, not deletes.
-                let log = IdOrdered {
-                    table: "deliveries",
-                    time: "created_at",
-                };
-                let Some(end) = self.first_id_not_before(&log, before).await? else {
+                let Some(end) = self
+                    .first_id_not_before(&IdOrdered::DELIVERIES, before)
+                    .await?
+                else {
                     return Ok(0);
                 };
                 let mut tx = self.begin_write().await?;
