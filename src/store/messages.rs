@@ -239,8 +239,18 @@ where
         };
         if let Some(user) = f.user_external_id {
             let p = param(Bind::Text(user.to_owned()), &mut binds);
+            // Through every device the user has had (`device_users`, then
+            // `deliveries_by_device`, as frequency caps read it), and the user's
+            // `no_device` messages by user: no index on deliveries is keyed by
+            // user alone (0019).
+            let user = format!("(SELECT id FROM users WHERE app_id = $1 AND external_id = {p})");
             sql.push_str(&format!(
-                " AND d.user_id = (SELECT id FROM users WHERE app_id = $1 AND external_id = {p})"
+                " AND d.id IN (\
+                   SELECT x.id FROM deliveries x \
+                   WHERE x.device_id IN (SELECT du.device_id FROM device_users du WHERE du.user_id = {user}) \
+                     AND x.user_id = {user} \
+                   UNION ALL \
+                   SELECT x.id FROM deliveries x WHERE x.device_id IS NULL AND x.user_id = {user})"
             ));
         }
         if let Some(c) = f.campaign_id {

@@ -382,7 +382,10 @@ pub fn zone_population_sql<D: Dialect>(
 /// reached at `now` — `'capped:<topic>'` — or NULL. A cap counts the user's pushes
 /// of that topic accepted within the window: one per campaign occurrence however
 /// many devices it reached, the occurrence being sent (`campaign`, `occurrence`,
-/// already bound) excluded, so all of a user's devices go or none does.
+/// already bound) excluded, so all of a user's devices go or none does. The
+/// user's deliveries are found through every device they have had
+/// (`device_users`, then `deliveries_by_device`): the send path writes no index
+/// keyed by user.
 /// `None` when no topic of the segment has a cap. New binds are appended to `binds`.
 pub fn capped_sql<D: Dialect>(
     segment: &Segment<'_>,
@@ -411,7 +414,8 @@ pub fn capped_sql<D: Dialect>(
         arms.push(format!(
             "WHEN (SELECT COUNT(*) FROM (SELECT DISTINCT x.campaign_id, x.occurrence FROM deliveries x \
              JOIN campaigns k ON k.id = x.campaign_id \
-             WHERE x.user_id = {user} AND x.sent_at > {since} \
+             WHERE x.device_id IN (SELECT du.device_id FROM device_users du WHERE du.user_id = {user}) \
+             AND x.user_id = {user} AND x.sent_at > {since} \
              AND NOT (x.campaign_id = {campaign} AND x.occurrence = {occurrence}) AND {has_topic}) p) >= {max} \
              THEN {reason}"
         ));

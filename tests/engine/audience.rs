@@ -144,7 +144,105 @@ async fn a_user_list_is_counted_against_the_users_it_names<S: Store + Clone>(db:
     assert_eq!(rig.sim.stats().total_accepted(), 2);
 }
 
+/// A device that moves to another user (a shared phone, a new login) takes no
+/// history with it: the messages sent while it was the first user's stay in
+/// that user's list and count towards that user's caps, never the new one's.
+/// Both read a user's messages through every device they have had.
+async fn a_device_moving_to_another_user_leaves_its_history_behind<S: Store + Clone>(
+    db: &TestDb<S>,
+) {
+    let t0 = at(2026, 11, 23, 10, 0);
+    let rig = rig(db, t0).await;
+    let phone = rig.device(0, "Europe/Berlin", Platform::Ios, false).await;
+    let other = rig
+        .device(1, "Europe/Berlin", Platform::Android, false)
+        .await;
+    let engine = rig.engine("worker-a", 4);
+    for (n, key) in ["p1", "p2"].into_iter().enumerate() {
+        rig.clock.set(t0 + TimeDelta::hours(n as i64));
+        rig.schedule_for(key, "promo", "type = \"now\"").await;
+        engine.run_until_idle().await.unwrap();
+    }
+    assert_eq!((rig.accepted(&phone), rig.accepted(&other)), (2, 2));
+
+    // user-0's phone is signed in as user-1 now; user-0 keeps a new device.
+    rig.device_of(Some("user-1"), None, &phone, false).await;
+    rig.device_of(Some("user-0"), None, "fcm-new-phone-of-user-0", false)
+        .await;
+    rig.store
+        .subscription_set("shop", "user-1", &[("promo", true)], rig.clock.now())
+        .await
+        .unwrap();
+    let list = |user: &'static str| {
+        let store = rig.store.clone();
+        async move {
+            let filter = meridian::store::DeliveryFilter {
+                user_external_id: Some(user),
+                campaign_id: None,
+                request_id: None,
+                status: None,
+                since: None,
+                before_id: None,
+                limit: 100,
+            };
+            let mut rows: Vec<(Option<String>, Option<String>)> = store
+                .message_list("shop", &filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.user_external_id, r.token))
+                .collect();
+            rows.sort();
+            rows
+        }
+    };
+    let user = |u: &str, t: &str| (Some(u.to_owned()), Some(t.to_owned()));
+    assert_eq!(
+        list("user-0").await,
+        [user("user-0", &phone), user("user-0", &phone)]
+    );
+    assert_eq!(
+        list("user-1").await,
+        [user("user-1", &other), user("user-1", &other)]
+    );
+
+    // user-0 has had two promo pushes (on the phone they no longer hold): their
+    // new device is capped. user-1 has had two as well, on the other device, so
+    // the phone is capped through user-1's history, not through its own.
+    rig.clock.set(t0 + TimeDelta::hours(3));
+    let p3 = rig.schedule_for("p3", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    let counts = rig.counts_by_kind(p3).await;
+    assert_eq!(counts["excluded:capped"], 3, "{counts:?}");
+    assert_eq!(rig.accepted("fcm-new-phone-of-user-0"), 0);
+
+    // A third user takes the phone: nothing sent to it before was theirs, so
+    // they are within the cap and it goes.
+    rig.device_of(Some("user-2"), None, &phone, false).await;
+    rig.store
+        .subscription_set("shop", "user-2", &[("promo", true)], rig.clock.now())
+        .await
+        .unwrap();
+    rig.clock.set(t0 + TimeDelta::hours(4));
+    let p4 = rig.schedule_for("p4", "promo", "type = \"now\"").await;
+    engine.run_until_idle().await.unwrap();
+    assert_eq!(
+        rig.accepted(&phone),
+        3,
+        "user-2 is not capped by the phone's past"
+    );
+    assert_eq!(rig.counts_by_kind(p4).await["excluded:capped"], 2);
+    assert_eq!(list("user-2").await, [user("user-2", &phone)]);
+    // user-0's list: the two pushes the phone got while it was theirs, and the
+    // two held back by the cap on their new device.
+    let mut expected = vec![user("user-0", &phone); 2];
+    expected.extend(vec![user("user-0", "fcm-new-phone-of-user-0"); 2]);
+    expected.sort();
+    assert_eq!(list("user-0").await, expected);
+}
+
 storage_tests!(
+    a_device_moving_to_another_user_leaves_its_history_behind,
     a_user_list_is_counted_against_the_users_it_names,
     an_attribute_audience_counts_devices_without_a_user,
     frequency_caps_suppress_and_count,

@@ -434,7 +434,84 @@ async fn audience_zones_apply_every_rule<S: Store>(db: &TestDb<S>) {
     );
 }
 
+/// A user's messages are read through the devices they have had
+/// (`device_users`) and `deliveries_by_device`, the index the send path writes
+/// in order: neither a frequency cap nor the per-user message list scans
+/// `deliveries`, and no index on `deliveries` is keyed by user.
+async fn a_users_messages_are_read_through_their_devices<S: Store>(db: &TestDb<S>) {
+    // Enough rows that a full index scan is costed as what it is: 20,000
+    // messages, to 2,000 users of 4,000 devices, in 10 campaigns.
+    let p = "2026-12-08T10:00:00+00:00";
+    let series = |n: i64| {
+        if db.url.starts_with("sqlite:") {
+            format!("(WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) SELECT g FROM s) s")
+        } else {
+            format!("generate_series(1, {n}) s(g)")
+        }
+    };
+    for sql in [
+        format!("INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', '{p}', '{p}')"),
+        format!(
+            "INSERT INTO users (app_id, external_id, created_at, updated_at) \
+             SELECT 'a', 'u' || g, '{p}', '{p}' FROM {}",
+            series(2_000)
+        ),
+        format!(
+            "INSERT INTO device_users (user_id, device_id) SELECT 1 + g % 2000, g FROM {}",
+            series(4_000)
+        ),
+        format!(
+            "INSERT INTO deliveries (app_id, campaign_id, occurrence, user_id, device_id, status, attempts, \
+               sent_at, created_at, updated_at) \
+             SELECT 'a', 1 + g % 10, 'o' || (g / 4000), 1 + g % 2000, 1 + g % 4000, 'sent', 1, '{p}', '{p}', '{p}' \
+             FROM {}",
+            series(20_000)
+        ),
+    ] {
+        db.raw(&sql).await.unwrap();
+    }
+    if db.url.starts_with("sqlite:") {
+        db.raw("ANALYZE").await.unwrap();
+    }
+    let cap = "SELECT u.id, (SELECT COUNT(*) FROM (SELECT DISTINCT x.campaign_id, x.occurrence FROM deliveries x \
+               JOIN campaigns k ON k.id = x.campaign_id \
+               WHERE x.device_id IN (SELECT du.device_id FROM device_users du WHERE du.user_id = u.id) \
+               AND x.user_id = u.id AND x.sent_at > '2026-01-01' \
+               AND NOT (x.campaign_id = 1 AND x.occurrence = 'o')) p) FROM users u WHERE u.id = 7";
+    let user = "(SELECT id FROM users WHERE app_id = 'a' AND external_id = 'u')";
+    let list = format!(
+        "SELECT d.id FROM deliveries d LEFT JOIN users u ON u.id = d.user_id \
+         LEFT JOIN devices v ON v.id = d.device_id WHERE d.app_id = 'a' AND d.id IN (\
+           SELECT x.id FROM deliveries x \
+           WHERE x.device_id IN (SELECT du.device_id FROM device_users du WHERE du.user_id = {user}) \
+             AND x.user_id = {user} \
+           UNION ALL \
+           SELECT x.id FROM deliveries x WHERE x.device_id IS NULL AND x.user_id = {user}) \
+         ORDER BY d.id DESC LIMIT 50"
+    );
+    for sql in [cap, &list] {
+        let plan = super::dispatch::plan_of(db, sql, "deliveries").await;
+        assert!(plan.contains("deliveries_by_device"), "{sql}: {plan}");
+        assert!(
+            !plan.contains("SCAN d") && !plan.contains("SCAN x") && !plan.contains("Seq Scan"),
+            "{sql}: {plan}"
+        );
+    }
+    // A user push's `no_device` messages are found by user.
+    let plan = super::dispatch::plan_of(db, &list, "deliveries").await;
+    assert!(plan.contains("deliveries_without_device"), "{plan}");
+    let sql = if db.url.starts_with("sqlite:") {
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries' \
+         AND sql LIKE '%(user_id%' AND sql NOT LIKE '%WHERE device_id IS NULL'"
+    } else {
+        "SELECT indexname FROM pg_indexes WHERE tablename = 'deliveries' AND indexdef LIKE '%(user_id%' \
+         AND indexdef NOT LIKE '%WHERE (device_id IS NULL)'"
+    };
+    assert_eq!(db.raw_texts(sql).await.unwrap(), Vec::<String>::new());
+}
+
 storage_tests!(
+    a_users_messages_are_read_through_their_devices,
     user_upsert_keeps_what_is_not_given,
     devices_reactivate_and_move_primary,
     subscriptions_need_a_known_user,

@@ -240,6 +240,42 @@ async fn sqlite_0011_drops_delivery_foreign_keys_and_keeps_rows() {
     );
 }
 
+/// `0019` records every user each device has had: its current user from
+/// `devices`, earlier ones from the deliveries sent while it was theirs (a user
+/// since gone is left out), so caps and message lists keep their history.
+#[tokio::test]
+async fn sqlite_0019_keeps_each_devices_earlier_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = "2026-12-08T10:00:00+00:00";
+    let pool = sqlite_upgraded_from(&dir.path().join("m.db"), 19, t, &[
+        "INSERT INTO apps (id, name, default_timezone, created_at, updated_at) VALUES ('a', 'a', 'UTC', $1, $1)",
+        "INSERT INTO users (id, app_id, external_id, created_at, updated_at) VALUES (1, 'a', 'ann', $1, $1), (2, 'a', 'bob', $1, $1)",
+        "INSERT INTO devices (id, app_id, user_id, platform, token, created_at, updated_at) VALUES (5, 'a', 2, 'ios', 't', $1, $1)",
+        "INSERT INTO deliveries (id, app_id, request_id, user_id, device_id, status, attempts, created_at, updated_at) \
+         VALUES (7, 'a', 'r', 1, 5, 'sent', 1, $1, $1), (8, 'a', 'r2', 9, 5, 'sent', 1, $1, $1)",
+    ])
+    .await;
+    let pairs: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT user_id, device_id FROM device_users ORDER BY user_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(pairs, [(1, 5), (2, 5)]);
+    // The triggers keep it from now on: a new device, and a device moving on.
+    for sql in [
+        "INSERT INTO devices (id, app_id, user_id, platform, token, created_at, updated_at) VALUES (6, 'a', 1, 'ios', 'u', $1, $1)",
+        "UPDATE devices SET user_id = 1 WHERE id = 5",
+    ] {
+        sqlx::query(sql).bind(t).execute(&pool).await.unwrap();
+    }
+    let pairs: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT user_id, device_id FROM device_users ORDER BY user_id, device_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(pairs, [(1, 5), (1, 6), (2, 5)]);
+}
+
 /// `0009` gives every slot released before it a release of its own, the one its
 /// chunks already belong to (the slot itself); a pending slot waits for its
 /// release to name it. The engine reads a chunk's zones and completes its slots
