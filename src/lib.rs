@@ -20,3 +20,4 @@ pub mod provider;
 pub mod service;
 pub mod simulator;
 pub mod store;
+pub mod tls;

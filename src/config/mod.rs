@@ -72,6 +72,15 @@ pub struct DatabaseConfig {
     /// How long SQLite waits for a lock before giving up.
     #[serde(default = "default_busy_timeout", with = "humantime_serde")]
     pub busy_timeout: Duration,
+    /// Postgres only: how long a call waits for a free connection of the pool
+    /// before it fails (a database that is down, or a pool too small for the load).
+    #[serde(default = "default_acquire_timeout", with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Postgres only: the server cancels any statement running longer
+    /// (`statement_timeout`); `0s`, the default, is no limit, as in Postgres.
+    /// Migrations run without it: building an index on a large table may take long.
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Duration,
 }
 
 impl Default for DatabaseConfig {
@@ -81,6 +90,8 @@ impl Default for DatabaseConfig {
             max_connections: default_max_connections(),
             migrate_on_start: true,
             busy_timeout: default_busy_timeout(),
+            acquire_timeout: default_acquire_timeout(),
+            statement_timeout: Duration::ZERO,
         }
     }
 }
@@ -284,6 +295,10 @@ fn default_busy_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
+fn default_acquire_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -322,7 +337,24 @@ impl DatabaseConfig {
             Ok(DatabaseKind::Sqlite)
         } else if self.url.starts_with("postgres://") || self.url.starts_with("postgresql://") {
             match url::Url::parse(&self.url) {
-                Ok(u) if u.host().is_some() => Ok(DatabaseKind::Postgres),
+                // sqlx 0.8.6 with rustls 0.23.24+ checks the host name under
+                // verify-ca too (launchbadge/sqlx#3793, fixed after 0.8.6): refused
+                // here rather than failing at connect as if the name were wrong.
+                Ok(u) if u
+                    .query_pairs()
+                    .any(|(k, v)| matches!(&*k, "sslmode" | "ssl-mode") && v == "verify-ca") =>
+                {
+                    Err(invalid(
+                        "database.url",
+                        "sslmode=verify-ca is not supported (the Postgres driver would check the \
+                         host name as well): use verify-full with the name the server's certificate \
+                         was issued for, or require",
+                    ))
+                }
+                // A Unix socket's directory is given as `?host=/path`.
+                Ok(u) if u.host().is_some() || u.query_pairs().any(|(k, _)| k == "host") => {
+                    Ok(DatabaseKind::Postgres)
+                }
                 _ => Err(invalid("database.url", "is not a valid postgres:// URL")),
             }
         } else {

@@ -281,10 +281,9 @@ impl H2Pool {
         let _ = tcp.set_nodelay(true);
         match &o.tls {
             Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| TransportError::Connect(tls_reason(&e, &o.host)))?;
+                let tls = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                    TransportError::Connect(crate::tls::reason(&e, &o.host, "ca_file"))
+                })?;
                 handshake(tls).await
             }
             None => handshake(tcp).await,
@@ -320,49 +319,6 @@ fn due_to_warn(state: &Mutex<(Option<Instant>, u64)>) -> Option<u64> {
     }
     warned.0 = Some(Instant::now());
     Some(std::mem::take(&mut warned.1))
-}
-
-/// A failed TLS handshake in words an operator can act on, rustls's own name
-/// for it kept in parentheses (`CaUsedAsEndEntity` alone says little).
-fn tls_reason(e: &std::io::Error, host: &str) -> String {
-    use rustls::{CertificateError, Error};
-    let Some(error) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
-        return format!("TLS handshake with {host} failed: {e}");
-    };
-    let plain = match error {
-        Error::InvalidCertificate(c) => match c {
-            // BadSignature: a CA of the same name, not the one trusted.
-            CertificateError::UnknownIssuer | CertificateError::BadSignature => format!(
-                "{host}'s certificate is not signed by a CA this machine trusts \
-                 (behind a TLS-inspecting proxy or against a test server, name its CA in ca_file)"
-            ),
-            CertificateError::Expired => {
-                format!("{host}'s certificate has expired (or this machine's clock is wrong)")
-            }
-            CertificateError::NotValidYet => {
-                format!("{host}'s certificate is not valid yet (check this machine's clock)")
-            }
-            CertificateError::NotValidForName => {
-                format!("{host}'s certificate is issued for another name")
-            }
-            CertificateError::Revoked => format!("{host}'s certificate has been revoked"),
-            CertificateError::Other(o) if format!("{o:?}").contains("CaUsedAsEndEntity") => {
-                format!(
-                    "{host} presented a CA certificate as its own \
-                     (a misconfigured server or TLS-inspecting proxy)"
-                )
-            }
-            _ => format!("{host}'s certificate was refused"),
-        },
-        Error::AlertReceived(alert) => {
-            format!("{host} refused the TLS handshake (alert {alert:?})")
-        }
-        Error::InvalidMessage(_) | Error::InappropriateMessage { .. } => {
-            format!("{host} did not answer in TLS (is the port right?)")
-        }
-        _ => format!("TLS handshake with {host} failed"),
-    };
-    format!("{plain} ({error})")
 }
 
 fn live(slot: &Slot) -> Option<Arc<Conn>> {

@@ -69,6 +69,9 @@ pub enum StoreError {
     /// The database failed or could not be reached; trying again may help.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The TLS handshake with the database server failed; the message says why.
+    #[error("database TLS: {0}")]
+    Tls(String),
     /// The schema could not be brought up to date.
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

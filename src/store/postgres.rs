@@ -1,7 +1,5 @@
 //! The Postgres store: for scale and for several instances sharing one database.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -23,20 +21,30 @@ pub struct PgDialect;
 
 impl PgStore {
     pub async fn connect(cfg: &DatabaseConfig) -> Result<Self, StoreError> {
-        // JIT compiling pays off for long analytical queries; here it turned a 10 ms
-        // count into 300 ms of compiling on every release batch.
-        let options = cfg
-            .url
-            .parse::<PgConnectOptions>()?
-            .options([("jit", "off")]);
+        let options = Self::connect_options(cfg)?;
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(cfg.acquire_timeout)
             .connect_with(options)
-            .await?;
+            .await
+            .map_err(|e| connect_error(e, cfg))?;
         Ok(Self::from_pool(pool))
     }
 
+    /// The connection options of `database`: the URL's (host or `?host=` socket
+    /// directory, `sslmode`, `sslrootcert` …) and the session settings.
+    pub fn connect_options(cfg: &DatabaseConfig) -> Result<PgConnectOptions, StoreError> {
+        // JIT compiling pays off for long analytical queries; here it turned a 10 ms
+        // count into 300 ms of compiling on every release batch.
+        let mut settings = vec![("jit", "off".to_owned())];
+        if !cfg.statement_timeout.is_zero() {
+            settings.push((
+                "statement_timeout",
+                cfg.statement_timeout.as_millis().to_string(),
+            ));
+        }
+        Ok(cfg.url.parse::<PgConnectOptions>()?.options(settings))
+    }
     /// Wraps an existing pool (tests and benchmarks).
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
@@ -44,6 +52,24 @@ impl PgStore {
             read: pool,
             dialect: PgDialect,
         }
+    }
+}
+
+/// A failed connection in words: a refused TLS handshake says why (the
+/// certificate's name, its CA) rather than rustls's variant name alone.
+fn connect_error(e: sqlx::Error, cfg: &DatabaseConfig) -> StoreError {
+    let host = url::Url::parse(&cfg.url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_owned))
+        .unwrap_or_else(|| "the database server".to_owned());
+    match &e {
+        sqlx::Error::Io(io) if crate::tls::is_tls(io) => {
+            StoreError::Tls(crate::tls::reason(io, &host, "the URL's sslrootcert"))
+        }
+        // sqlx's own refusals: `sslmode=require` against a server without
+        // TLS, an unreadable or invalid `sslrootcert`.
+        sqlx::Error::Tls(reason) => StoreError::Tls(format!("{host}: {reason}")),
+        _ => StoreError::Database(e),
     }
 }
 
@@ -120,8 +146,19 @@ impl Dialect for PgDialect {
 
     const FENCE: &'static str = " OFFSET 0";
 
+    /// On one connection without `database.statement_timeout`: a migration
+    /// that builds an index on a large table may run for minutes.
     async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/postgres").run(pool).await?;
+        let mut conn = pool.acquire().await?;
+        sqlx::query("SET statement_timeout = 0")
+            .execute(&mut *conn)
+            .await?;
+        sqlx::migrate!("migrations/postgres")
+            .run_direct(&mut *conn)
+            .await?;
+        sqlx::query("RESET statement_timeout")
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 

@@ -297,5 +297,9 @@ fn all_served(tokens: &[String]) -> impl Fn(&HashMap<String, u64>) -> bool + '_ 
     move |m| tokens.iter().all(|t| m.get(t).copied().unwrap_or(0) >= 1)
 }
 
+mod cluster;
 mod crash;
 mod systemd;
+mod tls;
+
+use cluster::OwnPostgres;
