@@ -48,6 +48,13 @@ enum Command {
     Migrate,
     /// Load and validate the configuration, print what will be used.
     CheckConfig,
+    /// Prove each app's APNs and FCM credentials with one request each
+    /// (APNs: a made-up token; FCM: a validate-only message). Exit 1 if any fails.
+    CheckProviders {
+        /// Only this app.
+        #[arg(long)]
+        app: Option<String>,
+    },
     /// Manage campaign definitions.
     #[command(subcommand)]
     Campaign(CampaignCommand),
@@ -104,6 +111,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::CheckConfig => {
             cli::check::check_config(&config);
             Ok(())
+        }
+        Command::CheckProviders { app } => {
+            cli::check::check_providers(&config, app.as_deref()).await
         }
         Command::Serve => {
             let log = meridian::logging::init(&config.log).context("setting up logging")?;

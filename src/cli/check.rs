@@ -1,6 +1,13 @@
-//! `meridian check-config`: the configuration as it will be used.
+//! `meridian check-config`: the configuration as it will be used;
+//! `meridian check-providers`: whether each app's provider credentials work.
 
+use std::sync::Arc;
+
+use meridian::clock::{Clock, SystemClock};
 use meridian::config::{redact_url, Config};
+use meridian::provider::app::AppProviders;
+
+use super::Failure;
 
 pub fn check_config(config: &Config) {
     out!("database: {}", redact_url(&config.database.url));
@@ -59,4 +66,47 @@ pub fn check_config(config: &Config) {
         }
     }
     out!("configuration OK");
+}
+
+/// `meridian check-providers`: each app's APNs and FCM credentials proven by
+/// one request each, a line per provider. Fails (exit 1) when any does not work.
+pub async fn check_providers(config: &Config, only: Option<&str>) -> Result<(), Failure> {
+    if let Some(app) = only {
+        super::check_app(config, app)?;
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (mut checked, mut failed) = (0, 0);
+    for (id, app) in &config.apps {
+        if only.is_some_and(|o| o != id) {
+            continue;
+        }
+        let providers = match AppProviders::from_config(id, app, clock.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                checked += 1;
+                failed += 1;
+                out!("{id}: FAILED: {e}");
+                continue;
+            }
+        };
+        let found = providers.check().await;
+        if found.is_empty() {
+            out!("{id}: no provider configured");
+        }
+        for c in found {
+            checked += 1;
+            if c.works {
+                out!("{id} {}: ok: {}", c.provider, c.detail);
+            } else {
+                failed += 1;
+                out!("{id} {}: FAILED: {}", c.provider, c.detail);
+            }
+        }
+    }
+    if failed > 0 {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "{failed} of {checked} provider checks failed"
+        )));
+    }
+    Ok(())
 }

@@ -244,3 +244,134 @@ impl AppProviders {
         }
     }
 }
+
+/// What proving one provider's credentials found (`meridian check-providers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialCheck {
+    pub provider: &'static str,
+    pub works: bool,
+    /// One line: what was proven, or the provider's reason.
+    pub detail: String,
+}
+
+/// A token no device has: 64 hex digits, which Apple answers `BadDeviceToken`
+/// once the key, team and topic have passed (`InvalidProviderToken` before).
+const MADE_UP_APNS_TOKEN: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Refused by FCM as a registration token once the access token has passed.
+const MADE_UP_FCM_TOKEN: &str = "meridian-check-providers-made-up-token";
+
+impl AppProviders {
+    /// Proves each configured provider's credentials with one request: APNs a
+    /// notification to a made-up token, FCM an access token and then a
+    /// `validate_only` message (Google checks it, nothing is delivered).
+    pub async fn check(&self) -> Vec<CredentialCheck> {
+        let mut found = Vec::new();
+        if let Some(apns) = &self.apns {
+            let apns_id = apns_id_for(DeliveryId::new(1));
+            let outcome = apns
+                .client
+                .send(&ApnsNotification {
+                    device_token: MADE_UP_APNS_TOKEN,
+                    apns_id: &apns_id,
+                    payload: br#"{"aps":{"alert":"Meridian credential check"}}"#,
+                    priority: ApnsPriority::Normal,
+                    expiration: None,
+                    collapse_id: None,
+                })
+                .await;
+            found.push(verdict("apns", outcome));
+        }
+        if let Some(fcm) = &self.fcm {
+            let body = serde_json::json!({
+                "validate_only": true,
+                "message": {"token": MADE_UP_FCM_TOKEN, "data": {"check": "credentials"}},
+            });
+            found.push(verdict("fcm", fcm.client.send(&body).await));
+        }
+        found
+    }
+}
+
+/// Whether an answer to a made-up token proves the credentials: refusing the
+/// token (or, from a simulator, taking it) means they passed.
+fn verdict(provider: &'static str, outcome: Outcome) -> CredentialCheck {
+    let (works, detail) = match outcome {
+        Outcome::TokenInvalid { reason } => (
+            true,
+            format!("credentials accepted (the made-up token was refused as expected: {reason})"),
+        ),
+        // FCM checks the message before the token under validate_only.
+        Outcome::Rejected { reason }
+            if provider == "fcm" && reason.starts_with("INVALID_ARGUMENT") =>
+        {
+            (
+                true,
+                format!(
+                    "credentials accepted (the made-up message was refused as expected: {reason})"
+                ),
+            )
+        }
+        Outcome::Accepted { .. } => (
+            true,
+            "credentials accepted (the made-up token was taken: a test server?)".to_owned(),
+        ),
+        Outcome::AuthFailed { reason } => (false, format!("credentials refused: {reason}")),
+        // Unreachable, or (FCM) the access token refused: the reason says which.
+        Outcome::Retry { reason, .. } => (false, reason),
+        Outcome::Rejected { reason } => (false, format!("refused: {reason}")),
+    };
+    CredentialCheck {
+        provider,
+        works,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each provider's answer to a made-up token, as `classify` reads it.
+    #[test]
+    fn a_refused_made_up_token_proves_the_credentials() {
+        let apns = |status, reason| {
+            verdict(
+                "apns",
+                super::super::apns::classify(status, Some(reason), None),
+            )
+        };
+        assert!(apns(400, "BadDeviceToken").works);
+        assert!(!apns(403, "InvalidProviderToken").works);
+        assert!(
+            !apns(400, "TopicDisallowed").works,
+            "a wrong topic is not proven"
+        );
+        assert!(!apns(403, "InvalidProviderToken").detail.is_empty());
+
+        let fcm = |status, body: serde_json::Value| {
+            verdict("fcm", super::super::fcm::classify(status, &body, None))
+        };
+        // Google's answer to a validate_only message for a made-up token.
+        let made_up = serde_json::json!({"error": {"code": 400, "status": "INVALID_ARGUMENT",
+            "message": "The registration token is not a valid FCM registration token",
+            "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                         "errorCode": "INVALID_ARGUMENT"}]}});
+        assert!(fcm(400, made_up).works);
+        let denied = serde_json::json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+            "message": "Permission 'cloudmessaging.messages.create' denied"}});
+        let denied = fcm(403, denied);
+        assert!(!denied.works);
+        assert!(
+            denied.detail.contains("PERMISSION_DENIED"),
+            "{}",
+            denied.detail
+        );
+        assert!(
+            fcm(
+                200,
+                serde_json::json!({"name": "projects/p/messages/fake_message_id"})
+            )
+            .works
+        );
+    }
+}

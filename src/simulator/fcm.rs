@@ -206,8 +206,13 @@ pub(super) fn fcm(
         )
         .into();
     }
-    if let Some(token) = fcm_fast(body) {
-        return fcm_accept(state, project, token, now);
+    // `validate_only` (`meridian check-providers`): checked like a send, then
+    // answered as Google does, with nothing delivered or counted.
+    let validate_only = body.windows(15).any(|w| w == b"\"validate_only\"");
+    if !validate_only {
+        if let Some(token) = fcm_fast(body) {
+            return fcm_accept(state, project, token, now);
+        }
     }
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return fcm_error(
@@ -266,6 +271,10 @@ pub(super) fn fcm(
     }
     if serde_json::to_vec(message).map_or(0, |b| b.len()) > 4096 {
         return fcm_error(state, 400, "INVALID_ARGUMENT", "Message is too big", None).into();
+    }
+    if v.get("validate_only").and_then(Value::as_bool) == Some(true) {
+        let name = format!("projects/{project}/messages/fake_message_id");
+        return Answer::Other(respond(StatusCode::OK, &[], json!({ "name": name })));
     }
     fcm_accept(state, project, token, now)
 }

@@ -99,6 +99,18 @@ impl SimProcess {
         config
     }
 
+    /// What the simulator has counted (`/_sim/stats`).
+    pub async fn stats(&self) -> serde_json::Value {
+        self.http()
+            .get(format!("{}/_sim/stats", self.base()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// An HTTP client that trusts the simulator (for `/_sim/stats`).
     pub fn http(&self) -> reqwest::Client {
         let pem = std::fs::read(self.path("ca.pem")).unwrap();
