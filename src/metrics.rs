@@ -85,7 +85,11 @@ fn describe() {
         LEASE_TAKEOVERS,
         "Chunks leased again after an earlier lease (lapsed or given back)."
     );
-    describe_gauge!(QUEUE_DEPTH, "Work waiting, by kind, read when scraped.");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Work waiting in the database, by kind, read when scraped: the same on every \
+         instance sharing it (aggregate with max, not sum)."
+    );
     describe_counter!(
         RATE_LIMIT_WAITS,
         "Sends that waited for the provider pacer."

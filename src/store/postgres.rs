@@ -45,6 +45,7 @@ impl PgStore {
         }
         Ok(cfg.url.parse::<PgConnectOptions>()?.options(settings))
     }
+
     /// Wraps an existing pool (tests and benchmarks).
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
@@ -153,9 +154,14 @@ impl Dialect for PgDialect {
         sqlx::query("SET statement_timeout = 0")
             .execute(&mut *conn)
             .await?;
-        sqlx::migrate!("migrations/postgres")
+        let migrated = sqlx::migrate!("migrations/postgres")
             .run_direct(&mut *conn)
-            .await?;
+            .await;
+        if let Err(e) = migrated {
+            // Not back into the pool without its statement_timeout.
+            let _ = conn.close().await;
+            return Err(e.into());
+        }
         sqlx::query("RESET statement_timeout")
             .execute(&mut *conn)
             .await?;

@@ -53,6 +53,12 @@ async fn metrics_expose_the_engine_and_the_api<S: Store + Clone>(db: &TestDb<S>)
     ] {
         assert!(text.contains(family), "{family} missing from:\n{text}");
     }
+    // A gauge read from the shared database says so where dashboards read it.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("# HELP meridian_queue_depth") && l.contains("max, not sum")),
+        "{text}"
+    );
 }
 
 /// `/healthz` answers while the process does; `/readyz` only while the database
