@@ -17,7 +17,7 @@ pub struct OwnPostgres {
 impl OwnPostgres {
     /// Starts a cluster with `files` written into its directory first (owned
     /// by the cluster's user, readable by it alone: a TLS key must be) and
-    /// `settings` (`name=value`, paths relative to that directory).
+    /// `settings` (`name=value`; a value ending in `.pem` names one of `files`).
     pub fn start(files: &[(&str, &[u8])], settings: &[&str]) -> Option<Self> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .ok()?
