@@ -134,6 +134,20 @@ impl std::io::Write for Captured {
     }
 }
 
+impl Captured {
+    /// The captured lines containing `needle`, and everything captured (for
+    /// the assertion's message).
+    fn lines_with(&self, needle: &str) -> (Vec<String>, String) {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        let lines = text
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_owned)
+            .collect();
+        (lines, text)
+    }
+}
+
 /// Captures warnings and above until the guard is dropped.
 fn capture_warnings() -> (Captured, tracing::subscriber::DefaultGuard) {
     let logs = Captured::default();
@@ -190,11 +204,7 @@ async fn an_untrusted_provider_certificate_is_explained_and_logged_once() {
         // Past the reconnect backoff, so each send tries to connect again.
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let warnings: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("Cannot connect to the push provider"))
-        .collect();
+    let (warnings, text) = logs.lines_with("Cannot connect to the push provider");
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(warnings[0].contains("WARN"), "{text}");
     assert!(warnings[0].contains("not signed by a CA"), "{text}");
@@ -215,11 +225,7 @@ async fn refused_credentials_are_logged_once_a_minute() {
             "{outcome:?}"
         );
     }
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    let warnings: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("refused our credentials"))
-        .collect();
+    let (warnings, text) = logs.lines_with("refused our credentials");
     assert_eq!(warnings.len(), 1, "{text}");
     assert!(warnings[0].contains("InvalidProviderToken"), "{text}");
     assert!(warnings[0].contains("provider=\"apns\""), "{text}");

@@ -106,14 +106,17 @@ impl<S: Store> Engine<S> {
                         // held by a chunk in flight that is not being polled.
                         let give_back = failed.is_some();
                         for c in chunks {
-                            if c.lease.attempt > 1 {
+                            // A takeover is a lease taken from an owner (lapsed or
+                            // reclaimed); a chunk given back was released first and
+                            // has none, though its attempt counts up all the same.
+                            if let Some(previous_owner) = &c.previous_owner {
                                 crate::metrics::lease_takeover();
                                 tracing::info!(
                                     message = "Chunk taken over.",
                                     campaign_id = c.campaign_id,
                                     chunk_id = c.id,
                                     attempt = c.lease.attempt,
-                                    previous_owner = %c.previous_owner.as_deref().unwrap_or("")
+                                    previous_owner = %previous_owner
                                 );
                             }
                             leased += usize::from(!give_back);

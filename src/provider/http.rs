@@ -289,9 +289,7 @@ impl H2Pool {
             None => handshake(tcp).await,
         }
     }
-}
 
-impl H2Pool {
     /// Logs credentials the provider refused (after the one refresh the
     /// clients make), at most once per [`WARN_EVERY`] per origin: every send
     /// fails the same way until the configuration is fixed.

@@ -440,7 +440,35 @@ async fn a_large_release_sends_first_and_counts_after<S: Store + Clone>(db: &Tes
     assert_eq!(sent.get("sent"), Some(&20), "{sent:?}");
 }
 
+/// A chunk given back (a failed sibling, a paused campaign) is released
+/// before it is leased again: its next lease counts its attempt up but names
+/// no previous owner, so the engine neither logs nor counts it as a takeover.
+async fn a_chunk_given_back_is_not_taken_over<S: Store + Clone>(db: &TestDb<S>) {
+    let rig = rig(db, at(2026, 11, 23, 10, 0)).await;
+    rig.device(1, "UTC", Platform::Ios, false).await;
+    rig.schedule("back", "type = \"now\"").await;
+    let s = &rig.store;
+    let now = rig.clock.now();
+    let due = s.slot_list_due(now, 10).await.unwrap();
+    let def = definition_of(&due[0]);
+    let segment = segment_of(&rig.config, &def);
+    release_one(&**s, &due[0], &segment, 100, "a", now)
+        .await
+        .unwrap();
+    let terms = |owner| LeaseTerms {
+        owner,
+        until: now + TimeDelta::seconds(60),
+        limit: 10,
+    };
+    let a = s.chunk_lease(&terms("a"), now).await.unwrap();
+    s.chunk_return(&a[0], now).await.unwrap();
+    let b = s.chunk_lease(&terms("b"), now).await.unwrap();
+    assert_eq!(b[0].lease.attempt, a[0].lease.attempt + 1);
+    assert_eq!(b[0].previous_owner, None, "given back, not taken over");
+}
+
 storage_tests!(
+    a_chunk_given_back_is_not_taken_over,
     a_large_release_sends_first_and_counts_after,
     a_chunk_read_ahead_does_not_send_before_its_turn,
     a_failed_chunk_does_not_strand_its_siblings,
