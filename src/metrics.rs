@@ -83,7 +83,7 @@ fn describe() {
     );
     describe_counter!(
         LEASE_TAKEOVERS,
-        "Chunks leased again after an earlier lease (lapsed or given back)."
+        "Chunks taken from an owner whose lease lapsed or was reclaimed (not those given back)."
     );
     describe_gauge!(
         QUEUE_DEPTH,
